@@ -1,0 +1,3 @@
+fn main() {
+    println!("planet-init: started version={}", env!("CARGO_PKG_VERSION"));
+}
