@@ -1,1 +1,72 @@
-fn main() {}
+use anyhow::Result;
+use clap::Parser;
+use planet_image::build::pipeline::{self, BuildRequest};
+use planet_image::cli::{Cli, Command};
+use planet_image::{fetch, inspect, run};
+use std::time::Duration;
+
+fn main() {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("planet-image: error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Fetch(a) => {
+            let cache = fetch::Cache::new(a.cache.cache_dir.as_deref())?;
+            let records = cache.fetch(&a.kernel)?;
+            println!("{}", serde_json::to_string_pretty(&records)?);
+            Ok(0)
+        }
+        Command::Build(a) => {
+            let epoch = match a.source_date_epoch {
+                Some(e) => e,
+                None => std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_secs(),
+            };
+            let result = pipeline::run(&BuildRequest {
+                target: a.target,
+                rootfs: a.rootfs,
+                output: a.output,
+                layout: a.layout,
+                cmdline: a.cmdline,
+                kernel_package: a.kernel_package,
+                bootloader_package: a.bootloader_package,
+                planet_init: a.planet_init,
+                cache_dir: a.cache.cache_dir,
+                compression: a.compression,
+                epoch,
+            })?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
+            Ok(0)
+        }
+        Command::Inspect(a) => {
+            print!("{}", inspect::run(&a.image, a.manifest.as_deref())?);
+            Ok(0)
+        }
+        Command::Run(a) => run::run(&run::RunRequest {
+            image: a.image,
+            seed: a.seed,
+            forwards: a.forward,
+            cmdline: a.cmdline,
+            memory_mib: a.memory,
+            cpus: a.cpus,
+            serial_log: a.serial_log,
+            timeout: a.timeout.map(Duration::from_secs),
+            monitor: a.monitor,
+            cache_dir: a.cache.cache_dir,
+            accel: a.accel,
+            snapshot: a.snapshot,
+        }),
+    }
+}

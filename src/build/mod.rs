@@ -1,0 +1,4 @@
+//! `planet-image build`: plan the disk (pure), then run the pipeline stages.
+
+pub mod pipeline;
+pub mod plan;

@@ -1,0 +1,358 @@
+//! The build pipeline: rootfs → squashfs slot, kernel package → kernel + modules → initramfs,
+//! boot loader → ESP, empty ext4 state, all placed by the plan into a sparse raw disk, then
+//! converted (qcow2) and described by a manifest. Outputs appear only when complete.
+
+use super::plan::{self, Plan, ESP_LABEL, SLOT_A_LABEL, SLOT_B_LABEL, STATE_LABEL};
+use crate::disk::{self, Content};
+use crate::esp::{self, SlotBoot};
+use crate::fetch::{Cache, PackageRecord, SYSTEMD_BOOT_PATH};
+use crate::layout::Layout;
+use crate::manifest::{
+    self, ImageInfo, KernelInfo, Manifest, PackageInfo, PartitionInfo, PlanetInitInfo, RootfsInfo,
+};
+use crate::rootfs::RootfsSource;
+use crate::squashfs::{self, Compression};
+use crate::util::atomic::PendingFile;
+use crate::util::command::{require_tool, CommandExt};
+use crate::util::digest::{sha256_file, sha256_hex, sha256_range};
+use crate::util::progress::Step;
+use crate::{deb, initramfs, kernel};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum Target {
+    /// A raw GPT disk (sparse file), for `dd` onto a disk or any hypervisor.
+    Raw,
+    /// A qcow2 image, for QEMU/KVM.
+    Qcow2,
+}
+
+/// Everything `build` needs, already resolved from the command line.
+pub struct BuildRequest {
+    pub target: Target,
+    pub rootfs: PathBuf,
+    pub output: PathBuf,
+    pub layout: Option<PathBuf>,
+    pub cmdline: Option<String>,
+    pub kernel_package: Option<PathBuf>,
+    pub bootloader_package: Option<PathBuf>,
+    pub planet_init: Option<PathBuf>,
+    pub cache_dir: Option<PathBuf>,
+    pub compression: Compression,
+    /// SOURCE_DATE_EPOCH: every timestamp the builder makes up.
+    pub epoch: u64,
+}
+
+/// The result, printed on stdout as JSON.
+#[derive(Debug, serde::Serialize)]
+pub struct BuildResult {
+    pub image: PathBuf,
+    pub manifest: PathBuf,
+    pub sha256: String,
+    pub disk_size: u64,
+}
+
+pub fn run(req: &BuildRequest) -> Result<BuildResult> {
+    let layout = Layout::load(req.layout.as_deref())?;
+    let cache = Cache::new(req.cache_dir.as_deref())?;
+    let kernel_pkg = package(&cache, "kernel", req.kernel_package.as_deref())?;
+    let boot_pkg = package(&cache, "bootloader", req.bootloader_package.as_deref())?;
+    let planet_init_path = find_planet_init(req.planet_init.as_deref())?;
+    let planet_init = std::fs::read(&planet_init_path)
+        .with_context(|| format!("reading {}", planet_init_path.display()))?;
+    initramfs::check_static(&planet_init)
+        .with_context(|| format!("checking {}", planet_init_path.display()))?;
+    let source = RootfsSource::detect(&req.rootfs)?;
+    if req.target == Target::Qcow2 {
+        require_tool("qemu-img", "qemu-utils")?;
+    }
+
+    let out_dir = match req.output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let work = WorkDir::new(&out_dir)?;
+
+    // 1. The slot: rootfs → squashfs, streamed.
+    let step = Step::start("rootfs → squashfs", 0);
+    let slot_image = work.path.join("planet-a.sqfs");
+    let rootfs = squashfs::build_slot_image(&source, &slot_image, req.compression, req.epoch)
+        .with_context(|| format!("building the slot image from {}", req.rootfs.display()))?;
+    let slot_bytes = std::fs::metadata(&slot_image)?.len();
+    step.finish(&format!(
+        "entries={} squashfs={} MiB",
+        rootfs.entries,
+        slot_bytes >> 20
+    ));
+
+    // 2. Kernel, modules, initramfs.
+    let step = Step::start("kernel + initramfs", 0);
+    let kernel = kernel::extract(&kernel_pkg.file, &layout.kernel.modules)?;
+    let initramfs = initramfs::build(&planet_init, &kernel, &[], req.epoch, 19)?;
+    step.finish(&format!(
+        "kernel={} modules={} initramfs={} KiB",
+        kernel.version,
+        kernel.modules.len(),
+        initramfs.len() >> 10
+    ));
+    let bootloader = read_from_deb(&boot_pkg.file, SYSTEMD_BOOT_PATH)?;
+
+    // 3. The plan: everything derived from a digest of all inputs.
+    let mut options = layout.boot.cmdline.trim().to_string();
+    options.push_str(" planet.slot=a");
+    if let Some(extra) = req
+        .cmdline
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        options.push(' ');
+        options.push_str(extra);
+    }
+    let layout_text = toml::to_string(&layout)?;
+    let seed = sha256_hex(
+        format!(
+            "rootfs={}\nkernel={}\nbootloader={}\nplanet-init={}\nlayout={}\ncmdline={}\ncompression={}\nepoch={}\n",
+            rootfs.sha256,
+            kernel_pkg.sha256,
+            boot_pkg.sha256,
+            sha256_hex(&planet_init),
+            layout_text,
+            options,
+            req.compression,
+            req.epoch
+        )
+        .as_bytes(),
+    );
+    let release = format!("{}", &rootfs.sha256[..12]);
+    let slots = [SlotBoot {
+        slot: "a",
+        title: "Planet (slot a)",
+        version: &release,
+        vmlinuz: &kernel.vmlinuz,
+        initramfs: &initramfs,
+        options: options.clone(),
+    }];
+    let esp_content = esp::content_bytes(&bootloader, &slots);
+    let plan = plan::plan(&layout, esp_content, slot_bytes, &seed)?;
+
+    // 4. ESP and state filesystems.
+    let step = Step::start("ESP + state", 0);
+    let esp_part = plan.partition(ESP_LABEL);
+    let volume_id = u32::from_le_bytes(
+        plan::derive_bytes(&seed, "esp-volume-id")[..4]
+            .try_into()
+            .unwrap(),
+    );
+    let esp_image = esp::build(
+        esp_part.size(plan.sector_size),
+        plan.sector_size as u16,
+        volume_id,
+        req.epoch,
+        &bootloader,
+        &slots,
+    )?;
+    let state_image = work.path.join("state.ext4");
+    let state_uuid = plan::derive_guid(&seed, "state-fs")
+        .to_string()
+        .to_lowercase();
+    disk::make_state_fs(
+        &state_image,
+        plan.partition(STATE_LABEL).size(plan.sector_size),
+        &state_uuid,
+        STATE_LABEL,
+        req.epoch,
+    )?;
+    step.finish("");
+
+    // 5. The disk.
+    let step = Step::start("assembling the disk", plan.total_bytes());
+    let pending = PendingFile::new(&req.output)?;
+    let raw_path = match req.target {
+        Target::Raw => pending.path().to_path_buf(),
+        Target::Qcow2 => work.path.join("disk.raw"),
+    };
+    disk::assemble(
+        &plan,
+        &[
+            (ESP_LABEL, Content::Bytes(&esp_image)),
+            (SLOT_A_LABEL, Content::File(&slot_image)),
+            (SLOT_B_LABEL, Content::Empty),
+            (STATE_LABEL, Content::File(&state_image)),
+        ],
+        &raw_path,
+    )?;
+    let partitions = partition_digests(&plan, &raw_path)?;
+    let raw_sha256 = sha256_file(&raw_path)?;
+    step.finish(&format!("{} MiB", plan.total_bytes() >> 20));
+
+    if req.target == Target::Qcow2 {
+        let step = Step::start("converting to qcow2", 0);
+        std::process::Command::new("qemu-img")
+            .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+            .arg(&raw_path)
+            .arg(pending.path())
+            .run_checked()?;
+        step.finish("");
+    }
+
+    let sha256 = sha256_file(pending.path())?;
+    let file_size = std::fs::metadata(pending.path())?.len();
+    let manifest = Manifest {
+        format_version: manifest::FORMAT_VERSION,
+        planet_image_version: env!("CARGO_PKG_VERSION").into(),
+        image: ImageInfo {
+            file: req
+                .output
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            format: match req.target {
+                Target::Raw => "raw",
+                Target::Qcow2 => "qcow2",
+            }
+            .into(),
+            sha256: sha256.clone(),
+            file_size,
+            disk_size: plan.total_bytes(),
+            sector_size: plan.sector_size,
+            disk_guid: plan.disk_guid.to_string(),
+            raw_sha256,
+        },
+        partitions,
+        rootfs: RootfsInfo::new(&rootfs, slot_bytes),
+        packages: vec![PackageInfo::from(&kernel_pkg), PackageInfo::from(&boot_pkg)],
+        kernel: KernelInfo {
+            version: kernel.version.clone(),
+            modules: kernel.modules.len(),
+            initramfs_sha256: sha256_hex(&initramfs),
+            initramfs_bytes: initramfs.len() as u64,
+        },
+        planet_init: PlanetInitInfo {
+            version: env!("CARGO_PKG_VERSION").into(),
+            sha256: sha256_hex(&planet_init),
+        },
+        layout,
+        cmdline: options,
+        compression: req.compression.to_string(),
+        source_date_epoch: req.epoch,
+    };
+    let manifest_path = manifest::path_for(&req.output);
+    let manifest_pending = PendingFile::new(&manifest_path)?;
+    std::fs::write(manifest_pending.path(), manifest.to_json()?)?;
+    pending.commit()?;
+    manifest_pending.commit()?;
+    Ok(BuildResult {
+        image: req.output.clone(),
+        manifest: manifest_path,
+        sha256,
+        disk_size: plan.total_bytes(),
+    })
+}
+
+/// The digest of each partition's range of the raw disk.
+pub fn partition_digests(plan: &Plan, raw: &Path) -> Result<Vec<PartitionInfo>> {
+    let mut f = std::fs::File::open(raw)?;
+    let mut out = Vec::new();
+    for (i, p) in plan.partitions.iter().enumerate() {
+        out.push(PartitionInfo {
+            number: i as u32 + 1,
+            label: p.label.to_string(),
+            type_guid: p.type_guid.to_string(),
+            guid: p.unique_guid.to_string(),
+            offset: p.offset(plan.sector_size),
+            size: p.size(plan.sector_size),
+            sha256: sha256_range(&mut f, p.offset(plan.sector_size), p.size(plan.sector_size))?,
+        });
+    }
+    Ok(out)
+}
+
+fn package(cache: &Cache, role: &str, explicit: Option<&Path>) -> Result<PackageRecord> {
+    match explicit {
+        Some(file) => {
+            let (name, version) = deb::name_and_version(file)
+                .with_context(|| format!("reading the {role} package {}", file.display()))?;
+            Ok(PackageRecord {
+                role: role.into(),
+                name,
+                version,
+                sha256: sha256_file(file)?,
+                file: file.to_path_buf(),
+            })
+        }
+        None => cache.package(role),
+    }
+}
+
+fn read_from_deb(deb_path: &Path, inner: &str) -> Result<Vec<u8>> {
+    let mut found = None;
+    deb::for_each_data_entry(deb_path, |path, _, data| {
+        if path == inner {
+            let mut b = Vec::new();
+            data.read_to_end(&mut b)?;
+            found = Some(b);
+        }
+        Ok(())
+    })?;
+    found.with_context(|| format!("{} does not contain {inner}", deb_path.display()))
+}
+
+/// planet-init: `--planet-init`, `$PLANET_INIT`, beside this executable, or the static build in
+/// this workspace's target directory.
+pub fn find_planet_init(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("PLANET_INIT").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("locating the planet-image executable")?;
+    let dir = exe.parent().context("the executable has no directory")?;
+    let mut candidates = vec![dir.join("planet-init")];
+    if let (Some(profile), Some(target)) = (dir.file_name(), dir.parent()) {
+        candidates.push(
+            target
+                .join("x86_64-unknown-linux-gnu")
+                .join(profile)
+                .join("planet-init"),
+        );
+    }
+    for c in &candidates {
+        if c.is_file()
+            && std::fs::read(c)
+                .map(|b| initramfs::check_static(&b).is_ok())
+                .unwrap_or(false)
+        {
+            return Ok(c.clone());
+        }
+    }
+    bail!(
+        "no static planet-init found (looked at {}); build it with \
+         `RUSTFLAGS='-C target-feature=+crt-static' cargo build -p planet-host --target x86_64-unknown-linux-gnu` \
+         or pass --planet-init",
+        candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", ")
+    )
+}
+
+/// A scratch directory beside the output (same filesystem, so big files never cross devices),
+/// removed when the build ends, successfully or not.
+struct WorkDir {
+    path: PathBuf,
+}
+
+impl WorkDir {
+    fn new(beside: &Path) -> Result<WorkDir> {
+        let path = beside.join(format!(".planet-image-work-{}", std::process::id()));
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("creating the work directory {}", path.display()))?;
+        Ok(WorkDir { path })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}

@@ -1,0 +1,136 @@
+//! The command line: one struct per subcommand.
+
+use crate::build::pipeline::Target;
+use crate::run::Accel;
+use crate::squashfs::Compression;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "planet-image",
+    version,
+    about = "Build bootable A/B disk images that run a Planet Kubernetes rootfs",
+    long_about = "Build bootable A/B disk images that run a Planet Kubernetes rootfs.\n\n\
+        Quick start:\n  planet-image fetch\n  planet-image build --target qcow2 --rootfs planet.tar -o planet.qcow2\n  \
+        planet-image run planet.qcow2 --cmdline planet.role=dev --forward 2379:2379\n\n\
+        Results go to stdout, progress to stderr."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Download the kernel, boot loader and OVMF packages into the cache (apt-get download).
+    Fetch(FetchArgs),
+    /// Build a bootable disk image from a Planet rootfs.
+    Build(BuildArgs),
+    /// Show an image's partitions and contents and verify it against its manifest.
+    Inspect(InspectArgs),
+    /// Boot an image in QEMU with UEFI firmware.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// Package cache [default: $PLANET_IMAGE_CACHE, $XDG_CACHE_HOME/planet-image or ~/.cache/planet-image].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// Kernel meta package; its versioned linux-image dependency is fetched too.
+    #[arg(long, default_value = "linux-image-cloud-amd64")]
+    pub kernel: String,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value = "qcow2")]
+    pub target: Target,
+    /// The Planet rootfs: a directory, a .tar/.tar.gz/.tar.zst/.tar.xz, or a Planet release
+    /// tarball whose top-level rootfs/ becomes the root.
+    #[arg(long, value_name = "PATH")]
+    pub rootfs: PathBuf,
+    /// The image to write; FILE.manifest.json is written beside it.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Partition layout (TOML) [default: the built-in image-layouts/default.toml].
+    #[arg(long, value_name = "FILE.toml")]
+    pub layout: Option<PathBuf>,
+    /// Extra kernel command line, appended after `console=… planet.slot=a`.
+    #[arg(long, value_name = "ARGS")]
+    pub cmdline: Option<String>,
+    /// Kernel package (.deb of linux-image-<version>-…) instead of the cached one.
+    #[arg(long, value_name = "FILE.deb")]
+    pub kernel_package: Option<PathBuf>,
+    /// systemd-boot-efi package (.deb) instead of the cached one.
+    #[arg(long, value_name = "FILE.deb")]
+    pub bootloader_package: Option<PathBuf>,
+    /// The static planet-init binary [default: $PLANET_INIT, or next to planet-image].
+    #[arg(long, value_name = "FILE")]
+    pub planet_init: Option<PathBuf>,
+    /// Squashfs block compression: zstd or zstd:LEVEL (1-22).
+    #[arg(long, default_value_t = Compression::default())]
+    pub compression: Compression,
+    /// Timestamp for everything the builder makes up (FAT, ext4, squashfs); same inputs and
+    /// same value give a byte-identical image [default: now].
+    #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
+    pub source_date_epoch: Option<u64>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A raw or qcow2 image.
+    pub image: PathBuf,
+    /// Manifest to verify against [default: IMAGE.manifest.json].
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A raw or qcow2 image.
+    pub image: PathBuf,
+    /// A NoCloud/ConfigDrive seed image attached as a second, read-only disk.
+    #[arg(long, value_name = "FILE")]
+    pub seed: Option<PathBuf>,
+    /// Forward a TCP port from 127.0.0.1 on the host to the guest (repeatable).
+    #[arg(long, value_name = "HOST:GUEST", value_parser = crate::run::parse_forward)]
+    pub forward: Vec<(u16, u16)>,
+    /// Extra kernel arguments: boots the image's own kernel and initramfs through the firmware
+    /// with the default entry's options plus these (the image is not modified).
+    #[arg(long, value_name = "ARGS")]
+    pub cmdline: Option<String>,
+    /// Guest memory.
+    #[arg(long, value_name = "MiB", default_value_t = 1024)]
+    pub memory: u32,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    /// Write the serial console to this file instead of the terminal.
+    #[arg(long, value_name = "FILE")]
+    pub serial_log: Option<PathBuf>,
+    /// Stop QEMU (and fail) if the guest has not powered off after this long.
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+    /// QEMU human monitor on this Unix socket (e.g. for `system_powerdown`).
+    #[arg(long, value_name = "SOCKET")]
+    pub monitor: Option<PathBuf>,
+    /// Accelerator.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: Accel,
+    /// Keep the image unchanged: the guest's writes go to a temporary overlay.
+    #[arg(long)]
+    pub snapshot: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}

@@ -1,0 +1,214 @@
+//! `planet-image fetch`: the Debian packages an image is made of (kernel, boot loader, OVMF
+//! firmware for `run`), downloaded with `apt-get download` into a cache and recorded with
+//! their versions and digests, so builds are offline and the manifest says what went in.
+
+use crate::deb;
+use crate::util::atomic::write_file;
+use crate::util::command::{require_tool, CommandExt};
+use crate::util::digest::sha256_file;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The packages fetched by default, by role.
+pub const BOOTLOADER_PACKAGE: &str = "systemd-boot-efi";
+pub const FIRMWARE_PACKAGE: &str = "ovmf";
+/// Inside the boot loader package.
+pub const SYSTEMD_BOOT_PATH: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+const OVMF_CODE: &str = "usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "usr/share/OVMF/OVMF_VARS_4M.fd";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PackageRecord {
+    /// `kernel`, `bootloader` or `firmware`.
+    pub role: String,
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+    pub file: PathBuf,
+}
+
+/// The package cache: `$PLANET_IMAGE_CACHE`, else `$XDG_CACHE_HOME/planet-image`, else
+/// `~/.cache/planet-image`.
+pub struct Cache {
+    pub dir: PathBuf,
+}
+
+impl Cache {
+    pub fn new(dir: Option<&Path>) -> Result<Cache> {
+        let dir = match dir {
+            Some(d) => d.to_path_buf(),
+            None => default_cache_dir()?,
+        };
+        Ok(Cache { dir })
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.dir.join("packages.json")
+    }
+
+    pub fn records(&self) -> Result<Vec<PackageRecord>> {
+        let p = self.index_path();
+        if !p.exists() {
+            return Ok(Vec::new());
+        }
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "parsing {} (delete it and run `planet-image fetch`)",
+                p.display()
+            )
+        })
+    }
+
+    /// The cached package for `role`, with a hint to fetch when absent.
+    pub fn package(&self, role: &str) -> Result<PackageRecord> {
+        let rec = self
+            .records()?
+            .into_iter()
+            .find(|r| r.role == role)
+            .with_context(|| {
+                format!(
+                    "no {role} package in the cache {}: run `planet-image fetch` first",
+                    self.dir.display()
+                )
+            })?;
+        if !rec.file.is_file() {
+            bail!(
+                "the cached {role} package {} is missing: run `planet-image fetch` again",
+                rec.file.display()
+            );
+        }
+        Ok(rec)
+    }
+
+    pub fn ovmf_code(&self) -> PathBuf {
+        self.dir.join("ovmf").join("OVMF_CODE_4M.fd")
+    }
+
+    pub fn ovmf_vars(&self) -> PathBuf {
+        self.dir.join("ovmf").join("OVMF_VARS_4M.fd")
+    }
+
+    /// Downloads the kernel (meta package and its versioned image), boot loader and firmware.
+    pub fn fetch(&self, kernel_meta: &str) -> Result<Vec<PackageRecord>> {
+        require_tool("apt-get", "apt")?;
+        let debs = self.dir.join("debs");
+        std::fs::create_dir_all(&debs)
+            .with_context(|| format!("creating the cache {}", debs.display()))?;
+        let meta = download(&debs, kernel_meta)?;
+        let depends = deb::control_fields(&meta)?
+            .get("Depends")
+            .cloned()
+            .unwrap_or_default();
+        let image_pkg = depends
+            .split(',')
+            .map(|d| d.trim().split_whitespace().next().unwrap_or(""))
+            .find(|d| d.starts_with("linux-image-"))
+            .map(str::to_string)
+            .unwrap_or_else(|| kernel_meta.to_string());
+        let kernel = download(&debs, &image_pkg)?;
+        let boot = download(&debs, BOOTLOADER_PACKAGE)?;
+        let firmware = download(&debs, FIRMWARE_PACKAGE)?;
+        self.extract_ovmf(&firmware)?;
+        let mut records = Vec::new();
+        for (role, file) in [
+            ("kernel", kernel),
+            ("bootloader", boot),
+            ("firmware", firmware),
+        ] {
+            let (name, version) = deb::name_and_version(&file)?;
+            records.push(PackageRecord {
+                role: role.into(),
+                name,
+                version,
+                sha256: sha256_file(&file)?,
+                file,
+            });
+        }
+        write_file(
+            &self.index_path(),
+            serde_json::to_string_pretty(&records)?.as_bytes(),
+        )?;
+        Ok(records)
+    }
+
+    fn extract_ovmf(&self, deb_path: &Path) -> Result<()> {
+        let dir = self.dir.join("ovmf");
+        std::fs::create_dir_all(&dir)?;
+        let mut found = 0;
+        deb::for_each_data_entry(deb_path, |path, _, data| {
+            let dest = if path == OVMF_CODE {
+                self.ovmf_code()
+            } else if path == OVMF_VARS {
+                self.ovmf_vars()
+            } else {
+                return Ok(());
+            };
+            let mut bytes = Vec::new();
+            data.read_to_end(&mut bytes)?;
+            write_file(&dest, &bytes)?;
+            found += 1;
+            Ok(())
+        })?;
+        if found != 2 {
+            bail!(
+                "{} does not contain {OVMF_CODE} and {OVMF_VARS}",
+                deb_path.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+fn default_cache_dir() -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("PLANET_IMAGE_CACHE") {
+        return Ok(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d).join("planet-image"));
+    }
+    let home = std::env::var_os("HOME")
+        .context("neither XDG_CACHE_HOME nor HOME is set: pass --cache-dir")?;
+    Ok(PathBuf::from(home).join(".cache").join("planet-image"))
+}
+
+/// `apt-get download NAME` into `dir`; returns the downloaded file.
+fn download(dir: &Path, name: &str) -> Result<PathBuf> {
+    eprintln!("planet-image: fetching {name}");
+    // One version per package in the cache: the one apt resolves now.
+    for old in debs_named(dir, name)? {
+        std::fs::remove_file(&old)
+            .with_context(|| format!("removing the old {}", old.display()))?;
+    }
+    Command::new("apt-get")
+        .args(["download", "-q", name])
+        .current_dir(dir)
+        .run_checked()
+        .with_context(|| {
+            format!("downloading {name} (run `apt-get update` if the package is unknown)")
+        })?;
+    let mut found = debs_named(dir, name)?;
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        n => bail!(
+            "apt-get download {name} left {n} matching .deb files in {}",
+            dir.display()
+        ),
+    }
+}
+
+/// apt names downloads NAME_VERSION_ARCH.deb.
+fn debs_named(dir: &Path, name: &str) -> Result<Vec<PathBuf>> {
+    Ok(std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .map(|n| n.starts_with(&format!("{name}_")) && n.ends_with(".deb"))
+                .unwrap_or(false)
+        })
+        .collect())
+}

@@ -1,0 +1,223 @@
+//! Reading built images back: raw or qcow2, the GPT, partitions by label and the ESP's files.
+//! Used by `inspect` and `run`.
+
+use crate::build::plan::ESP_LABEL;
+use crate::util::command::CommandExt;
+use anyhow::{bail, Context, Result};
+use planet_gpt::{Gpt, Partition};
+use std::io::{Cursor, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Raw,
+    Qcow2,
+}
+
+pub struct DiskImage {
+    pub path: PathBuf,
+    pub format: Format,
+}
+
+/// What the ESP's default entry boots.
+pub struct BootEntry {
+    pub options: String,
+    pub vmlinuz: Vec<u8>,
+    pub initramfs: Vec<u8>,
+}
+
+impl DiskImage {
+    pub fn open(path: &Path) -> Result<DiskImage> {
+        let mut f = std::fs::File::open(path)
+            .with_context(|| format!("opening the image {}", path.display()))?;
+        let mut magic = [0u8; 4];
+        let n = f.read(&mut magic)?;
+        let format = if n == 4 && &magic == b"QFI\xfb" {
+            Format::Qcow2
+        } else {
+            Format::Raw
+        };
+        Ok(DiskImage {
+            path: path.to_path_buf(),
+            format,
+        })
+    }
+
+    pub fn format_name(&self) -> &'static str {
+        match self.format {
+            Format::Raw => "raw",
+            Format::Qcow2 => "qcow2",
+        }
+    }
+
+    /// Size of the disk the image represents.
+    pub fn disk_size(&self) -> Result<u64> {
+        match self.format {
+            Format::Raw => Ok(std::fs::metadata(&self.path)?.len()),
+            Format::Qcow2 => {
+                let out = Command::new("qemu-img")
+                    .args(["info", "--output=json"])
+                    .arg(&self.path)
+                    .run_checked()?;
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                v["virtual-size"]
+                    .as_u64()
+                    .context("qemu-img info gave no virtual-size")
+            }
+        }
+    }
+
+    /// Reads `len` bytes of the disk at `offset`.
+    pub fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        match self.format {
+            Format::Raw => {
+                let mut f = std::fs::File::open(&self.path)?;
+                f.seek(SeekFrom::Start(offset))?;
+                let mut buf = vec![0u8; len as usize];
+                f.read_exact(&mut buf)
+                    .with_context(|| format!("reading {} at {offset}", self.path.display()))?;
+                Ok(buf)
+            }
+            Format::Qcow2 => {
+                // qemu-img dd reads through the qcow2 mapping; block size 512 addresses any sector.
+                anyhow::ensure!(offset % 512 == 0 && len % 512 == 0, "unaligned qcow2 read");
+                let scratch = crate::run::tempdir("planet-image-read")?;
+                let out = scratch.join("part.raw");
+                let res = Command::new("qemu-img")
+                    .args(["dd", "-f", "qcow2", "-O", "raw", "bs=512"])
+                    .arg(format!("if={}", self.path.display()))
+                    .arg(format!("of={}", out.display()))
+                    .arg(format!("skip={}", offset / 512))
+                    .arg(format!("count={}", len / 512))
+                    .run_checked()
+                    .and_then(|_| Ok(std::fs::read(&out)?));
+                let _ = std::fs::remove_dir_all(&scratch);
+                res
+            }
+        }
+    }
+
+    /// The GPT, trying 512- then 4096-byte sectors.
+    pub fn gpt(&self) -> Result<Gpt> {
+        let size = self.disk_size()?;
+        let head = self.read_at(0, 64 * 1024)?;
+        for ss in [512u64, 4096] {
+            if let Ok(g) = Gpt::read_from(&mut Cursor::new(&head), ss, size / ss) {
+                return Ok(g);
+            }
+        }
+        bail!(
+            "{} has no valid GPT (not a planet-image disk, or corrupt)",
+            self.path.display()
+        )
+    }
+
+    pub fn partition_bytes(&self, gpt: &Gpt, p: &Partition) -> Result<Vec<u8>> {
+        self.read_at(p.first_lba * gpt.sector_size, p.sectors() * gpt.sector_size)
+    }
+
+    /// The ESP's default loader entry and the files it names.
+    pub fn default_boot_entry(&self) -> Result<BootEntry> {
+        let gpt = self.gpt()?;
+        let esp = gpt
+            .find(ESP_LABEL)
+            .context("the image has no partition labelled esp")?;
+        let bytes = self.partition_bytes(&gpt, esp)?;
+        let fs = fatfs::FileSystem::new(Cursor::new(bytes), fatfs::FsOptions::new())
+            .context("opening the ESP")?;
+        let root = fs.root_dir();
+        let conf = read_fat(&root, "loader/loader.conf")?;
+        let default = String::from_utf8_lossy(&conf)
+            .lines()
+            .find_map(|l| l.strip_prefix("default ").map(|s| s.trim().to_string()))
+            .context("loader.conf names no default entry")?;
+        let entry =
+            String::from_utf8_lossy(&read_fat(&root, &format!("loader/entries/{default}"))?)
+                .into_owned();
+        let field = |k: &str| {
+            entry
+                .lines()
+                .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+                .with_context(|| format!("entry {default} has no {k}"))
+        };
+        let (linux, initrd, options) = (field("linux ")?, field("initrd ")?, field("options ")?);
+        Ok(BootEntry {
+            options,
+            vmlinuz: read_fat(&root, &linux)?,
+            initramfs: read_fat(&root, &initrd)?,
+        })
+    }
+
+    /// Names of the loader entries on the ESP, with their options lines.
+    pub fn loader_entries(&self) -> Result<Vec<(String, String)>> {
+        let gpt = self.gpt()?;
+        let esp = gpt
+            .find(ESP_LABEL)
+            .context("the image has no partition labelled esp")?;
+        let bytes = self.partition_bytes(&gpt, esp)?;
+        let fs = fatfs::FileSystem::new(Cursor::new(bytes), fatfs::FsOptions::new())
+            .context("opening the ESP")?;
+        let root = fs.root_dir();
+        let dir = root.open_dir("loader/entries")?;
+        let mut out = Vec::new();
+        for e in dir.iter() {
+            let e = e?;
+            if e.is_file() {
+                let text = String::from_utf8_lossy(&read_fat(
+                    &root,
+                    &format!("loader/entries/{}", e.file_name()),
+                )?)
+                .into_owned();
+                let options = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("options "))
+                    .unwrap_or("")
+                    .to_string();
+                out.push((e.file_name(), options));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+fn read_fat<T: fatfs::ReadWriteSeek>(root: &fatfs::Dir<'_, T>, path: &str) -> Result<Vec<u8>> {
+    let mut f = root
+        .open_file(path.trim_start_matches('/'))
+        .with_context(|| format!("opening {path} on the ESP"))?;
+    let mut b = Vec::new();
+    f.read_to_end(&mut b)?;
+    Ok(b)
+}
+
+/// The fields of a squashfs superblock worth showing.
+#[derive(Debug)]
+pub struct SquashfsInfo {
+    pub inodes: u32,
+    pub block_size: u32,
+    pub compression: &'static str,
+    pub bytes_used: u64,
+}
+
+pub fn squashfs_info(sb: &[u8]) -> Option<SquashfsInfo> {
+    if sb.len() < 96 || &sb[0..4] != b"hsqs" {
+        return None;
+    }
+    let u32_at = |o: usize| u32::from_le_bytes(sb[o..o + 4].try_into().unwrap());
+    let compression = match u16::from_le_bytes([sb[20], sb[21]]) {
+        1 => "gzip",
+        2 => "lzma",
+        3 => "lzo",
+        4 => "xz",
+        5 => "lz4",
+        6 => "zstd",
+        _ => "unknown",
+    };
+    Some(SquashfsInfo {
+        inodes: u32_at(4),
+        block_size: u32_at(12),
+        compression,
+        bytes_used: u64::from_le_bytes(sb[40..48].try_into().unwrap()),
+    })
+}

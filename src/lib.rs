@@ -1,0 +1,22 @@
+//! planet-image: builds bootable A/B disk images that run a Planet rootfs.
+//!
+//! One module per pipeline stage: `rootfs` (inputs) → `squashfs` (slot) → `kernel` +
+//! `initramfs` (the host) → `esp` (boot loader) → `disk` (GPT, sparse raw), planned by
+//! `build::plan` and run by `build::pipeline`; `fetch`, `inspect` and `run` around it.
+
+pub mod build;
+pub mod cli;
+pub mod deb;
+pub mod disk;
+pub mod esp;
+pub mod fetch;
+pub mod image;
+pub mod initramfs;
+pub mod inspect;
+pub mod kernel;
+pub mod layout;
+pub mod manifest;
+pub mod rootfs;
+pub mod run;
+pub mod squashfs;
+pub mod util;

@@ -1,0 +1,159 @@
+//! Walks a directory tree in sorted order, reading owners, modes, xattrs, device numbers and
+//! hard links from the filesystem as they are.
+
+use super::guard::CheckedSink;
+use super::{Entry, EntryKind};
+use anyhow::{Context, Result};
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+pub fn walk<W: Write>(root: &Path, sink: &mut CheckedSink<W>) -> Result<()> {
+    let mut links: HashMap<(u64, u64), String> = HashMap::new();
+    visit(root, root, "", sink, &mut links)
+}
+
+fn visit<W: Write>(
+    root: &Path,
+    path: &Path,
+    rel: &str,
+    sink: &mut CheckedSink<W>,
+    links: &mut HashMap<(u64, u64), String>,
+) -> Result<()> {
+    let meta =
+        std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let ft = meta.file_type();
+    let mut kind = if ft.is_dir() {
+        EntryKind::Directory
+    } else if ft.is_symlink() {
+        let t = std::fs::read_link(path)
+            .with_context(|| format!("reading the link {}", path.display()))?;
+        EntryKind::Symlink {
+            target: t
+                .to_str()
+                .with_context(|| format!("link target of {} is not UTF-8", path.display()))?
+                .to_string(),
+        }
+    } else if ft.is_file() {
+        EntryKind::File { size: meta.len() }
+    } else if ft.is_char_device() || ft.is_block_device() {
+        let rdev = meta.rdev();
+        let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+        if ft.is_char_device() {
+            EntryKind::CharDevice { major, minor }
+        } else {
+            EntryKind::BlockDevice { major, minor }
+        }
+    } else if ft.is_fifo() {
+        EntryKind::Fifo
+    } else {
+        eprintln!("planet-image: skipping socket {}", path.display());
+        return Ok(());
+    };
+    if let EntryKind::File { .. } = kind {
+        if meta.nlink() > 1 {
+            let key = (meta.dev(), meta.ino());
+            match links.get(&key) {
+                Some(first) => {
+                    kind = EntryKind::HardLink {
+                        target: first.clone(),
+                    }
+                }
+                None => {
+                    links.insert(key, rel.to_string());
+                }
+            }
+        }
+    }
+    let entry = Entry {
+        path: rel.to_string(),
+        kind: kind.clone(),
+        mode: meta.mode() & 0o7777,
+        uid: u64::from(meta.uid()),
+        gid: u64::from(meta.gid()),
+        mtime: meta.mtime().max(0) as u64,
+        xattrs: read_xattrs(path)
+            .with_context(|| format!("reading extended attributes of {}", path.display()))?,
+    };
+    match kind {
+        EntryKind::File { .. } => {
+            let mut f = std::fs::File::open(path).with_context(|| {
+                format!("opening {} (is it readable by this user?)", path.display())
+            })?;
+            sink.push(entry, &mut f)?;
+        }
+        EntryKind::Directory => {
+            sink.push(entry, &mut std::io::empty())?;
+            let mut children: Vec<_> = std::fs::read_dir(path)
+                .with_context(|| format!("listing {}", path.display()))?
+                .map(|d| d.map(|d| d.file_name()))
+                .collect::<std::io::Result<_>>()
+                .with_context(|| format!("listing {}", path.display()))?;
+            children.sort();
+            for name in children {
+                let name_str = name
+                    .to_str()
+                    .with_context(|| format!("a name in {} is not UTF-8", path.display()))?;
+                let child_rel = if rel.is_empty() {
+                    name_str.to_string()
+                } else {
+                    format!("{rel}/{name_str}")
+                };
+                visit(root, &path.join(&name), &child_rel, sink, links)?;
+            }
+        }
+        _ => sink.push(entry, &mut std::io::empty())?,
+    }
+    Ok(())
+}
+
+/// Extended attributes of `path` itself (not a symlink's target), sorted by name.
+fn read_xattrs(path: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: c is a valid NUL-terminated path; a null buffer with size 0 asks for the length.
+    let len = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
+    if len < 0 {
+        let err = std::io::Error::last_os_error();
+        return if err.raw_os_error() == Some(libc::ENOTSUP) {
+            Ok(Vec::new())
+        } else {
+            Err(err)
+        };
+    }
+    let mut names = vec![0u8; len as usize];
+    // SAFETY: names has room for len bytes.
+    let len = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if len < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    names.truncate(len as usize);
+    let mut out = Vec::new();
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let cname = CString::new(name)?;
+        // SAFETY: both strings are NUL-terminated; size 0 asks for the value's length.
+        let vlen = unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), std::ptr::null_mut(), 0) };
+        if vlen < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut value = vec![0u8; vlen as usize];
+        // SAFETY: value has room for vlen bytes.
+        let vlen = unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                cname.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        if vlen < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        value.truncate(vlen as usize);
+        out.push((String::from_utf8_lossy(name).into_owned(), value));
+    }
+    out.sort();
+    Ok(out)
+}

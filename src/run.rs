@@ -1,0 +1,227 @@
+//! `planet-image run`: boots an image in QEMU with UEFI firmware (OVMF from the cache, with a
+//! private copy of its variable store), KVM when it really works and TCG otherwise, user
+//! networking restricted to the host forwards asked for, and the serial console on the
+//! terminal or in a log file.
+
+use crate::fetch::Cache;
+use crate::image::DiskImage;
+use crate::util::command::require_tool;
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct RunRequest {
+    pub image: PathBuf,
+    pub seed: Option<PathBuf>,
+    /// (host port, guest port), TCP, bound on 127.0.0.1.
+    pub forwards: Vec<(u16, u16)>,
+    pub cmdline: Option<String>,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub serial_log: Option<PathBuf>,
+    pub timeout: Option<Duration>,
+    pub monitor: Option<PathBuf>,
+    pub cache_dir: Option<PathBuf>,
+    pub accel: Accel,
+    /// Writes go to a throw-away overlay instead of the image.
+    pub snapshot: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    /// KVM when /dev/kvm can really create a virtual CPU, else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// Parses `HOST:GUEST` (TCP ports).
+pub fn parse_forward(s: &str) -> Result<(u16, u16), String> {
+    let (h, g) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected HOST:GUEST ports, e.g. 2379:2379"))?;
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .map_err(|_| format!("{p:?} is not a TCP port"))
+    };
+    Ok((port(h)?, port(g)?))
+}
+
+/// Whether KVM works here: /dev/kvm opens and can create a VM and a vCPU (nested
+/// virtualisation often exposes the device but fails at that point).
+pub fn kvm_usable() -> bool {
+    use std::os::fd::AsRawFd;
+    const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
+    const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
+    const KVM_CREATE_VCPU: libc::c_ulong = 0xAE41;
+    let Ok(dev) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    else {
+        return false;
+    };
+    // SAFETY: plain ioctls on a file descriptor we own; results are checked.
+    unsafe {
+        if libc::ioctl(dev.as_raw_fd(), KVM_GET_API_VERSION, 0) != 12 {
+            return false;
+        }
+        let vm = libc::ioctl(dev.as_raw_fd(), KVM_CREATE_VM, 0);
+        if vm < 0 {
+            return false;
+        }
+        let vcpu = libc::ioctl(vm, KVM_CREATE_VCPU, 0);
+        let ok = vcpu >= 0;
+        if ok {
+            libc::close(vcpu);
+        }
+        libc::close(vm);
+        ok
+    }
+}
+
+pub fn run(req: &RunRequest) -> Result<i32> {
+    require_tool("qemu-system-x86_64", "qemu-system-x86")?;
+    let cache = Cache::new(req.cache_dir.as_deref())?;
+    let (code, vars_template) = (cache.ovmf_code(), cache.ovmf_vars());
+    if !code.is_file() || !vars_template.is_file() {
+        bail!(
+            "OVMF firmware is not in the cache {}: run `planet-image fetch` first",
+            cache.dir.display()
+        );
+    }
+    let image = DiskImage::open(&req.image)?;
+    let scratch = tempdir("planet-image-run")?;
+    let vars = scratch.join("OVMF_VARS.fd");
+    std::fs::copy(&vars_template, &vars)
+        .with_context(|| format!("copying {}", vars_template.display()))?;
+
+    let accel = match req.accel {
+        Accel::Kvm => "kvm",
+        Accel::Tcg => "tcg",
+        Accel::Auto if kvm_usable() => "kvm",
+        Accel::Auto => "tcg",
+    };
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-machine",
+        &format!("q35,accel={accel}"),
+        "-m",
+        &req.memory_mib.to_string(),
+        "-smp",
+        &req.cpus.to_string(),
+    ])
+    .args(["-display", "none", "-no-user-config", "-nodefaults"])
+    .arg("-drive")
+    .arg(format!(
+        "if=pflash,format=raw,unit=0,readonly=on,file={}",
+        code.display()
+    ))
+    .arg("-drive")
+    .arg(format!(
+        "if=pflash,format=raw,unit=1,file={}",
+        vars.display()
+    ))
+    .arg("-drive")
+    .arg(format!(
+        "if=virtio,format={},file={}{}",
+        image.format_name(),
+        req.image.display(),
+        if req.snapshot { ",snapshot=on" } else { "" }
+    ));
+    if accel == "kvm" {
+        cmd.args(["-cpu", "host"]);
+    } else {
+        cmd.args(["-cpu", "max"]);
+    }
+    if let Some(seed) = &req.seed {
+        if !seed.is_file() {
+            bail!(
+                "the seed image {} does not exist; make one with `planet-image seed`",
+                seed.display()
+            );
+        }
+        cmd.arg("-drive").arg(format!(
+            "if=virtio,format=raw,readonly=on,file={}",
+            seed.display()
+        ));
+    }
+    let mut netdev = "user,id=net0,restrict=on".to_string();
+    for (h, g) in &req.forwards {
+        netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
+    }
+    cmd.arg("-netdev")
+        .arg(netdev)
+        .args(["-device", "virtio-net-pci,netdev=net0"]);
+    if let Some(extra) = &req.cmdline {
+        // Boot the image's own kernel and initramfs through the firmware, with the entry's
+        // options plus `extra`: the ESP itself is not modified.
+        let boot = image
+            .default_boot_entry()
+            .context("reading the default boot entry from the image's ESP")?;
+        let kernel = scratch.join("vmlinuz");
+        let initrd = scratch.join("initramfs.img");
+        std::fs::write(&kernel, &boot.vmlinuz)?;
+        std::fs::write(&initrd, &boot.initramfs)?;
+        cmd.arg("-kernel").arg(&kernel).arg("-initrd").arg(&initrd);
+        cmd.arg("-append")
+            .arg(format!("{} {}", boot.options, extra.trim()));
+    }
+    match &req.serial_log {
+        Some(log) => {
+            cmd.arg("-chardev")
+                .arg(format!("file,id=ser0,path={}", log.display()))
+                .args(["-serial", "chardev:ser0"]);
+            cmd.stdin(Stdio::null());
+        }
+        None => {
+            cmd.args([
+                "-chardev",
+                "stdio,id=ser0,signal=on",
+                "-serial",
+                "chardev:ser0",
+            ]);
+        }
+    }
+    if let Some(m) = &req.monitor {
+        cmd.arg("-monitor")
+            .arg(format!("unix:{},server=on,wait=off", m.display()));
+    }
+    eprintln!("planet-image: booting {} ({accel})", req.image.display());
+    let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if let Some(t) = req.timeout {
+            if started.elapsed() > t {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = std::fs::remove_dir_all(&scratch);
+                bail!(
+                    "the guest did not power off within {} s; QEMU was stopped",
+                    t.as_secs()
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(status.code().unwrap_or(1))
+}
+
+/// A private scratch directory under $TMPDIR.
+pub fn tempdir(prefix: &str) -> Result<PathBuf> {
+    let base = std::env::temp_dir();
+    for i in 0..1000u32 {
+        let p = base.join(format!("{prefix}-{}-{i}", std::process::id()));
+        match std::fs::create_dir(&p) {
+            Ok(()) => return Ok(p),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", p.display())),
+        }
+    }
+    bail!("could not create a scratch directory in {}", base.display())
+}

@@ -1,0 +1,7 @@
+//! Small helpers every stage uses: running external tools, writing outputs atomically,
+//! progress reporting and digests.
+
+pub mod atomic;
+pub mod command;
+pub mod digest;
+pub mod progress;
