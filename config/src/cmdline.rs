@@ -64,16 +64,14 @@ impl CmdlineConfig {
                 "init" => c.init = Some(value),
                 "env" => {
                     for item in value.split(',').filter(|i| !i.is_empty()) {
-                        let (k, v) = item.split_once('=').ok_or_else(|| {
-                            ConfigError::invalid("planet.env", item, "expected K=V[,K2=V2…]")
-                        })?;
+                        let (k, v) = item
+                            .split_once('=')
+                            .ok_or_else(|| ConfigError::invalid("planet.env", item, "expected K=V[,K2=V2…]"))?;
                         set_env(&mut c.env, k.to_string(), v.to_string());
                     }
                 }
                 "ip" => {
-                    let a = value
-                        .parse()
-                        .map_err(|e: String| ConfigError::invalid("planet.ip", &value, e))?;
+                    let a = value.parse().map_err(|e: String| ConfigError::invalid("planet.ip", &value, e))?;
                     c.network.addresses.push(a);
                 }
                 "dns" => {
@@ -92,11 +90,7 @@ impl CmdlineConfig {
 
     /// The last value of a host parameter (`param("slot")`).
     pub fn param(&self, key: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.params.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 }
 
@@ -128,10 +122,7 @@ mod tests {
         let v = c.config.validate(Source::Cmdline, "planet.").unwrap();
         assert_eq!(v.role, Role::Node);
         assert_eq!(v.master_ip.unwrap().to_string(), "10.0.0.10");
-        assert_eq!(
-            v.env,
-            vec![("K".into(), "V".into()), ("K2".into(), "x=y".into())]
-        );
+        assert_eq!(v.env, vec![("K".into(), "V".into()), ("K2".into(), "x=y".into())]);
         assert_eq!(v.node_name.as_deref(), Some("node-1"));
         assert_eq!(v.init, "/bin/systemd");
         assert_eq!(v.network.addresses[0].iface, "eth0");
@@ -141,9 +132,6 @@ mod tests {
     #[test]
     fn bad_env_names_the_key() {
         let err = CmdlineConfig::parse("planet.env=novalue").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "planet.env=\"novalue\" is invalid: expected K=V[,K2=V2…]"
-        );
+        assert_eq!(err.to_string(), "planet.env=\"novalue\" is invalid: expected K=V[,K2=V2…]");
     }
 }

@@ -17,25 +17,14 @@ pub use cmdline::{split_cmdline, CmdlineConfig};
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("{key} is required{why}")]
-    Missing {
-        key: &'static str,
-        why: &'static str,
-    },
+    Missing { key: &'static str, why: &'static str },
     #[error("{key}={value:?} is invalid: {reason}")]
-    Invalid {
-        key: String,
-        value: String,
-        reason: String,
-    },
+    Invalid { key: String, value: String, reason: String },
 }
 
 impl ConfigError {
     fn invalid(key: &str, value: &str, reason: impl Into<String>) -> Self {
-        ConfigError::Invalid {
-            key: key.to_string(),
-            value: value.to_string(),
-            reason: reason.into(),
-        }
+        ConfigError::Invalid { key: key.to_string(), value: value.to_string(), reason: reason.into() }
     }
 }
 
@@ -156,36 +145,19 @@ impl FromStr for StaticAddress {
     /// `IFACE:ADDR/PREFIX[:GATEWAY]`, e.g. `eth0:10.0.0.5/24:10.0.0.1`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut parts = s.split(':');
-        let iface = parts
-            .next()
-            .filter(|i| !i.is_empty())
-            .ok_or("expected IFACE:ADDR/PREFIX[:GATEWAY]")?;
+        let iface = parts.next().filter(|i| !i.is_empty()).ok_or("expected IFACE:ADDR/PREFIX[:GATEWAY]")?;
         let cidr = parts.next().ok_or("expected IFACE:ADDR/PREFIX[:GATEWAY]")?;
         let (addr, prefix) = cidr.split_once('/').ok_or("address needs a /PREFIX")?;
-        let address = addr
-            .parse::<Ipv4Addr>()
-            .map_err(|e| format!("address {addr:?}: {e}"))?;
-        let prefix = prefix
-            .parse::<u8>()
-            .ok()
-            .filter(|p| *p <= 32)
-            .ok_or("prefix must be 0..=32")?;
+        let address = addr.parse::<Ipv4Addr>().map_err(|e| format!("address {addr:?}: {e}"))?;
+        let prefix = prefix.parse::<u8>().ok().filter(|p| *p <= 32).ok_or("prefix must be 0..=32")?;
         let gateway = match parts.next() {
-            Some(g) if !g.is_empty() => Some(
-                g.parse::<Ipv4Addr>()
-                    .map_err(|e| format!("gateway {g:?}: {e}"))?,
-            ),
+            Some(g) if !g.is_empty() => Some(g.parse::<Ipv4Addr>().map_err(|e| format!("gateway {g:?}: {e}"))?),
             _ => None,
         };
         if parts.next().is_some() {
             return Err("too many ':'-separated fields".into());
         }
-        Ok(StaticAddress {
-            iface: iface.to_string(),
-            address,
-            prefix,
-            gateway,
-        })
+        Ok(StaticAddress { iface: iface.to_string(), address, prefix, gateway })
     }
 }
 
@@ -237,15 +209,7 @@ impl RawConfig {
         macro_rules! take {
             ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f; } )* };
         }
-        take!(
-            role,
-            master_ip,
-            public_ip,
-            cloud_provider,
-            hostname,
-            node_name,
-            init
-        );
+        take!(role, master_ip, public_ip, cloud_provider, hostname, node_name, init);
         for (k, v) in over.env {
             set_env(&mut self.env, k, v);
         }
@@ -262,47 +226,32 @@ impl RawConfig {
             "planet." => "planet.role",
             _ => "role",
         };
-        let role_text = self.role.as_deref().ok_or(ConfigError::Missing {
-            key: role_key,
-            why: " (master, node or dev)",
-        })?;
-        let role = role_text
-            .parse::<Role>()
-            .map_err(|e| ConfigError::invalid(&key("role"), role_text, e))?;
+        let role_text =
+            self.role.as_deref().ok_or(ConfigError::Missing { key: role_key, why: " (master, node or dev)" })?;
+        let role = role_text.parse::<Role>().map_err(|e| ConfigError::invalid(&key("role"), role_text, e))?;
         let ip = |name: &str, v: &Option<String>| -> Result<Option<IpAddr>, ConfigError> {
             match v.as_deref() {
                 None | Some("") => Ok(None),
-                Some(t) => t
-                    .parse::<IpAddr>()
-                    .map(Some)
-                    .map_err(|e| ConfigError::invalid(&key(name), t, e.to_string())),
+                Some(t) => {
+                    t.parse::<IpAddr>().map(Some).map_err(|e| ConfigError::invalid(&key(name), t, e.to_string()))
+                }
             }
         };
         let master_ip = ip("master_ip", &self.master_ip)?;
         let public_ip = ip("public_ip", &self.public_ip)?;
         if role == Role::Node && master_ip.is_none() {
             return Err(ConfigError::Missing {
-                key: if key_prefix == "planet." {
-                    "planet.master_ip"
-                } else {
-                    "master_ip"
-                },
+                key: if key_prefix == "planet." { "planet.master_ip" } else { "master_ip" },
                 why: " for role node",
             });
         }
         let cloud_provider = match self.cloud_provider.as_deref() {
             None => CloudProvider::None,
-            Some(t) => t
-                .parse()
-                .map_err(|e: String| ConfigError::invalid(&key("cloud_provider"), t, e))?,
+            Some(t) => t.parse().map_err(|e: String| ConfigError::invalid(&key("cloud_provider"), t, e))?,
         };
         for (k, _) in &self.env {
             if !valid_env_key(k) {
-                return Err(ConfigError::invalid(
-                    &key("env"),
-                    k,
-                    "variable names are [A-Za-z_][A-Za-z0-9_]*",
-                ));
+                return Err(ConfigError::invalid(&key("env"), k, "variable names are [A-Za-z_][A-Za-z0-9_]*"));
             }
         }
         for (name, v) in [("hostname", &self.hostname), ("node_name", &self.node_name)] {
@@ -316,16 +265,9 @@ impl RawConfig {
                 }
             }
         }
-        let init = self
-            .init
-            .clone()
-            .unwrap_or_else(|| DEFAULT_INIT.to_string());
+        let init = self.init.clone().unwrap_or_else(|| DEFAULT_INIT.to_string());
         if !init.starts_with('/') || init.contains('\0') {
-            return Err(ConfigError::invalid(
-                &key("init"),
-                &init,
-                "must be an absolute path",
-            ));
+            return Err(ConfigError::invalid(&key("init"), &init, "must be an absolute path"));
         }
         Ok(PlanetConfig {
             role,
@@ -373,11 +315,7 @@ impl PlanetConfig {
     /// The master's address: given, else this machine's own for a master (as the Planet
     /// launcher does).
     pub fn effective_master_ip(&self) -> Option<IpAddr> {
-        self.master_ip.or(if self.role.is_master() {
-            self.public_ip
-        } else {
-            None
-        })
+        self.master_ip.or(if self.role.is_master() { self.public_ip } else { None })
     }
 
     /// `KEY=VALUE` lines for `/etc/container-environment`: the PLANET_* settings then the
@@ -392,20 +330,11 @@ impl PlanetConfig {
             out.push('\n');
         };
         line("PLANET_ROLE", self.role.as_str());
-        line(
-            "PLANET_MASTER_IP",
-            &opt(self.effective_master_ip().map(|i| i.to_string())),
-        );
-        line(
-            "PLANET_PUBLIC_IP",
-            &opt(self.public_ip.map(|i| i.to_string())),
-        );
+        line("PLANET_MASTER_IP", &opt(self.effective_master_ip().map(|i| i.to_string())));
+        line("PLANET_PUBLIC_IP", &opt(self.public_ip.map(|i| i.to_string())));
         line("PLANET_CLOUD_PROVIDER", self.cloud_provider.as_str());
         line("PLANET_HOSTNAME", &opt(self.hostname.clone()));
-        line(
-            "PLANET_NODE_NAME",
-            &opt(self.node_name.clone().or_else(|| self.hostname.clone())),
-        );
+        line("PLANET_NODE_NAME", &opt(self.node_name.clone().or_else(|| self.hostname.clone())));
         for (k, v) in &self.env {
             line(k, v);
         }
@@ -417,12 +346,7 @@ impl PlanetConfig {
         let none = || "none".to_string();
         let mut f = vec![
             ("role", self.role.to_string()),
-            (
-                "master_ip",
-                self.effective_master_ip()
-                    .map(|i| i.to_string())
-                    .unwrap_or_else(none),
-            ),
+            ("master_ip", self.effective_master_ip().map(|i| i.to_string()).unwrap_or_else(none)),
             ("provider", self.cloud_provider.to_string()),
         ];
         if let Some(ip) = self.public_ip {
@@ -445,10 +369,7 @@ impl PlanetConfig {
 
 /// `K=***,K2=***`: names are useful in logs, values may be credentials.
 pub fn masked_env(env: &[(String, String)]) -> String {
-    env.iter()
-        .map(|(k, _)| format!("{k}=***"))
-        .collect::<Vec<_>>()
-        .join(",")
+    env.iter().map(|(k, _)| format!("{k}=***")).collect::<Vec<_>>().join(",")
 }
 
 impl fmt::Display for PlanetConfig {
@@ -471,97 +392,50 @@ mod tests {
     use super::*;
 
     fn raw(role: &str) -> RawConfig {
-        RawConfig {
-            role: Some(role.into()),
-            ..Default::default()
-        }
+        RawConfig { role: Some(role.into()), ..Default::default() }
     }
 
     #[test]
     fn roles_are_validated_with_the_key_named() {
-        assert_eq!(
-            raw("dev")
-                .validate(Source::Cmdline, "planet.")
-                .unwrap()
-                .role,
-            Role::Dev
-        );
-        let err = raw("boss")
-            .validate(Source::Cmdline, "planet.")
-            .unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("planet.role=\"boss\" is invalid"),
-            "{err}"
-        );
-        let err = RawConfig::default()
-            .validate(Source::Cmdline, "planet.")
-            .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "planet.role is required (master, node or dev)"
-        );
+        assert_eq!(raw("dev").validate(Source::Cmdline, "planet.").unwrap().role, Role::Dev);
+        let err = raw("boss").validate(Source::Cmdline, "planet.").unwrap_err();
+        assert!(err.to_string().starts_with("planet.role=\"boss\" is invalid"), "{err}");
+        let err = RawConfig::default().validate(Source::Cmdline, "planet.").unwrap_err();
+        assert_eq!(err.to_string(), "planet.role is required (master, node or dev)");
     }
 
     #[test]
     fn node_requires_master_ip() {
-        let err = raw("node")
-            .validate(Source::Cmdline, "planet.")
-            .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "planet.master_ip is required for role node"
-        );
+        let err = raw("node").validate(Source::Cmdline, "planet.").unwrap_err();
+        assert_eq!(err.to_string(), "planet.master_ip is required for role node");
         let mut r = raw("node");
         r.master_ip = Some("10.0.0.1".into());
         assert!(r.validate(Source::Cmdline, "planet.").is_ok());
         r.master_ip = Some("10.0.0".into());
         let err = r.validate(Source::Cmdline, "planet.").unwrap_err();
-        assert!(
-            err.to_string().starts_with("planet.master_ip=\"10.0.0\""),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("planet.master_ip=\"10.0.0\""), "{err}");
     }
 
     #[test]
     fn provider_hostname_env_and_init_are_checked() {
         let mut r = raw("master");
         r.cloud_provider = Some("azure".into());
-        assert!(r
-            .validate(Source::Cmdline, "planet.")
-            .unwrap_err()
-            .to_string()
-            .contains("planet.cloud_provider"));
+        assert!(r.validate(Source::Cmdline, "planet.").unwrap_err().to_string().contains("planet.cloud_provider"));
         let mut r = raw("master");
         r.hostname = Some("-bad".into());
-        assert!(r
-            .validate(Source::Cmdline, "planet.")
-            .unwrap_err()
-            .to_string()
-            .contains("planet.hostname"));
+        assert!(r.validate(Source::Cmdline, "planet.").unwrap_err().to_string().contains("planet.hostname"));
         let mut r = raw("master");
         r.env = vec![("1X".into(), "v".into())];
-        assert!(r
-            .validate(Source::Cmdline, "planet.")
-            .unwrap_err()
-            .to_string()
-            .contains("planet.env"));
+        assert!(r.validate(Source::Cmdline, "planet.").unwrap_err().to_string().contains("planet.env"));
         let mut r = raw("master");
         r.init = Some("sbin/init".into());
-        assert!(r
-            .validate(Source::Cmdline, "planet.")
-            .unwrap_err()
-            .to_string()
-            .contains("planet.init"));
+        assert!(r.validate(Source::Cmdline, "planet.").unwrap_err().to_string().contains("planet.init"));
     }
 
     #[test]
     fn printing_masks_env_values() {
         let mut r = raw("dev");
-        r.env = vec![
-            ("AWS_SECRET_ACCESS_KEY".into(), "hunter2".into()),
-            ("A".into(), "b".into()),
-        ];
+        r.env = vec![("AWS_SECRET_ACCESS_KEY".into(), "hunter2".into()), ("A".into(), "b".into())];
         r.public_ip = Some("10.0.2.15".into());
         let c = r.validate(Source::Cmdline, "planet.").unwrap();
         let text = c.to_string();
@@ -592,17 +466,11 @@ mod tests {
     fn merge_prefers_the_overlay() {
         let mut base = raw("node");
         base.env = vec![("A".into(), "1".into()), ("B".into(), "2".into())];
-        let mut over = RawConfig {
-            role: Some("master".into()),
-            ..Default::default()
-        };
+        let mut over = RawConfig { role: Some("master".into()), ..Default::default() };
         over.env = vec![("B".into(), "3".into())];
         let m = base.merge(over);
         assert_eq!(m.role.as_deref(), Some("master"));
-        assert_eq!(
-            m.env,
-            vec![("A".into(), "1".into()), ("B".into(), "3".into())]
-        );
+        assert_eq!(m.env, vec![("A".into(), "1".into()), ("B".into(), "3".into())]);
     }
 
     #[test]

@@ -1,3 +1,63 @@
-fn main() {
-    println!("planet-init: started version={}", env!("CARGO_PKG_VERSION"));
+//! The planet-init binary. `no_main`: std's startup would abort when fds 0-2 are closed and
+//! there is no /dev/null to reopen them on — exactly the state of an initramfs without a
+//! /dev/console node — so planet-init sets up its console itself first.
+#![no_main]
+
+use planet_host::{boot, console, event, sys, VERSION};
+
+/// Gives PID 1 the console on fds 0-2 if the kernel could not (no /dev/console in the cpio).
+fn ensure_console() {
+    // SAFETY: fcntl on fd 1 only queries.
+    if unsafe { libc::fcntl(1, libc::F_GETFD) } != -1 {
+        return;
+    }
+    let _ = std::fs::create_dir_all("/dev");
+    let dev = std::path::Path::new("/dev");
+    if !sys::is_mountpoint(dev) {
+        let _ = sys::mount(Some("devtmpfs"), dev, Some("devtmpfs"), libc::MS_NOSUID, Some("mode=0755"));
+    }
+    // SAFETY: opening the console and duplicating it onto the standard fds.
+    unsafe {
+        let fd = libc::open(c"/dev/console".as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+        if fd >= 0 {
+            for target in 0..3 {
+                if fd != target {
+                    libc::dup2(fd, target);
+                }
+            }
+            if fd > 2 {
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+/// Prints the error chain and powers off after a short delay (tests fail fast, operators can
+/// read the line on the console).
+fn fatal(message: &str) -> ! {
+    event!("fatal", error = message);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    if sys::is_pid1() {
+        boot::shutdown(&boot::BootEnv::system());
+        console::emit("power-off", &[]);
+    }
+    sys::power_off()
+}
+
+#[no_mangle]
+pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    ensure_console();
+    event!("started", version = VERSION);
+    if !sys::is_pid1() {
+        event!("fatal", error = "planet-init must run as PID 1 (it mounts, partitions and powers off the machine)");
+        return 2;
+    }
+    std::panic::set_hook(Box::new(|info| fatal(&format!("panic: {info}"))));
+    match boot::run(&boot::BootEnv::system()) {
+        Ok(()) => {
+            console::emit("power-off", &[]);
+            sys::power_off()
+        }
+        Err(e) => fatal(&format!("{e:#}")),
+    }
 }

@@ -1,0 +1,315 @@
+//! The boot sequence. Every input — command line, sysfs, /dev, module tables, where things are
+//! mounted — comes from a [`BootEnv`], so the steps can be pointed at fake trees in tests.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use planet_config::{CmdlineConfig, PlanetConfig, Source};
+
+use crate::coldplug::{Coldplug, KernelLoader, ModuleIndex};
+use crate::disk::{self, BootDisk};
+use crate::launcher::{self, LaunchSpec};
+use crate::mounts::{self, Mount};
+use crate::supervise::{self, Policy};
+use crate::{event, net, sys};
+
+/// Where planet-init finds and puts things.
+#[derive(Clone, Debug)]
+pub struct BootEnv {
+    /// The host root the early mounts go under (`/`).
+    pub root: PathBuf,
+    pub cmdline: PathBuf,
+    pub sysfs: PathBuf,
+    pub dev: PathBuf,
+    /// `/lib/modules`; the running kernel's release is appended.
+    pub modules: PathBuf,
+    /// Working directory for the slot, state and composed root mounts.
+    pub run: PathBuf,
+    pub cgroup: PathBuf,
+}
+
+impl BootEnv {
+    pub fn system() -> BootEnv {
+        BootEnv {
+            root: "/".into(),
+            cmdline: "/proc/cmdline".into(),
+            sysfs: "/sys".into(),
+            dev: "/dev".into(),
+            modules: "/lib/modules".into(),
+            run: "/run/planet".into(),
+            cgroup: "/sys/fs/cgroup".into(),
+        }
+    }
+
+    pub fn slot_dir(&self) -> PathBuf {
+        self.run.join("slot")
+    }
+    pub fn state_dir(&self) -> PathBuf {
+        self.run.join("state")
+    }
+    /// The Planet root. A release's launcher insists on a path containing `/rootfs/`.
+    pub fn root_dir(&self) -> PathBuf {
+        self.run.join("rootfs")
+    }
+}
+
+/// Host parameters from the command line (`planet.slot`, timeouts, restart policy).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostParams {
+    pub slot: char,
+    pub disk_timeout: Duration,
+    pub stop_timeout: Duration,
+    pub max_restarts: u32,
+}
+
+impl HostParams {
+    pub fn from_cmdline(c: &CmdlineConfig) -> Result<HostParams> {
+        let slot = match c.param("slot") {
+            None | Some("a") => 'a',
+            Some("b") => 'b',
+            Some(other) => bail!("planet.slot={other:?} is invalid: expected a or b"),
+        };
+        let secs = |key: &str, default: u64| -> Result<Duration> {
+            match c.param(key) {
+                None => Ok(Duration::from_secs(default)),
+                Some(v) => v
+                    .parse()
+                    .map(Duration::from_secs)
+                    .map_err(|_| anyhow::anyhow!("planet.{key}={v:?} is invalid: expected seconds")),
+            }
+        };
+        let max_restarts = match c.param("max_restarts") {
+            None => 5,
+            Some(v) => {
+                v.parse().map_err(|_| anyhow::anyhow!("planet.max_restarts={v:?} is invalid: expected a number"))?
+            }
+        };
+        Ok(HostParams {
+            slot,
+            disk_timeout: secs("disk_timeout", 30)?,
+            stop_timeout: secs("stop_timeout", 30)?,
+            max_restarts,
+        })
+    }
+
+    pub fn slot_label(&self) -> String {
+        format!("planet-{}", self.slot)
+    }
+}
+
+/// Reads and validates the command line: bad configuration stops the boot before anything
+/// starts.
+pub fn read_config(env: &BootEnv) -> Result<(CmdlineConfig, HostParams, PlanetConfig)> {
+    let line = std::fs::read_to_string(&env.cmdline).with_context(|| format!("reading {}", env.cmdline.display()))?;
+    let cmd = CmdlineConfig::parse(&line).context("reading the kernel command line")?;
+    let params = HostParams::from_cmdline(&cmd)?;
+    let cfg = cmd.config.validate(Source::Cmdline, "planet.").context("validating the configuration")?;
+    Ok((cmd, params, cfg))
+}
+
+/// Modules the boot needs that no device asks for.
+const FILESYSTEM_MODULES: [&str; 3] = ["fs-squashfs", "fs-overlay", "fs-ext4"];
+
+/// Coldplug until a pass loads nothing new (bus drivers reveal more devices).
+fn coldplug_settle(cp: &mut Coldplug<KernelLoader>, sysfs: &Path) -> usize {
+    let mut total = 0;
+    for _ in 0..10 {
+        let n = cp.round(sysfs);
+        total += n;
+        if n == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    total
+}
+
+/// Mounts the slot read-only, the state partition, and the overlay root; growth of the state
+/// filesystem happens between (it needs the filesystem mounted).
+pub fn mount_root(env: &BootEnv, bd: &BootDisk) -> Result<()> {
+    let slot_dev = env.dev.join(&bd.slot.name);
+    let state_dev = env.dev.join(&bd.state.name);
+    Mount::new(&slot_dev.display().to_string(), env.slot_dir(), "squashfs")
+        .flags(libc::MS_RDONLY | libc::MS_NODEV)
+        .perform()?;
+    Mount::new(&state_dev.display().to_string(), env.state_dir(), "ext4").flags(libc::MS_NOATIME).perform()?;
+    grow_state_fs(&state_dev, &env.state_dir());
+    let upper = env.state_dir().join("overlay/upper");
+    let work = env.state_dir().join("overlay/work");
+    for d in [&upper, &work] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let data = format!("lowerdir={},upperdir={},workdir={}", env.slot_dir().display(), upper.display(), work.display());
+    Mount::new("overlay", env.root_dir(), "overlay").data(&data).perform()?;
+    event!("root mounted", path = env.root_dir().display(), slot = bd.slot.name, state = bd.state.name);
+    Ok(())
+}
+
+/// Grows the mounted state ext4 to its partition when the partition is larger (first boot, or
+/// a boot after power was lost between the GPT and filesystem steps). Failure is reported,
+/// not fatal: a small state partition still boots.
+fn grow_state_fs(dev: &Path, mountpoint: &Path) {
+    let r = (|| -> Result<()> {
+        let (bs, blocks) = disk::read_ext4_geometry(dev)?;
+        let f = std::fs::File::open(dev).with_context(|| format!("opening {}", dev.display()))?;
+        let (part_bytes, _) = disk::device_geometry(&f)?;
+        match disk::ext4_target_blocks(bs, blocks, part_bytes) {
+            Some(target) => {
+                disk::resize_ext4(mountpoint, target)?;
+                event!("state grown", from = bs * blocks, to = bs * target);
+            }
+            None => println!("{} state size={} (no growth needed)", crate::console::PREFIX, bs * blocks),
+        }
+        Ok(())
+    })();
+    if let Err(e) = r {
+        event!("state growth failed", error = format!("{e:#}"));
+    }
+}
+
+/// A name for machines nobody named: stable across boots (from the first NIC's MAC).
+pub fn default_hostname(nics: &[net::Nic]) -> String {
+    match nics.first() {
+        Some(n) => format!("planet-{:02x}{:02x}{:02x}", n.mac[3], n.mac[4], n.mac[5]),
+        None => "planet".into(),
+    }
+}
+
+/// The whole boot; returns when the machine should power off.
+pub fn run(env: &BootEnv) -> Result<()> {
+    mounts::mount_early(&env.root).context("mounting the API filesystems")?;
+    supervise::block_signals()?;
+    let (_cmd, params, mut cfg) = read_config(env)?;
+
+    let kver = sys::kernel_release().context("reading the kernel release")?;
+    let mod_dir = env.modules.join(&kver);
+    let index = match ModuleIndex::load(&mod_dir) {
+        Ok(i) => i,
+        Err(e) => {
+            event!("coldplug unavailable", error = format!("{e:#}"));
+            ModuleIndex::default()
+        }
+    };
+    let mut cp = Coldplug::new(index, KernelLoader);
+    for m in FILESYSTEM_MODULES {
+        cp.load(m);
+    }
+    let n = coldplug_settle(&mut cp, &env.sysfs);
+    event!("coldplug done", kernel = kver, loaded = n);
+
+    let bd = disk::wait_for_boot_disk(&env.sysfs, &params.slot_label(), params.disk_timeout, || {
+        cp.round(&env.sysfs);
+    })?;
+    event!("disk found", disk = bd.disk, slot = bd.slot.name, state = bd.state.name);
+    if let Err(e) = disk::grow_boot_disk(&env.dev, &bd) {
+        event!("state growth failed", error = format!("{e:#}"));
+    }
+    mount_root(env, &bd).context("mounting the Planet root")?;
+
+    // Devices that appeared late (input devices once evdev is in) get their modules too.
+    coldplug_settle(&mut cp, &env.sysfs);
+
+    let network = net::bring_up(&env.sysfs, &cfg.network).context("bringing up the network")?;
+    if cfg.public_ip.is_none() {
+        cfg.public_ip = network.primary_ip().map(Into::into);
+    }
+    let hostname = cfg.hostname.clone().unwrap_or_else(|| default_hostname(&net::physical_nics(&env.sysfs)));
+    sys::sethostname(&hostname).with_context(|| format!("setting the hostname to {hostname}"))?;
+    cfg.hostname = Some(hostname.clone());
+    write_host_etc(&env.root, &hostname, &network.resolv_conf());
+    event!("hostname", name = hostname);
+    crate::console::emit("config", &cfg.log_fields());
+
+    let cgroup = match launcher::builtin::prepare_cgroup(&env.cgroup, "planet") {
+        Ok(d) => Some(d),
+        Err(e) => {
+            event!("cgroup unavailable", error = format!("{e:#}"));
+            None
+        }
+    };
+    let spec = LaunchSpec {
+        root: env.root_dir(),
+        config: cfg,
+        volumes: launcher::volumes(&env.state_dir()),
+        resolv_conf: network.resolv_conf(),
+        hostname,
+        cgroup,
+    };
+    let policy = Policy { max_restarts: params.max_restarts, stop_timeout: params.stop_timeout };
+    let outcome = supervise::supervise(|| launcher::launch(&spec), policy, &env.dev);
+    shutdown(env);
+    outcome.map(|reason| event!("shutdown", reason = reason))
+}
+
+/// The host's own /etc (a release launcher may read resolv.conf and hosts from it).
+fn write_host_etc(root: &Path, hostname: &str, resolv: &str) {
+    let etc = root.join("etc");
+    let _ = std::fs::create_dir_all(&etc);
+    let _ = std::fs::write(etc.join("resolv.conf"), resolv);
+    let _ = std::fs::write(etc.join("hostname"), format!("{hostname}\n"));
+    let _ = std::fs::write(etc.join("hosts"), format!("127.0.0.1 localhost\n127.0.1.1 {hostname}\n"));
+}
+
+/// Stops everything and unmounts the Planet mounts so ext4 is clean. Safe to call on any
+/// path out of the boot, including after a fatal error.
+pub fn shutdown(env: &BootEnv) {
+    supervise::kill_everything(Duration::from_secs(3));
+    match mounts::unmount_all_under(&env.run) {
+        Ok(n) => event!("unmounted", count = n, path = env.run.display()),
+        Err(e) => event!("unmount failed", error = format!("{e:#}")),
+    }
+    // SAFETY: plain syscall.
+    unsafe { libc::sync() };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_params_default_and_validate() {
+        let p = HostParams::from_cmdline(&CmdlineConfig::parse("console=ttyS0").unwrap()).unwrap();
+        assert_eq!(
+            p,
+            HostParams {
+                slot: 'a',
+                disk_timeout: Duration::from_secs(30),
+                stop_timeout: Duration::from_secs(30),
+                max_restarts: 5
+            }
+        );
+        let p =
+            HostParams::from_cmdline(&CmdlineConfig::parse("planet.slot=b planet.stop_timeout=5").unwrap()).unwrap();
+        assert_eq!(p.slot_label(), "planet-b");
+        assert_eq!(p.stop_timeout, Duration::from_secs(5));
+        let e = HostParams::from_cmdline(&CmdlineConfig::parse("planet.slot=c").unwrap()).unwrap_err();
+        assert_eq!(e.to_string(), "planet.slot=\"c\" is invalid: expected a or b");
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut env = BootEnv::system();
+        env.cmdline = tmp.path().join("cmdline");
+        std::fs::write(&env.cmdline, "console=ttyS0 planet.slot=a planet.role=node\n").unwrap();
+        let e = read_config(&env).unwrap_err();
+        assert_eq!(format!("{e:#}"), "validating the configuration: planet.master_ip is required for role node");
+        std::fs::write(&env.cmdline, "console=ttyS0 planet.slot=a planet.role=dev planet.env=A=1\n").unwrap();
+        let (_, p, c) = read_config(&env).unwrap();
+        assert_eq!(p.slot, 'a');
+        assert_eq!(c.env, vec![("A".to_string(), "1".to_string())]);
+    }
+
+    #[test]
+    fn root_path_ends_in_rootfs() {
+        assert_eq!(BootEnv::system().root_dir(), Path::new("/run/planet/rootfs"));
+    }
+
+    #[test]
+    fn default_hostname_uses_the_mac() {
+        let n = net::Nic { name: "eth0".into(), mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56] };
+        assert_eq!(default_hostname(&[n]), "planet-123456");
+        assert_eq!(default_hostname(&[]), "planet");
+    }
+}

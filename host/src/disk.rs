@@ -1,0 +1,464 @@
+//! Finding the boot disk's partitions by PARTLABEL and growing the state partition at first
+//! boot.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use planet_gpt::Gpt;
+
+pub const STATE_LABEL: &str = "planet-state";
+/// Growth keeps the state partition's end 1 MiB aligned (in 512-byte sectors).
+const ALIGN_BYTES: u64 = 1 << 20;
+
+/// A block device as sysfs describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockDev {
+    /// Kernel name (`vda4`), also the node name under /dev.
+    pub name: String,
+    pub partname: Option<String>,
+    pub partn: Option<u32>,
+    /// The whole disk holding a partition (`vda`).
+    pub parent: Option<String>,
+    /// Size in 512-byte units, as sysfs reports it.
+    pub size_512: u64,
+}
+
+impl BlockDev {
+    pub fn size_bytes(&self) -> u64 {
+        self.size_512 * 512
+    }
+}
+
+/// Reads `<sysfs>/class/block/*`: `uevent` for DEVNAME/PARTNAME/PARTN, the symlink target's
+/// parent directory for the disk.
+pub fn scan(sysfs: &Path) -> Result<Vec<BlockDev>> {
+    let dir = sysfs.join("class/block");
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let Ok(uevent) = std::fs::read_to_string(path.join("uevent")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            uevent.lines().find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix('=')).map(|v| v.to_string()))
+        };
+        let name = field("DEVNAME").unwrap_or_else(|| e.file_name().to_string_lossy().into_owned());
+        let is_part = field("DEVTYPE").as_deref() == Some("partition");
+        let parent = if is_part {
+            std::fs::canonicalize(&path)
+                .ok()
+                .and_then(|p| p.parent().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()))
+        } else {
+            None
+        };
+        let size_512 = std::fs::read_to_string(path.join("size")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        out.push(BlockDev {
+            name,
+            partname: field("PARTNAME"),
+            partn: field("PARTN").and_then(|v| v.parse().ok()),
+            parent,
+            size_512,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// The partitions planet-init needs, all on one disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootDisk {
+    pub disk: String,
+    pub slot: BlockDev,
+    pub state: BlockDev,
+}
+
+/// Picks the disk holding both `slot_label` and the state partition.
+pub fn find_boot_disk(devs: &[BlockDev], slot_label: &str) -> Result<BootDisk> {
+    fn labelled<'a>(devs: &'a [BlockDev], label: &'a str) -> impl Iterator<Item = &'a BlockDev> + 'a {
+        devs.iter().filter(move |d| d.partname.as_deref() == Some(label))
+    }
+    let mut found = Vec::new();
+    for state in labelled(devs, STATE_LABEL) {
+        if let Some(slot) = labelled(devs, slot_label).find(|s| s.parent == state.parent && s.parent.is_some()) {
+            found.push(BootDisk {
+                disk: state.parent.clone().unwrap_or_default(),
+                slot: slot.clone(),
+                state: state.clone(),
+            });
+        }
+    }
+    match found.len() {
+        0 => bail!("no disk has partitions labelled {slot_label:?} and {STATE_LABEL:?}"),
+        1 => Ok(found.remove(0)),
+        _ => bail!(
+            "several disks have partitions labelled {slot_label:?} and {STATE_LABEL:?}: {}",
+            found.iter().map(|f| f.disk.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// Polls for the boot disk until `timeout`, calling `between` (a coldplug round) while waiting.
+pub fn wait_for_boot_disk(
+    sysfs: &Path,
+    slot_label: &str,
+    timeout: Duration,
+    mut between: impl FnMut(),
+) -> Result<BootDisk> {
+    let start = Instant::now();
+    loop {
+        let devs = scan(sysfs)?;
+        match find_boot_disk(&devs, slot_label) {
+            Ok(d) => return Ok(d),
+            Err(e) if start.elapsed() >= timeout => {
+                let seen: Vec<String> = devs
+                    .iter()
+                    .map(|d| match &d.partname {
+                        Some(p) => format!("{}({p})", d.name),
+                        None => d.name.clone(),
+                    })
+                    .collect();
+                return Err(e).with_context(|| {
+                    format!(
+                        "waiting {}s for the boot disk (block devices seen: {})",
+                        timeout.as_secs(),
+                        if seen.is_empty() { "none".into() } else { seen.join(" ") }
+                    )
+                });
+            }
+            Err(_) => {
+                between();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// Size in bytes and logical sector size of a block device, or of a regular file (tests).
+pub fn device_geometry(f: &File) -> Result<(u64, u64)> {
+    let meta = f.metadata().context("reading device metadata")?;
+    use std::os::unix::fs::FileTypeExt;
+    if !meta.file_type().is_block_device() {
+        return Ok((meta.len(), 512));
+    }
+    let mut size: u64 = 0;
+    let mut ss: libc::c_int = 0;
+    // SAFETY: BLKGETSIZE64 writes a u64, BLKSSZGET an int.
+    unsafe {
+        crate::sys::check(libc::ioctl(f.as_raw_fd(), BLKGETSIZE64, &mut size))
+            .context("reading the disk size (BLKGETSIZE64)")?;
+        crate::sys::check(libc::ioctl(f.as_raw_fd(), BLKSSZGET, &mut ss))
+            .context("reading the sector size (BLKSSZGET)")?;
+    }
+    Ok((size, ss as u64))
+}
+
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+const BLKSSZGET: libc::c_ulong = 0x1268;
+const BLKRRPART: libc::c_ulong = 0x125f;
+const BLKPG: libc::c_ulong = 0x1269;
+const BLKPG_RESIZE_PARTITION: libc::c_int = 3;
+/// `_IOW('f', 16, __u64)`.
+const EXT4_IOC_RESIZE_FS: libc::c_ulong = 0x4008_6610;
+
+/// What growing the GPT did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GptGrowth {
+    pub partn: u32,
+    pub sector_size: u64,
+    pub old_first_last: (u64, u64),
+    pub new_last: u64,
+}
+
+impl GptGrowth {
+    pub fn old_bytes(&self) -> u64 {
+        (self.old_first_last.1 + 1 - self.old_first_last.0) * self.sector_size
+    }
+    pub fn new_bytes(&self) -> u64 {
+        (self.new_last + 1 - self.old_first_last.0) * self.sector_size
+    }
+}
+
+/// Moves the backup GPT to the end of the disk (or file) and extends the state partition to
+/// it, in planet-gpt's power-fail-safe order. `None` when the table already fills the disk.
+pub fn grow_gpt(f: &mut File) -> Result<Option<GptGrowth>> {
+    let (bytes, ss) = device_geometry(f)?;
+    let total = bytes / ss;
+    let mut gpt = Gpt::read_from(f, ss, total).context("reading the GPT")?;
+    let (index, old) = gpt
+        .partitions
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.name == STATE_LABEL)
+        .map(|(i, p)| (i, (p.first_lba, p.last_lba)))
+        .with_context(|| format!("no {STATE_LABEL} entry in the GPT"))?;
+    let align = (ALIGN_BYTES / ss).max(1);
+    if !gpt.grow_to(total, Some(STATE_LABEL), align).context("planning GPT growth")? {
+        return Ok(None);
+    }
+    gpt.write_grown(f).context("writing the grown GPT")?;
+    f.sync_all().context("flushing the grown GPT")?;
+    Ok(Some(GptGrowth {
+        partn: index as u32 + 1,
+        sector_size: ss,
+        old_first_last: old,
+        new_last: gpt.partitions[index].last_lba,
+    }))
+}
+
+#[repr(C)]
+struct BlkpgPartition {
+    start: libc::c_longlong,
+    length: libc::c_longlong,
+    pno: libc::c_int,
+    devname: [libc::c_char; 64],
+    volname: [libc::c_char; 64],
+}
+
+#[repr(C)]
+struct BlkpgIoctlArg {
+    op: libc::c_int,
+    flags: libc::c_int,
+    datalen: libc::c_int,
+    data: *mut libc::c_void,
+}
+
+/// Tells the kernel about the grown partition: BLKPG resize (works even while other
+/// partitions of the disk are in use, and keeps the device node), else re-read the table.
+pub fn inform_kernel(disk: &File, g: &GptGrowth) -> Result<&'static str> {
+    let mut part = BlkpgPartition {
+        start: (g.old_first_last.0 * g.sector_size) as libc::c_longlong,
+        length: g.new_bytes() as libc::c_longlong,
+        pno: g.partn as libc::c_int,
+        devname: [0; 64],
+        volname: [0; 64],
+    };
+    let mut arg = BlkpgIoctlArg {
+        op: BLKPG_RESIZE_PARTITION,
+        flags: 0,
+        datalen: std::mem::size_of::<BlkpgPartition>() as libc::c_int,
+        data: &mut part as *mut _ as *mut libc::c_void,
+    };
+    // SAFETY: arg points at a valid blkpg_ioctl_arg whose data lives through the call.
+    let r = unsafe { libc::ioctl(disk.as_raw_fd(), BLKPG, &mut arg) };
+    if r == 0 {
+        return Ok("blkpg");
+    }
+    let blkpg_err = io::Error::last_os_error();
+    // SAFETY: BLKRRPART takes no argument.
+    let r = unsafe { libc::ioctl(disk.as_raw_fd(), BLKRRPART, 0) };
+    if r == 0 {
+        return Ok("blkrrpart");
+    }
+    let rr_err = io::Error::last_os_error();
+    bail!("re-reading the partition table: BLKPG resize failed ({blkpg_err}), BLKRRPART failed ({rr_err})")
+}
+
+/// Block size and block count of an ext4 filesystem, from its superblock.
+pub fn ext4_geometry(sb: &[u8]) -> Result<(u64, u64)> {
+    anyhow::ensure!(sb.len() >= 1024, "short superblock");
+    let u32_at = |o: usize| u32::from_le_bytes(sb[o..o + 4].try_into().unwrap());
+    anyhow::ensure!(u16::from_le_bytes([sb[0x38], sb[0x39]]) == 0xEF53, "no ext4 superblock (bad magic)");
+    let block_size = 1024u64 << u32_at(0x18);
+    let incompat = u32_at(0x60);
+    let hi = if incompat & 0x80 != 0 { u64::from(u32_at(0x150)) } else { 0 };
+    Ok((block_size, (hi << 32) | u64::from(u32_at(0x4))))
+}
+
+/// Reads the ext4 superblock of a device or image (offset 1024).
+pub fn read_ext4_geometry(dev: &Path) -> Result<(u64, u64)> {
+    let mut f = File::open(dev).with_context(|| format!("opening {}", dev.display()))?;
+    let mut sb = vec![0u8; 1024];
+    f.seek(SeekFrom::Start(1024))?;
+    f.read_exact(&mut sb).with_context(|| format!("reading the ext4 superblock of {}", dev.display()))?;
+    ext4_geometry(&sb).with_context(|| format!("reading the ext4 superblock of {}", dev.display()))
+}
+
+/// Blocks the filesystem should have to fill a partition of `part_bytes`, if that is more
+/// than it has (with at least 1 MiB to gain, so rounding never triggers a resize).
+pub fn ext4_target_blocks(block_size: u64, blocks: u64, part_bytes: u64) -> Option<u64> {
+    let target = part_bytes / block_size;
+    (target > blocks && (target - blocks) * block_size >= ALIGN_BYTES).then_some(target)
+}
+
+/// Online-grows the ext4 filesystem mounted at `mountpoint` to `blocks`.
+pub fn resize_ext4(mountpoint: &Path, blocks: u64) -> Result<()> {
+    let dir = File::open(mountpoint).with_context(|| format!("opening {}", mountpoint.display()))?;
+    let mut n: u64 = blocks;
+    // SAFETY: EXT4_IOC_RESIZE_FS reads one u64.
+    crate::sys::check(unsafe { libc::ioctl(dir.as_raw_fd(), EXT4_IOC_RESIZE_FS, &mut n) }).with_context(|| {
+        format!("resizing ext4 at {} to {blocks} blocks (EXT4_IOC_RESIZE_FS)", mountpoint.display())
+    })?;
+    Ok(())
+}
+
+/// First-boot GPT growth on the boot disk: returns the growth (if any) after the kernel knows.
+pub fn grow_boot_disk(dev_root: &Path, disk: &BootDisk) -> Result<Option<GptGrowth>> {
+    let path: PathBuf = dev_root.join(&disk.disk);
+    let mut f =
+        OpenOptions::new().read(true).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let Some(g) = grow_gpt(&mut f).with_context(|| format!("growing the GPT on {}", path.display()))? else {
+        return Ok(None);
+    };
+    let how = inform_kernel(&f, &g)?;
+    crate::event!(
+        "gpt grown",
+        disk = disk.disk,
+        partition = g.partn,
+        from = g.old_bytes(),
+        to = g.new_bytes(),
+        via = how
+    );
+    Ok(Some(g))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use planet_gpt::{types, Guid, Partition};
+    use std::os::unix::fs::symlink;
+
+    fn fake_sysfs(root: &Path, parts: &[(&str, &str, u32, &str)]) {
+        // parts: (disk, name, partn, label)
+        for (disk, name, n, label) in parts {
+            let dev = root.join(format!("devices/pci0000:00/virtio/block/{disk}"));
+            std::fs::create_dir_all(&dev).unwrap();
+            std::fs::write(dev.join("uevent"), format!("MAJOR=254\nMINOR=0\nDEVNAME={disk}\nDEVTYPE=disk\n")).unwrap();
+            let p = dev.join(name);
+            std::fs::create_dir_all(&p).unwrap();
+            std::fs::write(
+                p.join("uevent"),
+                format!("MAJOR=254\nMINOR={n}\nDEVNAME={name}\nDEVTYPE=partition\nPARTN={n}\nPARTNAME={label}\n"),
+            )
+            .unwrap();
+            std::fs::write(p.join("size"), "4096\n").unwrap();
+            let class = root.join("class/block");
+            std::fs::create_dir_all(&class).unwrap();
+            let _ = symlink(&dev, class.join(disk));
+            symlink(&p, class.join(name)).unwrap();
+        }
+    }
+
+    #[test]
+    fn partitions_are_found_by_label() {
+        let tmp = tempfile::tempdir().unwrap();
+        fake_sysfs(
+            tmp.path(),
+            &[
+                ("vda", "vda1", 1, "esp"),
+                ("vda", "vda2", 2, "planet-a"),
+                ("vda", "vda3", 3, "planet-b"),
+                ("vda", "vda4", 4, "planet-state"),
+                ("vdb", "vdb1", 1, "data"),
+            ],
+        );
+        let devs = scan(tmp.path()).unwrap();
+        assert_eq!(devs.len(), 7);
+        let d = find_boot_disk(&devs, "planet-a").unwrap();
+        assert_eq!(d.disk, "vda");
+        assert_eq!(d.slot.name, "vda2");
+        assert_eq!(d.state.name, "vda4");
+        assert_eq!(d.state.partn, Some(4));
+        assert_eq!(d.state.size_bytes(), 4096 * 512);
+        assert_eq!(find_boot_disk(&devs, "planet-b").unwrap().slot.name, "vda3");
+        let err = find_boot_disk(&devs, "planet-c").unwrap_err().to_string();
+        assert!(err.contains("planet-c"), "{err}");
+    }
+
+    #[test]
+    fn two_boot_disks_are_ambiguous() {
+        let tmp = tempfile::tempdir().unwrap();
+        fake_sysfs(
+            tmp.path(),
+            &[
+                ("vda", "vda2", 2, "planet-a"),
+                ("vda", "vda4", 4, "planet-state"),
+                ("sda", "sda2", 2, "planet-a"),
+                ("sda", "sda4", 4, "planet-state"),
+            ],
+        );
+        let err = find_boot_disk(&scan(tmp.path()).unwrap(), "planet-a").unwrap_err().to_string();
+        assert!(err.contains("several disks"), "{err}");
+    }
+
+    #[test]
+    fn waiting_times_out_with_what_was_seen() {
+        let tmp = tempfile::tempdir().unwrap();
+        fake_sysfs(tmp.path(), &[("vda", "vda1", 1, "esp")]);
+        let mut rounds = 0;
+        let err = wait_for_boot_disk(tmp.path(), "planet-a", Duration::from_millis(300), || rounds += 1).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("waiting 0s for the boot disk (block devices seen: vda vda1(esp))"), "{text}");
+        assert!(rounds >= 1);
+    }
+
+    fn image(path: &Path, small_sectors: u64, big_sectors: u64) {
+        let mut g = Gpt::new(Guid::from_random_bytes([1; 16]), 512, small_sectors).unwrap();
+        let mut add = |name: &str, first: u64, last: u64| {
+            g.partitions.push(Partition {
+                type_guid: types::parse("linux").unwrap(),
+                unique_guid: Guid::from_random_bytes([name.len() as u8; 16]),
+                first_lba: first,
+                last_lba: last,
+                attributes: 0,
+                name: name.into(),
+            })
+        };
+        add("esp", 2048, 4095);
+        add("planet-a", 4096, 8191);
+        add("planet-b", 8192, 12287);
+        add(STATE_LABEL, 12288, small_sectors - 2048 - 1);
+        let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).unwrap();
+        f.set_len(small_sectors * 512).unwrap();
+        g.write_to(&mut f).unwrap();
+        f.set_len(big_sectors * 512).unwrap();
+    }
+
+    #[test]
+    fn gpt_growth_fills_the_disk_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("disk.img");
+        let (small, big) = (32768u64, 32768 * 8 + 77);
+        image(&p, small, big);
+        let mut f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        let g = grow_gpt(&mut f).unwrap().expect("first boot grows");
+        assert_eq!(g.partn, 4);
+        assert_eq!(g.old_first_last, (12288, small - 2048 - 1));
+        assert_eq!((g.new_last + 1) % 2048, 0);
+        let read = Gpt::read_from(&mut f, 512, big).unwrap();
+        assert_eq!(read.backup_header_lba(), big - 1);
+        assert_eq!(read.find(STATE_LABEL).unwrap().last_lba, g.new_last);
+        assert!(read.last_usable_lba - g.new_last < 2048);
+        assert_eq!(g.new_bytes(), (g.new_last + 1 - 12288) * 512);
+        assert!(grow_gpt(&mut f).unwrap().is_none(), "later boots leave it alone");
+    }
+
+    #[test]
+    fn ext4_superblock_is_parsed() {
+        let mut sb = vec![0u8; 1024];
+        sb[0x4..0x8].copy_from_slice(&5000u32.to_le_bytes());
+        sb[0x18..0x1c].copy_from_slice(&2u32.to_le_bytes());
+        sb[0x38..0x3a].copy_from_slice(&0xEF53u16.to_le_bytes());
+        assert_eq!(ext4_geometry(&sb).unwrap(), (4096, 5000));
+        sb[0x60..0x64].copy_from_slice(&0x80u32.to_le_bytes());
+        sb[0x150..0x154].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(ext4_geometry(&sb).unwrap(), (4096, (1 << 32) + 5000));
+        sb[0x38] = 0;
+        assert!(ext4_geometry(&sb).is_err());
+    }
+
+    #[test]
+    fn ext4_target_needs_real_growth() {
+        assert_eq!(ext4_target_blocks(4096, 1000, 1000 * 4096), None);
+        assert_eq!(ext4_target_blocks(4096, 1000, 1000 * 4096 + 4096 * 10), None);
+        assert_eq!(ext4_target_blocks(4096, 1000, 4096 * 2000), Some(2000));
+    }
+}

@@ -1,0 +1,515 @@
+//! The built-in launcher: runs the rootfs's init as a system container (new mount, pid, uts,
+//! ipc and cgroup namespaces; host networking), the way systemd expects a container to look.
+//!
+//! The setup is a pure plan ([`plan`]) of steps executed in the child between `clone3` and
+//! `execve`. The child of a multi-threaded process may not allocate, so every string is
+//! prepared beforehand and the child only makes syscalls; a failing step reports its index and
+//! errno through a close-on-exec pipe.
+
+use std::ffi::CString;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use super::{Container, Kind, LaunchSpec, Volume};
+use crate::mounts::Mount;
+use crate::sys::{check, cstr};
+
+/// One setup action inside the container's mount namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    Mount(Mount),
+    /// `mkdir -p` semantics for one level: an existing directory is fine.
+    Mkdir(PathBuf, u32),
+    /// A device node (or, with `S_IFREG`, an empty file to bind over).
+    Mknod {
+        path: PathBuf,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    },
+    Symlink {
+        target: String,
+        link: PathBuf,
+    },
+}
+
+const NOSUID_NODEV_NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+
+/// Character devices every container gets: (name, major, minor, mode).
+pub const DEVICES: [(&str, u32, u32, u32); 9] = [
+    ("null", 1, 3, 0o666),
+    ("zero", 1, 5, 0o666),
+    ("full", 1, 7, 0o666),
+    ("random", 1, 8, 0o666),
+    ("urandom", 1, 9, 0o666),
+    ("kmsg", 1, 11, 0o644),
+    ("tty", 5, 0, 0o666),
+    ("net/tun", 10, 200, 0o666),
+    ("fuse", 10, 229, 0o666),
+];
+
+/// The container's mounts and files, in order, for a root at `root`. `console` is the host's
+/// console device bound to `/dev/console`.
+pub fn plan(root: &Path, volumes: &[Volume], console: &Path) -> Vec<Step> {
+    let r = |p: &str| root.join(p.trim_start_matches('/'));
+    let mut s = vec![
+        // Nothing done in here may propagate back to the host.
+        Step::Mount(Mount {
+            source: "none".into(),
+            target: "/".into(),
+            fstype: None,
+            flags: libc::MS_REC | libc::MS_PRIVATE,
+            data: None,
+        }),
+    ];
+    for v in volumes {
+        s.push(Step::Mkdir(r("/var"), 0o755));
+        s.push(Step::Mkdir(r("/var/lib"), 0o755));
+        s.push(Step::Mkdir(r(v.target), 0o755));
+        s.push(Step::Mount(Mount::bind(&v.source, r(v.target))));
+    }
+    for d in ["/proc", "/sys", "/dev", "/run"] {
+        s.push(Step::Mkdir(r(d), 0o755));
+    }
+    s.push(Step::Mount(Mount::new("proc", r("/proc"), "proc").flags(NOSUID_NODEV_NOEXEC)));
+    s.push(Step::Mount(Mount::new("sysfs", r("/sys"), "sysfs").flags(NOSUID_NODEV_NOEXEC | libc::MS_RDONLY)));
+    s.push(Step::Mount(Mount::new("cgroup2", r("/sys/fs/cgroup"), "cgroup2").flags(NOSUID_NODEV_NOEXEC)));
+    s.push(Step::Mount(Mount::new("tmpfs", r("/dev"), "tmpfs").flags(libc::MS_NOSUID).data("mode=0755,size=65536k")));
+    s.push(Step::Mkdir(r("/dev/net"), 0o755));
+    for (name, major, minor, mode) in DEVICES {
+        s.push(Step::Mknod { path: r(&format!("/dev/{name}")), mode: libc::S_IFCHR | mode, major, minor });
+    }
+    s.push(Step::Mknod { path: r("/dev/console"), mode: libc::S_IFREG | 0o600, major: 0, minor: 0 });
+    s.push(Step::Mount(Mount::bind(console, r("/dev/console"))));
+    for (target, link) in [
+        ("/proc/self/fd", "/dev/fd"),
+        ("/proc/self/fd/0", "/dev/stdin"),
+        ("/proc/self/fd/1", "/dev/stdout"),
+        ("/proc/self/fd/2", "/dev/stderr"),
+        ("pts/ptmx", "/dev/ptmx"),
+    ] {
+        s.push(Step::Symlink { target: target.into(), link: r(link) });
+    }
+    s.push(Step::Mkdir(r("/dev/pts"), 0o755));
+    s.push(Step::Mount(
+        Mount::new("devpts", r("/dev/pts"), "devpts")
+            .flags(libc::MS_NOSUID | libc::MS_NOEXEC)
+            .data("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    ));
+    s.push(Step::Mkdir(r("/dev/shm"), 0o1777));
+    s.push(Step::Mount(
+        Mount::new("shm", r("/dev/shm"), "tmpfs").flags(libc::MS_NOSUID | libc::MS_NODEV).data("mode=1777"),
+    ));
+    s.push(Step::Mount(
+        Mount::new("tmpfs", r("/run"), "tmpfs").flags(libc::MS_NOSUID | libc::MS_NODEV).data("mode=0755"),
+    ));
+    s
+}
+
+impl Step {
+    fn describe(&self) -> String {
+        match self {
+            Step::Mount(m) => format!(
+                "mounting {} ({}) on {}",
+                m.source,
+                m.fstype.as_deref().unwrap_or(if m.flags & libc::MS_BIND != 0 { "bind" } else { "flags" }),
+                m.target.display()
+            ),
+            Step::Mkdir(p, _) => format!("creating {}", p.display()),
+            Step::Mknod { path, .. } => format!("creating node {}", path.display()),
+            Step::Symlink { link, .. } => format!("creating symlink {}", link.display()),
+        }
+    }
+}
+
+/// A step with its strings ready for the child.
+enum CStep {
+    Mount { src: CString, target: CString, fstype: Option<CString>, flags: libc::c_ulong, data: Option<CString> },
+    Mkdir(CString, libc::mode_t),
+    Mknod(CString, libc::mode_t, libc::dev_t),
+    Symlink(CString, CString),
+}
+
+fn compile(step: &Step) -> Result<CStep> {
+    Ok(match step {
+        Step::Mount(m) => CStep::Mount {
+            src: cstr(&m.source)?,
+            target: cstr(&m.target)?,
+            fstype: m.fstype.as_deref().map(cstr).transpose()?,
+            flags: m.flags,
+            data: m.data.as_deref().map(cstr).transpose()?,
+        },
+        Step::Mkdir(p, mode) => CStep::Mkdir(cstr(p)?, *mode),
+        Step::Mknod { path, mode, major, minor } => CStep::Mknod(cstr(path)?, *mode, libc::makedev(*major, *minor)),
+        Step::Symlink { target, link } => CStep::Symlink(cstr(target)?, cstr(link)?),
+    })
+}
+
+/// Runs one step; only syscalls (safe between clone and exec).
+fn run_step(s: &CStep) -> libc::c_int {
+    // SAFETY: all pointers are valid C strings prepared before the clone.
+    unsafe {
+        let r = match s {
+            CStep::Mount { src, target, fstype, flags, data } => libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ref().map_or(std::ptr::null(), |f| f.as_ptr()),
+                *flags,
+                data.as_ref().map_or(std::ptr::null(), |d| d.as_ptr() as *const libc::c_void),
+            ),
+            CStep::Mkdir(p, mode) => libc::mkdir(p.as_ptr(), *mode),
+            CStep::Mknod(p, mode, dev) => libc::mknod(p.as_ptr(), *mode, *dev),
+            CStep::Symlink(t, l) => libc::symlink(t.as_ptr(), l.as_ptr()),
+        };
+        if r == 0 {
+            return 0;
+        }
+        let e = *libc::__errno_location();
+        match s {
+            CStep::Mkdir(..) | CStep::Mknod(..) | CStep::Symlink(..) if e == libc::EEXIST => 0,
+            _ => e,
+        }
+    }
+}
+
+/// Resolves `path` inside `root`, following symlinks as the container would see them, to pick
+/// the stop signal (systemd wants SIGRTMIN+3).
+pub fn resolve_in_root(root: &Path, path: &str) -> PathBuf {
+    let mut cur = PathBuf::from(path);
+    for _ in 0..16 {
+        let host = root.join(cur.strip_prefix("/").unwrap_or(&cur));
+        match std::fs::read_link(&host) {
+            Ok(t) if t.is_absolute() => cur = t,
+            Ok(t) => cur = cur.parent().unwrap_or(Path::new("/")).join(t),
+            Err(_) => break,
+        }
+    }
+    cur
+}
+
+pub fn stop_signal_for(root: &Path, init: &str) -> libc::c_int {
+    let real = resolve_in_root(root, init);
+    if real.file_name().is_some_and(|n| n == "systemd") {
+        libc::SIGRTMIN() + 3
+    } else {
+        libc::SIGTERM
+    }
+}
+
+/// Environment of the container's init.
+pub fn init_env() -> Vec<String> {
+    vec![
+        "container=planet".into(),
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        "TERM=vt220".into(),
+        "HOME=/root".into(),
+    ]
+}
+
+/// Writes the files the container reads at start: `/etc/container-environment`,
+/// `/etc/resolv.conf`, `/etc/hostname`.
+pub fn write_etc(spec: &LaunchSpec) -> Result<()> {
+    let etc = spec.root.join("etc");
+    std::fs::create_dir_all(&etc).with_context(|| format!("creating {}", etc.display()))?;
+    let write = |name: &str, text: &str| -> Result<()> {
+        let p = etc.join(name);
+        // resolv.conf is often a dangling symlink to systemd-resolved's file; replace it.
+        if p.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+        std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
+    };
+    write("container-environment", &spec.config.container_environment())?;
+    write("resolv.conf", &spec.resolv_conf)?;
+    write("hostname", &format!("{}\n", spec.hostname))?;
+    Ok(())
+}
+
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const SYS_CLONE3: libc::c_long = 435;
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+pub fn spawn(spec: &LaunchSpec) -> Result<Container> {
+    let init_host = spec.root.join(spec.config.init.trim_start_matches('/'));
+    if std::fs::symlink_metadata(&init_host).is_err() {
+        bail!("the rootfs has no {} (set planet.init= to its init)", spec.config.init);
+    }
+    write_etc(spec)?;
+    for v in &spec.volumes {
+        std::fs::create_dir_all(&v.source).with_context(|| format!("creating {}", v.source.display()))?;
+    }
+    let steps = plan(&spec.root, &spec.volumes, Path::new("/dev/console"));
+    let csteps = steps.iter().map(compile).collect::<Result<Vec<_>>>()?;
+    let root = cstr(&spec.root)?;
+    let dot = c".";
+    let slash = c"/";
+    let hostname = spec.hostname.clone().into_bytes();
+    let init = cstr(&spec.config.init)?;
+    let argv_c = [init.clone()];
+    let env_c = init_env().into_iter().map(cstr).collect::<std::io::Result<Vec<_>>>()?;
+    let argv: Vec<*const libc::c_char> = argv_c.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
+    let envp: Vec<*const libc::c_char> = env_c.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
+
+    let cgroup_fd = match &spec.cgroup {
+        Some(dir) => Some(std::fs::File::open(dir).with_context(|| format!("opening cgroup {}", dir.display()))?),
+        None => None,
+    };
+
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }).context("creating the launch pipe")?;
+    // SAFETY: freshly created fds we own.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+
+    let ns = (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWCGROUP)
+        as u64;
+    let mut args = CloneArgs {
+        flags: ns,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: 0,
+    };
+    if let Some(f) = &cgroup_fd {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = f.as_raw_fd() as u64;
+    }
+    // SAFETY: a fork-like clone3 (no new stack). The child below only makes syscalls on data
+    // prepared above and ends in execve or _exit.
+    let pid = unsafe { libc::syscall(SYS_CLONE3, &mut args as *mut CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    if pid == 0 {
+        // Child.
+        unsafe {
+            let wfd = wr.as_raw_fd();
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            libc::setsid();
+            for (i, s) in csteps.iter().enumerate() {
+                let e = run_step(s);
+                if e != 0 {
+                    child_fail(wfd, i as u32, e);
+                }
+            }
+            let n = csteps.len() as u32;
+            if libc::sethostname(hostname.as_ptr() as *const libc::c_char, hostname.len()) != 0 {
+                child_fail(wfd, n, *libc::__errno_location());
+            }
+            if libc::chdir(root.as_ptr()) != 0 {
+                child_fail(wfd, n + 1, *libc::__errno_location());
+            }
+            // pivot_root is refused when the current root is the initramfs; then move the new
+            // root over / and chroot, as switch_root does.
+            if libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) == 0 {
+                if libc::umount2(dot.as_ptr(), libc::MNT_DETACH) != 0 {
+                    child_fail(wfd, n + 2, *libc::__errno_location());
+                }
+            } else {
+                if libc::mount(dot.as_ptr(), slash.as_ptr(), std::ptr::null(), libc::MS_MOVE, std::ptr::null()) != 0 {
+                    child_fail(wfd, n + 3, *libc::__errno_location());
+                }
+                if libc::chroot(dot.as_ptr()) != 0 {
+                    child_fail(wfd, n + 4, *libc::__errno_location());
+                }
+            }
+            if libc::chdir(slash.as_ptr()) != 0 {
+                child_fail(wfd, n + 5, *libc::__errno_location());
+            }
+            libc::execve(init.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            child_fail(wfd, n + 6, *libc::__errno_location());
+        }
+    }
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error()).context("creating the container (clone3)");
+    }
+    let pid = pid as libc::pid_t;
+    drop(wr);
+    let mut report = [0u8; 8];
+    let mut f = std::fs::File::from(rd);
+    let got = f.read(&mut report).context("reading the launch pipe")?;
+    if got == 8 {
+        let step = u32::from_ne_bytes(report[0..4].try_into().unwrap()) as usize;
+        let errno = i32::from_ne_bytes(report[4..8].try_into().unwrap());
+        let n = steps.len();
+        let what = match step {
+            s if s < n => steps[s].describe(),
+            s if s == n => format!("setting hostname {}", spec.hostname),
+            s if s == n + 1 => format!("entering {}", spec.root.display()),
+            s if s == n + 2 => "detaching the old root".into(),
+            s if s == n + 3 || s == n + 4 => format!("moving to {}", spec.root.display()),
+            s if s == n + 5 => "entering /".into(),
+            _ => format!("executing {}", spec.config.init),
+        };
+        // Reap it so no zombie is left behind.
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        return Err(std::io::Error::from_raw_os_error(errno)).context(format!("{what} in the container"));
+    }
+    Ok(Container { pid, kind: Kind::Builtin, stop_signal: stop_signal_for(&spec.root, &spec.config.init) })
+}
+
+/// Reports a failed child step through the launch pipe and exits; syscalls only.
+fn child_fail(fd: libc::c_int, step: u32, errno: libc::c_int) -> ! {
+    let mut msg = [0u8; 8];
+    msg[0..4].copy_from_slice(&step.to_ne_bytes());
+    msg[4..8].copy_from_slice(&errno.to_ne_bytes());
+    // SAFETY: writing a stack buffer to our pipe, then exiting without running destructors.
+    unsafe {
+        libc::write(fd, msg.as_ptr() as *const libc::c_void, 8);
+        libc::_exit(127)
+    }
+}
+
+/// Creates the host cgroup the container lives in and delegates the controllers to it.
+pub fn prepare_cgroup(cgroup_root: &Path, name: &str) -> Result<PathBuf> {
+    for c in ["cpuset", "cpu", "io", "memory", "pids", "hugetlb", "rdma", "misc"] {
+        // Best effort: a controller the kernel lacks is simply not delegated.
+        let _ = std::fs::write(cgroup_root.join("cgroup.subtree_control"), format!("+{c}"));
+    }
+    let dir = cgroup_root.join(name);
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("creating cgroup {}", dir.display())),
+    }
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_plan_is_what_systemd_expects() {
+        let root = Path::new("/run/planet/rootfs");
+        let vols = super::super::volumes(Path::new("/run/planet/state"));
+        let p = plan(root, &vols, Path::new("/dev/console"));
+        let mounts: Vec<(String, String, String)> = p
+            .iter()
+            .filter_map(|s| match s {
+                Step::Mount(m) => Some((
+                    m.source.clone(),
+                    m.target.display().to_string(),
+                    m.fstype.clone().unwrap_or_else(|| {
+                        if m.flags & libc::MS_BIND != 0 {
+                            "bind".into()
+                        } else {
+                            "-".into()
+                        }
+                    }),
+                )),
+                _ => None,
+            })
+            .collect();
+        let expect = |s: &str, t: &str, f: &str| (s.to_string(), t.to_string(), f.to_string());
+        assert_eq!(
+            mounts,
+            vec![
+                expect("none", "/", "-"),
+                expect("/run/planet/state/volumes/etcd", "/run/planet/rootfs/var/lib/etcd", "bind"),
+                expect("/run/planet/state/volumes/docker", "/run/planet/rootfs/var/lib/docker", "bind"),
+                expect("/run/planet/state/volumes/containerd", "/run/planet/rootfs/var/lib/containerd", "bind"),
+                expect("/run/planet/state/volumes/kubelet", "/run/planet/rootfs/var/lib/kubelet", "bind"),
+                expect("proc", "/run/planet/rootfs/proc", "proc"),
+                expect("sysfs", "/run/planet/rootfs/sys", "sysfs"),
+                expect("cgroup2", "/run/planet/rootfs/sys/fs/cgroup", "cgroup2"),
+                expect("tmpfs", "/run/planet/rootfs/dev", "tmpfs"),
+                expect("/dev/console", "/run/planet/rootfs/dev/console", "bind"),
+                expect("devpts", "/run/planet/rootfs/dev/pts", "devpts"),
+                expect("shm", "/run/planet/rootfs/dev/shm", "tmpfs"),
+                expect("tmpfs", "/run/planet/rootfs/run", "tmpfs"),
+            ]
+        );
+        // /sys is read-only, cgroup2 writable; the first step makes propagation private.
+        let find = |t: &str| {
+            p.iter()
+                .find_map(|s| match s {
+                    Step::Mount(m) if m.target == Path::new(t) => Some(m.clone()),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        assert_ne!(find("/run/planet/rootfs/sys").flags & libc::MS_RDONLY, 0);
+        assert_eq!(find("/run/planet/rootfs/sys/fs/cgroup").flags & libc::MS_RDONLY, 0);
+        assert_eq!(find("/").flags, libc::MS_REC | libc::MS_PRIVATE);
+        assert!(p.contains(&Step::Mknod {
+            path: "/run/planet/rootfs/dev/null".into(),
+            mode: libc::S_IFCHR | 0o666,
+            major: 1,
+            minor: 3
+        }));
+        assert!(p.contains(&Step::Symlink { target: "pts/ptmx".into(), link: "/run/planet/rootfs/dev/ptmx".into() }));
+        // Every node and symlink under /dev comes after the tmpfs mount over /dev.
+        let dev_mount = p
+            .iter()
+            .position(|s| matches!(s, Step::Mount(m) if m.target == Path::new("/run/planet/rootfs/dev")))
+            .unwrap();
+        let first_node = p.iter().position(|s| matches!(s, Step::Mknod { .. })).unwrap();
+        assert!(dev_mount < first_node);
+    }
+
+    #[test]
+    fn systemd_is_stopped_with_sigrtmin_plus_3() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::create_dir_all(root.join("sbin")).unwrap();
+        std::fs::create_dir_all(root.join("lib/systemd")).unwrap();
+        std::fs::write(root.join("lib/systemd/systemd"), "").unwrap();
+        std::os::unix::fs::symlink("/lib/systemd/systemd", root.join("sbin/init")).unwrap();
+        std::fs::write(root.join("sbin/busybox-init"), "").unwrap();
+        std::os::unix::fs::symlink("busybox-init", root.join("sbin/other")).unwrap();
+        assert_eq!(resolve_in_root(root, "/sbin/init"), Path::new("/lib/systemd/systemd"));
+        assert_eq!(stop_signal_for(root, "/sbin/init"), libc::SIGRTMIN() + 3);
+        assert_eq!(resolve_in_root(root, "/sbin/other"), Path::new("/sbin/busybox-init"));
+        assert_eq!(stop_signal_for(root, "/sbin/other"), libc::SIGTERM);
+    }
+
+    #[test]
+    fn etc_files_are_written_replacing_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("rootfs");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::os::unix::fs::symlink("../run/systemd/resolve/stub-resolv.conf", root.join("etc/resolv.conf")).unwrap();
+        let config = planet_config::RawConfig { role: Some("dev".into()), ..Default::default() }
+            .validate(planet_config::Source::Cmdline, "planet.")
+            .unwrap();
+        let spec = LaunchSpec {
+            root: root.clone(),
+            config,
+            volumes: vec![],
+            resolv_conf: "nameserver 10.0.2.3\n".into(),
+            hostname: "planet-1".into(),
+            cgroup: None,
+        };
+        write_etc(&spec).unwrap();
+        assert_eq!(std::fs::read_to_string(root.join("etc/resolv.conf")).unwrap(), "nameserver 10.0.2.3\n");
+        assert!(std::fs::read_to_string(root.join("etc/container-environment"))
+            .unwrap()
+            .starts_with("PLANET_ROLE=dev\n"));
+        assert_eq!(std::fs::read_to_string(root.join("etc/hostname")).unwrap(), "planet-1\n");
+    }
+}

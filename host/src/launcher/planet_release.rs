@@ -1,0 +1,131 @@
+//! Running a Planet release's own launcher in place: `<root>/usr/bin/planet start …` with the
+//! configuration mapped to its flags. It refuses to run from a path without `/rootfs/`, which
+//! is why the root is composed at `…/rootfs`.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use planet_config::{CloudProvider, PlanetConfig, Role};
+
+use super::{Container, Kind, LaunchSpec, Volume};
+
+/// The exact argv. `dev` becomes `--role=master --role=node` (the launcher's roles are a list);
+/// `--cloud-provider` is left out for `none`; optional values only when known.
+pub fn argv(root: &Path, cfg: &PlanetConfig, hostname: Option<&str>, volumes: &[Volume]) -> Vec<String> {
+    let mut a = vec![root.join("usr/bin/planet").display().to_string(), "start".to_string()];
+    match cfg.role {
+        Role::Dev => {
+            a.push("--role=master".into());
+            a.push("--role=node".into());
+        }
+        r => a.push(format!("--role={r}")),
+    }
+    if let Some(ip) = cfg.effective_master_ip() {
+        a.push(format!("--master-ip={ip}"));
+    }
+    if cfg.cloud_provider != CloudProvider::None {
+        a.push(format!("--cloud-provider={}", cfg.cloud_provider));
+    }
+    if !cfg.env.is_empty() {
+        let env: Vec<String> = cfg.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        a.push(format!("--env={}", env.join(",")));
+    }
+    if let Some(ip) = cfg.public_ip {
+        a.push(format!("--public-ip={ip}"));
+    }
+    if let Some(h) = cfg.hostname.as_deref().or(hostname) {
+        a.push(format!("--hostname={h}"));
+    }
+    if let Some(n) = &cfg.node_name {
+        a.push(format!("--node-name={n}"));
+    }
+    for v in volumes {
+        a.push(format!("--volume={}:{}", v.source.display(), v.target));
+    }
+    a
+}
+
+pub fn spawn(spec: &LaunchSpec) -> Result<Container> {
+    for v in &spec.volumes {
+        std::fs::create_dir_all(&v.source).with_context(|| format!("creating {}", v.source.display()))?;
+    }
+    let argv = argv(&spec.root, &spec.config, Some(&spec.hostname), &spec.volumes);
+    let child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .env_clear()
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", "/root")
+        .current_dir(&spec.root)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {}", argv[0]))?;
+    Ok(Container { pid: child.id() as libc::pid_t, kind: Kind::Release, stop_signal: libc::SIGTERM })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use planet_config::{RawConfig, Source};
+
+    fn cfg(role: &str, master: Option<&str>) -> PlanetConfig {
+        RawConfig {
+            role: Some(role.into()),
+            master_ip: master.map(Into::into),
+            public_ip: Some("10.0.2.15".into()),
+            cloud_provider: Some("aws".into()),
+            env: vec![("AWS_REGION".into(), "us-east-1".into()), ("X".into(), "y".into())],
+            node_name: Some("node-1".into()),
+            ..Default::default()
+        }
+        .validate(Source::Cmdline, "planet.")
+        .unwrap()
+    }
+
+    #[test]
+    fn node_flags_map_exactly() {
+        let root = Path::new("/run/planet/rootfs");
+        let vols = super::super::volumes(Path::new("/run/planet/state"));
+        let a = argv(root, &cfg("node", Some("10.0.0.10")), Some("planet-123456"), &vols);
+        assert_eq!(
+            a,
+            [
+                "/run/planet/rootfs/usr/bin/planet",
+                "start",
+                "--role=node",
+                "--master-ip=10.0.0.10",
+                "--cloud-provider=aws",
+                "--env=AWS_REGION=us-east-1,X=y",
+                "--public-ip=10.0.2.15",
+                "--hostname=planet-123456",
+                "--node-name=node-1",
+                "--volume=/run/planet/state/volumes/etcd:/var/lib/etcd",
+                "--volume=/run/planet/state/volumes/docker:/var/lib/docker",
+                "--volume=/run/planet/state/volumes/containerd:/var/lib/containerd",
+                "--volume=/run/planet/state/volumes/kubelet:/var/lib/kubelet",
+            ]
+        );
+        assert!(a[0].contains("/rootfs/"));
+    }
+
+    #[test]
+    fn dev_is_master_and_node_and_defaults_master_ip() {
+        let mut c = cfg("dev", None);
+        c.cloud_provider = CloudProvider::None;
+        c.env.clear();
+        c.node_name = None;
+        let a = argv(Path::new("/r/rootfs"), &c, None, &[]);
+        assert_eq!(
+            a,
+            [
+                "/r/rootfs/usr/bin/planet",
+                "start",
+                "--role=master",
+                "--role=node",
+                "--master-ip=10.0.2.15",
+                "--public-ip=10.0.2.15"
+            ]
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! planet-init: PID 1 of the image's initramfs, which is the whole minimal host. It brings the
+//! machine up (mounts, modules, disk, network), composes the Planet root and runs Planet in it.
+
+pub mod console;
+
+pub mod boot;
+pub mod coldplug;
+pub mod disk;
+pub mod launcher;
+pub mod mounts;
+pub mod net;
+pub mod supervise;
+pub mod sys;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

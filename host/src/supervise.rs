@@ -1,0 +1,339 @@
+//! Supervision: keep the container running (bounded restarts with backoff), reap orphans (we
+//! are PID 1), and turn a power-off request — ACPI power button, ctrl-alt-del, SIGTERM,
+//! SIGINT, SIGPWR — into a clean container stop.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::launcher::Container;
+use crate::sys::{check, describe_status, signal_name};
+
+/// Signals PID 1 handles synchronously through a signalfd.
+pub const SIGNALS: [libc::c_int; 6] =
+    [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGPWR, libc::SIGHUP, libc::SIGUSR1];
+
+fn sigset() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in SIGNALS {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Blocks the handled signals; must run before any thread starts so every thread inherits the
+/// mask (children get a clean mask: std's spawn and the built-in launcher reset it).
+pub fn block_signals() -> Result<()> {
+    let set = sigset();
+    // SAFETY: valid sigset.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    anyhow::ensure!(r == 0, "blocking signals: {}", std::io::Error::from_raw_os_error(r));
+    // Ctrl-alt-del then sends SIGINT to PID 1 instead of rebooting at once.
+    // SAFETY: plain syscall.
+    unsafe { libc::reboot(libc::RB_DISABLE_CAD) };
+    Ok(())
+}
+
+fn signalfd() -> Result<OwnedFd> {
+    let set = sigset();
+    // SAFETY: valid sigset; the fd is owned on success.
+    let fd = check(unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) })
+        .context("creating a signalfd")?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Why the machine shuts down.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    PowerButton,
+    Signal(String),
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::PowerButton => f.write_str("power-button"),
+            StopReason::Signal(s) => f.write_str(s),
+        }
+    }
+}
+
+/// `struct input_event` on 64-bit: timeval (16), type, code, value.
+const INPUT_EVENT_SIZE: usize = 24;
+const EV_KEY: u16 = 1;
+pub const KEY_POWER: u16 = 116;
+
+/// Whether a buffer of input events holds a KEY_POWER press.
+pub fn has_power_press(buf: &[u8]) -> bool {
+    buf.chunks_exact(INPUT_EVENT_SIZE).any(|e| {
+        let ty = u16::from_ne_bytes([e[16], e[17]]);
+        let code = u16::from_ne_bytes([e[18], e[19]]);
+        let value = i32::from_ne_bytes([e[20], e[21], e[22], e[23]]);
+        ty == EV_KEY && code == KEY_POWER && value == 1
+    })
+}
+
+/// The open `/dev/input/event*` devices, reopened when new ones appear.
+struct Inputs {
+    dir: PathBuf,
+    open: Vec<(PathBuf, File)>,
+}
+
+impl Inputs {
+    fn rescan(&mut self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if !e.file_name().to_string_lossy().starts_with("event") || self.open.iter().any(|(q, _)| *q == p) {
+                continue;
+            }
+            use std::os::unix::fs::OpenOptionsExt;
+            if let Ok(f) = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&p) {
+                self.open.push((p, f));
+            }
+        }
+    }
+}
+
+/// Restart policy.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    pub max_restarts: u32,
+    pub stop_timeout: Duration,
+}
+
+/// Delay before restart number `n` (1-based): 1, 2, 4, 8, 16, then 30 s.
+pub fn backoff(n: u32) -> Duration {
+    Duration::from_secs(1u64.checked_shl(n.saturating_sub(1)).unwrap_or(u64::MAX).min(30))
+}
+
+/// A run longer than this resets the restart count: the container was healthy.
+const HEALTHY_RUN: Duration = Duration::from_secs(300);
+
+enum State {
+    Running { c: Container, since: Instant },
+    Backoff { until: Instant },
+    Stopping { c: Container, deadline: Instant, killed: bool },
+}
+
+/// Runs the container until a stop request, restarting it when it dies. Returns once it is
+/// stopped; an error when restarts are exhausted.
+pub fn supervise(mut launch: impl FnMut() -> Result<Container>, policy: Policy, dev: &Path) -> Result<StopReason> {
+    let sfd = signalfd()?;
+    let mut inputs = Inputs { dir: dev.join("input"), open: Vec::new() };
+    inputs.rescan();
+    let mut last_scan = Instant::now();
+    let mut restarts = 0u32;
+    let mut state = State::Running { c: launch()?, since: Instant::now() };
+    let mut reason: Option<StopReason> = None;
+    loop {
+        // Wait for a signal, an input event or the next timer.
+        let mut pfds: Vec<libc::pollfd> = vec![libc::pollfd { fd: sfd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        pfds.extend(inputs.open.iter().map(|(_, f)| libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+        // SAFETY: pfds is a valid array of pollfd.
+        unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 1000) };
+
+        let mut request: Option<StopReason> = None;
+        let mut buf = [0u8; 128];
+        // SAFETY: reading siginfo records into a stack buffer.
+        while unsafe { libc::read(sfd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, 128) } == 128 {
+            let signo = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as libc::c_int;
+            if signo != libc::SIGCHLD {
+                request = Some(StopReason::Signal(signal_name(signo)));
+            }
+        }
+        let mut gone = Vec::new();
+        for (i, (p, f)) in inputs.open.iter_mut().enumerate() {
+            let mut ebuf = [0u8; INPUT_EVENT_SIZE * 16];
+            match f.read(&mut ebuf) {
+                Ok(0) => gone.push(i),
+                Ok(n) => {
+                    if has_power_press(&ebuf[..n]) {
+                        request = Some(StopReason::PowerButton);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    let _ = p;
+                    gone.push(i);
+                }
+            }
+        }
+        for i in gone.into_iter().rev() {
+            inputs.open.remove(i);
+        }
+        if last_scan.elapsed() > Duration::from_secs(5) {
+            inputs.rescan();
+            last_scan = Instant::now();
+        }
+
+        if let Some(r) = request {
+            if reason.is_none() {
+                crate::event!("shutdown requested", reason = r);
+                reason = Some(r);
+                state = match state {
+                    State::Running { c, .. } => {
+                        crate::event!(
+                            "container stopping",
+                            pid = c.pid,
+                            signal = signal_name(c.stop_signal),
+                            timeout = format!("{}s", policy.stop_timeout.as_secs())
+                        );
+                        // SAFETY: signalling our child.
+                        unsafe { libc::kill(c.pid, c.stop_signal) };
+                        State::Stopping { c, deadline: Instant::now() + policy.stop_timeout, killed: false }
+                    }
+                    State::Backoff { .. } => {
+                        crate::event!("container stopped", how = "not-running");
+                        return Ok(reason.unwrap_or(StopReason::PowerButton));
+                    }
+                    s => s,
+                };
+            }
+        }
+
+        // Reap every exited child; only the container's exit matters.
+        loop {
+            let mut status = 0;
+            // SAFETY: non-blocking wait for any child.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                break;
+            }
+            let (sk, sv) = describe_status(status);
+            state = match state {
+                State::Running { c, since } if c.pid == pid => {
+                    crate::console::emit(
+                        "container exited",
+                        &[
+                            ("pid", pid.to_string()),
+                            (sk, sv.clone()),
+                            ("ran", format!("{}s", since.elapsed().as_secs())),
+                        ],
+                    );
+                    if since.elapsed() > HEALTHY_RUN {
+                        restarts = 0;
+                    }
+                    if restarts >= policy.max_restarts {
+                        bail!("the container exited {} times in a row ({sk}={sv}); giving up", restarts + 1);
+                    }
+                    restarts += 1;
+                    let delay = backoff(restarts);
+                    crate::event!(
+                        "container restarting",
+                        attempt = restarts,
+                        of = policy.max_restarts,
+                        delay = format!("{}s", delay.as_secs())
+                    );
+                    State::Backoff { until: Instant::now() + delay }
+                }
+                State::Stopping { c, killed, .. } if c.pid == pid => {
+                    crate::console::emit("container exited", &[("pid", pid.to_string()), (sk, sv.clone())]);
+                    crate::event!("container stopped", pid = pid, how = if killed { "killed" } else { "clean" });
+                    return Ok(reason.unwrap_or(StopReason::PowerButton));
+                }
+                s => s,
+            };
+        }
+
+        state = match state {
+            State::Backoff { until } if Instant::now() >= until => match launch() {
+                Ok(c) => State::Running { c, since: Instant::now() },
+                Err(e) => {
+                    crate::event!("launcher failed", error = format!("{e:#}"));
+                    if restarts >= policy.max_restarts {
+                        return Err(e).context("restarting the container");
+                    }
+                    restarts += 1;
+                    State::Backoff { until: Instant::now() + backoff(restarts) }
+                }
+            },
+            State::Stopping { c, deadline, killed: false } if Instant::now() >= deadline => {
+                crate::event!("container kill", pid = c.pid, reason = "stop timeout");
+                // SAFETY: signalling our child.
+                unsafe { libc::kill(c.pid, libc::SIGKILL) };
+                State::Stopping { c, deadline, killed: true }
+            }
+            s => s,
+        };
+    }
+}
+
+/// Terminates every other process (SIGTERM, a grace period, SIGKILL) and reaps them, so no
+/// file stays open on the state partition.
+pub fn kill_everything(grace: Duration) {
+    // SAFETY: kill(-1) from PID 1 signals every process but itself.
+    unsafe { libc::kill(-1, libc::SIGTERM) };
+    let until = Instant::now() + grace;
+    loop {
+        let mut status = 0;
+        // SAFETY: non-blocking reap.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid < 0 {
+            return; // ECHILD: nothing left
+        }
+        if pid == 0 {
+            if Instant::now() >= until {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let mut status = 0;
+        // SAFETY: non-blocking reap.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid < 0 {
+            return;
+        }
+        if pid == 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn power_key_press_is_recognised() {
+        let ev = |ty: u16, code: u16, value: i32| {
+            let mut e = vec![0u8; 16];
+            e.extend_from_slice(&ty.to_ne_bytes());
+            e.extend_from_slice(&code.to_ne_bytes());
+            e.extend_from_slice(&value.to_ne_bytes());
+            e
+        };
+        let mut buf = ev(0, 0, 0);
+        buf.extend(ev(EV_KEY, KEY_POWER, 0)); // release
+        assert!(!has_power_press(&buf));
+        buf.extend(ev(EV_KEY, KEY_POWER, 1));
+        assert!(has_power_press(&buf));
+        assert!(!has_power_press(&ev(EV_KEY, 30, 1)));
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let s: Vec<u64> = (1..=8).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(s, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(backoff(100).as_secs(), 30);
+    }
+}
