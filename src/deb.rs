@@ -9,12 +9,9 @@ pub fn for_each_data_entry(
     deb: &Path,
     mut each: impl FnMut(&str, &tar::Header, &mut dyn Read) -> Result<()>,
 ) -> Result<()> {
-    let mut f = BufReader::new(
-        std::fs::File::open(deb).with_context(|| format!("opening {}", deb.display()))?,
-    );
+    let mut f = BufReader::new(std::fs::File::open(deb).with_context(|| format!("opening {}", deb.display()))?);
     let mut magic = [0u8; 8];
-    f.read_exact(&mut magic)
-        .with_context(|| format!("reading {}", deb.display()))?;
+    f.read_exact(&mut magic).with_context(|| format!("reading {}", deb.display()))?;
     if &magic != b"!<arch>\n" {
         bail!("{} is not a Debian package (no ar header)", deb.display());
     }
@@ -26,10 +23,7 @@ pub fn for_each_data_entry(
             }
             return Err(e.into());
         }
-        let name = String::from_utf8_lossy(&hdr[0..16])
-            .trim()
-            .trim_end_matches('/')
-            .to_string();
+        let name = String::from_utf8_lossy(&hdr[0..16]).trim().trim_end_matches('/').to_string();
         let size: u64 = String::from_utf8_lossy(&hdr[48..58])
             .trim()
             .parse()
@@ -44,17 +38,9 @@ pub fn for_each_data_entry(
                 other => bail!("{}: unsupported member {other}", deb.display()),
             };
             let mut ar = tar::Archive::new(decoded);
-            for entry in ar
-                .entries()
-                .with_context(|| format!("reading {} of {}", name, deb.display()))?
-            {
-                let mut entry =
-                    entry.with_context(|| format!("reading {} of {}", name, deb.display()))?;
-                let path = entry
-                    .path()?
-                    .to_string_lossy()
-                    .trim_start_matches("./")
-                    .to_string();
+            for entry in ar.entries().with_context(|| format!("reading {} of {}", name, deb.display()))? {
+                let mut entry = entry.with_context(|| format!("reading {} of {}", name, deb.display()))?;
+                let path = entry.path()?.to_string_lossy().trim_start_matches("./").to_string();
                 let header = entry.header().clone();
                 each(&path, &header, &mut entry)?;
             }
@@ -67,20 +53,13 @@ pub fn for_each_data_entry(
 /// `Package` and `Version` from the control file, read from the package itself.
 pub fn name_and_version(deb: &Path) -> Result<(String, String)> {
     let fields = control_fields(deb)?;
-    let get = |k: &str| {
-        fields
-            .get(k)
-            .cloned()
-            .with_context(|| format!("{}: control has no {k}", deb.display()))
-    };
+    let get = |k: &str| fields.get(k).cloned().with_context(|| format!("{}: control has no {k}", deb.display()));
     Ok((get("Package")?, get("Version")?))
 }
 
 /// The fields of the package's control file (continuation lines folded into their field).
 pub fn control_fields(deb: &Path) -> Result<std::collections::BTreeMap<String, String>> {
-    let mut f = BufReader::new(
-        std::fs::File::open(deb).with_context(|| format!("opening {}", deb.display()))?,
-    );
+    let mut f = BufReader::new(std::fs::File::open(deb).with_context(|| format!("opening {}", deb.display()))?);
     let mut magic = [0u8; 8];
     f.read_exact(&mut magic)?;
     if &magic != b"!<arch>\n" {
@@ -88,12 +67,8 @@ pub fn control_fields(deb: &Path) -> Result<std::collections::BTreeMap<String, S
     }
     loop {
         let mut hdr = [0u8; 60];
-        f.read_exact(&mut hdr)
-            .with_context(|| format!("{} has no control.tar member", deb.display()))?;
-        let name = String::from_utf8_lossy(&hdr[0..16])
-            .trim()
-            .trim_end_matches('/')
-            .to_string();
+        f.read_exact(&mut hdr).with_context(|| format!("{} has no control.tar member", deb.display()))?;
+        let name = String::from_utf8_lossy(&hdr[0..16]).trim().trim_end_matches('/').to_string();
         let size: u64 = String::from_utf8_lossy(&hdr[48..58]).trim().parse()?;
         if name.starts_with("control.tar") {
             let member = (&mut f).take(size);

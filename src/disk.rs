@@ -20,11 +20,8 @@ pub enum Content<'a> {
 /// Writes the whole disk to `out` (which must not exist yet or is truncated).
 pub fn assemble(plan: &Plan, contents: &[(&str, Content<'_>)], out: &Path) -> Result<()> {
     let mut f = File::create(out).with_context(|| format!("creating {}", out.display()))?;
-    f.set_len(plan.total_bytes())
-        .with_context(|| format!("sizing {}", out.display()))?;
-    plan.gpt()?
-        .write_to(&mut f)
-        .with_context(|| format!("writing the GPT to {}", out.display()))?;
+    f.set_len(plan.total_bytes()).with_context(|| format!("sizing {}", out.display()))?;
+    plan.gpt()?.write_to(&mut f).with_context(|| format!("writing the GPT to {}", out.display()))?;
     for (label, content) in contents {
         let part = plan.partition(label);
         let offset = part.offset(plan.sector_size);
@@ -38,24 +35,15 @@ pub fn assemble(plan: &Plan, contents: &[(&str, Content<'_>)], out: &Path) -> Re
             Content::Empty => Ok(0),
         }
         .with_context(|| format!("writing partition {label} into {}", out.display()))?;
-        anyhow::ensure!(
-            written <= limit,
-            "partition {label} content is larger than its {limit} bytes"
-        );
+        anyhow::ensure!(written <= limit, "partition {label} content is larger than its {limit} bytes");
     }
-    f.sync_all()
-        .with_context(|| format!("syncing {}", out.display()))?;
+    f.sync_all().with_context(|| format!("syncing {}", out.display()))?;
     Ok(())
 }
 
 /// Copies `src` to `dst` at `offset`, seeking over all-zero chunks. Errors if more than
 /// `limit` bytes come.
-fn copy_sparse<R: Read, W: Write + Seek>(
-    src: &mut R,
-    dst: &mut W,
-    offset: u64,
-    limit: u64,
-) -> Result<u64> {
+fn copy_sparse<R: Read, W: Write + Seek>(src: &mut R, dst: &mut W, offset: u64, limit: u64) -> Result<u64> {
     let mut buf = vec![0u8; CHUNK];
     let mut pos = 0u64;
     loop {
@@ -70,10 +58,7 @@ fn copy_sparse<R: Read, W: Write + Seek>(
         if filled == 0 {
             break;
         }
-        anyhow::ensure!(
-            pos + filled as u64 <= limit,
-            "content does not fit its partition ({limit} bytes)"
-        );
+        anyhow::ensure!(pos + filled as u64 <= limit, "content does not fit its partition ({limit} bytes)");
         if buf[..filled].iter().any(|b| *b != 0) {
             dst.seek(SeekFrom::Start(offset + pos))?;
             dst.write_all(&buf[..filled])?;

@@ -53,33 +53,18 @@ impl Cache {
         if !p.exists() {
             return Ok(Vec::new());
         }
-        let text =
-            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-        serde_json::from_str(&text).with_context(|| {
-            format!(
-                "parsing {} (delete it and run `planet-image fetch`)",
-                p.display()
-            )
-        })
+        let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("parsing {} (delete it and run `planet-image fetch`)", p.display()))
     }
 
     /// The cached package for `role`, with a hint to fetch when absent.
     pub fn package(&self, role: &str) -> Result<PackageRecord> {
-        let rec = self
-            .records()?
-            .into_iter()
-            .find(|r| r.role == role)
-            .with_context(|| {
-                format!(
-                    "no {role} package in the cache {}: run `planet-image fetch` first",
-                    self.dir.display()
-                )
-            })?;
+        let rec = self.records()?.into_iter().find(|r| r.role == role).with_context(|| {
+            format!("no {role} package in the cache {}: run `planet-image fetch` first", self.dir.display())
+        })?;
         if !rec.file.is_file() {
-            bail!(
-                "the cached {role} package {} is missing: run `planet-image fetch` again",
-                rec.file.display()
-            );
+            bail!("the cached {role} package {} is missing: run `planet-image fetch` again", rec.file.display());
         }
         Ok(rec)
     }
@@ -96,13 +81,9 @@ impl Cache {
     pub fn fetch(&self, kernel_meta: &str) -> Result<Vec<PackageRecord>> {
         require_tool("apt-get", "apt")?;
         let debs = self.dir.join("debs");
-        std::fs::create_dir_all(&debs)
-            .with_context(|| format!("creating the cache {}", debs.display()))?;
+        std::fs::create_dir_all(&debs).with_context(|| format!("creating the cache {}", debs.display()))?;
         let meta = download(&debs, kernel_meta)?;
-        let depends = deb::control_fields(&meta)?
-            .get("Depends")
-            .cloned()
-            .unwrap_or_default();
+        let depends = deb::control_fields(&meta)?.get("Depends").cloned().unwrap_or_default();
         let image_pkg = depends
             .split(',')
             .map(|d| d.trim().split_whitespace().next().unwrap_or(""))
@@ -114,24 +95,11 @@ impl Cache {
         let firmware = download(&debs, FIRMWARE_PACKAGE)?;
         self.extract_ovmf(&firmware)?;
         let mut records = Vec::new();
-        for (role, file) in [
-            ("kernel", kernel),
-            ("bootloader", boot),
-            ("firmware", firmware),
-        ] {
+        for (role, file) in [("kernel", kernel), ("bootloader", boot), ("firmware", firmware)] {
             let (name, version) = deb::name_and_version(&file)?;
-            records.push(PackageRecord {
-                role: role.into(),
-                name,
-                version,
-                sha256: sha256_file(&file)?,
-                file,
-            });
+            records.push(PackageRecord { role: role.into(), name, version, sha256: sha256_file(&file)?, file });
         }
-        write_file(
-            &self.index_path(),
-            serde_json::to_string_pretty(&records)?.as_bytes(),
-        )?;
+        write_file(&self.index_path(), serde_json::to_string_pretty(&records)?.as_bytes())?;
         Ok(records)
     }
 
@@ -154,10 +122,7 @@ impl Cache {
             Ok(())
         })?;
         if found != 2 {
-            bail!(
-                "{} does not contain {OVMF_CODE} and {OVMF_VARS}",
-                deb_path.display()
-            );
+            bail!("{} does not contain {OVMF_CODE} and {OVMF_VARS}", deb_path.display());
         }
         Ok(())
     }
@@ -170,8 +135,7 @@ fn default_cache_dir() -> Result<PathBuf> {
     if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(d).join("planet-image"));
     }
-    let home = std::env::var_os("HOME")
-        .context("neither XDG_CACHE_HOME nor HOME is set: pass --cache-dir")?;
+    let home = std::env::var_os("HOME").context("neither XDG_CACHE_HOME nor HOME is set: pass --cache-dir")?;
     Ok(PathBuf::from(home).join(".cache").join("planet-image"))
 }
 
@@ -180,23 +144,17 @@ fn download(dir: &Path, name: &str) -> Result<PathBuf> {
     eprintln!("planet-image: fetching {name}");
     // One version per package in the cache: the one apt resolves now.
     for old in debs_named(dir, name)? {
-        std::fs::remove_file(&old)
-            .with_context(|| format!("removing the old {}", old.display()))?;
+        std::fs::remove_file(&old).with_context(|| format!("removing the old {}", old.display()))?;
     }
     Command::new("apt-get")
         .args(["download", "-q", name])
         .current_dir(dir)
         .run_checked()
-        .with_context(|| {
-            format!("downloading {name} (run `apt-get update` if the package is unknown)")
-        })?;
+        .with_context(|| format!("downloading {name} (run `apt-get update` if the package is unknown)"))?;
     let mut found = debs_named(dir, name)?;
     match found.len() {
         1 => Ok(found.remove(0)),
-        n => bail!(
-            "apt-get download {name} left {n} matching .deb files in {}",
-            dir.display()
-        ),
+        n => bail!("apt-get download {name} left {n} matching .deb files in {}", dir.display()),
     }
 }
 

@@ -29,19 +29,11 @@ pub struct BootEntry {
 
 impl DiskImage {
     pub fn open(path: &Path) -> Result<DiskImage> {
-        let mut f = std::fs::File::open(path)
-            .with_context(|| format!("opening the image {}", path.display()))?;
+        let mut f = std::fs::File::open(path).with_context(|| format!("opening the image {}", path.display()))?;
         let mut magic = [0u8; 4];
         let n = f.read(&mut magic)?;
-        let format = if n == 4 && &magic == b"QFI\xfb" {
-            Format::Qcow2
-        } else {
-            Format::Raw
-        };
-        Ok(DiskImage {
-            path: path.to_path_buf(),
-            format,
-        })
+        let format = if n == 4 && &magic == b"QFI\xfb" { Format::Qcow2 } else { Format::Raw };
+        Ok(DiskImage { path: path.to_path_buf(), format })
     }
 
     pub fn format_name(&self) -> &'static str {
@@ -56,14 +48,9 @@ impl DiskImage {
         match self.format {
             Format::Raw => Ok(std::fs::metadata(&self.path)?.len()),
             Format::Qcow2 => {
-                let out = Command::new("qemu-img")
-                    .args(["info", "--output=json"])
-                    .arg(&self.path)
-                    .run_checked()?;
+                let out = Command::new("qemu-img").args(["info", "--output=json"]).arg(&self.path).run_checked()?;
                 let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-                v["virtual-size"]
-                    .as_u64()
-                    .context("qemu-img info gave no virtual-size")
+                v["virtual-size"].as_u64().context("qemu-img info gave no virtual-size")
             }
         }
     }
@@ -75,8 +62,7 @@ impl DiskImage {
                 let mut f = std::fs::File::open(&self.path)?;
                 f.seek(SeekFrom::Start(offset))?;
                 let mut buf = vec![0u8; len as usize];
-                f.read_exact(&mut buf)
-                    .with_context(|| format!("reading {} at {offset}", self.path.display()))?;
+                f.read_exact(&mut buf).with_context(|| format!("reading {} at {offset}", self.path.display()))?;
                 Ok(buf)
             }
             Format::Qcow2 => {
@@ -107,10 +93,7 @@ impl DiskImage {
                 return Ok(g);
             }
         }
-        bail!(
-            "{} has no valid GPT (not a planet-image disk, or corrupt)",
-            self.path.display()
-        )
+        bail!("{} has no valid GPT (not a planet-image disk, or corrupt)", self.path.display())
     }
 
     pub fn partition_bytes(&self, gpt: &Gpt, p: &Partition) -> Result<Vec<u8>> {
@@ -120,21 +103,16 @@ impl DiskImage {
     /// The ESP's default loader entry and the files it names.
     pub fn default_boot_entry(&self) -> Result<BootEntry> {
         let gpt = self.gpt()?;
-        let esp = gpt
-            .find(ESP_LABEL)
-            .context("the image has no partition labelled esp")?;
+        let esp = gpt.find(ESP_LABEL).context("the image has no partition labelled esp")?;
         let bytes = self.partition_bytes(&gpt, esp)?;
-        let fs = fatfs::FileSystem::new(Cursor::new(bytes), fatfs::FsOptions::new())
-            .context("opening the ESP")?;
+        let fs = fatfs::FileSystem::new(Cursor::new(bytes), fatfs::FsOptions::new()).context("opening the ESP")?;
         let root = fs.root_dir();
         let conf = read_fat(&root, "loader/loader.conf")?;
         let default = String::from_utf8_lossy(&conf)
             .lines()
             .find_map(|l| l.strip_prefix("default ").map(|s| s.trim().to_string()))
             .context("loader.conf names no default entry")?;
-        let entry =
-            String::from_utf8_lossy(&read_fat(&root, &format!("loader/entries/{default}"))?)
-                .into_owned();
+        let entry = String::from_utf8_lossy(&read_fat(&root, &format!("loader/entries/{default}"))?).into_owned();
         let field = |k: &str| {
             entry
                 .lines()
@@ -142,38 +120,24 @@ impl DiskImage {
                 .with_context(|| format!("entry {default} has no {k}"))
         };
         let (linux, initrd, options) = (field("linux ")?, field("initrd ")?, field("options ")?);
-        Ok(BootEntry {
-            options,
-            vmlinuz: read_fat(&root, &linux)?,
-            initramfs: read_fat(&root, &initrd)?,
-        })
+        Ok(BootEntry { options, vmlinuz: read_fat(&root, &linux)?, initramfs: read_fat(&root, &initrd)? })
     }
 
     /// Names of the loader entries on the ESP, with their options lines.
     pub fn loader_entries(&self) -> Result<Vec<(String, String)>> {
         let gpt = self.gpt()?;
-        let esp = gpt
-            .find(ESP_LABEL)
-            .context("the image has no partition labelled esp")?;
+        let esp = gpt.find(ESP_LABEL).context("the image has no partition labelled esp")?;
         let bytes = self.partition_bytes(&gpt, esp)?;
-        let fs = fatfs::FileSystem::new(Cursor::new(bytes), fatfs::FsOptions::new())
-            .context("opening the ESP")?;
+        let fs = fatfs::FileSystem::new(Cursor::new(bytes), fatfs::FsOptions::new()).context("opening the ESP")?;
         let root = fs.root_dir();
         let dir = root.open_dir("loader/entries")?;
         let mut out = Vec::new();
         for e in dir.iter() {
             let e = e?;
             if e.is_file() {
-                let text = String::from_utf8_lossy(&read_fat(
-                    &root,
-                    &format!("loader/entries/{}", e.file_name()),
-                )?)
-                .into_owned();
-                let options = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("options "))
-                    .unwrap_or("")
-                    .to_string();
+                let text = String::from_utf8_lossy(&read_fat(&root, &format!("loader/entries/{}", e.file_name()))?)
+                    .into_owned();
+                let options = text.lines().find_map(|l| l.strip_prefix("options ")).unwrap_or("").to_string();
                 out.push((e.file_name(), options));
             }
         }
@@ -183,9 +147,7 @@ impl DiskImage {
 }
 
 fn read_fat<T: fatfs::ReadWriteSeek>(root: &fatfs::Dir<'_, T>, path: &str) -> Result<Vec<u8>> {
-    let mut f = root
-        .open_file(path.trim_start_matches('/'))
-        .with_context(|| format!("opening {path} on the ESP"))?;
+    let mut f = root.open_file(path.trim_start_matches('/')).with_context(|| format!("opening {path} on the ESP"))?;
     let mut b = Vec::new();
     f.read_to_end(&mut b)?;
     Ok(b)

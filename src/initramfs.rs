@@ -15,26 +15,10 @@ pub struct ExtraFile {
 }
 
 /// Builds the compressed initramfs image.
-pub fn build(
-    planet_init: &[u8],
-    kernel: &Kernel,
-    extra: &[ExtraFile],
-    mtime: u64,
-    zstd_level: i32,
-) -> Result<Vec<u8>> {
+pub fn build(planet_init: &[u8], kernel: &Kernel, extra: &[ExtraFile], mtime: u64, zstd_level: i32) -> Result<Vec<u8>> {
     check_static(planet_init)?;
     let mut w = CpioWriter::new(mtime);
-    for dir in [
-        "dev",
-        "proc",
-        "sys",
-        "run",
-        "tmp",
-        "mnt",
-        "etc",
-        "lib",
-        "lib/modules",
-    ] {
+    for dir in ["dev", "proc", "sys", "run", "tmp", "mnt", "etc", "lib", "lib/modules"] {
         w.dir(dir, 0o755)?;
     }
     // The kernel opens /dev/console for PID 1 before anything can mount devtmpfs.
@@ -57,21 +41,9 @@ pub fn build(
     for m in &kernel.modules {
         w.file(&format!("{base}/{}", m.rel_path), 0o644, &m.data)?;
     }
-    w.file(
-        &format!("{base}/modules.dep"),
-        0o644,
-        kernel.modules_dep().as_bytes(),
-    )?;
-    w.file(
-        &format!("{base}/modules.alias"),
-        0o644,
-        kernel.modules_alias().as_bytes(),
-    )?;
-    w.file(
-        &format!("{base}/modules.builtin"),
-        0o644,
-        kernel.builtin.as_bytes(),
-    )?;
+    w.file(&format!("{base}/modules.dep"), 0o644, kernel.modules_dep().as_bytes())?;
+    w.file(&format!("{base}/modules.alias"), 0o644, kernel.modules_alias().as_bytes())?;
+    w.file(&format!("{base}/modules.builtin"), 0o644, kernel.builtin.as_bytes())?;
     for f in extra {
         if let Some((parent, _)) = f.path.rsplit_once('/') {
             let mut acc = String::new();
@@ -87,12 +59,7 @@ pub fn build(
     }
     let cpio = w.finish()?;
     let mut enc = zstd::Encoder::new(Vec::new(), zstd_level)?;
-    enc.multithread(
-        std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(1),
-    )
-    .ok();
+    enc.multithread(std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)).ok();
     enc.write_all(&cpio)?;
     Ok(enc.finish()?)
 }
@@ -107,12 +74,8 @@ pub fn check_static(elf: &[u8]) -> Result<()> {
     let phnum = u16::from_le_bytes([elf[0x38], elf[0x39]]) as usize;
     for i in 0..phnum {
         let off = phoff + i * phentsize;
-        let p_type = u32::from_le_bytes(
-            elf.get(off..off + 4)
-                .context("truncated ELF program headers")?
-                .try_into()
-                .unwrap(),
-        );
+        let p_type =
+            u32::from_le_bytes(elf.get(off..off + 4).context("truncated ELF program headers")?.try_into().unwrap());
         if p_type == 3 {
             bail!(
                 "the planet-init binary is dynamically linked (it has an ELF interpreter); build it static with \
@@ -133,12 +96,7 @@ pub struct CpioWriter {
 
 impl CpioWriter {
     pub fn new(mtime: u64) -> Self {
-        CpioWriter {
-            out: Vec::new(),
-            next_ino: 1,
-            mtime,
-            seen: BTreeSet::new(),
-        }
+        CpioWriter { out: Vec::new(), next_ino: 1, mtime, seen: BTreeSet::new() }
     }
 
     pub fn dir(&mut self, path: &str, perm: u32) -> Result<()> {
@@ -156,14 +114,7 @@ impl CpioWriter {
         self.entry(path, 0o020000 | perm, 1, (major, minor), &[])
     }
 
-    fn entry(
-        &mut self,
-        path: &str,
-        mode: u32,
-        nlink: u32,
-        rdev: (u32, u32),
-        data: &[u8],
-    ) -> Result<()> {
+    fn entry(&mut self, path: &str, mode: u32, nlink: u32, rdev: (u32, u32), data: &[u8]) -> Result<()> {
         if !self.seen.insert(path.to_string()) && path != "TRAILER!!!" {
             bail!("initramfs entry {path} written twice");
         }

@@ -12,32 +12,13 @@ pub fn run(path: &Path, manifest_path: Option<&Path>) -> Result<String> {
     let image = DiskImage::open(path)?;
     let gpt = image.gpt()?;
     let mut out = String::new();
-    writeln!(
-        out,
-        "image:      {} ({}, {} bytes of disk)",
-        path.display(),
-        image.format_name(),
-        image.disk_size()?
-    )?;
-    writeln!(
-        out,
-        "disk guid:  {}  sector size: {}",
-        gpt.disk_guid, gpt.sector_size
-    )?;
-    writeln!(
-        out,
-        "{:<3} {:<14} {:>12} {:>12}  {:<38} {}",
-        "#", "label", "start", "size MiB", "type", "content"
-    )?;
+    writeln!(out, "image:      {} ({}, {} bytes of disk)", path.display(), image.format_name(), image.disk_size()?)?;
+    writeln!(out, "disk guid:  {}  sector size: {}", gpt.disk_guid, gpt.sector_size)?;
+    writeln!(out, "{:<3} {:<14} {:>12} {:>12}  {:<38} {}", "#", "label", "start", "size MiB", "type", "content")?;
     for (i, p) in gpt.partitions.iter().enumerate() {
         let head = image.read_at(p.first_lba * gpt.sector_size, 4096)?;
         let content = if let Some(sq) = squashfs_info(&head) {
-            format!(
-                "squashfs {} inodes={} used={} MiB",
-                sq.compression,
-                sq.inodes,
-                sq.bytes_used >> 20
-            )
+            format!("squashfs {} inodes={} used={} MiB", sq.compression, sq.inodes, sq.bytes_used >> 20)
         } else if head.len() >= 0x438 + 2 && head[0x438] == 0x53 && head[0x439] == 0xEF {
             "ext4".to_string()
         } else if &head[0x52..0x57] == b"FAT32" {
@@ -62,25 +43,16 @@ pub fn run(path: &Path, manifest_path: Option<&Path>) -> Result<String> {
         writeln!(out, "boot entry: {name}: {options}")?;
     }
 
-    let mpath = manifest_path
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| manifest::path_for(path));
+    let mpath = manifest_path.map(Path::to_path_buf).unwrap_or_else(|| manifest::path_for(path));
     if !mpath.exists() {
-        writeln!(
-            out,
-            "manifest:   none at {} (nothing to verify)",
-            mpath.display()
-        )?;
+        writeln!(out, "manifest:   none at {} (nothing to verify)", mpath.display())?;
         return Ok(out);
     }
     let m = Manifest::load(&mpath)?;
     let mut problems = Vec::new();
     let actual = sha256_file(path)?;
     if actual != m.image.sha256 {
-        problems.push(format!(
-            "image sha256 is {actual}, the manifest says {}",
-            m.image.sha256
-        ));
+        problems.push(format!("image sha256 is {actual}, the manifest says {}", m.image.sha256));
     }
     for mp in &m.partitions {
         match gpt.partitions.get(mp.number as usize - 1) {
@@ -94,10 +66,7 @@ pub fn run(path: &Path, manifest_path: Option<&Path>) -> Result<String> {
                     ));
                 }
             }
-            _ => problems.push(format!(
-                "partition {} ({}) is missing from the table",
-                mp.number, mp.label
-            )),
+            _ => problems.push(format!("partition {} ({}) is missing from the table", mp.number, mp.label)),
         }
     }
     writeln!(
@@ -110,18 +79,10 @@ pub fn run(path: &Path, manifest_path: Option<&Path>) -> Result<String> {
         m.planet_init.version
     )?;
     if problems.is_empty() {
-        writeln!(
-            out,
-            "verify:     ok (image and {} partitions match the manifest)",
-            m.partitions.len()
-        )?;
+        writeln!(out, "verify:     ok (image and {} partitions match the manifest)", m.partitions.len())?;
         Ok(out)
     } else {
         print!("{out}");
-        bail!(
-            "{} does not match its manifest:\n  {}",
-            path.display(),
-            problems.join("\n  ")
-        )
+        bail!("{} does not match its manifest:\n  {}", path.display(), problems.join("\n  "))
     }
 }

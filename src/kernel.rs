@@ -84,10 +84,7 @@ pub fn extract(deb_path: &Path, classes: &[String]) -> Result<Kernel> {
         .collect();
     let mut queue: Vec<String> = wanted.iter().cloned().collect();
     while let Some(name) = queue.pop() {
-        let deps = all
-            .get(&name)
-            .map(|m| m.depends.clone())
-            .unwrap_or_default();
+        let deps = all.get(&name).map(|m| m.depends.clone()).unwrap_or_default();
         for dep in deps {
             if !all.contains_key(&dep) {
                 bail!("module {name} depends on {dep}, which the kernel package does not ship");
@@ -97,25 +94,16 @@ pub fn extract(deb_path: &Path, classes: &[String]) -> Result<Kernel> {
             }
         }
     }
-    let mut modules: Vec<Module> = all
-        .into_values()
-        .filter(|m| wanted.contains(&m.name))
-        .collect();
+    let mut modules: Vec<Module> = all.into_values().filter(|m| wanted.contains(&m.name)).collect();
     modules.sort_by(|a, b| a.rel_path.cmp(&b.rel_path));
-    Ok(Kernel {
-        version,
-        vmlinuz,
-        modules,
-        builtin,
-    })
+    Ok(Kernel { version, vmlinuz, modules, builtin })
 }
 
 impl Kernel {
     /// `modules.dep` in depmod's format: each module with the transitive closure of its
     /// dependencies, ordered so that loading the list from the end to the start works.
     pub fn modules_dep(&self) -> String {
-        let by_name: BTreeMap<&str, &Module> =
-            self.modules.iter().map(|m| (m.name.as_str(), m)).collect();
+        let by_name: BTreeMap<&str, &Module> = self.modules.iter().map(|m| (m.name.as_str(), m)).collect();
         let mut out = String::new();
         for m in &self.modules {
             let mut order = Vec::new();
@@ -123,10 +111,8 @@ impl Kernel {
             post_order(&m.name, &by_name, &mut seen, &mut order);
             order.pop(); // the module itself comes last in post-order
             order.reverse();
-            let deps: Vec<&str> = order
-                .iter()
-                .filter_map(|n| by_name.get(n.as_str()).map(|d| d.rel_path.as_str()))
-                .collect();
+            let deps: Vec<&str> =
+                order.iter().filter_map(|n| by_name.get(n.as_str()).map(|d| d.rel_path.as_str())).collect();
             out.push_str(&m.rel_path);
             out.push(':');
             for d in deps {
@@ -150,12 +136,7 @@ impl Kernel {
     }
 }
 
-fn post_order(
-    name: &str,
-    by_name: &BTreeMap<&str, &Module>,
-    seen: &mut BTreeSet<String>,
-    order: &mut Vec<String>,
-) {
+fn post_order(name: &str, by_name: &BTreeMap<&str, &Module>, seen: &mut BTreeSet<String>, order: &mut Vec<String>) {
     if !seen.insert(name.to_string()) {
         return;
     }
@@ -172,11 +153,7 @@ fn normalize_name(name: &str) -> String {
 }
 
 fn file_stem_name(rel: &str) -> String {
-    rel.rsplit('/')
-        .next()
-        .unwrap_or(rel)
-        .trim_end_matches(".ko")
-        .to_string()
+    rel.rsplit('/').next().unwrap_or(rel).trim_end_matches(".ko").to_string()
 }
 
 /// The `key=value` strings of an ELF64 module's `.modinfo` section.
@@ -195,33 +172,22 @@ pub fn modinfo(elf: &[u8]) -> Result<Vec<(String, String)>> {
     let shstrndx = u16_at(0x3E);
     let section = |i: usize| -> Result<(usize, usize, usize)> {
         let base = shoff + i * shentsize;
-        let name = u32::from_le_bytes(
-            elf.get(base..base + 4)
-                .context("truncated section header")?
-                .try_into()
-                .unwrap(),
-        ) as usize;
+        let name = u32::from_le_bytes(elf.get(base..base + 4).context("truncated section header")?.try_into().unwrap())
+            as usize;
         Ok((name, u64_at(base + 24)?, u64_at(base + 32)?))
     };
     let (_, str_off, str_size) = section(shstrndx)?;
-    let strtab = elf
-        .get(str_off..str_off + str_size)
-        .context("truncated section names")?;
+    let strtab = elf.get(str_off..str_off + str_size).context("truncated section names")?;
     for i in 0..shnum {
         let (name_off, off, size) = section(i)?;
-        let name_end = strtab[name_off..]
-            .iter()
-            .position(|b| *b == 0)
-            .map(|p| name_off + p)
-            .unwrap_or(strtab.len());
+        let name_end = strtab[name_off..].iter().position(|b| *b == 0).map(|p| name_off + p).unwrap_or(strtab.len());
         if &strtab[name_off..name_end] == b".modinfo" {
             let data = elf.get(off..off + size).context("truncated .modinfo")?;
             return Ok(data
                 .split(|b| *b == 0)
                 .filter_map(|kv| {
                     let s = String::from_utf8_lossy(kv);
-                    s.split_once('=')
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
                 })
                 .collect());
         }
@@ -252,10 +218,7 @@ mod tests {
             builtin: String::new(),
         };
         let dep = k.modules_dep();
-        assert!(
-            dep.contains("kernel/a.ko: kernel/b.ko kernel/c.ko\n"),
-            "{dep}"
-        );
+        assert!(dep.contains("kernel/a.ko: kernel/b.ko kernel/c.ko\n"), "{dep}");
         assert!(dep.contains("kernel/c.ko:\n"));
         assert!(k.modules_alias().contains("alias pci:v00001AF4d*a* a\n"));
     }

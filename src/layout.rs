@@ -93,19 +93,13 @@ impl Layout {
     pub fn load(path: Option<&Path>) -> Result<Layout> {
         let (text, origin) = match path {
             Some(p) => (
-                std::fs::read_to_string(p)
-                    .with_context(|| format!("reading the layout {}", p.display()))?,
+                std::fs::read_to_string(p).with_context(|| format!("reading the layout {}", p.display()))?,
                 p.display().to_string(),
             ),
-            None => (
-                DEFAULT_LAYOUT.to_string(),
-                "the built-in default layout".to_string(),
-            ),
+            None => (DEFAULT_LAYOUT.to_string(), "the built-in default layout".to_string()),
         };
         let layout: Layout = toml::from_str(&text).with_context(|| format!("parsing {origin}"))?;
-        layout
-            .validate()
-            .with_context(|| format!("checking {origin}"))?;
+        layout.validate().with_context(|| format!("checking {origin}"))?;
         Ok(layout)
     }
 
@@ -116,10 +110,7 @@ impl Layout {
         if self.align_mib == 0 {
             bail!("align_mib must be at least 1");
         }
-        for (what, t) in [
-            ("slots.type_guid", &self.slots.type_guid),
-            ("state.type_guid", &self.state.type_guid),
-        ] {
+        for (what, t) in [("slots.type_guid", &self.slots.type_guid), ("state.type_guid", &self.state.type_guid)] {
             if planet_gpt::types::parse(t).is_none() {
                 bail!("{what} = {t:?} is neither a known type name (root-x86-64, linux, esp) nor a GUID");
             }

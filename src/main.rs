@@ -30,9 +30,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Build(a) => {
             let epoch = match a.source_date_epoch {
                 Some(e) => e,
-                None => std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)?
-                    .as_secs(),
+                None => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
             };
             let result = pipeline::run(&BuildRequest {
                 target: a.target,

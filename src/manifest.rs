@@ -90,12 +90,7 @@ pub struct PackageInfo {
 
 impl From<&PackageRecord> for PackageInfo {
     fn from(r: &PackageRecord) -> Self {
-        PackageInfo {
-            role: r.role.clone(),
-            name: r.name.clone(),
-            version: r.version.clone(),
-            sha256: r.sha256.clone(),
-        }
+        PackageInfo { role: r.role.clone(), name: r.name.clone(), version: r.version.clone(), sha256: r.sha256.clone() }
     }
 }
 
@@ -122,10 +117,8 @@ pub fn path_for(image: &Path) -> PathBuf {
 
 impl Manifest {
     pub fn load(path: &Path) -> Result<Manifest> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the manifest {}", path.display()))?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("parsing the manifest {}", path.display()))
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading the manifest {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing the manifest {}", path.display()))
     }
 
     pub fn to_json(&self) -> Result<String> {

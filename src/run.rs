@@ -38,13 +38,8 @@ pub enum Accel {
 
 /// Parses `HOST:GUEST` (TCP ports).
 pub fn parse_forward(s: &str) -> Result<(u16, u16), String> {
-    let (h, g) = s
-        .split_once(':')
-        .ok_or_else(|| format!("{s:?}: expected HOST:GUEST ports, e.g. 2379:2379"))?;
-    let port = |p: &str| {
-        p.parse::<u16>()
-            .map_err(|_| format!("{p:?} is not a TCP port"))
-    };
+    let (h, g) = s.split_once(':').ok_or_else(|| format!("{s:?}: expected HOST:GUEST ports, e.g. 2379:2379"))?;
+    let port = |p: &str| p.parse::<u16>().map_err(|_| format!("{p:?} is not a TCP port"));
     Ok((port(h)?, port(g)?))
 }
 
@@ -55,11 +50,7 @@ pub fn kvm_usable() -> bool {
     const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
     const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
     const KVM_CREATE_VCPU: libc::c_ulong = 0xAE41;
-    let Ok(dev) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    else {
+    let Ok(dev) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") else {
         return false;
     };
     // SAFETY: plain ioctls on a file descriptor we own; results are checked.
@@ -86,16 +77,12 @@ pub fn run(req: &RunRequest) -> Result<i32> {
     let cache = Cache::new(req.cache_dir.as_deref())?;
     let (code, vars_template) = (cache.ovmf_code(), cache.ovmf_vars());
     if !code.is_file() || !vars_template.is_file() {
-        bail!(
-            "OVMF firmware is not in the cache {}: run `planet-image fetch` first",
-            cache.dir.display()
-        );
+        bail!("OVMF firmware is not in the cache {}: run `planet-image fetch` first", cache.dir.display());
     }
     let image = DiskImage::open(&req.image)?;
     let scratch = tempdir("planet-image-run")?;
     let vars = scratch.join("OVMF_VARS.fd");
-    std::fs::copy(&vars_template, &vars)
-        .with_context(|| format!("copying {}", vars_template.display()))?;
+    std::fs::copy(&vars_template, &vars).with_context(|| format!("copying {}", vars_template.display()))?;
 
     let accel = match req.accel {
         Accel::Kvm => "kvm",
@@ -114,15 +101,9 @@ pub fn run(req: &RunRequest) -> Result<i32> {
     ])
     .args(["-display", "none", "-no-user-config", "-nodefaults"])
     .arg("-drive")
-    .arg(format!(
-        "if=pflash,format=raw,unit=0,readonly=on,file={}",
-        code.display()
-    ))
+    .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()))
     .arg("-drive")
-    .arg(format!(
-        "if=pflash,format=raw,unit=1,file={}",
-        vars.display()
-    ))
+    .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()))
     .arg("-drive")
     .arg(format!(
         "if=virtio,format={},file={}{}",
@@ -137,56 +118,37 @@ pub fn run(req: &RunRequest) -> Result<i32> {
     }
     if let Some(seed) = &req.seed {
         if !seed.is_file() {
-            bail!(
-                "the seed image {} does not exist; make one with `planet-image seed`",
-                seed.display()
-            );
+            bail!("the seed image {} does not exist; make one with `planet-image seed`", seed.display());
         }
-        cmd.arg("-drive").arg(format!(
-            "if=virtio,format=raw,readonly=on,file={}",
-            seed.display()
-        ));
+        cmd.arg("-drive").arg(format!("if=virtio,format=raw,readonly=on,file={}", seed.display()));
     }
     let mut netdev = "user,id=net0,restrict=on".to_string();
     for (h, g) in &req.forwards {
         netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
     }
-    cmd.arg("-netdev")
-        .arg(netdev)
-        .args(["-device", "virtio-net-pci,netdev=net0"]);
+    cmd.arg("-netdev").arg(netdev).args(["-device", "virtio-net-pci,netdev=net0"]);
     if let Some(extra) = &req.cmdline {
         // Boot the image's own kernel and initramfs through the firmware, with the entry's
         // options plus `extra`: the ESP itself is not modified.
-        let boot = image
-            .default_boot_entry()
-            .context("reading the default boot entry from the image's ESP")?;
+        let boot = image.default_boot_entry().context("reading the default boot entry from the image's ESP")?;
         let kernel = scratch.join("vmlinuz");
         let initrd = scratch.join("initramfs.img");
         std::fs::write(&kernel, &boot.vmlinuz)?;
         std::fs::write(&initrd, &boot.initramfs)?;
         cmd.arg("-kernel").arg(&kernel).arg("-initrd").arg(&initrd);
-        cmd.arg("-append")
-            .arg(format!("{} {}", boot.options, extra.trim()));
+        cmd.arg("-append").arg(format!("{} {}", boot.options, extra.trim()));
     }
     match &req.serial_log {
         Some(log) => {
-            cmd.arg("-chardev")
-                .arg(format!("file,id=ser0,path={}", log.display()))
-                .args(["-serial", "chardev:ser0"]);
+            cmd.arg("-chardev").arg(format!("file,id=ser0,path={}", log.display())).args(["-serial", "chardev:ser0"]);
             cmd.stdin(Stdio::null());
         }
         None => {
-            cmd.args([
-                "-chardev",
-                "stdio,id=ser0,signal=on",
-                "-serial",
-                "chardev:ser0",
-            ]);
+            cmd.args(["-chardev", "stdio,id=ser0,signal=on", "-serial", "chardev:ser0"]);
         }
     }
     if let Some(m) = &req.monitor {
-        cmd.arg("-monitor")
-            .arg(format!("unix:{},server=on,wait=off", m.display()));
+        cmd.arg("-monitor").arg(format!("unix:{},server=on,wait=off", m.display()));
     }
     eprintln!("planet-image: booting {} ({accel})", req.image.display());
     let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
@@ -200,10 +162,7 @@ pub fn run(req: &RunRequest) -> Result<i32> {
                 let _ = child.kill();
                 let _ = child.wait();
                 let _ = std::fs::remove_dir_all(&scratch);
-                bail!(
-                    "the guest did not power off within {} s; QEMU was stopped",
-                    t.as_secs()
-                );
+                bail!("the guest did not power off within {} s; QEMU was stopped", t.as_secs());
             }
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -29,15 +29,9 @@ impl std::str::FromStr for Compression {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let level = match s.split_once(':') {
-            Some(("zstd", l)) => l
-                .parse::<u8>()
-                .map_err(|_| format!("bad zstd level {l:?}"))?,
+            Some(("zstd", l)) => l.parse::<u8>().map_err(|_| format!("bad zstd level {l:?}"))?,
             None if s == "zstd" => 15,
-            _ => {
-                return Err(format!(
-                    "unknown compression {s:?}: use zstd or zstd:LEVEL (1-22)"
-                ))
-            }
+            _ => return Err(format!("unknown compression {s:?}: use zstd or zstd:LEVEL (1-22)")),
         };
         if !(1..=22).contains(&level) {
             return Err(format!("zstd level {level} is outside 1-22"));
@@ -62,9 +56,7 @@ pub fn build_slot_image(
     epoch: u64,
 ) -> Result<RootfsSummary> {
     require_tool("tar2sqfs", "squashfs-tools-ng")?;
-    let jobs = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let Compression::Zstd(level) = compression;
     let mut cmd = Command::new("tar2sqfs");
     cmd.args(["--quiet", "--force", "--no-skip", "--compressor", "zstd"])
@@ -79,9 +71,7 @@ pub fn build_slot_image(
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let shown = format!("tar2sqfs … {}", out.display());
-    let mut child = cmd
-        .spawn()
-        .context("starting tar2sqfs (install squashfs-tools-ng)")?;
+    let mut child = cmd.spawn().context("starting tar2sqfs (install squashfs-tools-ng)")?;
     let stdin = child.stdin.take().expect("piped stdin");
     let mut stderr = child.stderr.take().expect("piped stderr");
     let err_reader = std::thread::spawn(move || {

@@ -7,9 +7,7 @@ use crate::disk::{self, Content};
 use crate::esp::{self, SlotBoot};
 use crate::fetch::{Cache, PackageRecord, SYSTEMD_BOOT_PATH};
 use crate::layout::Layout;
-use crate::manifest::{
-    self, ImageInfo, KernelInfo, Manifest, PackageInfo, PartitionInfo, PlanetInitInfo, RootfsInfo,
-};
+use crate::manifest::{self, ImageInfo, KernelInfo, Manifest, PackageInfo, PartitionInfo, PlanetInitInfo, RootfsInfo};
 use crate::rootfs::RootfsSource;
 use crate::squashfs::{self, Compression};
 use crate::util::atomic::PendingFile;
@@ -59,10 +57,9 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
     let kernel_pkg = package(&cache, "kernel", req.kernel_package.as_deref())?;
     let boot_pkg = package(&cache, "bootloader", req.bootloader_package.as_deref())?;
     let planet_init_path = find_planet_init(req.planet_init.as_deref())?;
-    let planet_init = std::fs::read(&planet_init_path)
-        .with_context(|| format!("reading {}", planet_init_path.display()))?;
-    initramfs::check_static(&planet_init)
-        .with_context(|| format!("checking {}", planet_init_path.display()))?;
+    let planet_init =
+        std::fs::read(&planet_init_path).with_context(|| format!("reading {}", planet_init_path.display()))?;
+    initramfs::check_static(&planet_init).with_context(|| format!("checking {}", planet_init_path.display()))?;
     let source = RootfsSource::detect(&req.rootfs)?;
     if req.target == Target::Qcow2 {
         require_tool("qemu-img", "qemu-utils")?;
@@ -80,11 +77,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
     let rootfs = squashfs::build_slot_image(&source, &slot_image, req.compression, req.epoch)
         .with_context(|| format!("building the slot image from {}", req.rootfs.display()))?;
     let slot_bytes = std::fs::metadata(&slot_image)?.len();
-    step.finish(&format!(
-        "entries={} squashfs={} MiB",
-        rootfs.entries,
-        slot_bytes >> 20
-    ));
+    step.finish(&format!("entries={} squashfs={} MiB", rootfs.entries, slot_bytes >> 20));
 
     // 2. Kernel, modules, initramfs.
     let step = Step::start("kernel + initramfs", 0);
@@ -101,12 +94,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
     // 3. The plan: everything derived from a digest of all inputs.
     let mut options = layout.boot.cmdline.trim().to_string();
     options.push_str(" planet.slot=a");
-    if let Some(extra) = req
-        .cmdline
-        .as_deref()
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
+    if let Some(extra) = req.cmdline.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         options.push(' ');
         options.push_str(extra);
     }
@@ -140,23 +128,18 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
     // 4. ESP and state filesystems.
     let step = Step::start("ESP + state", 0);
     let esp_part = plan.partition(ESP_LABEL);
-    let volume_id = u32::from_le_bytes(
-        plan::derive_bytes(&seed, "esp-volume-id")[..4]
-            .try_into()
-            .unwrap(),
-    );
+    let volume_id = u32::from_le_bytes(plan::derive_bytes(&seed, "esp-volume-id")[..4].try_into().unwrap());
     let esp_image = esp::build(
         esp_part.size(plan.sector_size),
         plan.sector_size as u16,
+        esp_part.first_lba as u32,
         volume_id,
         req.epoch,
         &bootloader,
         &slots,
     )?;
     let state_image = work.path.join("state.ext4");
-    let state_uuid = plan::derive_guid(&seed, "state-fs")
-        .to_string()
-        .to_lowercase();
+    let state_uuid = plan::derive_guid(&seed, "state-fs").to_string().to_lowercase();
     disk::make_state_fs(
         &state_image,
         plan.partition(STATE_LABEL).size(plan.sector_size),
@@ -203,11 +186,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
         format_version: manifest::FORMAT_VERSION,
         planet_image_version: env!("CARGO_PKG_VERSION").into(),
         image: ImageInfo {
-            file: req
-                .output
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            file: req.output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
             format: match req.target {
                 Target::Raw => "raw",
                 Target::Qcow2 => "qcow2",
@@ -229,10 +208,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
             initramfs_sha256: sha256_hex(&initramfs),
             initramfs_bytes: initramfs.len() as u64,
         },
-        planet_init: PlanetInitInfo {
-            version: env!("CARGO_PKG_VERSION").into(),
-            sha256: sha256_hex(&planet_init),
-        },
+        planet_init: PlanetInitInfo { version: env!("CARGO_PKG_VERSION").into(), sha256: sha256_hex(&planet_init) },
         layout,
         cmdline: options,
         compression: req.compression.to_string(),
@@ -243,12 +219,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
     std::fs::write(manifest_pending.path(), manifest.to_json()?)?;
     pending.commit()?;
     manifest_pending.commit()?;
-    Ok(BuildResult {
-        image: req.output.clone(),
-        manifest: manifest_path,
-        sha256,
-        disk_size: plan.total_bytes(),
-    })
+    Ok(BuildResult { image: req.output.clone(), manifest: manifest_path, sha256, disk_size: plan.total_bytes() })
 }
 
 /// The digest of each partition's range of the raw disk.
@@ -274,13 +245,7 @@ fn package(cache: &Cache, role: &str, explicit: Option<&Path>) -> Result<Package
         Some(file) => {
             let (name, version) = deb::name_and_version(file)
                 .with_context(|| format!("reading the {role} package {}", file.display()))?;
-            Ok(PackageRecord {
-                role: role.into(),
-                name,
-                version,
-                sha256: sha256_file(file)?,
-                file: file.to_path_buf(),
-            })
+            Ok(PackageRecord { role: role.into(), name, version, sha256: sha256_file(file)?, file: file.to_path_buf() })
         }
         None => cache.package(role),
     }
@@ -312,19 +277,10 @@ pub fn find_planet_init(explicit: Option<&Path>) -> Result<PathBuf> {
     let dir = exe.parent().context("the executable has no directory")?;
     let mut candidates = vec![dir.join("planet-init")];
     if let (Some(profile), Some(target)) = (dir.file_name(), dir.parent()) {
-        candidates.push(
-            target
-                .join("x86_64-unknown-linux-gnu")
-                .join(profile)
-                .join("planet-init"),
-        );
+        candidates.push(target.join("x86_64-unknown-linux-gnu").join(profile).join("planet-init"));
     }
     for c in &candidates {
-        if c.is_file()
-            && std::fs::read(c)
-                .map(|b| initramfs::check_static(&b).is_ok())
-                .unwrap_or(false)
-        {
+        if c.is_file() && std::fs::read(c).map(|b| initramfs::check_static(&b).is_ok()).unwrap_or(false) {
             return Ok(c.clone());
         }
     }
@@ -345,8 +301,7 @@ struct WorkDir {
 impl WorkDir {
     fn new(beside: &Path) -> Result<WorkDir> {
         let path = beside.join(format!(".planet-image-work-{}", std::process::id()));
-        std::fs::create_dir_all(&path)
-            .with_context(|| format!("creating the work directory {}", path.display()))?;
+        std::fs::create_dir_all(&path).with_context(|| format!("creating the work directory {}", path.display()))?;
         Ok(WorkDir { path })
     }
 }

@@ -66,10 +66,7 @@ pub fn esp_size(layout: &Layout, esp_content: u64) -> u64 {
     match layout.esp.size_mib {
         Some(mib) => mib * MIB,
         // Room for a second slot's kernel and initramfs during an update, plus 25 %.
-        None => round_up(
-            (esp_content * 2 * 5 / 4).max(crate::esp::min_size(layout.sector_size as u16)),
-            align,
-        ),
+        None => round_up((esp_content * 2 * 5 / 4).max(crate::esp::min_size(layout.sector_size as u16)), align),
     }
 }
 
@@ -78,11 +75,7 @@ pub fn plan(layout: &Layout, esp_content: u64, slot_image: u64, seed: &str) -> R
     let align = layout.align_mib * MIB;
     let esp = esp_size(layout, esp_content);
     if esp < esp_content {
-        bail!(
-            "esp.size_mib = {} is too small for the boot files ({} bytes)",
-            esp / MIB,
-            esp_content
-        );
+        bail!("esp.size_mib = {} is too small for the boot files ({} bytes)", esp / MIB, esp_content);
     }
     let slot = match layout.slots.size_mib {
         Some(mib) => {
@@ -94,11 +87,9 @@ pub fn plan(layout: &Layout, esp_content: u64, slot_image: u64, seed: &str) -> R
             }
             mib * MIB
         }
-        None => round_up(
-            (slot_image * (100 + layout.slots.headroom_percent) / 100)
-                .max(layout.slots.min_mib * MIB),
-            align,
-        ),
+        None => {
+            round_up((slot_image * (100 + layout.slots.headroom_percent) / 100).max(layout.slots.min_mib * MIB), align)
+        }
     };
     let state = round_up(layout.state.size_mib * MIB, align);
 
@@ -140,10 +131,7 @@ impl Plan {
     }
 
     pub fn partition(&self, label: &str) -> &PartitionPlan {
-        self.partitions
-            .iter()
-            .find(|p| p.label == label)
-            .expect("fixed partition set")
+        self.partitions.iter().find(|p| p.label == label).expect("fixed partition set")
     }
 
     pub fn gpt(&self) -> Result<Gpt> {
@@ -178,18 +166,10 @@ mod tests {
         for part in &p.partitions {
             assert_eq!(part.offset(512) % MIB, 0);
         }
-        assert_eq!(
-            p.partition(SLOT_A_LABEL).sectors,
-            p.partition(SLOT_B_LABEL).sectors
-        );
+        assert_eq!(p.partition(SLOT_A_LABEL).sectors, p.partition(SLOT_B_LABEL).sectors);
         assert!(p.partition(SLOT_A_LABEL).size(512) >= 150 * MIB);
         assert_eq!(p, plan(&layout, 30 * MIB, 100 * MIB, "seed").unwrap());
-        assert_ne!(
-            p.disk_guid,
-            plan(&layout, 30 * MIB, 100 * MIB, "other")
-                .unwrap()
-                .disk_guid
-        );
+        assert_ne!(p.disk_guid, plan(&layout, 30 * MIB, 100 * MIB, "other").unwrap().disk_guid);
         p.gpt().unwrap();
     }
 

@@ -23,19 +23,14 @@ fn visit<W: Write>(
     sink: &mut CheckedSink<W>,
     links: &mut HashMap<(u64, u64), String>,
 ) -> Result<()> {
-    let meta =
-        std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let meta = std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
     let ft = meta.file_type();
     let mut kind = if ft.is_dir() {
         EntryKind::Directory
     } else if ft.is_symlink() {
-        let t = std::fs::read_link(path)
-            .with_context(|| format!("reading the link {}", path.display()))?;
+        let t = std::fs::read_link(path).with_context(|| format!("reading the link {}", path.display()))?;
         EntryKind::Symlink {
-            target: t
-                .to_str()
-                .with_context(|| format!("link target of {} is not UTF-8", path.display()))?
-                .to_string(),
+            target: t.to_str().with_context(|| format!("link target of {} is not UTF-8", path.display()))?.to_string(),
         }
     } else if ft.is_file() {
         EntryKind::File { size: meta.len() }
@@ -57,11 +52,7 @@ fn visit<W: Write>(
         if meta.nlink() > 1 {
             let key = (meta.dev(), meta.ino());
             match links.get(&key) {
-                Some(first) => {
-                    kind = EntryKind::HardLink {
-                        target: first.clone(),
-                    }
-                }
+                Some(first) => kind = EntryKind::HardLink { target: first.clone() },
                 None => {
                     links.insert(key, rel.to_string());
                 }
@@ -75,14 +66,12 @@ fn visit<W: Write>(
         uid: u64::from(meta.uid()),
         gid: u64::from(meta.gid()),
         mtime: meta.mtime().max(0) as u64,
-        xattrs: read_xattrs(path)
-            .with_context(|| format!("reading extended attributes of {}", path.display()))?,
+        xattrs: read_xattrs(path).with_context(|| format!("reading extended attributes of {}", path.display()))?,
     };
     match kind {
         EntryKind::File { .. } => {
-            let mut f = std::fs::File::open(path).with_context(|| {
-                format!("opening {} (is it readable by this user?)", path.display())
-            })?;
+            let mut f = std::fs::File::open(path)
+                .with_context(|| format!("opening {} (is it readable by this user?)", path.display()))?;
             sink.push(entry, &mut f)?;
         }
         EntryKind::Directory => {
@@ -94,14 +83,8 @@ fn visit<W: Write>(
                 .with_context(|| format!("listing {}", path.display()))?;
             children.sort();
             for name in children {
-                let name_str = name
-                    .to_str()
-                    .with_context(|| format!("a name in {} is not UTF-8", path.display()))?;
-                let child_rel = if rel.is_empty() {
-                    name_str.to_string()
-                } else {
-                    format!("{rel}/{name_str}")
-                };
+                let name_str = name.to_str().with_context(|| format!("a name in {} is not UTF-8", path.display()))?;
+                let child_rel = if rel.is_empty() { name_str.to_string() } else { format!("{rel}/{name_str}") };
                 visit(root, &path.join(&name), &child_rel, sink, links)?;
             }
         }
@@ -117,11 +100,7 @@ fn read_xattrs(path: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
     let len = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
     if len < 0 {
         let err = std::io::Error::last_os_error();
-        return if err.raw_os_error() == Some(libc::ENOTSUP) {
-            Ok(Vec::new())
-        } else {
-            Err(err)
-        };
+        return if err.raw_os_error() == Some(libc::ENOTSUP) { Ok(Vec::new()) } else { Err(err) };
     }
     let mut names = vec![0u8; len as usize];
     // SAFETY: names has room for len bytes.
@@ -140,14 +119,7 @@ fn read_xattrs(path: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
         }
         let mut value = vec![0u8; vlen as usize];
         // SAFETY: value has room for vlen bytes.
-        let vlen = unsafe {
-            libc::lgetxattr(
-                c.as_ptr(),
-                cname.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
+        let vlen = unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
         if vlen < 0 {
             return Err(std::io::Error::last_os_error());
         }

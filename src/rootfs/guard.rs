@@ -33,11 +33,7 @@ pub fn normalize(raw: &str) -> Result<String, RootfsError> {
     for part in raw.split('/') {
         match part {
             "" | "." => {}
-            ".." => {
-                return Err(RootfsError::DotDot {
-                    entry: raw.to_string(),
-                })
-            }
+            ".." => return Err(RootfsError::DotDot { entry: raw.to_string() }),
             p => parts.push(p),
         }
     }
@@ -102,10 +98,7 @@ impl<W: Write> Write for Tee<W> {
 impl<W: Write> CheckedSink<W> {
     pub fn new(inner: W) -> CheckedSink<W> {
         CheckedSink {
-            out: TarWriter::new(Tee {
-                inner,
-                hasher: Sha256::new(),
-            }),
+            out: TarWriter::new(Tee { inner, hasher: Sha256::new() }),
             seen: HashMap::new(),
             mode: Mode::Undecided,
             buffered: Vec::new(),
@@ -124,10 +117,8 @@ impl<W: Write> CheckedSink<W> {
     pub fn push(&mut self, mut entry: Entry, data: &mut dyn Read) -> Result<()> {
         let path = normalize(&entry.path)?;
         if let EntryKind::HardLink { target } = &entry.kind {
-            let t = normalize(target).map_err(|_| RootfsError::BadHardLink {
-                entry: entry.path.clone(),
-                target: target.clone(),
-            })?;
+            let t = normalize(target)
+                .map_err(|_| RootfsError::BadHardLink { entry: entry.path.clone(), target: target.clone() })?;
             entry.kind = EntryKind::HardLink { target: t };
         }
         entry.path = path;
@@ -161,11 +152,9 @@ impl<W: Write> CheckedSink<W> {
                 }
             }
             if let EntryKind::HardLink { target } = &entry.kind {
-                let inner = strip_release_prefix(target).ok_or_else(|| {
-                    RootfsError::LinkOutsideRelease {
-                        entry: entry.path.clone(),
-                        target: target.clone(),
-                    }
+                let inner = strip_release_prefix(target).ok_or_else(|| RootfsError::LinkOutsideRelease {
+                    entry: entry.path.clone(),
+                    target: target.clone(),
                 })?;
                 entry.kind = EntryKind::HardLink { target: inner };
             }
@@ -203,21 +192,13 @@ impl<W: Write> CheckedSink<W> {
         while let Some(pos) = path[prefix_end..].find('/') {
             let prefix = &path[..prefix_end + pos];
             if self.seen.get(prefix) == Some(&Seen::Symlink) {
-                return Err(RootfsError::ThroughSymlink {
-                    entry: path.clone(),
-                    symlink: prefix.to_string(),
-                }
-                .into());
+                return Err(RootfsError::ThroughSymlink { entry: path.clone(), symlink: prefix.to_string() }.into());
             }
             prefix_end += pos + 1;
         }
         if let EntryKind::HardLink { target } = &entry.kind {
             if self.seen.get(target) != Some(&Seen::File) {
-                return Err(RootfsError::BadHardLink {
-                    entry: path,
-                    target: target.clone(),
-                }
-                .into());
+                return Err(RootfsError::BadHardLink { entry: path, target: target.clone() }.into());
             }
         }
         let kind = match entry.kind {
@@ -241,9 +222,7 @@ impl<W: Write> CheckedSink<W> {
         if let EntryKind::File { size } = entry.kind {
             self.stats.file_bytes += size;
         }
-        self.out
-            .write_entry(&entry, data)
-            .map_err(|e| e.context(format!("writing entry {path:?}")))
+        self.out.write_entry(&entry, data).map_err(|e| e.context(format!("writing entry {path:?}")))
     }
 
     /// Ends the stream; returns the SHA-256 of the canonical tar.
@@ -276,15 +255,7 @@ mod tests {
     use super::*;
 
     fn e(path: &str, kind: EntryKind) -> Entry {
-        Entry {
-            path: path.into(),
-            kind,
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            mtime: 0,
-            xattrs: vec![],
-        }
+        Entry { path: path.into(), kind, mode: 0o755, uid: 0, gid: 0, mtime: 0, xattrs: vec![] }
     }
 
     fn run(entries: Vec<Entry>) -> Result<(Vec<String>, Stats)> {
@@ -299,10 +270,7 @@ mod tests {
         let stats = sink.stats();
         let tar_bytes = sink.into_bytes_for_test()?;
         let mut ar = tar::Archive::new(&tar_bytes[..]);
-        let names = ar
-            .entries()?
-            .map(|x| x.unwrap().path().unwrap().display().to_string())
-            .collect();
+        let names = ar.entries()?.map(|x| x.unwrap().path().unwrap().display().to_string()).collect();
         Ok((names, stats))
     }
 
@@ -325,43 +293,21 @@ mod tests {
     #[test]
     fn placing_through_a_symlink_is_refused() {
         let err = run(vec![
-            e(
-                "evil",
-                EntryKind::Symlink {
-                    target: "/etc".into(),
-                },
-            ),
+            e("evil", EntryKind::Symlink { target: "/etc".into() }),
             e("evil/passwd", EntryKind::File { size: 1 }),
         ])
         .unwrap_err();
-        assert!(
-            matches!(
-                err.downcast_ref::<RootfsError>(),
-                Some(RootfsError::ThroughSymlink { .. })
-            ),
-            "{err}"
-        );
+        assert!(matches!(err.downcast_ref::<RootfsError>(), Some(RootfsError::ThroughSymlink { .. })), "{err}");
     }
 
     #[test]
     fn hard_link_must_name_an_earlier_file() {
-        let err = run(vec![e(
-            "a",
-            EntryKind::HardLink {
-                target: "missing".into(),
-            },
-        )])
-        .unwrap_err();
+        let err = run(vec![e("a", EntryKind::HardLink { target: "missing".into() })]).unwrap_err();
         assert!(err.to_string().contains("missing"));
         let ok = run(vec![
             e("bin", EntryKind::Directory),
             e("bin/a", EntryKind::File { size: 2 }),
-            e(
-                "bin/b",
-                EntryKind::HardLink {
-                    target: "./bin/a".into(),
-                },
-            ),
+            e("bin/b", EntryKind::HardLink { target: "./bin/a".into() }),
         ]);
         assert!(ok.is_ok());
     }
@@ -385,12 +331,7 @@ mod tests {
     fn plain_rootfs_keeps_top_level_files() {
         let (names, stats) = run(vec![
             e("./", EntryKind::Directory),
-            e(
-                "vmlinuz",
-                EntryKind::Symlink {
-                    target: "boot/vmlinuz".into(),
-                },
-            ),
+            e("vmlinuz", EntryKind::Symlink { target: "boot/vmlinuz".into() }),
             e("etc", EntryKind::Directory),
             e("etc/hostname", EntryKind::File { size: 3 }),
         ])
@@ -401,11 +342,7 @@ mod tests {
 
     #[test]
     fn duplicates_are_refused() {
-        let err = run(vec![
-            e("a", EntryKind::File { size: 1 }),
-            e("a", EntryKind::File { size: 1 }),
-        ])
-        .unwrap_err();
+        let err = run(vec![e("a", EntryKind::File { size: 1 }), e("a", EntryKind::File { size: 1 })]).unwrap_err();
         assert!(err.to_string().contains("twice"));
     }
 }

@@ -36,10 +36,7 @@ pub struct RootfsSummary {
 #[derive(Debug, Clone)]
 pub enum RootfsSource {
     Directory(PathBuf),
-    Tar {
-        path: PathBuf,
-        compression: Compression,
-    },
+    Tar { path: PathBuf, compression: Compression },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,17 +62,13 @@ impl RootfsSource {
     /// Recognises the input by what it is, sniffing compression from magic bytes (names lie).
     pub fn detect(path: &Path) -> Result<RootfsSource> {
         let meta = std::fs::metadata(path).with_context(|| {
-            format!(
-                "reading the rootfs {}: pass a directory or a .tar[.gz|.zst|.xz]",
-                path.display()
-            )
+            format!("reading the rootfs {}: pass a directory or a .tar[.gz|.zst|.xz]", path.display())
         })?;
         if meta.is_dir() {
             return Ok(RootfsSource::Directory(path.to_path_buf()));
         }
         let mut magic = [0u8; 6];
-        let mut f = std::fs::File::open(path)
-            .with_context(|| format!("opening the rootfs {}", path.display()))?;
+        let mut f = std::fs::File::open(path).with_context(|| format!("opening the rootfs {}", path.display()))?;
         let n = read_up_to(&mut f, &mut magic)?;
         let compression = match &magic[..n] {
             [0x1f, 0x8b, ..] => Compression::Gzip,
@@ -83,10 +76,7 @@ impl RootfsSource {
             [0xfd, b'7', b'z', b'X', b'Z', 0x00] => Compression::Xz,
             _ => Compression::None,
         };
-        Ok(RootfsSource::Tar {
-            path: path.to_path_buf(),
-            compression,
-        })
+        Ok(RootfsSource::Tar { path: path.to_path_buf(), compression })
     }
 
     /// Streams the rootfs as a canonical tar into `out`, checking every entry.
@@ -102,25 +92,19 @@ impl RootfsSource {
             RootfsSource::Tar { path, compression } => {
                 summary.source = path.display().to_string();
                 summary.format = compression.format_name().into();
-                let file = std::fs::File::open(path)
-                    .with_context(|| format!("opening the rootfs {}", path.display()))?;
-                let mut hashing = crate::util::digest::HashingReader::new(
-                    std::io::BufReader::with_capacity(1 << 20, file),
-                );
+                let file =
+                    std::fs::File::open(path).with_context(|| format!("opening the rootfs {}", path.display()))?;
+                let mut hashing =
+                    crate::util::digest::HashingReader::new(std::io::BufReader::with_capacity(1 << 20, file));
                 {
                     let decoded: Box<dyn Read + '_> = match compression {
                         Compression::None => Box::new(&mut hashing),
-                        Compression::Gzip => {
-                            Box::new(flate2::read::MultiGzDecoder::new(&mut hashing))
-                        }
+                        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut hashing)),
                         Compression::Zstd => Box::new(zstd::Decoder::new(&mut hashing)?),
-                        Compression::Xz => {
-                            Box::new(xz2::read::XzDecoder::new_multi_decoder(&mut hashing))
-                        }
+                        Compression::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(&mut hashing)),
                     };
-                    tar_input::read_tar(decoded, &mut sink).with_context(|| {
-                        format!("reading the rootfs tarball {}", path.display())
-                    })?;
+                    tar_input::read_tar(decoded, &mut sink)
+                        .with_context(|| format!("reading the rootfs tarball {}", path.display()))?;
                 }
                 // Hash whatever trails the archive too, so the digest covers the whole file.
                 std::io::copy(&mut hashing, &mut std::io::sink())?;

@@ -10,28 +10,18 @@ pub fn read_tar<R: Read, W: Write>(input: R, sink: &mut CheckedSink<W>) -> Resul
     let mut archive = tar::Archive::new(input);
     let mut count = 0u64;
     for item in archive.entries().context("reading the tar stream")? {
-        let mut item = item.with_context(|| {
-            format!("reading the tar header after entry #{count} (corrupt or truncated archive?)")
-        })?;
+        let mut item = item
+            .with_context(|| format!("reading the tar header after entry #{count} (corrupt or truncated archive?)"))?;
         count += 1;
-        let raw_path = String::from_utf8(item.path_bytes().into_owned()).map_err(|e| {
-            RootfsError::NotUtf8 {
-                entry: String::from_utf8_lossy(e.as_bytes()).into_owned(),
-            }
-        })?;
+        let raw_path = String::from_utf8(item.path_bytes().into_owned())
+            .map_err(|e| RootfsError::NotUtf8 { entry: String::from_utf8_lossy(e.as_bytes()).into_owned() })?;
         let header = item.header().clone();
         let ty = header.entry_type();
         let kind = match ty {
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                EntryKind::File { size: item.size() }
-            }
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => EntryKind::File { size: item.size() },
             EntryType::Directory => EntryKind::Directory,
-            EntryType::Symlink => EntryKind::Symlink {
-                target: link_of(&mut item, &raw_path)?,
-            },
-            EntryType::Link => EntryKind::HardLink {
-                target: link_of(&mut item, &raw_path)?,
-            },
+            EntryType::Symlink => EntryKind::Symlink { target: link_of(&mut item, &raw_path)? },
+            EntryType::Link => EntryKind::HardLink { target: link_of(&mut item, &raw_path)? },
             EntryType::Char | EntryType::Block => {
                 let major = header.device_major().ok().flatten().unwrap_or(0);
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
@@ -43,20 +33,11 @@ pub fn read_tar<R: Read, W: Write>(input: R, sink: &mut CheckedSink<W>) -> Resul
             }
             EntryType::Fifo => EntryKind::Fifo,
             // Extension headers the tar crate has already folded into the next entry.
-            EntryType::XGlobalHeader
-            | EntryType::XHeader
-            | EntryType::GNULongName
-            | EntryType::GNULongLink => continue,
-            other => bail!(
-                "entry {raw_path:?} has an unsupported tar type {:?}",
-                other.as_byte() as char
-            ),
+            EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink => continue,
+            other => bail!("entry {raw_path:?} has an unsupported tar type {:?}", other.as_byte() as char),
         };
         let mut xattrs = Vec::new();
-        if let Some(exts) = item
-            .pax_extensions()
-            .with_context(|| format!("reading pax headers of {raw_path:?}"))?
-        {
+        if let Some(exts) = item.pax_extensions().with_context(|| format!("reading pax headers of {raw_path:?}"))? {
             for ext in exts {
                 let ext = ext.with_context(|| format!("reading pax headers of {raw_path:?}"))?;
                 if let Ok(key) = ext.key() {
@@ -70,16 +51,9 @@ pub fn read_tar<R: Read, W: Write>(input: R, sink: &mut CheckedSink<W>) -> Resul
         let entry = Entry {
             path: raw_path.clone(),
             kind,
-            mode: header
-                .mode()
-                .with_context(|| format!("reading the mode of {raw_path:?}"))?
-                & 0o7777,
-            uid: header
-                .uid()
-                .with_context(|| format!("reading the owner of {raw_path:?}"))?,
-            gid: header
-                .gid()
-                .with_context(|| format!("reading the group of {raw_path:?}"))?,
+            mode: header.mode().with_context(|| format!("reading the mode of {raw_path:?}"))? & 0o7777,
+            uid: header.uid().with_context(|| format!("reading the owner of {raw_path:?}"))?,
+            gid: header.gid().with_context(|| format!("reading the group of {raw_path:?}"))?,
             mtime: header.mtime().unwrap_or(0),
             xattrs,
         };
@@ -92,13 +66,6 @@ pub fn read_tar<R: Read, W: Write>(input: R, sink: &mut CheckedSink<W>) -> Resul
 }
 
 fn link_of<R: Read>(item: &mut tar::Entry<'_, R>, raw_path: &str) -> Result<String> {
-    let bytes = item
-        .link_name_bytes()
-        .with_context(|| format!("link entry {raw_path:?} has no target"))?;
-    String::from_utf8(bytes.into_owned()).map_err(|_| {
-        RootfsError::NotUtf8 {
-            entry: raw_path.to_string(),
-        }
-        .into()
-    })
+    let bytes = item.link_name_bytes().with_context(|| format!("link entry {raw_path:?} has no target"))?;
+    String::from_utf8(bytes.into_owned()).map_err(|_| RootfsError::NotUtf8 { entry: raw_path.to_string() }.into())
 }

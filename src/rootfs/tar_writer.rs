@@ -19,11 +19,7 @@ impl<W: Write> TarWriter<W> {
 
     /// Writes one entry; for regular files exactly `size` bytes are copied from `data`.
     pub fn write_entry(&mut self, e: &Entry, data: &mut dyn Read) -> Result<()> {
-        let mut name = if e.path.is_empty() {
-            "./".to_string()
-        } else {
-            e.path.clone()
-        };
+        let mut name = if e.path.is_empty() { "./".to_string() } else { e.path.clone() };
         if matches!(e.kind, EntryKind::Directory) && !name.ends_with('/') {
             name.push('/');
         }
@@ -44,12 +40,8 @@ impl<W: Write> TarWriter<W> {
         if link.len() > 100 || !link.is_ascii() {
             pax.push(("linkpath".into(), link.as_bytes().to_vec()));
         }
-        for (field, value, width) in [
-            ("uid", e.uid, 8),
-            ("gid", e.gid, 8),
-            ("size", size, 12),
-            ("mtime", e.mtime, 12),
-        ] {
+        for (field, value, width) in [("uid", e.uid, 8), ("gid", e.gid, 8), ("size", size, 12), ("mtime", e.mtime, 12)]
+        {
             if !fits_octal(value, width) {
                 pax.push((field.into(), value.to_string().into_bytes()));
             }
@@ -59,23 +51,11 @@ impl<W: Write> TarWriter<W> {
         }
         if !pax.is_empty() {
             let body = pax_body(&pax);
-            let header = ustar_header(
-                "././@PaxHeader",
-                b'x',
-                "",
-                body.len() as u64,
-                0o644,
-                0,
-                0,
-                e.mtime,
-                (0, 0),
-            );
+            let header = ustar_header("././@PaxHeader", b'x', "", body.len() as u64, 0o644, 0, 0, e.mtime, (0, 0));
             self.out.write_all(&header)?;
             self.write_padded(&mut &body[..], body.len() as u64)?;
         }
-        let header = ustar_header(
-            &name, typeflag, link, size, e.mode, e.uid, e.gid, e.mtime, dev,
-        );
+        let header = ustar_header(&name, typeflag, link, size, e.mode, e.uid, e.gid, e.mtime, dev);
         self.out.write_all(&header)?;
         if size > 0 {
             self.write_padded(data, size)?;
@@ -167,11 +147,7 @@ fn put_str(field: &mut [u8], s: &str) {
 
 fn put_octal(field: &mut [u8], value: u64) {
     let width = field.len() - 1;
-    let capped = if fits_octal(value, field.len()) {
-        value
-    } else {
-        0
-    };
+    let capped = if fits_octal(value, field.len()) { value } else { 0 };
     let s = format!("{capped:0width$o}");
     field[..width].copy_from_slice(s.as_bytes());
     field[width] = 0;
@@ -219,12 +195,8 @@ mod tests {
         let mut first = entries.next().unwrap().unwrap();
         assert_eq!(first.path().unwrap().to_str().unwrap(), long);
         assert_eq!(first.header().mode().unwrap(), 0o4755);
-        let ext: Vec<_> = first
-            .pax_extensions()
-            .unwrap()
-            .unwrap()
-            .map(|e| e.unwrap().key().unwrap().to_string())
-            .collect();
+        let ext: Vec<_> =
+            first.pax_extensions().unwrap().unwrap().map(|e| e.unwrap().key().unwrap().to_string()).collect();
         assert!(ext.contains(&"SCHILY.xattr.user.test".to_string()));
         let mut s = String::new();
         first.read_to_string(&mut s).unwrap();

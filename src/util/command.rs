@@ -70,8 +70,6 @@ pub fn require_tool(program: &str, debian_package: &str) -> Result<()> {
     if on_path(program) {
         Ok(())
     } else {
-        bail!(
-            "`{program}` was not found on PATH; install it with `apt-get install {debian_package}`"
-        )
+        bail!("`{program}` was not found on PATH; install it with `apt-get install {debian_package}`")
     }
 }

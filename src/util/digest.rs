@@ -46,11 +46,7 @@ pub struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
-        HashingReader {
-            inner,
-            hasher: Sha256::new(),
-            bytes: 0,
-        }
+        HashingReader { inner, hasher: Sha256::new(), bytes: 0 }
     }
     pub fn finish(self) -> (String, u64) {
         (hex::encode(self.hasher.finalize()), self.bytes)

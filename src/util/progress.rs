@@ -20,21 +20,17 @@ impl Step {
     pub fn start(name: &str, total_bytes: u64) -> Step {
         let bar = if interactive() {
             let bar = if total_bytes > 0 {
-                let b =
-                    ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr());
+                let b = ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr());
                 b.set_style(
-                    ProgressStyle::with_template(
-                        "{msg:24} [{bar:30}] {bytes}/{total_bytes} {elapsed}",
-                    )
-                    .expect("static template")
-                    .progress_chars("=> "),
+                    ProgressStyle::with_template("{msg:24} [{bar:30}] {bytes}/{total_bytes} {elapsed}")
+                        .expect("static template")
+                        .progress_chars("=> "),
                 );
                 b
             } else {
                 let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
                 b.set_style(
-                    ProgressStyle::with_template("{spinner} {msg:24} {bytes} {elapsed}")
-                        .expect("static template"),
+                    ProgressStyle::with_template("{spinner} {msg:24} {bytes} {elapsed}").expect("static template"),
                 );
                 b
             };
@@ -44,11 +40,7 @@ impl Step {
             eprintln!("planet-image: {name}");
             None
         };
-        Step {
-            bar,
-            name: name.to_string(),
-            started: Instant::now(),
-        }
+        Step { bar, name: name.to_string(), started: Instant::now() }
     }
 
     pub fn set_position(&self, bytes: u64) {
