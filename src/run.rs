@@ -43,9 +43,35 @@ pub fn parse_forward(s: &str) -> Result<(u16, u16), String> {
     Ok((port(h)?, port(g)?))
 }
 
-/// Whether KVM works here: /dev/kvm opens and can create a VM and a vCPU (nested
-/// virtualisation often exposes the device but fails at that point).
+/// Whether KVM works here: /dev/kvm opens and can create a VM and a vCPU, and QEMU itself
+/// survives starting a paused KVM guest (nested virtualisation often exposes a device that
+/// passes the first checks and then fails on the first MSR QEMU sets).
 pub fn kvm_usable() -> bool {
+    kvm_device_works() && qemu_kvm_starts()
+}
+
+fn qemu_kvm_starts() -> bool {
+    let child = Command::new("qemu-system-x86_64")
+        .args(["-machine", "q35,accel=kvm", "-cpu", "host", "-display", "none", "-nodefaults", "-no-user-config"])
+        .args(["-m", "64", "-S", "-monitor", "none", "-serial", "none"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else { return false };
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    true
+}
+
+fn kvm_device_works() -> bool {
     use std::os::fd::AsRawFd;
     const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
     const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
