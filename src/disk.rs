@@ -110,7 +110,7 @@ mod tests {
 
     #[test]
     fn oversized_content_is_refused() {
-        let data = vec![1u8; 100];
+        let data = [1u8; 100];
         let mut dst = Cursor::new(vec![0u8; 1000]);
         assert!(copy_sparse(&mut &data[..], &mut dst, 0, 50).is_err());
     }

@@ -86,7 +86,7 @@ impl Cache {
         let depends = deb::control_fields(&meta)?.get("Depends").cloned().unwrap_or_default();
         let image_pkg = depends
             .split(',')
-            .map(|d| d.trim().split_whitespace().next().unwrap_or(""))
+            .map(|d| d.split_whitespace().next().unwrap_or(""))
             .find(|d| d.starts_with("linux-image-"))
             .map(str::to_string)
             .unwrap_or_else(|| kernel_meta.to_string());

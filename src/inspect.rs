@@ -14,7 +14,7 @@ pub fn run(path: &Path, manifest_path: Option<&Path>) -> Result<String> {
     let mut out = String::new();
     writeln!(out, "image:      {} ({}, {} bytes of disk)", path.display(), image.format_name(), image.disk_size()?)?;
     writeln!(out, "disk guid:  {}  sector size: {}", gpt.disk_guid, gpt.sector_size)?;
-    writeln!(out, "{:<3} {:<14} {:>12} {:>12}  {:<38} {}", "#", "label", "start", "size MiB", "type", "content")?;
+    writeln!(out, "{:<3} {:<14} {:>12} {:>12}  {:<38} content", "#", "label", "start", "size MiB", "type")?;
     for (i, p) in gpt.partitions.iter().enumerate() {
         let head = image.read_at(p.first_lba * gpt.sector_size, 4096)?;
         let content = if let Some(sq) = squashfs_info(&head) {

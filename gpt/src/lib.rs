@@ -237,7 +237,7 @@ impl Gpt {
         h[40..48].copy_from_slice(&self.first_usable_lba.to_le_bytes());
         h[48..56].copy_from_slice(&self.last_usable_lba.to_le_bytes());
         h[56..72].copy_from_slice(&self.disk_guid.0);
-        h[72..80].copy_from_slice(&(entries_lba as u64).to_le_bytes());
+        h[72..80].copy_from_slice(&entries_lba.to_le_bytes());
         h[80..84].copy_from_slice(&ENTRY_COUNT.to_le_bytes());
         h[84..88].copy_from_slice(&ENTRY_SIZE.to_le_bytes());
         h[88..92].copy_from_slice(&entries_crc.to_le_bytes());
@@ -352,11 +352,8 @@ impl Gpt {
             }
             let mut unique_guid = Guid::ZERO;
             unique_guid.0.copy_from_slice(&e[16..32]);
-            let units: Vec<u16> = e[56..128]
-                .chunks(2)
-                .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                .take_while(|u| *u != 0)
-                .collect();
+            let units: Vec<u16> =
+                e[56..128].chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|u| *u != 0).collect();
             partitions.push(Partition {
                 type_guid,
                 unique_guid,
@@ -380,7 +377,12 @@ impl Gpt {
     /// Moves the backup table to the end of a disk of `new_total_sectors` and extends the
     /// partition named `name` (if given) to the new last usable sector, keeping its end
     /// aligned to `align_sectors`. Returns whether anything changed.
-    pub fn grow_to(&mut self, new_total_sectors: u64, name: Option<&str>, align_sectors: u64) -> Result<bool, GptError> {
+    pub fn grow_to(
+        &mut self,
+        new_total_sectors: u64,
+        name: Option<&str>,
+        align_sectors: u64,
+    ) -> Result<bool, GptError> {
         if new_total_sectors < self.total_sectors {
             return Err(GptError::Layout(format!(
                 "disk shrank from {} to {} sectors",
@@ -393,13 +395,7 @@ impl Gpt {
         self.total_sectors = new_total_sectors;
         self.last_usable_lba = new_last_usable;
         if let Some(name) = name {
-            let last_other = self
-                .partitions
-                .iter()
-                .filter(|p| p.name != name)
-                .map(|p| p.last_lba)
-                .max()
-                .unwrap_or(0);
+            let last_other = self.partitions.iter().filter(|p| p.name != name).map(|p| p.last_lba).max().unwrap_or(0);
             let p = self
                 .partitions
                 .iter_mut()

@@ -173,3 +173,28 @@ install_base_files() {
     : >"$root/etc/resolv.conf"
     chmod 0644 "$root/etc/hostname" "$root/etc/hosts" "$root/etc/nsswitch.conf" "$root/etc/resolv.conf"
 }
+
+# install_build_deps: everything building and testing planet-image needs on Debian 12.
+# qemu-system-x86 from Debian may replace a newer qemu-utils, so qemu-utils is checked again.
+install_build_deps() {
+    ensure_apt squashfs-tools-ng squashfs-tools e2fsprogs dosfstools mtools fdisk gdisk \
+        qemu-system-x86 ovmf zstd xz-utils cpio python3 busybox-static mmdebstrap \
+        ca-certificates curl libc6-dev gcc pkg-config
+    ensure_apt qemu-utils
+    need_cmd cargo
+    if ! cargo nextest --version >/dev/null 2>&1; then
+        log "installing cargo-nextest"
+        cargo install --locked cargo-nextest >&2
+    fi
+    if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+        rustup component add rustfmt clippy >&2 || die "rustfmt and clippy are needed (rustup component add rustfmt clippy)"
+    fi
+}
+
+# build_all: the CLI (debug) and planet-init as a static executable (it is PID 1 of an
+# initramfs with no libc). There is no musl target here, so glibc is linked statically.
+build_all() {
+    cargo build --workspace --quiet
+    RUSTFLAGS="-C target-feature=+crt-static -C strip=debuginfo" \
+        cargo build --quiet -p planet-host --target x86_64-unknown-linux-gnu
+}

@@ -113,7 +113,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
         )
         .as_bytes(),
     );
-    let release = format!("{}", &rootfs.sha256[..12]);
+    let release = rootfs.sha256[..12].to_string();
     let slots = [SlotBoot {
         slot: "a",
         title: "Planet (slot a)",

@@ -129,7 +129,7 @@ pub fn build(p: &Params, tree: &Tree) -> Result<Vec<u8>> {
     };
 
     // Root directory first, at cluster 2 as every tool expects.
-    write_dir(&mut img, &g, p, tree, None, 0, &mut fat, &mut alloc)?;
+    write_dir(&mut img, &g, p, tree, None, &mut fat, &mut alloc)?;
 
     // Boot sector, FSInfo and their backups.
     let free = (g.clusters + 2).saturating_sub(next_free);
@@ -159,12 +159,12 @@ fn write_dir(
     g: &Geometry,
     p: &Params,
     tree: &Tree,
-    own_cluster_hint: Option<u32>,
-    parent_cluster: u32,
+    // `None` for the root directory, else the parent's first cluster (0 for the root's children).
+    parent_cluster: Option<u32>,
     fat: &mut Vec<u32>,
     alloc: &mut dyn FnMut(usize, &mut Vec<u32>) -> Result<u32>,
 ) -> Result<u32> {
-    let is_root = own_cluster_hint.is_none() && parent_cluster == 0;
+    let is_root = parent_cluster.is_none();
     // Short names first, so the entry count (and so the directory size) is known.
     let mut used = std::collections::BTreeSet::new();
     let named: Vec<(&String, &Node, [u8; 11], bool)> = tree
@@ -185,7 +185,7 @@ fn write_dir(
         entries.push(sfn_entry(&p.label, ATTR_VOLUME_ID, 0, 0, p));
     } else {
         entries.push(sfn_entry(b".          ", ATTR_DIRECTORY, own, 0, p));
-        entries.push(sfn_entry(b"..         ", ATTR_DIRECTORY, parent_cluster, 0, p));
+        entries.push(sfn_entry(b"..         ", ATTR_DIRECTORY, parent_cluster.unwrap_or(0), 0, p));
     }
     for (name, node, sfn, lfn) in named {
         let (cluster, size, attr) = match node {
@@ -200,7 +200,7 @@ fn write_dir(
             Node::Dir(sub) => {
                 // The parent of a root child is recorded as cluster 0, per the FAT spec.
                 let parent = if is_root { 0 } else { own };
-                (write_dir(img, g, p, sub, Some(0), parent.max(0), fat, alloc)?, 0, ATTR_DIRECTORY)
+                (write_dir(img, g, p, sub, Some(parent), fat, alloc)?, 0, ATTR_DIRECTORY)
             }
         };
         if lfn {

@@ -13,11 +13,10 @@ use std::path::Path;
 
 pub fn walk<W: Write>(root: &Path, sink: &mut CheckedSink<W>) -> Result<()> {
     let mut links: HashMap<(u64, u64), String> = HashMap::new();
-    visit(root, root, "", sink, &mut links)
+    visit(root, "", sink, &mut links)
 }
 
 fn visit<W: Write>(
-    root: &Path,
     path: &Path,
     rel: &str,
     sink: &mut CheckedSink<W>,
@@ -85,7 +84,7 @@ fn visit<W: Write>(
             for name in children {
                 let name_str = name.to_str().with_context(|| format!("a name in {} is not UTF-8", path.display()))?;
                 let child_rel = if rel.is_empty() { name_str.to_string() } else { format!("{rel}/{name_str}") };
-                visit(root, &path.join(&name), &child_rel, sink, links)?;
+                visit(&path.join(&name), &child_rel, sink, links)?;
             }
         }
         _ => sink.push(entry, &mut std::io::empty())?,

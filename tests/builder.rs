@@ -1,0 +1,285 @@
+//! The builder end to end, checked with tools nobody here wrote: sfdisk, unsquashfs,
+//! sqfs2tar, fsck.vfat, e2fsck, qemu-img.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+/// A rootfs with everything a rootless builder finds hard: root-owned files, setuid, a
+/// device node, a fifo, a hard link, an xattr (file capability), another owner.
+fn special_tarball(out: &Path) {
+    python_tar(
+        out,
+        r##"
+    add(t, "./", tarfile.DIRTYPE, mode=0o755)
+    for d in ["bin", "dev", "etc", "sbin", "usr", "usr/bin"]:
+        add(t, d, tarfile.DIRTYPE, mode=0o755)
+    add(t, "bin/su", data=b"#!/bin/sh\necho su\n", mode=0o4755)
+    add(t, "dev/null", tarfile.CHRTYPE, mode=0o666, dev=(1, 3))
+    add(t, "dev/sda", tarfile.BLKTYPE, mode=0o660, gid=6, dev=(8, 0))
+    add(t, "etc/passwd", data=b"root:x:0:0:root:/root:/bin/sh\n")
+    add(t, "etc/passwd-link", tarfile.LNKTYPE, link="etc/passwd")
+    add(t, "usr/bin/ping", data=b"\x7fELFping", mode=0o755,
+        pax={"SCHILY.xattr.security.capability": "\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"})
+    add(t, "usr/bin/owned", data=b"x", mode=0o640, uid=1000, gid=1000)
+    add(t, "sbin/init", tarfile.SYMTYPE, link="/bin/su")
+    add(t, "run-fifo", tarfile.FIFOTYPE, mode=0o600)
+"##,
+    );
+}
+
+fn is_root() -> bool {
+    // SAFETY: getuid has no preconditions.
+    unsafe { libc::getuid() == 0 }
+}
+
+/// A copy of a cached package where an unprivileged user can read it.
+fn readable_package(role: &str, dir: &Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(cache_dir().join("packages.json")).expect("run scripts/test to fetch packages");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let src = v.as_array().unwrap().iter().find(|r| r["role"] == role).unwrap()["file"].as_str().unwrap().to_string();
+    let dst = dir.join(Path::new(&src).file_name().unwrap());
+    std::fs::copy(&src, &dst).unwrap();
+    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o644)).unwrap();
+    dst
+}
+
+#[test]
+fn unprivileged_raw_build_preserves_owners_modes_devices_links_and_xattrs() {
+    let s = Scratch::new("unpriv");
+    std::fs::set_permissions(&s.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let tarball = s.path("special.tar");
+    special_tarball(&tarball);
+    let kernel = readable_package("kernel", &s.0);
+    let boot = readable_package("bootloader", &s.0);
+    let planet_init = s.path("planet-init");
+    std::fs::copy(planet_image_init(), &planet_init).unwrap();
+    std::fs::set_permissions(&planet_init, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let image = s.path("special.raw");
+
+    let mut cmd = if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(bin());
+        c
+    } else {
+        Command::new(bin())
+    };
+    cmd.args(["build", "--target", "raw", "--rootfs"])
+        .arg(&tarball)
+        .arg("-o")
+        .arg(&image)
+        .arg("--kernel-package")
+        .arg(&kernel)
+        .arg("--bootloader-package")
+        .arg(&boot)
+        .arg("--planet-init")
+        .arg(&planet_init)
+        .env("HOME", &s.0)
+        .env("SOURCE_DATE_EPOCH", "1700000000");
+    ok(&mut cmd);
+    if is_root() {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&image).unwrap().uid(), 65534, "the build really ran unprivileged");
+    }
+
+    let slot = s.path("planet-a.sqfs");
+    extract_partition(&image, "planet-a", &slot);
+    let listing = stdout(Command::new("unsquashfs").arg("-lln").arg(&slot));
+    let expect = [
+        ("-rwsr-xr-x 0/0", "squashfs-root/bin/su"),
+        ("crw-rw-rw- 0/0", "squashfs-root/dev/null"),
+        ("brw-rw---- 0/6", "squashfs-root/dev/sda"),
+        ("-rw-r----- 1000/1000", "squashfs-root/usr/bin/owned"),
+        ("lrwxrwxrwx 0/0", "squashfs-root/sbin/init -> /bin/su"),
+        ("prw------- 0/0", "squashfs-root/run-fifo"),
+        ("-rw-r--r-- 0/0", "squashfs-root/etc/passwd-link"),
+    ];
+    for (mode_owner, name) in expect {
+        assert!(
+            listing.lines().any(|l| l.starts_with(mode_owner) && l.ends_with(name)),
+            "unsquashfs -lln lacks `{mode_owner} … {name}`:\n{listing}"
+        );
+    }
+    assert!(listing.lines().any(|l| l.contains("1,  3") && l.ends_with("dev/null")), "{listing}");
+    // Hard links and xattrs, as another implementation (sqfs2tar) reads them back.
+    let tar = Command::new("sqfs2tar").arg(&slot).output().unwrap();
+    assert!(tar.status.success());
+    let tar_path = s.path("back.tar");
+    std::fs::write(&tar_path, &tar.stdout).unwrap();
+    let tv = stdout(Command::new("tar").arg("-tvf").arg(&tar_path).arg("--xattrs"));
+    assert!(tv.lines().any(|l| l.starts_with('h') && l.contains("etc/passwd-link link to etc/passwd")), "{tv}");
+    let script = "import tarfile,sys\nfor m in tarfile.open(sys.argv[1]):\n    print(m.name, sorted(m.pax_headers))";
+    let pax = stdout(Command::new("python3").args(["-c", script]).arg(&tar_path));
+    assert!(
+        pax.lines().any(|l| l.starts_with("usr/bin/ping") && l.contains("SCHILY.xattr.security.capability")),
+        "{pax}"
+    );
+}
+
+fn planet_image_init() -> std::path::PathBuf {
+    std::env::var_os("PLANET_INIT")
+        .map(Into::into)
+        .unwrap_or_else(|| repo().join("target/x86_64-unknown-linux-gnu/debug/planet-init"))
+}
+
+#[test]
+fn partitions_and_filesystems_pass_foreign_validators() {
+    let s = Scratch::new("validate");
+    let tarball = s.path("special.tar");
+    special_tarball(&tarball);
+    let image = s.path("disk.raw");
+    build("raw", &tarball, &image, &[]);
+
+    let (ss, parts) = sfdisk(&image);
+    assert_eq!(ss, 512);
+    let got: Vec<(&str, &str)> = parts.iter().map(|p| (p.name.as_str(), p.type_guid.as_str())).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("esp", "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
+            ("planet-a", "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"),
+            ("planet-b", "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"),
+            ("planet-state", "0FC63DAF-8483-4772-8E79-3D69D8477DE4"),
+        ]
+    );
+    for p in &parts {
+        assert_eq!(p.start * 512 % (1 << 20), 0, "{} is 1 MiB aligned", p.name);
+    }
+    ok(Command::new("sgdisk").arg("-v").arg(&image));
+
+    let esp = s.path("esp.img");
+    extract_partition(&image, "esp", &esp);
+    ok(Command::new("fsck.vfat").arg("-n").arg(&esp));
+    let files = stdout(Command::new("mdir").args(["-/", "-b", "-i"]).arg(&esp).arg("::/"));
+    for f in [
+        "::/EFI/BOOT/BOOTX64.EFI",
+        "::/loader/loader.conf",
+        "::/loader/entries/planet-a.conf",
+        "::/planet-a/vmlinuz",
+        "::/planet-a/initramfs.img",
+    ] {
+        assert!(files.lines().any(|l| l == f), "ESP lacks {f}:\n{files}");
+    }
+    let entry = stdout(Command::new("mtype").arg("-i").arg(&esp).arg("::/loader/entries/planet-a.conf"));
+    assert!(entry.contains("options console=ttyS0 planet.slot=a"), "{entry}");
+
+    let slot = s.path("slot.sqfs");
+    extract_partition(&image, "planet-a", &slot);
+    let sb = stdout(Command::new("unsquashfs").arg("-s").arg(&slot));
+    assert!(sb.contains("Compression zstd"), "{sb}");
+
+    let state = s.path("state.ext4");
+    extract_partition(&image, "planet-state", &state);
+    ok(Command::new("e2fsck").arg("-fn").arg(&state));
+    let label = stdout(Command::new("e2label").arg(&state));
+    assert_eq!(label.trim(), "planet-state");
+
+    let qcow = s.path("disk.qcow2");
+    build("qcow2", &tarball, &qcow, &[]);
+    ok(Command::new("qemu-img").args(["check", "-f", "qcow2"]).arg(&qcow));
+    let info = stdout(Command::new("qemu-img").args(["info", "--output=json"]).arg(&qcow));
+    assert!(info.contains("\"format\": \"qcow2\""), "{info}");
+}
+
+#[test]
+fn same_inputs_same_epoch_give_identical_images_and_inspect_catches_a_flipped_byte() {
+    let s = Scratch::new("repro");
+    let tarball = s.path("special.tar");
+    special_tarball(&tarball);
+    let (a, b) = (s.path("a.raw"), s.path("b.raw"));
+    build("raw", &tarball, &a, &[]);
+    build("raw", &tarball, &b, &[]);
+    let digest = |p: &Path| stdout(Command::new("sha256sum").arg(p)).split_whitespace().next().unwrap().to_string();
+    assert_eq!(digest(&a), digest(&b), "two builds of the same inputs differ");
+
+    let report = stdout(planet_image().arg("inspect").arg(&a));
+    assert!(report.contains("verify:     ok"), "{report}");
+    assert!(report.contains("planet-a") && report.contains("squashfs zstd"), "{report}");
+
+    // Flip one byte inside planet-a and inspect again (the manifest travels with the copy).
+    let (_, parts) = sfdisk(&b);
+    let slot = parts.iter().find(|p| p.name == "planet-a").unwrap();
+    let mut bytes = std::fs::read(&b).unwrap();
+    let at = (slot.start * 512 + 100) as usize;
+    bytes[at] ^= 0x01;
+    std::fs::write(&b, bytes).unwrap();
+    let out = planet_image().arg("inspect").arg(&b).output().unwrap();
+    assert!(!out.status.success(), "inspect accepted a flipped byte");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("partition 2 (planet-a)"), "{err}");
+}
+
+fn assert_refused(tarball: &Path, out: &Path, entry: &str) {
+    let res =
+        planet_image().args(["build", "--target", "raw", "--rootfs"]).arg(tarball).arg("-o").arg(out).output().unwrap();
+    assert!(!res.status.success(), "a hostile tarball was accepted");
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(err.contains(entry), "the error does not name {entry:?}:\n{err}");
+    let dir = out.parent().unwrap();
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".tar"))
+        .collect();
+    assert!(left.is_empty(), "files left behind after a refused build: {left:?}");
+}
+
+#[test]
+fn hostile_tarballs_are_refused_and_leave_nothing_behind() {
+    let s = Scratch::new("hostile");
+    let dotdot = s.path("dotdot.tar");
+    python_tar(
+        &dotdot,
+        r#"
+    add(t, "etc", tarfile.DIRTYPE, mode=0o755)
+    add(t, "../etc/passwd", data=b"evil\n")
+"#,
+    );
+    assert_refused(&dotdot, &s.path("out.raw"), "../etc/passwd");
+
+    let through_link = s.path("symlink.tar");
+    python_tar(
+        &through_link,
+        r#"
+    add(t, "etc", tarfile.DIRTYPE, mode=0o755)
+    add(t, "escape", tarfile.SYMTYPE, link="/etc")
+    add(t, "escape/passwd", data=b"evil\n")
+"#,
+    );
+    assert_refused(&through_link, &s.path("out.raw"), "escape/passwd");
+
+    let garbage = s.path("garbage.tar");
+    std::fs::write(&garbage, vec![0x5Au8; 4096]).unwrap();
+    assert_refused(&garbage, &s.path("out.qcow2"), "garbage.tar");
+}
+
+#[test]
+fn planet_release_rootfs_becomes_the_slot_root_and_directories_work_too() {
+    let s = Scratch::new("release");
+    let release = fixture("release.tar.gz");
+    let image = s.path("release.raw");
+    build("raw", &release, &image, &[]);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.path("release.raw.manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["rootfs"]["planet_release"], true);
+    assert_eq!(manifest["rootfs"]["format"], "tar.gz");
+    let slot = s.path("slot.sqfs");
+    extract_partition(&image, "planet-a", &slot);
+    let listing = stdout(Command::new("unsquashfs").arg("-lln").arg(&slot));
+    assert!(listing.lines().any(|l| l.ends_with("squashfs-root/usr/bin/planet")), "{listing}");
+    assert!(!listing.contains("squashfs-root/rootfs"), "{listing}");
+
+    // A directory input: the same tree unpacked.
+    let dir = s.path("tree");
+    std::fs::create_dir(&dir).unwrap();
+    ok(Command::new("tar").arg("-xzf").arg(&release).arg("-C").arg(&dir));
+    let from_dir = s.path("dir.raw");
+    build("raw", &dir.join("rootfs"), &from_dir, &[]);
+    let slot2 = s.path("slot2.sqfs");
+    extract_partition(&from_dir, "planet-a", &slot2);
+    let listing2 = stdout(Command::new("unsquashfs").arg("-lln").arg(&slot2));
+    assert!(listing2.lines().any(|l| l.ends_with("squashfs-root/usr/bin/planet")), "{listing2}");
+}

@@ -1,0 +1,238 @@
+//! Shared test helpers: paths to the binary, the package cache and fixtures built by
+//! `scripts/test`, running tools nobody here wrote, and booting images.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_planet-image"))
+}
+
+/// The package cache `scripts/test` fetched into.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("PLANET_IMAGE_CACHE").map(PathBuf::from).unwrap_or_else(|| repo().join("target/cache"))
+}
+
+/// Fixtures (demo rootfs etc.) built by `scripts/test`.
+pub fn fixture(name: &str) -> PathBuf {
+    let dir =
+        std::env::var_os("PLANET_TEST_FIXTURES").map(PathBuf::from).unwrap_or_else(|| repo().join("target/fixtures"));
+    let p = dir.join(name);
+    assert!(p.exists(), "fixture {} is missing: run scripts/test, which builds it", p.display());
+    p
+}
+
+/// A planet-image command with the test cache.
+pub fn planet_image() -> Command {
+    let mut c = Command::new(bin());
+    c.env("PLANET_IMAGE_CACHE", cache_dir());
+    c
+}
+
+/// Runs and returns output; panics with stderr when it fails.
+pub fn ok(cmd: &mut Command) -> Output {
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn stdout(cmd: &mut Command) -> String {
+    String::from_utf8_lossy(&ok(cmd).stdout).into_owned()
+}
+
+/// A scratch directory removed at the end of the test.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let base = std::env::var_os("CARGO_TARGET_TMPDIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+        let p = base.join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::env::var_os("PLANET_TEST_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Builds an image; `extra` are more CLI arguments.
+pub fn build(target: &str, rootfs: &Path, out: &Path, extra: &[&str]) -> Output {
+    ok(planet_image()
+        .args(["build", "--target", target, "--rootfs"])
+        .arg(rootfs)
+        .arg("-o")
+        .arg(out)
+        .args(extra)
+        .env("SOURCE_DATE_EPOCH", "1700000000"))
+}
+
+/// One partition from `sfdisk --json`.
+#[derive(Debug, Clone)]
+pub struct SfPart {
+    pub name: String,
+    pub type_guid: String,
+    pub start: u64,
+    pub size: u64,
+}
+
+pub fn sfdisk(image: &Path) -> (u64, Vec<SfPart>) {
+    let text = stdout(Command::new("sfdisk").arg("--json").arg(image));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let t = &v["partitiontable"];
+    let parts = t["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| SfPart {
+            name: p["name"].as_str().unwrap_or("").to_string(),
+            type_guid: p["type"].as_str().unwrap().to_string(),
+            start: p["start"].as_u64().unwrap(),
+            size: p["size"].as_u64().unwrap(),
+        })
+        .collect();
+    (t["sectorsize"].as_u64().unwrap_or(512), parts)
+}
+
+/// Copies one partition of a raw image out to its own file.
+pub fn extract_partition(image: &Path, label: &str, out: &Path) {
+    let (ss, parts) = sfdisk(image);
+    let p = parts.iter().find(|p| p.name == label).unwrap_or_else(|| panic!("no partition {label}"));
+    ok(Command::new("dd")
+        .arg(format!("if={}", image.display()))
+        .arg(format!("of={}", out.display()))
+        .arg(format!("bs={ss}"))
+        .arg(format!("skip={}", p.start))
+        .arg(format!("count={}", p.size))
+        .arg("conv=sparse")
+        .arg("status=none"));
+}
+
+/// A QEMU guest started through `planet-image run`, its console in a log file.
+pub struct Guest {
+    child: std::process::Child,
+    pub log: PathBuf,
+    pub monitor: PathBuf,
+}
+
+impl Guest {
+    pub fn start(image: &Path, scratch: &Scratch, args: &[&str]) -> Guest {
+        let log = scratch.path(&format!("serial-{}.log", unique()));
+        let monitor = scratch.path(&format!("monitor-{}.sock", unique()));
+        let child = planet_image()
+            .arg("run")
+            .arg(image)
+            .arg("--serial-log")
+            .arg(&log)
+            .arg("--monitor")
+            .arg(&monitor)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting planet-image run");
+        Guest { child, log, monitor }
+    }
+
+    pub fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits until the console contains `needle`; panics with the console on timeout or exit.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let text = self.console();
+            if text.contains(needle) {
+                return text;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the guest exited ({status}) before printing {needle:?}; console:\n{text}");
+            }
+            if start.elapsed() > timeout {
+                panic!("no {needle:?} on the console within {timeout:?}; console:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Sends a human-monitor command (e.g. `system_powerdown`).
+    pub fn monitor(&self, command: &str) {
+        use std::io::Write;
+        let mut s = std::os::unix::net::UnixStream::connect(&self.monitor).expect("connecting to the QEMU monitor");
+        s.write_all(format!("{command}\n").as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    /// Waits for QEMU to exit; returns whether it did within `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        None
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A TCP port on 127.0.0.1 that is free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Writes a tarball with python3's tarfile module (a writer nobody here wrote), from a
+/// list of entries given as a Python literal.
+pub fn python_tar(out: &Path, entries_py: &str) {
+    let script = format!(
+        r#"
+import tarfile, io, sys
+def add(t, name, type=tarfile.REGTYPE, data=b"", mode=0o644, uid=0, gid=0, link="", dev=(0,0), pax=None):
+    ti = tarfile.TarInfo(name); ti.type = type; ti.mode = mode; ti.uid = uid; ti.gid = gid; ti.mtime = 1700000000
+    ti.uname = "root" if uid == 0 else "u%d" % uid; ti.gname = "root" if gid == 0 else "g%d" % gid
+    if link: ti.linkname = link
+    if type in (tarfile.CHRTYPE, tarfile.BLKTYPE): ti.devmajor, ti.devminor = dev
+    if pax: ti.pax_headers = pax
+    ti.size = len(data) if type == tarfile.REGTYPE else 0
+    t.addfile(ti, io.BytesIO(data) if type == tarfile.REGTYPE else None)
+with tarfile.open(sys.argv[1], "w", format=tarfile.PAX_FORMAT) as t:
+{entries_py}
+"#
+    );
+    ok(Command::new("python3").arg("-c").arg(script).arg(out));
+}
