@@ -176,7 +176,8 @@ pub fn default_hostname(nics: &[net::Nic]) -> String {
     }
 }
 
-/// The whole boot; returns when the machine should power off.
+/// The whole boot; returns when the machine should power off (the caller then runs
+/// [`shutdown`], on success and on error alike).
 pub fn run(env: &BootEnv) -> Result<()> {
     mounts::mount_early(&env.root).context("mounting the API filesystems")?;
     supervise::block_signals()?;
@@ -237,9 +238,9 @@ pub fn run(env: &BootEnv) -> Result<()> {
         cgroup,
     };
     let policy = Policy { max_restarts: params.max_restarts, stop_timeout: params.stop_timeout };
-    let outcome = supervise::supervise(|| launcher::launch(&spec), policy, &env.dev);
-    shutdown(env);
-    outcome.map(|reason| event!("shutdown", reason = reason))
+    let reason = supervise::supervise(|| launcher::launch(&spec), policy, &env.dev)?;
+    event!("shutdown", reason = reason);
+    Ok(())
 }
 
 /// The host's own /etc (a release launcher may read resolv.conf and hosts from it).

@@ -205,6 +205,7 @@ pub fn grow_gpt(f: &mut File) -> Result<Option<GptGrowth>> {
         return Ok(None);
     }
     gpt.write_grown(f).context("writing the grown GPT")?;
+    update_protective_mbr(f, total, ss).context("updating the protective MBR")?;
     f.sync_all().context("flushing the grown GPT")?;
     Ok(Some(GptGrowth {
         partn: index as u32 + 1,
@@ -212,6 +213,24 @@ pub fn grow_gpt(f: &mut File) -> Result<Option<GptGrowth>> {
         old_first_last: old,
         new_last: gpt.partitions[index].last_lba,
     }))
+}
+
+/// Extends the protective MBR's 0xEE entry to the new disk size, keeping the rest of sector 0
+/// (boot code, signature) as it is. planet-gpt's `write_grown` leaves LBA 0 alone, and fdisk
+/// and some firmware complain about a size mismatch.
+fn update_protective_mbr(f: &mut File, total_sectors: u64, ss: u64) -> Result<()> {
+    use std::io::Write;
+    let mut m = vec![0u8; ss as usize];
+    f.seek(SeekFrom::Start(0))?;
+    f.read_exact(&mut m)?;
+    if m[510..512] != [0x55, 0xAA] || m[446 + 4] != 0xEE {
+        return Ok(()); // a hybrid or missing MBR: not ours to touch
+    }
+    let size = (total_sectors - 1).min(u64::from(u32::MAX)) as u32;
+    m[446 + 12..446 + 16].copy_from_slice(&size.to_le_bytes());
+    f.seek(SeekFrom::Start(0))?;
+    f.write_all(&m)?;
+    Ok(())
 }
 
 #[repr(C)]
@@ -439,6 +458,11 @@ mod tests {
         assert!(read.last_usable_lba - g.new_last < 2048);
         assert_eq!(g.new_bytes(), (g.new_last + 1 - 12288) * 512);
         assert!(grow_gpt(&mut f).unwrap().is_none(), "later boots leave it alone");
+        let mut mbr = [0u8; 512];
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.read_exact(&mut mbr).unwrap();
+        assert_eq!(u32::from_le_bytes(mbr[458..462].try_into().unwrap()) as u64, big - 1);
+        assert_eq!(mbr[450], 0xEE);
     }
 
     #[test]

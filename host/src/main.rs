@@ -37,10 +37,13 @@ fn ensure_console() {
 fn fatal(message: &str) -> ! {
     event!("fatal", error = message);
     std::thread::sleep(std::time::Duration::from_secs(3));
-    if sys::is_pid1() {
-        boot::shutdown(&boot::BootEnv::system());
-        console::emit("power-off", &[]);
-    }
+    halt()
+}
+
+/// Stops what is left, unmounts, and powers off.
+fn halt() -> ! {
+    boot::shutdown(&boot::BootEnv::system());
+    console::emit("power-off", &[]);
     sys::power_off()
 }
 
@@ -54,10 +57,7 @@ pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) ->
     }
     std::panic::set_hook(Box::new(|info| fatal(&format!("panic: {info}"))));
     match boot::run(&boot::BootEnv::system()) {
-        Ok(()) => {
-            console::emit("power-off", &[]);
-            sys::power_off()
-        }
+        Ok(()) => halt(),
         Err(e) => fatal(&format!("{e:#}")),
     }
 }

@@ -178,7 +178,11 @@ pub fn bring_up(sysfs: &Path, cfg: &NetworkConfig) -> Result<Network> {
             iface = c.iface,
             address = format!("{}/{}", c.address, c.prefix),
             gateway = c.gateway.map(|g| g.to_string()).unwrap_or_else(|| "none".into()),
-            dns = c.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","),
+            dns = if c.dns.is_empty() {
+                "none".into()
+            } else {
+                c.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")
+            },
             source = c.source,
         );
     }
