@@ -3,7 +3,7 @@
 //! is why the root is composed at `…/rootfs`.
 
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
@@ -47,12 +47,57 @@ pub fn argv(root: &Path, cfg: &PlanetConfig, hostname: Option<&str>, volumes: &[
     a
 }
 
+/// How to execute the launcher: `(program, argv[0], arguments before the launcher's own)`.
+///
+/// The host has no `/bin/sh`; a script launcher whose interpreter is missing on the host is run
+/// with the release's own interpreter (resolved inside the root), the script path kept as `$0`.
+pub fn command_for(root: &Path, launcher: &Path) -> (PathBuf, String, Vec<String>) {
+    let direct = (launcher.to_path_buf(), launcher.display().to_string(), Vec::new());
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(launcher).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).unwrap_or(0);
+    let Some(line) = head[..n].strip_prefix(b"#!") else { return direct };
+    let line = String::from_utf8_lossy(line.split(|b| *b == b'\n').next().unwrap_or_default()).into_owned();
+    let mut words = line.split_whitespace();
+    let Some(interp) = words.next() else { return direct };
+    if Path::new(interp).exists() || !interp.starts_with('/') {
+        return direct;
+    }
+    let inside = super::builtin::resolve_in_root(root, interp);
+    let program = root.join(inside.strip_prefix("/").unwrap_or(&inside));
+    if !program.is_file() {
+        return direct;
+    }
+    // The kernel passes everything after the interpreter as one argument.
+    let rest: Vec<&str> = words.collect();
+    let mut args = Vec::new();
+    if !rest.is_empty() {
+        args.push(rest.join(" "));
+    }
+    args.push(launcher.display().to_string());
+    (program, interp.to_string(), args)
+}
+
 pub fn spawn(spec: &LaunchSpec) -> Result<Container> {
     for v in &spec.volumes {
         std::fs::create_dir_all(&v.source).with_context(|| format!("creating {}", v.source.display()))?;
     }
     let argv = argv(&spec.root, &spec.config, Some(&spec.hostname), &spec.volumes);
-    let child = Command::new(&argv[0])
+    let (program, arg0, prefix) = command_for(&spec.root, Path::new(&argv[0]));
+    let mut cmd = Command::new(&program);
+    // PID 1 blocks the signals it reads from its signalfd; std's spawn passes the mask on, and a
+    // launcher with SIGTERM blocked could never be stopped.
+    // SAFETY: the closure only makes async-signal-safe calls.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let child = cmd
+        .arg0(&arg0)
+        .args(&prefix)
         .args(&argv[1..])
         .env_clear()
         .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
@@ -107,6 +152,27 @@ mod tests {
             ]
         );
         assert!(a[0].contains("/rootfs/"));
+    }
+
+    #[test]
+    fn scripts_use_the_release_interpreter_when_the_host_has_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("rootfs");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        std::fs::write(root.join("bin/busybox"), "").unwrap();
+        std::os::unix::fs::symlink("/bin/busybox", root.join("bin/planet-test-sh")).unwrap();
+        let launcher = root.join("usr/bin/planet");
+        std::fs::write(&launcher, "#!/bin/planet-test-sh -e\necho\n").unwrap();
+        let (program, arg0, prefix) = command_for(&root, &launcher);
+        assert_eq!(program, root.join("bin/busybox"));
+        assert_eq!(arg0, "/bin/planet-test-sh");
+        assert_eq!(prefix, ["-e".to_string(), launcher.display().to_string()]);
+        // A binary (or a script whose interpreter the host has) runs directly.
+        std::fs::write(&launcher, "\x7fELF").unwrap();
+        assert_eq!(command_for(&root, &launcher), (launcher.clone(), launcher.display().to_string(), vec![]));
+        std::fs::write(&launcher, "#!/proc/self/exe\n").unwrap();
+        assert_eq!(command_for(&root, &launcher).0, launcher);
     }
 
     #[test]
