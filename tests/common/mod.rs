@@ -2,6 +2,7 @@
 //! `scripts/test`, running tools nobody here wrote, and booting images.
 #![allow(dead_code)]
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -150,6 +151,7 @@ impl Guest {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
+            .process_group(0)
             .spawn()
             .expect("starting planet-image run");
         Guest { child, log, monitor }
@@ -200,7 +202,9 @@ impl Guest {
 
 impl Drop for Guest {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // planet-image run and its QEMU share a process group of their own: stop both.
+        // SAFETY: kill with a negative pid signals that group only.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }

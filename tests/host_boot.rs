@@ -1,0 +1,226 @@
+//! planet-init on real boots (QEMU + OVMF, TCG when KVM does not work): the demo cluster
+//! comes up, the state partition grows, systemd runs as the container's init, a Planet
+//! release gets exactly its flags, and ACPI power-off stops everything cleanly.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const BOOT: Duration = Duration::from_secs(240);
+
+/// One HTTP/1.0 request to 127.0.0.1:`port`; returns the body.
+fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+/// Retries `f` every half second until it returns Some, for at most `limit`.
+fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    None
+}
+
+fn b64(s: &str) -> String {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// etcd v3 range over a prefix, through its JSON gateway.
+fn etcd_range(port: u16, prefix: &str) -> Option<String> {
+    let mut end = prefix.as_bytes().to_vec();
+    *end.last_mut().unwrap() += 1;
+    let body = format!(r#"{{"key":"{}","range_end":"{}"}}"#, b64(prefix), b64(std::str::from_utf8(&end).unwrap()));
+    http(port, "POST", "/v3/kv/range", &body).ok()
+}
+
+fn etcd_put(port: u16, key: &str, value: &str) -> Option<String> {
+    let body = format!(r#"{{"key":"{}","value":"{}"}}"#, b64(key), b64(value));
+    http(port, "POST", "/v3/kv/put", &body).ok().filter(|r| r.contains("revision"))
+}
+
+fn demo_image(s: &Scratch, target: &str) -> std::path::PathBuf {
+    let image = s.path(&format!("demo.{target}"));
+    build(target, &fixture("demo.tar"), &image, &[]);
+    image
+}
+
+#[test]
+fn demo_dev_machine_serves_etcd_and_registers_itself() {
+    let s = Scratch::new("demo-dev");
+    let image = demo_image(&s, "qcow2");
+    let port = free_port();
+    let mut guest = Guest::start(
+        &image,
+        &s,
+        &["--snapshot", "--cmdline", "planet.role=dev planet.hostname=demo-1", "--forward", &format!("{port}:2379")],
+    );
+    guest.wait_for("planet-init: launcher started", BOOT);
+    let health =
+        poll(Duration::from_secs(120), || http(port, "GET", "/health", "").ok().filter(|b| b.contains("health")))
+            .unwrap_or_else(|| panic!("etcd never answered on the forwarded port; console:\n{}", guest.console()));
+    assert!(health.contains(r#""health":"true""#), "{health}");
+    let nodes = poll(Duration::from_secs(120), || etcd_range(port, "/nodes/").filter(|r| r.contains("\"kvs\"")))
+        .unwrap_or_else(|| panic!("no /nodes/ registration; console:\n{}", guest.console()));
+    assert!(nodes.contains(&b64("/nodes/demo-1")), "demo-1 is not under /nodes/: {nodes}");
+    let console = guest.console();
+    assert!(console.contains("planet-init: config role=dev"), "{console}");
+}
+
+#[test]
+fn state_grows_to_the_end_of_a_larger_disk_and_keeps_its_data() {
+    let s = Scratch::new("grow");
+    let image = demo_image(&s, "raw");
+    let disk = s.path("disk4x.raw");
+    std::fs::copy(&image, &disk).unwrap();
+    let size = std::fs::metadata(&image).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&disk).unwrap().set_len(size * 4).unwrap();
+
+    // First boot: grow, start etcd, write a key, power off.
+    let port = free_port();
+    let args = ["--cmdline", "planet.role=dev planet.hostname=grow-1", "--forward"];
+    let fwd = format!("{port}:2379");
+    {
+        let mut guest = Guest::start(&disk, &s, &[&args[..], &[fwd.as_str()]].concat());
+        let console = guest.wait_for("planet-init: launcher started", BOOT);
+        assert!(console.contains("planet-init: state grown"), "first boot did not grow the state:\n{console}");
+        poll(Duration::from_secs(120), || etcd_put(port, "/grow/marker", "kept"))
+            .unwrap_or_else(|| panic!("could not write to etcd; console:\n{}", guest.console()));
+        guest.monitor("system_powerdown");
+        assert!(guest.wait_exit(Duration::from_secs(120)).is_some(), "no power-off:\n{}", guest.console());
+    }
+    let (ss, parts) = sfdisk(&disk);
+    let text = stdout(Command::new("sfdisk").arg("--json").arg(&disk));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let last_lba = v["partitiontable"]["lastlba"].as_u64().unwrap();
+    let state = parts.iter().find(|p| p.name == "planet-state").unwrap();
+    let state_end = state.start + state.size - 1;
+    assert!(
+        last_lba - state_end < (1 << 20) / ss,
+        "planet-state ends at {state_end}, the disk's last usable LBA is {last_lba}"
+    );
+    assert!(state.size * ss > size * 2, "planet-state did not take the new space");
+    ok(Command::new("sgdisk").arg("-v").arg(&disk));
+
+    // Second boot: no growth, the key is still there.
+    {
+        let port2 = free_port();
+        let fwd2 = format!("{port2}:2379");
+        let mut guest = Guest::start(&disk, &s, &[&args[..], &[fwd2.as_str()]].concat());
+        let console = guest.wait_for("planet-init: launcher started", BOOT);
+        assert!(!console.contains("planet-init: state grown"), "the second boot grew again:\n{console}");
+        let found = poll(Duration::from_secs(120), || etcd_range(port2, "/grow/").filter(|r| r.contains("\"kvs\"")))
+            .unwrap_or_else(|| panic!("the key written in the first boot is gone; console:\n{}", guest.console()));
+        assert!(found.contains(&b64("kept")), "{found}");
+        guest.monitor("system_powerdown");
+        assert!(guest.wait_exit(Duration::from_secs(120)).is_some(), "no power-off:\n{}", guest.console());
+    }
+    let state_fs = s.path("state.ext4");
+    extract_partition(&disk, "planet-state", &state_fs);
+    ok(Command::new("e2fsck").arg("-fn").arg(&state_fs));
+    let blocks = stdout(Command::new("dumpe2fs").arg("-h").arg(&state_fs));
+    let count: u64 = blocks
+        .lines()
+        .find_map(|l| l.strip_prefix("Block count:").map(|v| v.trim().parse().unwrap()))
+        .expect("dumpe2fs shows a block count");
+    assert!(count * 4096 > size * 2, "the ext4 filesystem was not resized ({count} blocks)");
+}
+
+#[test]
+fn systemd_as_container_init_reaches_its_default_target() {
+    let s = Scratch::new("systemd");
+    let image = s.path("systemd.qcow2");
+    build("qcow2", &fixture("systemd.tar"), &image, &[]);
+    let mut guest = Guest::start(&image, &s, &["--snapshot", "--cmdline", "planet.role=dev"]);
+    let console = guest.wait_for("Reached target multi-user.target", BOOT);
+    assert!(console.contains("planet-init: launcher started kind=builtin"), "{console}");
+}
+
+#[test]
+fn planet_release_gets_exactly_its_flags() {
+    let s = Scratch::new("release-argv");
+    let image = s.path("release.qcow2");
+    build("qcow2", &fixture("release-boot.tar.gz"), &image, &[]);
+    let cmdline = "planet.role=node planet.master_ip=10.0.2.2 planet.cloud_provider=aws planet.env=FOO=bar,ZONE=z1";
+    let mut guest = Guest::start(&image, &s, &["--snapshot", "--cmdline", cmdline]);
+    let console = guest.wait_for("planet-fixture: done", BOOT);
+    let argv: Vec<&str> = console
+        .lines()
+        .filter_map(|l| l.trim_end_matches('\r').split_once("planet-fixture: argv[").map(|(_, r)| r))
+        .filter_map(|r| r.split_once("]=").map(|(_, v)| v))
+        .collect();
+    assert!(argv.first().is_some_and(|a| a.ends_with("/rootfs/usr/bin/planet")), "{argv:?}");
+    let flags: Vec<&str> = argv[1..].to_vec();
+    assert_eq!(flags[0], "start");
+    for f in ["--role=node", "--master-ip=10.0.2.2", "--cloud-provider=aws", "--env=FOO=bar,ZONE=z1"] {
+        assert!(flags.contains(&f), "missing {f} in {flags:?}");
+    }
+    for dst in ["/var/lib/etcd", "/var/lib/docker", "/var/lib/containerd", "/var/lib/kubelet"] {
+        assert!(
+            flags.iter().any(|f| f.starts_with("--volume=") && f.ends_with(&format!(":{dst}"))),
+            "no --volume for {dst} in {flags:?}"
+        );
+    }
+    let known = [
+        "start",
+        "--role=",
+        "--master-ip=",
+        "--cloud-provider=",
+        "--env=",
+        "--volume=",
+        "--public-ip=",
+        "--hostname=",
+        "--node-name=",
+    ];
+    for f in &flags {
+        assert!(known.iter().any(|k| f.starts_with(k)), "unexpected flag {f:?} in {flags:?}");
+    }
+}
+
+#[test]
+fn acpi_power_off_stops_the_container_and_unmounts_before_powering_off() {
+    let s = Scratch::new("powerdown");
+    let image = demo_image(&s, "qcow2");
+    let mut guest = Guest::start(&image, &s, &["--snapshot", "--cmdline", "planet.role=dev"]);
+    guest.wait_for("demo-init: registered", BOOT);
+    guest.monitor("system_powerdown");
+    let status = guest.wait_exit(Duration::from_secs(120));
+    let console = guest.console();
+    assert!(status.is_some(), "QEMU did not exit after system_powerdown:\n{console}");
+    let at = |needle: &str| console.find(needle).unwrap_or_else(|| panic!("no {needle:?} on the console:\n{console}"));
+    let (stopped, unmounted, off) =
+        (at("planet-init: container stopped"), at("planet-init: unmounted"), at("planet-init: power-off"));
+    assert!(stopped < unmounted && unmounted < off, "out of order:\n{console}");
+    assert!(console.contains("demo-init: stopped"), "the container's init was not stopped cleanly:\n{console}");
+}
