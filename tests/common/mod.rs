@@ -157,8 +157,9 @@ impl Guest {
         Guest { child, log, monitor }
     }
 
+    /// The console so far, with terminal colour sequences removed.
     pub fn console(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+        strip_ansi(&String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()))
     }
 
     /// Waits until the console contains `needle`; panics with the console on timeout or exit.
@@ -207,6 +208,25 @@ impl Drop for Guest {
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
     }
+}
+
+/// Removes CSI escape sequences (`ESC [ … letter`), e.g. systemd's colours.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' && chars.peek() == Some(&'[') {
+            chars.next();
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn unique() -> u64 {
