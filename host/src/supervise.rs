@@ -229,7 +229,10 @@ pub fn supervise(mut launch: impl FnMut() -> Result<Container>, policy: Policy, 
                         restarts = 0;
                     }
                     if restarts >= policy.max_restarts {
-                        bail!("the container exited {} times in a row ({sk}={sv}); giving up", restarts + 1);
+                        bail!(
+                            "the container exited ({sk}={sv}) and its {} restarts are used up; giving up",
+                            policy.max_restarts
+                        );
                     }
                     restarts += 1;
                     let delay = backoff(restarts);
@@ -328,6 +331,58 @@ mod tests {
         buf.extend(ev(EV_KEY, KEY_POWER, 1));
         assert!(has_power_press(&buf));
         assert!(!has_power_press(&ev(EV_KEY, 30, 1)));
+    }
+
+    use crate::launcher::Kind;
+
+    /// Blocks the handled signals in the calling (test) thread only. `block_signals` is not
+    /// used: it would also disable ctrl-alt-del on the build machine.
+    fn block_here() {
+        let set = sigset();
+        // SAFETY: valid sigset.
+        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    }
+
+    fn spawn_sh(script: &str) -> Result<Container> {
+        let child = std::process::Command::new("/bin/sh").args(["-c", script]).spawn()?;
+        Ok(Container { pid: child.id() as libc::pid_t, kind: Kind::Release, stop_signal: libc::SIGTERM })
+    }
+
+    /// Both scenarios share one test: supervise reaps with waitpid(-1), which must not race
+    /// with another supervising test thread.
+    #[test]
+    fn restarts_are_bounded_and_a_stop_signal_stops_the_container() {
+        block_here();
+        let dev = tempfile::tempdir().unwrap();
+        let mut launches = 0;
+        let policy = Policy { max_restarts: 1, stop_timeout: Duration::from_secs(5) };
+        let err = supervise(
+            || {
+                launches += 1;
+                spawn_sh("exit 3")
+            },
+            policy,
+            dev.path(),
+        )
+        .unwrap_err();
+        assert_eq!(launches, 2, "one start and one restart");
+        assert!(err.to_string().contains("code=3"), "{err}");
+
+        // A SIGTERM to PID 1 (here: this thread) stops the container and returns.
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            // SAFETY: a thread-directed signal to the supervising thread, which blocks it.
+            unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGTERM) };
+        });
+        let started = Instant::now();
+        let reason = supervise(|| spawn_sh("sleep 30"), policy, dev.path()).unwrap();
+        sender.join().unwrap();
+        assert_eq!(reason, StopReason::Signal("SIGTERM".into()));
+        assert!(started.elapsed() < Duration::from_secs(5), "stopped by SIGTERM, not killed at the timeout");
     }
 
     #[test]

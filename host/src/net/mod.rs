@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use planet_config::NetworkConfig;
+use planet_config::{NetworkConfig, StaticAddress};
 
 /// A physical network interface as sysfs shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,99 +92,125 @@ impl Network {
     }
 }
 
-/// How long DHCP may take per interface before it is reported failed.
+/// How many DISCOVER rounds (1, 2, 4, 4… s apart) before an interface is reported failed.
 const DHCP_ATTEMPTS: u32 = 8;
+/// Once one interface is up, how long the boot waits for the others (a NIC on a link without a
+/// DHCP server must not hold the boot for the full DHCP timeout; it keeps trying behind).
+const LATE_GRACE: Duration = Duration::from_secs(10);
 
-/// Brings up `lo` and every physical NIC. A NIC that gets no address is reported, not fatal:
-/// the other NICs may be enough.
+/// Configures one NIC: static address if the configuration has one, else DHCP (and a thread
+/// that keeps the lease). Its default route gets a metric by position so eth0's wins.
+fn configure(sysfs: &Path, nic: Nic, index: usize, static_cfg: Option<StaticAddress>) -> Result<Configured> {
+    ifconfig::set_up(&nic.name).with_context(|| format!("bringing up {}", nic.name))?;
+    wait_for_carrier(sysfs, &nic.name, Duration::from_secs(5));
+    let c = match static_cfg {
+        Some(s) => {
+            ifconfig::set_address(&nic.name, s.address, s.prefix)
+                .with_context(|| format!("setting {}/{} on {}", s.address, s.prefix, nic.name))?;
+            Configured {
+                iface: nic.name.clone(),
+                address: s.address,
+                prefix: s.prefix,
+                gateway: s.gateway,
+                dns: Vec::new(),
+                domain: None,
+                source: "static",
+            }
+        }
+        None => {
+            let mut t = dhcp::UdpTransport::open(&nic.name)?;
+            let lease = dhcp::acquire(&mut t, nic.mac, xid_seed(&nic.mac), DHCP_ATTEMPTS)
+                .with_context(|| format!("running DHCP on {}", nic.name))?;
+            ifconfig::set_address(&nic.name, lease.address, lease.prefix)
+                .with_context(|| format!("setting {}/{} on {}", lease.address, lease.prefix, nic.name))?;
+            let c = Configured {
+                iface: nic.name.clone(),
+                address: lease.address,
+                prefix: lease.prefix,
+                gateway: lease.router,
+                dns: lease.dns.iter().map(|d| IpAddr::V4(*d)).collect(),
+                domain: lease.domain.clone(),
+                source: "dhcp",
+            };
+            spawn_renewal(nic, t, lease);
+            c
+        }
+    };
+    if let Some(gw) = c.gateway {
+        if let Err(e) = ifconfig::add_default_route(&c.iface, gw, (index as i16).saturating_mul(100)) {
+            crate::event!("network route failed", iface = c.iface, gateway = gw, error = e);
+        }
+    }
+    crate::event!(
+        "network",
+        iface = c.iface,
+        address = format!("{}/{}", c.address, c.prefix),
+        gateway = c.gateway.map(|g| g.to_string()).unwrap_or_else(|| "none".into()),
+        dns = if c.dns.is_empty() {
+            "none".into()
+        } else {
+            c.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")
+        },
+        source = c.source,
+    );
+    Ok(c)
+}
+
+/// Brings up `lo` and every physical NIC, in parallel. A NIC that gets no address is
+/// reported, not fatal: the other NICs may be enough.
 pub fn bring_up(sysfs: &Path, cfg: &NetworkConfig) -> Result<Network> {
     ifconfig::set_up("lo").context("bringing up lo")?;
     let nics = physical_nics(sysfs);
     if nics.is_empty() {
         crate::event!("network unavailable", reason = "no physical network interface");
     }
-    let mut handles = Vec::new();
-    for nic in nics {
+    let total = nics.len();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (index, nic) in nics.into_iter().enumerate() {
         let static_cfg = cfg.addresses.iter().find(|a| a.iface == nic.name).cloned();
         let sysfs = sysfs.to_path_buf();
-        handles.push(std::thread::spawn(move || -> (String, Result<(Configured, Option<dhcp::Lease>)>) {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
             let name = nic.name.clone();
-            let r = (|| {
-                ifconfig::set_up(&nic.name).with_context(|| format!("bringing up {}", nic.name))?;
-                wait_for_carrier(&sysfs, &nic.name, Duration::from_secs(5));
-                if let Some(s) = static_cfg {
-                    ifconfig::set_address(&nic.name, s.address, s.prefix)
-                        .with_context(|| format!("setting {}/{} on {}", s.address, s.prefix, nic.name))?;
-                    return Ok((
-                        Configured {
-                            iface: nic.name.clone(),
-                            address: s.address,
-                            prefix: s.prefix,
-                            gateway: s.gateway,
-                            dns: Vec::new(),
-                            domain: None,
-                            source: "static",
-                        },
-                        None,
-                    ));
-                }
-                let mut t = dhcp::UdpTransport::open(&nic.name)?;
-                let lease = dhcp::acquire(&mut t, nic.mac, xid_seed(&nic.mac), DHCP_ATTEMPTS)
-                    .with_context(|| format!("running DHCP on {}", nic.name))?;
-                ifconfig::set_address(&nic.name, lease.address, lease.prefix)
-                    .with_context(|| format!("setting {}/{} on {}", lease.address, lease.prefix, nic.name))?;
-                let c = Configured {
-                    iface: nic.name.clone(),
-                    address: lease.address,
-                    prefix: lease.prefix,
-                    gateway: lease.router,
-                    dns: lease.dns.iter().map(|d| IpAddr::V4(*d)).collect(),
-                    domain: lease.domain.clone(),
-                    source: "dhcp",
-                };
-                spawn_renewal(nic, t, lease.clone());
-                Ok((c, Some(lease)))
-            })();
-            (name, r)
-        }));
-    }
-    let mut net = Network { dns: cfg.dns.clone(), ..Default::default() };
-    for h in handles {
-        let Ok((name, r)) = h.join() else { continue };
-        match r {
-            Ok((c, lease)) => {
-                net.interfaces.push(c);
-                let _ = lease;
+            let r = configure(&sysfs, nic, index, static_cfg);
+            if let Err(e) = &r {
+                crate::event!("network failed", iface = name, error = format!("{e:#}"));
             }
-            Err(e) => crate::event!("network failed", iface = name, error = format!("{e:#}")),
+            let _ = tx.send((index, r));
+        });
+    }
+    drop(tx);
+    let mut done: Vec<(usize, Configured)> = Vec::new();
+    let mut received = 0;
+    let mut first_ok: Option<Instant> = None;
+    while received < total {
+        let wait = match first_ok {
+            Some(t) => LATE_GRACE.saturating_sub(t.elapsed()),
+            None => Duration::from_secs(3600),
+        };
+        match rx.recv_timeout(wait) {
+            Ok((i, r)) => {
+                received += 1;
+                if let Ok(c) = r {
+                    done.push((i, c));
+                    first_ok.get_or_insert_with(Instant::now);
+                }
+            }
+            Err(_) => break,
         }
     }
-    let mut have_default = false;
-    for (i, c) in net.interfaces.iter().enumerate() {
+    if received < total {
+        crate::event!("network pending", interfaces = total - received, note = "still configuring in the background");
+    }
+    done.sort_by_key(|(i, _)| *i);
+    let mut net = Network { dns: cfg.dns.clone(), ..Default::default() };
+    for (_, c) in done {
         for d in &c.dns {
             if !net.dns.contains(d) {
                 net.dns.push(*d);
             }
         }
-        if let Some(gw) = c.gateway {
-            let metric = if have_default { 100 + i as i16 } else { 0 };
-            match ifconfig::add_default_route(&c.iface, gw, metric) {
-                Ok(()) => have_default = true,
-                Err(e) => crate::event!("network route failed", iface = c.iface, gateway = gw, error = e),
-            }
-        }
-        crate::event!(
-            "network",
-            iface = c.iface,
-            address = format!("{}/{}", c.address, c.prefix),
-            gateway = c.gateway.map(|g| g.to_string()).unwrap_or_else(|| "none".into()),
-            dns = if c.dns.is_empty() {
-                "none".into()
-            } else {
-                c.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")
-            },
-            source = c.source,
-        );
+        net.interfaces.push(c);
     }
     Ok(net)
 }
