@@ -177,11 +177,20 @@ pub fn run(req: &RunRequest) -> Result<i32> {
         cmd.arg("-monitor").arg(format!("unix:{},server=on,wait=off", m.display()));
     }
     eprintln!("planet-image: booting {} ({accel})", req.image.display());
+    forward_termination_signals();
     let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
+        }
+        if STOP_REQUESTED.load(std::sync::atomic::Ordering::Relaxed) {
+            // Asked to stop: end QEMU too, so no guest outlives its `run`.
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let status = child.wait()?;
+            let _ = std::fs::remove_dir_all(&scratch);
+            bail!("stopped by a signal; QEMU exited ({status})");
         }
         if let Some(t) = req.timeout {
             if started.elapsed() > t {
@@ -195,6 +204,20 @@ pub fn run(req: &RunRequest) -> Result<i32> {
     };
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(status.code().unwrap_or(1))
+}
+
+static STOP_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn request_stop(_: libc::c_int) {
+    STOP_REQUESTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// SIGTERM, SIGINT and SIGHUP to `run` stop its QEMU as well.
+fn forward_termination_signals() {
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, request_stop as *const () as libc::sighandler_t) };
+    }
 }
 
 /// A private scratch directory under $TMPDIR.
