@@ -297,9 +297,23 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Container> {
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = f.as_raw_fd() as u64;
     }
-    // SAFETY: a fork-like clone3 (no new stack). The child below only makes syscalls on data
-    // prepared above and ends in execve or _exit.
-    let pid = unsafe { libc::syscall(SYS_CLONE3, &mut args as *mut CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    let pid = loop {
+        // SAFETY: a fork-like clone3 (no new stack). The child below only makes syscalls on
+        // data prepared above and ends in execve or _exit.
+        let pid = unsafe { libc::syscall(SYS_CLONE3, &mut args as *mut CloneArgs, std::mem::size_of::<CloneArgs>()) };
+        if pid < 0 && args.flags & CLONE_INTO_CGROUP != 0 {
+            // Without the cgroup the container still runs, just without its own subtree.
+            let e = std::io::Error::last_os_error();
+            crate::event!(
+                "cgroup unavailable",
+                error = format!("clone3 into {}: {e}", spec.cgroup.as_deref().unwrap_or(Path::new("?")).display())
+            );
+            args.flags &= !CLONE_INTO_CGROUP;
+            args.cgroup = 0;
+            continue;
+        }
+        break pid;
+    };
     if pid == 0 {
         // Child.
         unsafe {
