@@ -192,7 +192,7 @@ impl GptGrowth {
 pub fn grow_gpt(f: &mut File) -> Result<Option<GptGrowth>> {
     let (bytes, ss) = device_geometry(f)?;
     let total = bytes / ss;
-    let mut gpt = Gpt::read_from(f, ss, total).context("reading the GPT")?;
+    let (mut gpt, repaired) = read_gpt(f, ss, total)?;
     let (index, old) = gpt
         .partitions
         .iter()
@@ -201,7 +201,7 @@ pub fn grow_gpt(f: &mut File) -> Result<Option<GptGrowth>> {
         .map(|(i, p)| (i, (p.first_lba, p.last_lba)))
         .with_context(|| format!("no {STATE_LABEL} entry in the GPT"))?;
     let align = (ALIGN_BYTES / ss).max(1);
-    if !gpt.grow_to(total, Some(STATE_LABEL), align).context("planning GPT growth")? {
+    if !gpt.grow_to(total, Some(STATE_LABEL), align).context("planning GPT growth")? && !repaired {
         return Ok(None);
     }
     gpt.write_grown(f).context("writing the grown GPT")?;
@@ -213,6 +213,62 @@ pub fn grow_gpt(f: &mut File) -> Result<Option<GptGrowth>> {
         old_first_last: old,
         new_last: gpt.partitions[index].last_lba,
     }))
+}
+
+/// Reads the primary table, or — when it is damaged, which is what a power loss between the
+/// steps of `write_grown` leaves — the backup copy at the disk's end (written first, so it is
+/// complete). Returns whether the backup was used, i.e. the primary must be rewritten.
+fn read_gpt(f: &mut File, ss: u64, total: u64) -> Result<(Gpt, bool)> {
+    let primary_err = match Gpt::read_from(f, ss, total) {
+        Ok(g) => return Ok((g, false)),
+        Err(e) => e,
+    };
+    let mut view = BackupAsPrimary { f, ss, backup_lba: total - 1, pos: 0 };
+    let mut gpt = Gpt::read_from(&mut view, ss, total)
+        .map_err(|backup_err| anyhow::anyhow!("reading the GPT: primary: {primary_err}; backup: {backup_err}"))?;
+    // read_from takes the size from the header's alternate LBA, which for a backup is 1.
+    gpt.total_sectors = total;
+    crate::event!("gpt repaired", from = "backup", primary_error = primary_err);
+    Ok((gpt, true))
+}
+
+/// A view of a disk whose LBA 1 shows the backup header (the disk's last sector), so the
+/// primary-table reader can parse the backup: the header names its own entry array.
+struct BackupAsPrimary<'a> {
+    f: &'a mut File,
+    ss: u64,
+    backup_lba: u64,
+    pos: u64,
+}
+
+impl Read for BackupAsPrimary<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let (at, limit) = if (self.ss..2 * self.ss).contains(&self.pos) {
+            (self.backup_lba * self.ss + (self.pos - self.ss), (2 * self.ss - self.pos) as usize)
+        } else if self.pos < self.ss {
+            (self.pos, (self.ss - self.pos) as usize)
+        } else {
+            (self.pos, buf.len())
+        };
+        self.f.seek(SeekFrom::Start(at))?;
+        let len = buf.len().min(limit);
+        let n = self.f.read(&mut buf[..len])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for BackupAsPrimary<'_> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        self.pos = match to {
+            SeekFrom::Start(p) => p,
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d).ok_or(io::ErrorKind::InvalidInput)?,
+            SeekFrom::End(d) => {
+                ((self.backup_lba + 1) * self.ss).checked_add_signed(d).ok_or(io::ErrorKind::InvalidInput)?
+            }
+        };
+        Ok(self.pos)
+    }
 }
 
 /// Extends the protective MBR's 0xEE entry to the new disk size, keeping the rest of sector 0
@@ -463,6 +519,43 @@ mod tests {
         f.read_exact(&mut mbr).unwrap();
         assert_eq!(u32::from_le_bytes(mbr[458..462].try_into().unwrap()) as u64, big - 1);
         assert_eq!(mbr[450], 0xEE);
+    }
+
+    #[test]
+    fn growth_interrupted_before_the_primary_header_is_completed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("disk.img");
+        let (small, big) = (32768u64, 32768 * 4);
+        image(&p, small, big);
+        let mut f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        // Simulate power loss inside write_grown: new backup and new primary entries are on
+        // disk, the primary header still describes the old table (its entry CRC no longer fits).
+        let mut grown = Gpt::read_from(&mut f, 512, big).unwrap();
+        assert!(grown.grow_to(big, Some(STATE_LABEL), 2048).unwrap());
+        let entries = grown.entry_array();
+        grown.write_backup(&mut f, &entries, crc32fast_hash(&entries)).unwrap();
+        f.seek(SeekFrom::Start(2 * 512)).unwrap();
+        std::io::Write::write_all(&mut f, &entries).unwrap();
+        assert!(Gpt::read_from(&mut f, 512, big).is_err(), "the primary is now inconsistent");
+
+        let g = grow_gpt(&mut f).unwrap().expect("the interrupted growth is completed");
+        assert_eq!(g.new_last, grown.find(STATE_LABEL).unwrap().last_lba);
+        let read = Gpt::read_from(&mut f, 512, big).unwrap();
+        assert_eq!(read.partitions, grown.partitions);
+        assert_eq!(read.backup_header_lba(), big - 1);
+        assert!(grow_gpt(&mut f).unwrap().is_none());
+    }
+
+    /// CRC-32 (IEEE), as the GPT uses, without another dependency.
+    fn crc32fast_hash(data: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for b in data {
+            crc ^= u32::from(*b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
     }
 
     #[test]
