@@ -201,6 +201,7 @@ pub fn run(env: &BootEnv) -> Result<()> {
 
     let bd = disk::wait_for_boot_disk(&env.sysfs, &params.slot_label(), params.disk_timeout, || {
         cp.round(&env.sysfs);
+        disk::repair_interrupted_growth(&env.sysfs, &env.dev);
     })?;
     event!("disk found", disk = bd.disk, slot = bd.slot.name, state = bd.state.name);
     if let Err(e) = disk::grow_boot_disk(&env.dev, &bd) {

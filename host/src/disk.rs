@@ -142,6 +142,54 @@ pub fn wait_for_boot_disk(
     }
 }
 
+/// Repairs disks on which the kernel found no partitions because the primary GPT was lost in
+/// the middle of a growth (the kernel does not fall back to the backup without `gpt` on the
+/// command line). Only a disk whose backup table is valid and holds the state partition is
+/// touched. Returns how many were repaired; the kernel is told to re-read them.
+pub fn repair_interrupted_growth(sysfs: &Path, dev_root: &Path) -> usize {
+    let Ok(devs) = scan(sysfs) else { return 0 };
+    let mut repaired = 0;
+    for d in devs.iter().filter(|d| d.partn.is_none() && !devs.iter().any(|p| p.parent.as_ref() == Some(&d.name))) {
+        let path = dev_root.join(&d.name);
+        // Anything unreadable (an empty CD drive, a blank disk) is simply not ours.
+        let candidate = (|| -> Option<(Gpt, u64)> {
+            let mut ro = File::open(&path).ok()?;
+            let (bytes, ss) = device_geometry(&ro).ok()?;
+            let total = bytes / ss;
+            if total < 64 || Gpt::read_from(&mut ro, ss, total).is_ok() {
+                return None;
+            }
+            let mut view = BackupAsPrimary { f: &mut ro, ss, backup_lba: total - 1, pos: 0 };
+            let mut gpt = Gpt::read_from(&mut view, ss, total).ok()?;
+            gpt.find(STATE_LABEL)?;
+            gpt.total_sectors = total;
+            Some((gpt, ss))
+        })();
+        let Some((gpt, ss)) = candidate else { continue };
+        let r = (|| -> Result<bool> {
+            let mut f = OpenOptions::new().read(true).write(true).open(&path)?;
+            gpt.write_grown(&mut f)?;
+            update_protective_mbr(&mut f, gpt.total_sectors, ss)?;
+            f.sync_all()?;
+            use std::os::unix::fs::FileTypeExt;
+            if f.metadata()?.file_type().is_block_device() {
+                // SAFETY: BLKRRPART takes no argument.
+                crate::sys::check(unsafe { libc::ioctl(f.as_raw_fd(), BLKRRPART, 0) })?;
+            }
+            Ok(true)
+        })();
+        match r {
+            Ok(true) => {
+                crate::event!("gpt repaired", disk = d.name, from = "backup");
+                repaired += 1;
+            }
+            Ok(false) => {}
+            Err(e) => crate::event!("gpt repair failed", disk = d.name, error = format!("{e:#}")),
+        }
+    }
+    repaired
+}
+
 /// Size in bytes and logical sector size of a block device, or of a regular file (tests).
 pub fn device_geometry(f: &File) -> Result<(u64, u64)> {
     let meta = f.metadata().context("reading device metadata")?;
@@ -544,6 +592,29 @@ mod tests {
         assert_eq!(read.partitions, grown.partitions);
         assert_eq!(read.backup_header_lba(), big - 1);
         assert!(grow_gpt(&mut f).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_lost_primary_is_restored_from_the_backup() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (sys, dev) = (tmp.path().join("sys"), tmp.path().join("dev"));
+        std::fs::create_dir_all(&dev).unwrap();
+        // vdb: a whole disk without partitions in sysfs, as the kernel leaves it.
+        let d = sys.join("devices/virtio/block/vdb");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("uevent"), "DEVNAME=vdb\nDEVTYPE=disk\n").unwrap();
+        std::fs::create_dir_all(sys.join("class/block")).unwrap();
+        symlink(&d, sys.join("class/block/vdb")).unwrap();
+        let img = dev.join("vdb");
+        image(&img, 32768, 32768);
+        let mut f = OpenOptions::new().read(true).write(true).open(&img).unwrap();
+        let good = Gpt::read_from(&mut f, 512, 32768).unwrap();
+        f.seek(SeekFrom::Start(512)).unwrap();
+        std::io::Write::write_all(&mut f, &[0u8; 512]).unwrap();
+        assert!(Gpt::read_from(&mut f, 512, 32768).is_err());
+        assert_eq!(repair_interrupted_growth(&sys, &dev), 1);
+        assert_eq!(Gpt::read_from(&mut f, 512, 32768).unwrap(), good);
+        assert_eq!(repair_interrupted_growth(&sys, &dev), 0, "a valid primary is not rewritten");
     }
 
     /// CRC-32 (IEEE), as the GPT uses, without another dependency.
