@@ -41,6 +41,15 @@ pub fn assemble(plan: &Plan, contents: &[(&str, Content<'_>)], out: &Path) -> Re
     Ok(())
 }
 
+/// Writes `bytes` to a new file at `path`, leaving all-zero chunks as holes.
+pub fn write_sparse(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    f.set_len(bytes.len() as u64)?;
+    copy_sparse(&mut &bytes[..], &mut f, 0, bytes.len() as u64)?;
+    f.sync_all()?;
+    Ok(())
+}
+
 /// Copies `src` to `dst` at `offset`, seeking over all-zero chunks. Errors if more than
 /// `limit` bytes come.
 fn copy_sparse<R: Read, W: Write + Seek>(src: &mut R, dst: &mut W, offset: u64, limit: u64) -> Result<u64> {

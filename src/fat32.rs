@@ -1,4 +1,4 @@
-//! A FAT32 writer for the ESP: a whole filesystem built in one pass from an in-memory tree.
+//! A FAT32 writer for the ESP and seed images: a whole filesystem built in one pass from an in-memory tree.
 //!
 //! Written here because `fatfs` 0.3 puts long-name entries in front of `.` and `..`, which
 //! `fsck.vfat` rejects, and leaves the FSInfo free count unset. Building the volume at once
@@ -337,9 +337,60 @@ fn fsinfo(_sector: u32, free: u32, next_free: u32) -> Vec<u8> {
     b
 }
 
+/// FAT's (date, time) words for a Unix time, UTC; FAT cannot store dates before 1980.
+pub fn dos_date_time(epoch: u64) -> (u16, u16) {
+    let t = civil_from_epoch(epoch);
+    (((t.year - 1980) << 9) | (t.month << 5) | t.day, (t.hour << 11) | (t.min << 5) | (t.sec / 2))
+}
+
+/// A calendar date and time, UTC.
+#[derive(Debug, Clone, Copy)]
+struct Civil {
+    year: u16,
+    month: u16,
+    day: u16,
+    hour: u16,
+    min: u16,
+    sec: u16,
+}
+
+/// UTC calendar date and time for a Unix time (FAT cannot store dates before 1980).
+fn civil_from_epoch(epoch: u64) -> Civil {
+    let epoch = epoch.max(315_532_800); // 1980-01-01
+    let days = (epoch / 86_400) as i64;
+    let secs = epoch % 86_400;
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u16;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u16;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as u16;
+    Civil {
+        year: year.min(2107),
+        month,
+        day,
+        hour: (secs / 3600) as u16,
+        min: (secs / 60 % 60) as u16,
+        sec: (secs % 60) as u16,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn civil_dates() {
+        let d = civil_from_epoch(1_700_000_000); // 2023-11-14 22:13:20 UTC
+        assert_eq!((d.year, d.month, d.day), (2023, 11, 14));
+        assert_eq!((d.hour, d.min, d.sec), (22, 13, 20));
+        let leap = civil_from_epoch(951_782_400); // 2000-02-29
+        assert_eq!((leap.year, leap.month, leap.day), (2000, 2, 29));
+    }
 
     fn params(size: u64) -> Params {
         Params {

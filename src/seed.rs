@@ -1,0 +1,292 @@
+//! `planet-image seed`: a small FAT image carrying cloud-init data for machines that have no
+//! metadata server — QEMU on a laptop (`run --seed`) and bare metal. Two layouts: NoCloud
+//! (label `CIDATA`: `user-data`, `meta-data`, `network-config`) and OpenStack ConfigDrive
+//! (label `config-2`: `openstack/latest/{meta_data.json,user_data,network_data.json}`).
+
+use crate::fat32;
+use crate::util::atomic::PendingFile;
+use anyhow::{bail, Context, Result};
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SeedFormat {
+    /// cloud-init NoCloud, volume label CIDATA.
+    Nocloud,
+    /// OpenStack ConfigDrive (Ironic, Rackspace OnMetal), volume label config-2.
+    #[value(name = "config-2")]
+    ConfigDrive,
+}
+
+/// What goes into the seed.
+#[derive(Debug, Clone)]
+pub struct SeedRequest {
+    pub role: String,
+    pub master_ip: Option<Ipv4Addr>,
+    pub provider: String,
+    /// Passed to Planet; values may be secrets and are never printed.
+    pub env: Vec<(String, String)>,
+    pub hostname: Option<String>,
+    /// Static address as CIDR (e.g. 10.0.0.10/24); DHCP when absent.
+    pub address: Option<(Ipv4Addr, u8)>,
+    pub gateway: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub format: SeedFormat,
+    pub output: PathBuf,
+}
+
+/// The seed's size: FAT32's minimum; almost all of it stays a hole in the file.
+const SEED_SIZE: u64 = 40 << 20;
+
+/// Parses `ADDRESS/PREFIX`.
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (a, p) = s.split_once('/').ok_or_else(|| format!("{s:?}: expected ADDRESS/PREFIX, e.g. 10.0.0.10/24"))?;
+    let addr: Ipv4Addr = a.parse().map_err(|_| format!("{a:?} is not an IPv4 address"))?;
+    let prefix: u8 =
+        p.parse().ok().filter(|p| *p <= 32).ok_or_else(|| format!("{p:?} is not a prefix length (0-32)"))?;
+    Ok((addr, prefix))
+}
+
+/// Parses `KEY=VALUE`.
+pub fn parse_env(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| "expected KEY=VALUE".to_string())?;
+    if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!("{k:?} is not a valid variable name (letters, digits, _)"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// A YAML/JSON double-quoted string (JSON strings are valid YAML).
+fn quoted(s: &str) -> String {
+    serde_json::to_string(s).expect("strings always serialise")
+}
+
+impl SeedRequest {
+    pub fn validate(&self) -> Result<()> {
+        if !["master", "node", "dev"].contains(&self.role.as_str()) {
+            bail!("--role must be master, node or dev, not {:?}", self.role);
+        }
+        if self.role == "node" && self.master_ip.is_none() {
+            bail!("--role node needs --master-ip (the address of the master's etcd and API server)");
+        }
+        if !["aws", "gce", "none"].contains(&self.provider.as_str()) {
+            bail!("--provider must be aws, gce or none, not {:?}", self.provider);
+        }
+        if self.gateway.is_some() && self.address.is_none() {
+            bail!("--gateway needs --address");
+        }
+        Ok(())
+    }
+
+    /// A stable instance id: cloud-init treats a new one as a new machine.
+    pub fn instance_id(&self) -> String {
+        let key = format!("{}|{}|{:?}", self.role, self.hostname.as_deref().unwrap_or(""), self.address);
+        format!("iid-planet-{}", &crate::util::digest::sha256_hex(key.as_bytes())[..12])
+    }
+
+    /// `#cloud-config` user-data with the `planet:` mapping.
+    pub fn user_data(&self) -> String {
+        let mut y = String::from("#cloud-config\n");
+        if let Some(h) = &self.hostname {
+            let _ = writeln!(y, "hostname: {}", quoted(h));
+        }
+        y.push_str("planet:\n");
+        let _ = writeln!(y, "  role: {}", self.role);
+        if let Some(ip) = self.master_ip {
+            let _ = writeln!(y, "  master_ip: {}", quoted(&ip.to_string()));
+        }
+        let _ = writeln!(y, "  cloud_provider: {}", self.provider);
+        if !self.env.is_empty() {
+            y.push_str("  env:\n");
+            for (k, v) in &self.env {
+                let _ = writeln!(y, "    {k}: {}", quoted(v));
+            }
+        }
+        y
+    }
+
+    pub fn meta_data(&self) -> String {
+        let mut m = format!("instance-id: {}\n", self.instance_id());
+        if let Some(h) = &self.hostname {
+            let _ = writeln!(m, "local-hostname: {}", quoted(h));
+        }
+        m
+    }
+
+    /// network-config version 2 for a static address, or None for DHCP.
+    pub fn network_config(&self) -> Option<String> {
+        let (addr, prefix) = self.address?;
+        let mut n = String::from("version: 2\nethernets:\n  primary:\n    match:\n      name: \"e*\"\n");
+        let _ = writeln!(n, "    addresses: [{}]", quoted(&format!("{addr}/{prefix}")));
+        if let Some(gw) = self.gateway {
+            let _ = writeln!(n, "    gateway4: {}", quoted(&gw.to_string()));
+        }
+        if !self.dns.is_empty() {
+            let list: Vec<String> = self.dns.iter().map(|d| quoted(&d.to_string())).collect();
+            let _ = writeln!(n, "    nameservers:\n      addresses: [{}]", list.join(", "));
+        }
+        Some(n)
+    }
+
+    pub fn openstack_meta_data(&self) -> String {
+        let mut m = serde_json::json!({ "uuid": self.instance_id() });
+        if let Some(h) = &self.hostname {
+            m["hostname"] = serde_json::json!(h);
+            m["name"] = serde_json::json!(h);
+        }
+        m.to_string()
+    }
+
+    pub fn openstack_network_data(&self) -> String {
+        let mut networks = Vec::new();
+        if let Some((addr, prefix)) = self.address {
+            let mask = Ipv4Addr::from(if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) });
+            let mut net = serde_json::json!({
+                "id": "network0", "link": "link0", "type": "ipv4",
+                "ip_address": addr.to_string(), "netmask": mask.to_string(), "routes": []
+            });
+            if let Some(gw) = self.gateway {
+                net["routes"] =
+                    serde_json::json!([{ "network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": gw.to_string() }]);
+            }
+            networks.push(net);
+        } else {
+            networks.push(serde_json::json!({ "id": "network0", "link": "link0", "type": "ipv4_dhcp" }));
+        }
+        let services: Vec<_> =
+            self.dns.iter().map(|d| serde_json::json!({ "type": "dns", "address": d.to_string() })).collect();
+        serde_json::json!({
+            "links": [{ "id": "link0", "type": "phy" }],
+            "networks": networks,
+            "services": services,
+        })
+        .to_string()
+    }
+
+    /// The files of the seed, by path.
+    pub fn files(&self) -> Vec<(String, Vec<u8>)> {
+        match self.format {
+            SeedFormat::Nocloud => {
+                let mut f = vec![
+                    ("user-data".to_string(), self.user_data().into_bytes()),
+                    ("meta-data".to_string(), self.meta_data().into_bytes()),
+                ];
+                if let Some(n) = self.network_config() {
+                    f.push(("network-config".to_string(), n.into_bytes()));
+                }
+                f
+            }
+            SeedFormat::ConfigDrive => vec![
+                ("openstack/latest/meta_data.json".to_string(), self.openstack_meta_data().into_bytes()),
+                ("openstack/latest/user_data".to_string(), self.user_data().into_bytes()),
+                ("openstack/latest/network_data.json".to_string(), self.openstack_network_data().into_bytes()),
+            ],
+        }
+    }
+
+    pub fn label(&self) -> [u8; 11] {
+        match self.format {
+            SeedFormat::Nocloud => *b"CIDATA     ",
+            SeedFormat::ConfigDrive => *b"config-2   ",
+        }
+    }
+}
+
+/// The seed image's bytes.
+pub fn image(req: &SeedRequest, epoch: u64) -> Result<Vec<u8>> {
+    req.validate()?;
+    let mut tree = fat32::Tree::default();
+    for (path, data) in req.files() {
+        tree.add_file(&path, data)?;
+    }
+    let (date, time) = fat32::dos_date_time(epoch);
+    let id = u32::from_str_radix(&crate::util::digest::sha256_hex(req.instance_id().as_bytes())[..8], 16).unwrap_or(0);
+    fat32::build(
+        &fat32::Params {
+            size: SEED_SIZE,
+            sector_size: 512,
+            volume_id: id,
+            label: req.label(),
+            hidden_sectors: 0,
+            date,
+            time,
+        },
+        &tree,
+    )
+}
+
+/// Writes the seed image; returns a summary safe to print (no env values).
+pub fn write(req: &SeedRequest, epoch: u64) -> Result<serde_json::Value> {
+    let bytes = image(req, epoch)?;
+    let pending = PendingFile::new(&req.output)?;
+    crate::disk::write_sparse(pending.path(), &bytes).with_context(|| format!("writing {}", req.output.display()))?;
+    pending.commit()?;
+    Ok(serde_json::json!({
+        "seed": req.output,
+        "format": match req.format { SeedFormat::Nocloud => "nocloud", SeedFormat::ConfigDrive => "config-2" },
+        "label": String::from_utf8_lossy(&req.label()).trim(),
+        "role": req.role,
+        "master_ip": req.master_ip.map(|i| i.to_string()),
+        "env_keys": req.env.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        "instance_id": req.instance_id(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> SeedRequest {
+        SeedRequest {
+            role: "node".into(),
+            master_ip: Some(Ipv4Addr::new(10, 0, 0, 10)),
+            provider: "aws".into(),
+            env: vec![("AWS_SECRET_ACCESS_KEY".into(), "s3cr\"et: x".into())],
+            hostname: Some("node-1".into()),
+            address: Some((Ipv4Addr::new(10, 0, 0, 11), 24)),
+            gateway: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            dns: vec![Ipv4Addr::new(10, 0, 0, 2)],
+            format: SeedFormat::Nocloud,
+            output: "seed.img".into(),
+        }
+    }
+
+    #[test]
+    fn user_data_quotes_values() {
+        let u = req().user_data();
+        assert!(u.starts_with("#cloud-config\n"));
+        assert!(u.contains("  master_ip: \"10.0.0.10\"\n"));
+        assert!(u.contains("    AWS_SECRET_ACCESS_KEY: \"s3cr\\\"et: x\"\n"), "{u}");
+    }
+
+    #[test]
+    fn node_needs_master_ip() {
+        let mut r = req();
+        r.master_ip = None;
+        assert!(r.validate().unwrap_err().to_string().contains("--master-ip"));
+    }
+
+    #[test]
+    fn config_drive_network_data_has_the_static_address() {
+        let mut r = req();
+        r.format = SeedFormat::ConfigDrive;
+        let n: serde_json::Value = serde_json::from_str(&r.openstack_network_data()).unwrap();
+        assert_eq!(n["networks"][0]["ip_address"], "10.0.0.11");
+        assert_eq!(n["networks"][0]["netmask"], "255.255.255.0");
+        assert_eq!(n["networks"][0]["routes"][0]["gateway"], "10.0.0.1");
+        let files: Vec<String> = r.files().into_iter().map(|f| f.0).collect();
+        assert!(files.contains(&"openstack/latest/user_data".to_string()));
+    }
+
+    #[test]
+    fn summary_never_holds_env_values() {
+        let dir = std::env::temp_dir().join(format!("seed-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = req();
+        r.output = dir.join("seed.img");
+        let summary = write(&r, 1_700_000_000).unwrap().to_string();
+        assert!(!summary.contains("s3cr"), "{summary}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
