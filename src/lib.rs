@@ -6,6 +6,7 @@
 
 pub mod build;
 pub mod cli;
+pub mod convert;
 pub mod deb;
 pub mod disk;
 pub mod esp;
