@@ -31,6 +31,9 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Boot an image in QEMU with UEFI firmware.
     Run(RunArgs),
+    /// Publish an image built before to a cloud: `publish aws FILE.raw --name NAME` registers an AMI.
+    #[command(subcommand)]
+    Publish(PublishCommand),
 }
 
 #[derive(Debug, Args)]
@@ -58,9 +61,10 @@ pub struct BuildArgs {
     /// tarball whose top-level rootfs/ becomes the root.
     #[arg(long, value_name = "PATH")]
     pub rootfs: PathBuf,
-    /// The image to write; FILE.manifest.json is written beside it.
+    /// The image to write; FILE.manifest.json is written beside it. Required except for
+    /// --target ami, where it keeps the raw image that was uploaded (else a temporary one is used).
     #[arg(short, long, value_name = "FILE")]
-    pub output: PathBuf,
+    pub output: Option<PathBuf>,
     /// Partition layout (TOML) [default: the built-in image-layouts/default.toml].
     #[arg(long, value_name = "FILE.toml")]
     pub layout: Option<PathBuf>,
@@ -85,6 +89,8 @@ pub struct BuildArgs {
     pub source_date_epoch: Option<u64>,
     #[command(flatten)]
     pub cache: CacheArgs,
+    #[command(flatten)]
+    pub aws: AwsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -133,4 +139,81 @@ pub struct RunArgs {
     pub snapshot: bool,
     #[command(flatten)]
     pub cache: CacheArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PublishCommand {
+    /// Register a raw image as an AMI through the EBS direct APIs (no S3, no builder instance).
+    /// Credentials and region come from the standard AWS chain (environment, profile, SSO,
+    /// instance role); AWS_ENDPOINT_URL is honoured. The result is JSON on stdout.
+    Aws(PublishAwsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PublishAwsArgs {
+    /// A raw image (qcow2 is refused: convert it or build with --target raw).
+    #[arg(value_name = "FILE.raw")]
+    pub image: PathBuf,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+/// The AMI options shared by `build --target ami` and `publish aws`.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "AMI options (build --target ami, publish aws)")]
+pub struct AwsArgs {
+    /// The AMI's name (required). If the account already has an AMI of that name in the region,
+    /// it is reported and reused and nothing is uploaded.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// AWS region [default: AWS_REGION or the profile's region].
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+    /// The AMI's and the snapshot's description [default: planet-image VERSION DIGEST].
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+    /// A tag for the AMI and its snapshot (repeatable).
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = crate::publish::aws::parse_tag)]
+    pub tags: Vec<(String, String)>,
+    /// The AMI's boot mode.
+    #[arg(long, value_enum, default_value = "uefi")]
+    pub boot_mode: crate::publish::aws::BootMode,
+    /// Root volume size in GiB [default: the image size rounded up to a GiB]; the state partition
+    /// grows to fill it at first boot.
+    #[arg(long, value_name = "GiB")]
+    pub volume_size: Option<u64>,
+    /// Replace an AMI of the same name: deregister it and delete its snapshot, then register anew.
+    #[arg(long)]
+    pub force: bool,
+    /// Keep the snapshot when the upload or registration fails (it is deleted by default).
+    #[arg(long)]
+    pub keep_snapshot: bool,
+    /// Blocks uploaded at once.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub upload_concurrency: usize,
+    /// How long to wait for the snapshot to complete.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1800)]
+    pub wait_timeout: u64,
+}
+
+impl AwsArgs {
+    /// The publisher's options; `--name` is required.
+    pub fn options(&self) -> anyhow::Result<crate::publish::aws::AwsOptions> {
+        let name =
+            self.name.clone().filter(|n| !n.trim().is_empty()).ok_or_else(|| {
+                anyhow::anyhow!("--name is required: the AMI's name (unique in the account and region)")
+            })?;
+        Ok(crate::publish::aws::AwsOptions {
+            name,
+            region: self.region.clone(),
+            description: self.description.clone(),
+            tags: self.tags.clone(),
+            boot_mode: self.boot_mode,
+            volume_size_gib: self.volume_size,
+            force: self.force,
+            keep_snapshot: self.keep_snapshot,
+            concurrency: self.upload_concurrency.max(1),
+            wait_timeout: std::time::Duration::from_secs(self.wait_timeout),
+        })
+    }
 }

@@ -18,6 +18,7 @@ pub mod inspect;
 pub mod kernel;
 pub mod layout;
 pub mod manifest;
+pub mod publish;
 pub mod rootfs;
 pub mod run;
 pub mod seed;

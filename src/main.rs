@@ -1,8 +1,8 @@
 use anyhow::Result;
 use clap::Parser;
-use planet_image::build::pipeline::{self, BuildRequest};
-use planet_image::cli::{Cli, Command};
-use planet_image::{fetch, inspect, run};
+use planet_image::build::pipeline::{self, BuildRequest, Target};
+use planet_image::cli::{Cli, Command, PublishCommand};
+use planet_image::{fetch, inspect, publish, run};
 use std::time::Duration;
 
 fn main() {
@@ -32,10 +32,20 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 Some(e) => e,
                 None => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
             };
-            let result = pipeline::run(&BuildRequest {
+            let ami = match a.target {
+                Target::Ami => Some(a.aws.options()?),
+                _ if a.aws.name.is_some() => anyhow::bail!("--name and the other AMI options need --target ami"),
+                _ => None,
+            };
+            let output = match (&a.output, &ami) {
+                (Some(o), _) => o.clone(),
+                (None, Some(_)) => Default::default(),
+                (None, None) => anyhow::bail!("-o/--output FILE is required for --target raw and qcow2"),
+            };
+            let req = BuildRequest {
                 target: a.target,
                 rootfs: a.rootfs,
-                output: a.output,
+                output,
                 layout: a.layout,
                 cmdline: a.cmdline,
                 kernel_package: a.kernel_package,
@@ -44,12 +54,23 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 cache_dir: a.cache.cache_dir,
                 compression: a.compression,
                 epoch,
-            })?;
+            };
+            if let Some(opts) = ami {
+                let result = publish::aws::build_ami(req, a.output, &opts)?;
+                println!("{}", serde_json::to_string_pretty(&result)?);
+                return Ok(0);
+            }
+            let result = pipeline::run(&req)?;
             println!("{}", serde_json::to_string_pretty(&result)?);
             Ok(0)
         }
         Command::Inspect(a) => {
             print!("{}", inspect::run(&a.image, a.manifest.as_deref())?);
+            Ok(0)
+        }
+        Command::Publish(PublishCommand::Aws(a)) => {
+            let result = publish::aws::publish_file(&a.image, &a.aws.options()?)?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
             Ok(0)
         }
         Command::Run(a) => run::run(&run::RunRequest {

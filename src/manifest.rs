@@ -24,6 +24,27 @@ pub struct Manifest {
     pub cmdline: String,
     pub compression: String,
     pub source_date_epoch: u64,
+    /// The AMI made from this image (`build --target ami -o`, `publish aws`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsInfo>,
+}
+
+/// An AMI registered from the image; also the JSON result of `build --target ami` and
+/// `publish aws`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AwsInfo {
+    pub ami_id: String,
+    pub snapshot_id: Option<String>,
+    pub region: String,
+    pub name: String,
+    /// Blocks written to the snapshot (0 when an existing AMI was reused).
+    pub blocks_uploaded: u64,
+    /// Block payload bytes sent, retries included.
+    pub bytes_sent: u64,
+    /// PutSnapshotBlock requests sent, retries included.
+    pub requests: u64,
+    /// An AMI of that name already existed and was reported instead of uploading.
+    pub reused: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -61,6 +61,22 @@ ensure_apt() {
         || die "apt-get install ${missing[*]} failed"
 }
 
+# ensure_pip SPEC MODULE: pip-install SPEC (e.g. 'moto[server]') unless python3 can already import
+# MODULE (e.g. moto.server). Installs pip from Debian if missing; outside a virtualenv on Debian 12
+# (PEP 668) it falls back to a --user install. Idempotent.
+ensure_pip() {
+    local spec=$1 module=$2
+    if python3 -c "import $module" >/dev/null 2>&1; then
+        return 0
+    fi
+    python3 -m pip --version >/dev/null 2>&1 || ensure_apt python3-pip
+    log "installing $spec with pip"
+    python3 -m pip install --quiet --disable-pip-version-check "$spec" >&2 \
+        || PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check --user "$spec" >&2 \
+        || die "pip install '$spec' failed"
+    python3 -c "import $module" >/dev/null 2>&1 || die "pip installed $spec but python3 cannot import $module"
+}
+
 # need_cmd CMD...: fail clearly unless every CMD is on PATH.
 need_cmd() {
     local c

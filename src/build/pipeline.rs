@@ -24,6 +24,9 @@ pub enum Target {
     Raw,
     /// A qcow2 image, for QEMU/KVM.
     Qcow2,
+    /// An AMI registered in your AWS account through the EBS direct APIs (the raw image is
+    /// uploaded; it is kept only with -o).
+    Ami,
 }
 
 /// Everything `build` needs, already resolved from the command line.
@@ -153,7 +156,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
     let step = Step::start("assembling the disk", plan.total_bytes());
     let pending = PendingFile::new(&req.output)?;
     let raw_path = match req.target {
-        Target::Raw => pending.path().to_path_buf(),
+        Target::Raw | Target::Ami => pending.path().to_path_buf(),
         Target::Qcow2 => work.path.join("disk.raw"),
     };
     disk::assemble(
@@ -188,7 +191,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
         image: ImageInfo {
             file: req.output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
             format: match req.target {
-                Target::Raw => "raw",
+                Target::Raw | Target::Ami => "raw",
                 Target::Qcow2 => "qcow2",
             }
             .into(),
@@ -213,6 +216,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
         cmdline: options,
         compression: req.compression.to_string(),
         source_date_epoch: req.epoch,
+        aws: None,
     };
     let manifest_path = manifest::path_for(&req.output);
     let manifest_pending = PendingFile::new(&manifest_path)?;

@@ -1,0 +1,3 @@
+//! Publishing built images to clouds: `aws` (EBS direct APIs + RegisterImage).
+
+pub mod aws;
