@@ -9,6 +9,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
+pub mod cloudconfig;
 mod cmdline;
 pub use cmdline::{split_cmdline, CmdlineConfig};
 
@@ -20,6 +21,16 @@ pub enum ConfigError {
     Missing { key: &'static str, why: &'static str },
     #[error("{key}={value:?} is invalid: {reason}")]
     Invalid { key: String, value: String, reason: String },
+    /// Cloud-init data that does not parse or has the wrong shape; `reason` never quotes
+    /// `env` values.
+    #[error("{}", data_message(key, reason))]
+    Data { key: String, reason: String },
+}
+
+/// `user-data is not valid YAML…`, `planet.role: expected a string…`.
+fn data_message(key: &str, reason: &str) -> String {
+    let verb = ["is ", "has ", "must ", "only "].iter().any(|v| reason.starts_with(v));
+    format!("{key}{}{reason}", if verb { " " } else { ": " })
 }
 
 impl ConfigError {
@@ -181,6 +192,14 @@ pub struct RawConfig {
     pub node_name: Option<String>,
     pub init: Option<String>,
     pub network: NetworkConfig,
+    /// `planet.cloud_config`: the cloud provider's own configuration file, passed through.
+    pub cloud_config: Option<String>,
+    /// Kubernetes node labels, in order; later duplicates replace earlier values.
+    pub labels: Vec<(String, String)>,
+    /// Kubernetes node taints (`key=value:Effect`).
+    pub taints: Vec<String>,
+    /// Extra volumes (`HOST:CONTAINER`).
+    pub volumes: Vec<String>,
 }
 
 /// The default init of a non-release rootfs.
@@ -199,6 +218,10 @@ pub struct PlanetConfig {
     /// Absolute path inside the rootfs of the init the built-in launcher runs.
     pub init: String,
     pub network: NetworkConfig,
+    pub cloud_config: Option<String>,
+    pub labels: Vec<(String, String)>,
+    pub taints: Vec<String>,
+    pub volumes: Vec<String>,
     pub source: Source,
 }
 
@@ -209,9 +232,18 @@ impl RawConfig {
         macro_rules! take {
             ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f; } )* };
         }
-        take!(role, master_ip, public_ip, cloud_provider, hostname, node_name, init);
+        take!(role, master_ip, public_ip, cloud_provider, hostname, node_name, init, cloud_config);
         for (k, v) in over.env {
             set_env(&mut self.env, k, v);
+        }
+        for (k, v) in over.labels {
+            set_env(&mut self.labels, k, v);
+        }
+        if !over.taints.is_empty() {
+            self.taints = over.taints;
+        }
+        if !over.volumes.is_empty() {
+            self.volumes = over.volumes;
         }
         self.network.addresses.extend(over.network.addresses);
         self.network.dns.extend(over.network.dns);
@@ -265,6 +297,22 @@ impl RawConfig {
                 }
             }
         }
+        for v in &self.volumes {
+            match v.split_once(':') {
+                Some((h, c)) if h.starts_with('/') && c.starts_with('/') => {}
+                _ => return Err(ConfigError::invalid(&key("volumes"), v, "expected /HOST/PATH:/CONTAINER/PATH")),
+            }
+        }
+        for t in &self.taints {
+            if !t.contains(':') || t.starts_with([':', '=']) {
+                return Err(ConfigError::invalid(&key("taints"), t, "expected KEY[=VALUE]:EFFECT"));
+            }
+        }
+        for (k, _) in &self.labels {
+            if k.is_empty() || k.len() > 253 || k.contains(char::is_whitespace) {
+                return Err(ConfigError::invalid(&key("labels"), k, "not a label key"));
+            }
+        }
         let init = self.init.clone().unwrap_or_else(|| DEFAULT_INIT.to_string());
         if !init.starts_with('/') || init.contains('\0') {
             return Err(ConfigError::invalid(&key("init"), &init, "must be an absolute path"));
@@ -279,6 +327,10 @@ impl RawConfig {
             node_name: self.node_name.clone(),
             init,
             network: self.network.clone(),
+            cloud_config: self.cloud_config.clone(),
+            labels: self.labels.clone(),
+            taints: self.taints.clone(),
+            volumes: self.volumes.clone(),
             source,
         })
     }
@@ -335,6 +387,15 @@ impl PlanetConfig {
         line("PLANET_CLOUD_PROVIDER", self.cloud_provider.as_str());
         line("PLANET_HOSTNAME", &opt(self.hostname.clone()));
         line("PLANET_NODE_NAME", &opt(self.node_name.clone().or_else(|| self.hostname.clone())));
+        if !self.labels.is_empty() {
+            line(
+                "PLANET_NODE_LABELS",
+                &self.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+            );
+        }
+        if !self.taints.is_empty() {
+            line("PLANET_NODE_TAINTS", &self.taints.join(","));
+        }
         for (k, v) in &self.env {
             line(k, v);
         }

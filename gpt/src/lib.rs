@@ -92,6 +92,10 @@ impl FromStr for Guid {
 }
 
 /// Partition type GUIDs used by the images (UEFI spec and the Discoverable Partitions Spec).
+/// The GPT name of a config drive partition (`planet-image seed --partition`); first-boot
+/// growth stops in front of it.
+pub const CONFIG_DRIVE_NAME: &str = "config-2";
+
 pub mod types {
     use super::Guid;
     use std::str::FromStr;
@@ -376,7 +380,9 @@ impl Gpt {
 
     /// Moves the backup table to the end of a disk of `new_total_sectors` and extends the
     /// partition named `name` (if given) to the new last usable sector, keeping its end
-    /// aligned to `align_sectors`. Returns whether anything changed.
+    /// aligned to `align_sectors`. A config drive (partition named [`CONFIG_DRIVE_NAME`]) after
+    /// it, as Ironic places one, bounds the growth instead; any other partition after it is an
+    /// error. Returns whether anything changed.
     pub fn grow_to(
         &mut self,
         new_total_sectors: u64,
@@ -395,17 +401,21 @@ impl Gpt {
         self.total_sectors = new_total_sectors;
         self.last_usable_lba = new_last_usable;
         if let Some(name) = name {
-            let last_other = self.partitions.iter().filter(|p| p.name != name).map(|p| p.last_lba).max().unwrap_or(0);
-            let p = self
+            let this_last = self
                 .partitions
-                .iter_mut()
+                .iter()
                 .find(|p| p.name == name)
-                .ok_or_else(|| GptError::Layout(format!("no partition named {name:?}")))?;
-            if last_other > p.last_lba {
+                .ok_or_else(|| GptError::Layout(format!("no partition named {name:?}")))?
+                .last_lba;
+            let after: Vec<&Partition> =
+                self.partitions.iter().filter(|p| p.name != name && p.last_lba > this_last).collect();
+            if after.iter().any(|p| p.name != CONFIG_DRIVE_NAME) {
                 return Err(GptError::Layout(format!("partition {name:?} is not the last one on the disk")));
             }
+            let limit = after.iter().map(|p| p.first_lba.saturating_sub(1)).min().unwrap_or(new_last_usable);
+            let p = self.partitions.iter_mut().find(|p| p.name == name).expect("found above");
             let align = align_sectors.max(1);
-            let end_exclusive = (new_last_usable + 1) / align * align;
+            let end_exclusive = (limit + 1) / align * align;
             let new_last = end_exclusive.saturating_sub(1).max(p.last_lba);
             if new_last != p.last_lba {
                 p.last_lba = new_last;
@@ -496,6 +506,25 @@ mod tests {
         let mut twice = again.clone();
         assert!(!twice.grow_to(big, Some("planet-state"), 2048).unwrap());
         g.total_sectors = small;
+    }
+
+    #[test]
+    fn grows_up_to_a_config_drive_that_follows() {
+        let mut g = sample(512, 32768);
+        let state_last = g.find("planet-state").unwrap().last_lba;
+        g.partitions.push(Partition {
+            type_guid: types::parse("linux").unwrap(),
+            unique_guid: Guid::from_random_bytes([3; 16]),
+            first_lba: 20480,
+            last_lba: 24575,
+            attributes: 0,
+            name: CONFIG_DRIVE_NAME.into(),
+        });
+        assert!(state_last < 20480);
+        assert!(g.grow_to(65536, Some("planet-state"), 2048).unwrap());
+        assert_eq!(g.find("planet-state").unwrap().last_lba, 20479);
+        assert_eq!(g.find(CONFIG_DRIVE_NAME).unwrap().first_lba, 20480);
+        g.validate().unwrap();
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::disk::{self, BootDisk};
 use crate::launcher::{self, LaunchSpec};
 use crate::mounts::{self, Mount};
 use crate::supervise::{self, Policy};
-use crate::{event, net, sys};
+use crate::{datasource, event, net, sys};
 
 /// Where planet-init finds and puts things.
 #[derive(Clone, Debug)]
@@ -98,18 +98,25 @@ impl HostParams {
     }
 }
 
-/// Reads and validates the command line: bad configuration stops the boot before anything
-/// starts.
-pub fn read_config(env: &BootEnv) -> Result<(CmdlineConfig, HostParams, PlanetConfig)> {
+/// Reads the command line: the raw text, its configuration and the host parameters.
+pub fn read_cmdline(env: &BootEnv) -> Result<(String, CmdlineConfig, HostParams)> {
     let line = std::fs::read_to_string(&env.cmdline).with_context(|| format!("reading {}", env.cmdline.display()))?;
     let cmd = CmdlineConfig::parse(&line).context("reading the kernel command line")?;
     let params = HostParams::from_cmdline(&cmd)?;
+    Ok((line, cmd, params))
+}
+
+/// Reads and validates the command line alone (no datasource).
+pub fn read_config(env: &BootEnv) -> Result<(CmdlineConfig, HostParams, PlanetConfig)> {
+    let (_, cmd, params) = read_cmdline(env)?;
     let cfg = cmd.config.validate(Source::Cmdline, "planet.").context("validating the configuration")?;
     Ok((cmd, params, cfg))
 }
 
-/// Modules the boot needs that no device asks for.
-const FILESYSTEM_MODULES: [&str; 3] = ["fs-squashfs", "fs-overlay", "fs-ext4"];
+/// Modules the boot needs that no device asks for (vfat and iso9660 for seeds and config
+/// drives, with the code pages vfat asks for).
+const FILESYSTEM_MODULES: [&str; 8] =
+    ["fs-squashfs", "fs-overlay", "fs-ext4", "fs-vfat", "fs-iso9660", "nls_cp437", "nls_ascii", "nls_utf8"];
 
 /// Coldplug until a pass loads nothing new (bus drivers reveal more devices).
 fn coldplug_settle(cp: &mut Coldplug<KernelLoader>, sysfs: &Path) -> usize {
@@ -181,7 +188,8 @@ pub fn default_hostname(nics: &[net::Nic]) -> String {
 pub fn run(env: &BootEnv) -> Result<()> {
     mounts::mount_early(&env.root).context("mounting the API filesystems")?;
     supervise::block_signals()?;
-    let (_cmd, params, mut cfg) = read_config(env)?;
+    let (line, cmd, params) = read_cmdline(env)?;
+    let ds_params = datasource::Params::from_cmdline(&line, &cmd)?;
 
     let kver = sys::kernel_release().context("reading the kernel release")?;
     let mod_dir = env.modules.join(&kver);
@@ -212,7 +220,44 @@ pub fn run(env: &BootEnv) -> Result<()> {
     // Devices that appeared late (input devices once evdev is in) get their modules too.
     coldplug_settle(&mut cp, &env.sysfs);
 
-    let network = net::bring_up(&env.sysfs, &cfg.network).context("bringing up the network")?;
+    // Cloud-init data: local sources (seeds, config drives) before the network, since they may
+    // give static addresses; metadata servers after it.
+    let mut ctx = datasource::Context {
+        sysfs: env.sysfs.clone(),
+        dev: env.dev.clone(),
+        mount_dir: env.run.join("datasource"),
+        metadata_url: ds_params.metadata_url.clone(),
+        nocloud_url: ds_params.nocloud_url.clone(),
+        nics: datasource::nic_info(&env.sysfs),
+        deadline: std::time::Instant::now() + ds_params.timeout,
+    };
+    let sources = datasource::plan(&ds_params, &cmd, &ctx);
+    let (remote, local): (Vec<&dyn datasource::Datasource>, Vec<&dyn datasource::Datasource>) =
+        sources.iter().map(|s| s.as_ref()).partition(|s| s.needs_network(&ctx));
+    let mut why = Vec::new();
+    let mut found = datasource::try_sources(&local, &ctx, &mut why);
+    // Command-line addresses first: they override the datasource's for the same interface.
+    let mut network_cfg = cmd.config.network.clone();
+    if let Some((_, f)) = &found {
+        network_cfg.addresses.extend(f.network.addresses.iter().cloned());
+        network_cfg.dns.extend(f.network.dns.iter().copied());
+    }
+    let network = net::bring_up(&env.sysfs, &network_cfg).context("bringing up the network")?;
+    if found.is_none() && !remote.is_empty() {
+        ctx.deadline = std::time::Instant::now() + ds_params.timeout;
+        found = datasource::try_sources(&remote, &ctx, &mut why);
+    }
+    if found.is_none() && !sources.is_empty() {
+        return Err(datasource::none_answered(&why));
+    }
+    let (source, raw) = match found {
+        Some((source, f)) => (source, f.config.merge(cmd.config.clone())),
+        None => (Source::Cmdline, cmd.config.clone()),
+    };
+    let mut raw = raw;
+    raw.network = network_cfg;
+    let mut cfg =
+        raw.validate(source, "planet.").with_context(|| format!("validating the configuration from {source}"))?;
     if cfg.public_ip.is_none() {
         cfg.public_ip = network.primary_ip().map(Into::into);
     }

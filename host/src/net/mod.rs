@@ -72,9 +72,10 @@ pub struct Network {
 }
 
 impl Network {
-    /// The machine's own address: the first configured interface's.
+    /// The machine's own address: the first static address (one given on purpose, e.g. the
+    /// cluster link of a bare-metal machine), else the first configured interface's.
     pub fn primary_ip(&self) -> Option<Ipv4Addr> {
-        self.interfaces.first().map(|c| c.address)
+        self.interfaces.iter().find(|c| c.source == "static").or(self.interfaces.first()).map(|c| c.address)
     }
 
     /// `/etc/resolv.conf` for the container.

@@ -1,0 +1,213 @@
+//! A small HTTP/1.1 client over `std::net::TcpStream` for metadata servers: plain HTTP to an
+//! IP address (there is no resolver in the initramfs), one request per connection, bounded
+//! connect/read timeouts and body size.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+/// Largest body read (user-data is at most a few MiB).
+const MAX_BODY: usize = 16 << 20;
+
+/// Where a metadata server is: the address connected to and the `Host` header sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub host_header: String,
+    /// Path prefix from the URL, without a trailing slash (usually empty).
+    pub prefix: String,
+}
+
+impl Endpoint {
+    /// `http://IP[:PORT][/PREFIX]`; `host_header` defaults to the URL's host.
+    pub fn parse(url: &str, host_header: Option<&str>) -> Result<Endpoint> {
+        let rest = url.strip_prefix("http://").with_context(|| format!("{url:?}: only http:// URLs are supported"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                (h, p.parse::<u16>().with_context(|| format!("{url:?}: bad port {p:?}"))?)
+            }
+            _ => (authority, 80),
+        };
+        let ip: IpAddr = host
+            .trim_matches(['[', ']'])
+            .parse()
+            .with_context(|| format!("{url:?}: the host must be an IP address (there is no DNS this early)"))?;
+        Ok(Endpoint {
+            addr: SocketAddr::new(ip, port),
+            host_header: host_header.unwrap_or(authority).to_string(),
+            prefix: path.trim_end_matches('/').to_string(),
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).trim().to_string()
+    }
+}
+
+/// One request; `timeout` bounds the connect and every read and write.
+pub fn request(
+    ep: &Endpoint,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<Response> {
+    let timeout = timeout.max(Duration::from_millis(100));
+    let mut s = TcpStream::connect_timeout(&ep.addr, timeout).with_context(|| format!("connecting to {}", ep.addr))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let mut req = format!("{method} {}{path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", ep.prefix, ep.host_header);
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if method == "PUT" || method == "POST" {
+        req.push_str("Content-Length: 0\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).with_context(|| format!("sending {method} {path}"))?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                raw.extend_from_slice(&buf[..n]);
+                if raw.len() > MAX_BODY + 65536 {
+                    bail!("the response to {method} {path} is larger than {MAX_BODY} bytes");
+                }
+                if let Some(done) = complete(&raw) {
+                    raw.truncate(done);
+                    break;
+                }
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading the response to {method} {path}")),
+        }
+    }
+    parse_response(&raw).with_context(|| format!("reading the response to {method} {path}"))
+}
+
+fn header_end(raw: &[u8]) -> Option<usize> {
+    raw.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Whether a Content-Length response is complete (chunked and close-delimited bodies are
+/// read to the end of the connection).
+fn complete(raw: &[u8]) -> Option<usize> {
+    let end = header_end(raw)?;
+    let head = std::str::from_utf8(&raw[..end]).ok()?;
+    let len: usize = header_value(head, "content-length")?.parse().ok()?;
+    (raw.len() >= end + len).then_some(end + len)
+}
+
+pub fn parse_response(raw: &[u8]) -> Result<Response> {
+    let end = header_end(raw).context("the server closed the connection before the end of the headers")?;
+    let head = std::str::from_utf8(&raw[..end]).context("the response headers are not text")?;
+    let status_line = head.lines().next().unwrap_or("");
+    let mut words = status_line.split_whitespace();
+    let status = match (words.next(), words.next()) {
+        (Some(v), Some(code)) if v.starts_with("HTTP/1.") => {
+            code.parse::<u16>().with_context(|| format!("bad status line {status_line:?}"))?
+        }
+        _ => bail!("bad status line {status_line:?}"),
+    };
+    let body = &raw[end..];
+    let body = if header_value(head, "transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+        dechunk(body)?
+    } else if let Some(len) = header_value(head, "content-length") {
+        let len: usize = len.parse().with_context(|| format!("bad Content-Length {len:?}"))?;
+        if body.len() < len {
+            bail!("the body ended after {} of {len} bytes", body.len());
+        }
+        body[..len].to_vec()
+    } else {
+        body.to_vec()
+    };
+    Ok(Response { status, body })
+}
+
+fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n").context("a chunk size line is cut off")?;
+        let size_text = std::str::from_utf8(&b[..eol]).context("a chunk size is not text")?;
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .with_context(|| format!("bad chunk size {size_text:?}"))?;
+        b = &b[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if b.len() < size {
+            bail!("a chunk is cut off");
+        }
+        out.extend_from_slice(&b[..size]);
+        b = b.get(size + 2..).unwrap_or(&[]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse() {
+        let e = Endpoint::parse("http://10.0.2.100", None).unwrap();
+        assert_eq!(e.addr, "10.0.2.100:80".parse().unwrap());
+        assert_eq!(e.host_header, "10.0.2.100");
+        let e = Endpoint::parse("http://169.254.169.254:8080/x/", Some("metadata.google.internal")).unwrap();
+        assert_eq!(e.addr.port(), 8080);
+        assert_eq!(e.prefix, "/x");
+        assert_eq!(e.host_header, "metadata.google.internal");
+        assert!(Endpoint::parse("https://1.2.3.4", None).is_err());
+        assert!(Endpoint::parse("http://metadata.google.internal", None).is_err());
+    }
+
+    #[test]
+    fn responses_parse() {
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef").unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"abc"[..]));
+        let r =
+            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+                .unwrap();
+        assert_eq!(r.body, b"abcde");
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
+    }
+
+    #[test]
+    fn requests_go_over_tcp() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        let ep = Endpoint::parse(&format!("http://127.0.0.1:{port}"), None).unwrap();
+        let r = request(&ep, "GET", "/a", &[("X-T", "1")], Duration::from_secs(5)).unwrap();
+        assert_eq!(r.text(), "ok");
+        let req = t.join().unwrap();
+        assert!(req.starts_with("GET /a HTTP/1.1\r\n") && req.contains("X-T: 1\r\n"), "{req}");
+    }
+}
