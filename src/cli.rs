@@ -47,9 +47,10 @@ pub struct CacheArgs {
 pub struct FetchArgs {
     #[command(flatten)]
     pub cache: CacheArgs,
-    /// Kernel meta package; its versioned linux-image dependency is fetched too.
-    #[arg(long, default_value = "linux-image-cloud-amd64")]
-    pub kernel: String,
+    /// Kernel meta package (repeatable); its versioned linux-image dependency is fetched too.
+    /// The cloud kernel serves the qcow2, AMI and GCE images; `linux-image-amd64` the metal layout.
+    #[arg(long, default_values_t = vec!["linux-image-cloud-amd64".to_string()])]
+    pub kernel: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -68,6 +69,14 @@ pub struct BuildArgs {
     /// Partition layout (TOML) [default: the built-in image-layouts/default.toml].
     #[arg(long, value_name = "FILE.toml")]
     pub layout: Option<PathBuf>,
+    /// Built-in layout when --layout is not given: `default` (cloud kernel; qcow2, AMI, GCE) or
+    /// `metal` (Debian's generic kernel with every server storage and NIC driver class).
+    #[arg(long, default_value = "default", value_parser = ["default", "metal"])]
+    pub profile: String,
+    /// Logical sector size of the disk the image is for: 512 (also 512e disks) or 4096 (4Kn).
+    /// A GPT and a FAT32 ESP are laid out for one size, so 4Kn disks need their own image.
+    #[arg(long, value_name = "BYTES", value_parser = parse_sector_size)]
+    pub sector_size: Option<u64>,
     /// Extra kernel command line, appended after `console=… planet.slot=a`.
     #[arg(long, value_name = "ARGS")]
     pub cmdline: Option<String>,
@@ -134,6 +143,12 @@ pub struct RunArgs {
     /// Accelerator.
     #[arg(long, value_enum, default_value = "auto")]
     pub accel: Accel,
+    /// Controller of the boot disk.
+    #[arg(long, value_enum, default_value = "virtio")]
+    pub disk_bus: crate::run::DiskBus,
+    /// Logical and physical block size of the boot disk, e.g. 4096 for a 4Kn disk.
+    #[arg(long, value_name = "BYTES")]
+    pub block_size: Option<u32>,
     /// Keep the image unchanged: the guest's writes go to a temporary overlay.
     #[arg(long)]
     pub snapshot: bool,
@@ -215,5 +230,13 @@ impl AwsArgs {
             concurrency: self.upload_concurrency.max(1),
             wait_timeout: std::time::Duration::from_secs(self.wait_timeout),
         })
+    }
+}
+
+fn parse_sector_size(s: &str) -> Result<u64, String> {
+    match s {
+        "512" => Ok(512),
+        "4096" => Ok(4096),
+        _ => Err(format!("{s:?}: the sector size is 512 or 4096")),
     }
 }

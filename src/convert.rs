@@ -14,7 +14,11 @@ const GIB: u64 = 1 << 30;
 
 /// `qemu-img convert` raw → qcow2.
 pub fn qcow2(raw: &Path, out: &Path) -> Result<()> {
-    std::process::Command::new("qemu-img").args(["convert", "-q", "-f", "raw", "-O", "qcow2"]).arg(raw).arg(out).run_checked()?;
+    std::process::Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+        .arg(raw)
+        .arg(out)
+        .run_checked()?;
     Ok(())
 }
 
@@ -69,7 +73,8 @@ pub fn gce_archive(raw: &Path, out: &Path, mtime: u64) -> Result<()> {
     }
     let stored: u64 = extents.iter().map(|e| e.1).sum();
     let file = File::create(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut gz = flate2::write::GzEncoder::new(std::io::BufWriter::with_capacity(1 << 20, file), flate2::Compression::new(6));
+    let mut gz =
+        flate2::write::GzEncoder::new(std::io::BufWriter::with_capacity(1 << 20, file), flate2::Compression::new(6));
 
     let mut header = [0u8; BLOCK];
     put(&mut header[0..100], b"disk.raw");
@@ -176,7 +181,8 @@ mod tests {
         assert_eq!(text.lines().count(), 1, "{text}");
         assert!(text.contains(" 1073741824 ") && text.trim_end().ends_with("disk.raw"), "{text}");
         // GNU tar lists sparse members like regular files; Python's reader tells them apart.
-        let py = "import tarfile,sys\nm=tarfile.open(sys.argv[1]).getmembers()\nprint(len(m), m[0].name, m[0].issparse())";
+        let py =
+            "import tarfile,sys\nm=tarfile.open(sys.argv[1]).getmembers()\nprint(len(m), m[0].name, m[0].issparse())";
         let sparse = Command::new("python3").args(["-c", py]).arg(&out).output().unwrap();
         assert_eq!(String::from_utf8_lossy(&sparse.stdout).trim(), "1 disk.raw True");
         let x = dir.join("x");

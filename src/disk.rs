@@ -89,7 +89,8 @@ pub fn make_state_fs(path: &Path, size: u64, uuid: &str, label: &str, epoch: u64
     f.set_len(size)?;
     drop(f);
     std::process::Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", label, "-U", uuid, "-E"])
+        // 4 KiB blocks: mountable on 4Kn disks, and the same geometry however far it grows.
+        .args(["-q", "-F", "-b", "4096", "-L", label, "-U", uuid, "-E"])
         .arg(format!("hash_seed={uuid},root_owner=0:0,nodiscard"))
         .arg(path)
         .env("E2FSPROGS_FAKE_TIME", epoch.to_string())

@@ -23,6 +23,10 @@ const OVMF_VARS: &str = "usr/share/OVMF/OVMF_VARS_4M.fd";
 pub struct PackageRecord {
     /// `kernel`, `bootloader` or `firmware`.
     pub role: String,
+    /// The package that was asked for (for kernels, the meta package such as
+    /// `linux-image-cloud-amd64`, which `name` resolves).
+    #[serde(default)]
+    pub source: String,
     pub name: String,
     pub version: String,
     pub sha256: String,
@@ -77,12 +81,68 @@ impl Cache {
         self.dir.join("ovmf").join("OVMF_VARS_4M.fd")
     }
 
-    /// Downloads the kernel (meta package and its versioned image), boot loader and firmware.
-    pub fn fetch(&self, kernel_meta: &str) -> Result<Vec<PackageRecord>> {
+    /// The cached kernel package that `meta` (e.g. `linux-image-cloud-amd64`) resolves to.
+    pub fn kernel_package(&self, meta: &str) -> Result<PackageRecord> {
+        let rec = self
+            .records()?
+            .into_iter()
+            .find(|r| r.role == "kernel" && (r.source == meta || r.name == meta || resolves(meta, &r.name)))
+            .with_context(|| {
+                format!(
+                    "no {meta} kernel in the cache {}: run `planet-image fetch --kernel {meta}`",
+                    self.dir.display()
+                )
+            })?;
+        if !rec.file.is_file() {
+            bail!(
+                "the cached kernel {} is missing: run `planet-image fetch --kernel {meta}` again",
+                rec.file.display()
+            );
+        }
+        Ok(rec)
+    }
+
+    /// Downloads the kernels (each meta package and its versioned image), the boot loader and
+    /// the firmware, and records them.
+    pub fn fetch(&self, kernel_metas: &[String]) -> Result<Vec<PackageRecord>> {
         require_tool("apt-get", "apt")?;
         let debs = self.dir.join("debs");
         std::fs::create_dir_all(&debs).with_context(|| format!("creating the cache {}", debs.display()))?;
-        let meta = download(&debs, kernel_meta)?;
+        let mut records = Vec::new();
+        for meta in kernel_metas {
+            let file = self.fetch_kernel(&debs, meta)?;
+            let (name, version) = deb::name_and_version(&file)?;
+            records.push(PackageRecord {
+                role: "kernel".into(),
+                source: meta.clone(),
+                name,
+                version,
+                sha256: sha256_file(&file)?,
+                file,
+            });
+        }
+        let boot = download(&debs, BOOTLOADER_PACKAGE)?;
+        let firmware = download(&debs, FIRMWARE_PACKAGE)?;
+        self.extract_ovmf(&firmware)?;
+        for (role, source, file) in [("bootloader", BOOTLOADER_PACKAGE, boot), ("firmware", FIRMWARE_PACKAGE, firmware)]
+        {
+            let (name, version) = deb::name_and_version(&file)?;
+            records.push(PackageRecord {
+                role: role.into(),
+                source: source.into(),
+                name,
+                version,
+                sha256: sha256_file(&file)?,
+                file,
+            });
+        }
+        write_file(&self.index_path(), serde_json::to_string_pretty(&records)?.as_bytes())?;
+        Ok(records)
+    }
+
+    /// The meta package, then the versioned `linux-image-*` it depends on.
+    fn fetch_kernel(&self, debs: &Path, kernel_meta: &str) -> Result<PathBuf> {
+        let meta = download(debs, kernel_meta)?;
         let depends = deb::control_fields(&meta)?.get("Depends").cloned().unwrap_or_default();
         let image_pkg = depends
             .split(',')
@@ -90,17 +150,7 @@ impl Cache {
             .find(|d| d.starts_with("linux-image-"))
             .map(str::to_string)
             .unwrap_or_else(|| kernel_meta.to_string());
-        let kernel = download(&debs, &image_pkg)?;
-        let boot = download(&debs, BOOTLOADER_PACKAGE)?;
-        let firmware = download(&debs, FIRMWARE_PACKAGE)?;
-        self.extract_ovmf(&firmware)?;
-        let mut records = Vec::new();
-        for (role, file) in [("kernel", kernel), ("bootloader", boot), ("firmware", firmware)] {
-            let (name, version) = deb::name_and_version(&file)?;
-            records.push(PackageRecord { role: role.into(), name, version, sha256: sha256_file(&file)?, file });
-        }
-        write_file(&self.index_path(), serde_json::to_string_pretty(&records)?.as_bytes())?;
-        Ok(records)
+        download(debs, &image_pkg)
     }
 
     fn extract_ovmf(&self, deb_path: &Path) -> Result<()> {
@@ -126,6 +176,17 @@ impl Cache {
         }
         Ok(())
     }
+}
+
+/// Whether a versioned kernel package (`linux-image-6.1.0-56-cloud-amd64`) is the one a meta
+/// package (`linux-image-cloud-amd64`) depends on: same flavour, only a version in between.
+fn resolves(meta: &str, name: &str) -> bool {
+    let (Some(flavour), Some(rest)) = (meta.strip_prefix("linux-image-"), name.strip_prefix("linux-image-")) else {
+        return false;
+    };
+    rest.strip_suffix(flavour).and_then(|v| v.strip_suffix('-')).is_some_and(|v| {
+        v.starts_with(|c: char| c.is_ascii_digit()) && v.chars().all(|c| c.is_ascii_digit() || c == '.' || c == '-')
+    })
 }
 
 fn default_cache_dir() -> Result<PathBuf> {
@@ -169,4 +230,14 @@ fn debs_named(dir: &Path, name: &str) -> Result<Vec<PathBuf>> {
                 .unwrap_or(false)
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn meta_packages_resolve_to_their_own_flavour_only() {
+        assert!(super::resolves("linux-image-cloud-amd64", "linux-image-6.1.0-56-cloud-amd64"));
+        assert!(super::resolves("linux-image-amd64", "linux-image-6.1.0-56-amd64"));
+        assert!(!super::resolves("linux-image-amd64", "linux-image-6.1.0-56-cloud-amd64"));
+    }
 }

@@ -6,8 +6,18 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// The default layout, compiled in so the binary works from anywhere.
+/// The built-in layouts (profiles), compiled in so the binary works from anywhere.
 pub const DEFAULT_LAYOUT: &str = include_str!("../image-layouts/default.toml");
+pub const METAL_LAYOUT: &str = include_str!("../image-layouts/metal.toml");
+
+/// A built-in layout by profile name.
+pub fn builtin(profile: &str) -> Result<&'static str> {
+    match profile {
+        "default" | "cloud" => Ok(DEFAULT_LAYOUT),
+        "metal" => Ok(METAL_LAYOUT),
+        other => bail!("unknown profile {other:?}: use default or metal, or pass --layout FILE.toml"),
+    }
+}
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -91,12 +101,17 @@ fn default_state_type() -> String {
 
 impl Layout {
     pub fn load(path: Option<&Path>) -> Result<Layout> {
+        Layout::load_profile(path, "default")
+    }
+
+    /// `path` when given, else the built-in layout of `profile`.
+    pub fn load_profile(path: Option<&Path>, profile: &str) -> Result<Layout> {
         let (text, origin) = match path {
             Some(p) => (
                 std::fs::read_to_string(p).with_context(|| format!("reading the layout {}", p.display()))?,
                 p.display().to_string(),
             ),
-            None => (DEFAULT_LAYOUT.to_string(), "the built-in default layout".to_string()),
+            None => (builtin(profile)?.to_string(), format!("the built-in {profile} layout")),
         };
         let layout: Layout = toml::from_str(&text).with_context(|| format!("parsing {origin}"))?;
         layout.validate().with_context(|| format!("checking {origin}"))?;
@@ -134,6 +149,14 @@ mod tests {
         let l = Layout::load(None).unwrap();
         assert_eq!(l.sector_size, 512);
         assert!(l.kernel.modules.iter().any(|m| m.contains("squashfs")));
+    }
+
+    #[test]
+    fn metal_profile_uses_the_generic_kernel_and_driver_classes() {
+        let l = Layout::load_profile(None, "metal").unwrap();
+        assert_eq!(l.kernel.package, "linux-image-amd64");
+        assert!(l.kernel.modules.iter().any(|m| m == "kernel/drivers/scsi/"));
+        assert!(Layout::load_profile(None, "nope").is_err());
     }
 
     #[test]

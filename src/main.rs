@@ -47,6 +47,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 rootfs: a.rootfs,
                 output,
                 layout: a.layout,
+                profile: a.profile,
+                sector_size: a.sector_size,
                 cmdline: a.cmdline,
                 kernel_package: a.kernel_package,
                 bootloader_package: a.bootloader_package,
@@ -85,6 +87,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
             monitor: a.monitor,
             cache_dir: a.cache.cache_dir,
             accel: a.accel,
+            disk_bus: a.disk_bus,
+            block_size: a.block_size,
             snapshot: a.snapshot,
         }),
     }

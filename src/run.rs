@@ -24,6 +24,10 @@ pub struct RunRequest {
     pub monitor: Option<PathBuf>,
     pub cache_dir: Option<PathBuf>,
     pub accel: Accel,
+    /// How the boot disk is attached.
+    pub disk_bus: DiskBus,
+    /// Logical and physical block size of the boot disk (4096 for a 4Kn disk).
+    pub block_size: Option<u32>,
     /// Writes go to a throw-away overlay instead of the image.
     pub snapshot: bool,
 }
@@ -34,6 +38,42 @@ pub enum Accel {
     Auto,
     Kvm,
     Tcg,
+}
+
+/// The controller the boot disk hangs off, as on the platforms the images are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiskBus {
+    /// virtio-blk (QEMU/KVM default).
+    Virtio,
+    /// NVMe (EC2 Nitro, modern servers).
+    Nvme,
+    /// virtio-scsi with a SCSI disk (GCE).
+    Scsi,
+    /// AHCI with a SATA disk (older servers).
+    Ahci,
+}
+
+fn add_boot_disk(cmd: &mut Command, req: &RunRequest, image: &DiskImage) {
+    let snapshot = if req.snapshot { ",snapshot=on" } else { "" };
+    cmd.arg("-drive").arg(format!(
+        "if=none,id=disk0,format={},file={}{snapshot}",
+        image.format_name(),
+        req.image.display()
+    ));
+    let blocks = req.block_size.map(|b| format!(",logical_block_size={b},physical_block_size={b}")).unwrap_or_default();
+    let device = match req.disk_bus {
+        DiskBus::Virtio => format!("virtio-blk-pci,drive=disk0{blocks}"),
+        DiskBus::Nvme => format!("nvme,drive=disk0,serial=planet0{blocks}"),
+        DiskBus::Scsi => {
+            cmd.args(["-device", "virtio-scsi-pci,id=scsi0"]);
+            format!("scsi-hd,drive=disk0,bus=scsi0.0{blocks}")
+        }
+        DiskBus::Ahci => {
+            cmd.args(["-device", "ahci,id=ahci0"]);
+            format!("ide-hd,drive=disk0,bus=ahci0.0{blocks}")
+        }
+    };
+    cmd.arg("-device").arg(device);
 }
 
 /// Parses `HOST:GUEST` (TCP ports).
@@ -129,14 +169,8 @@ pub fn run(req: &RunRequest) -> Result<i32> {
     .arg("-drive")
     .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()))
     .arg("-drive")
-    .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()))
-    .arg("-drive")
-    .arg(format!(
-        "if=virtio,format={},file={}{}",
-        image.format_name(),
-        req.image.display(),
-        if req.snapshot { ",snapshot=on" } else { "" }
-    ));
+    .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+    add_boot_disk(&mut cmd, req, &image);
     if accel == "kvm" {
         cmd.args(["-cpu", "host"]);
     } else {

@@ -35,6 +35,10 @@ pub struct BuildRequest {
     pub rootfs: PathBuf,
     pub output: PathBuf,
     pub layout: Option<PathBuf>,
+    /// Built-in layout when `layout` is not given: `default` or `metal`.
+    pub profile: String,
+    /// Overrides the layout's logical sector size (512 or 4096).
+    pub sector_size: Option<u64>,
     pub cmdline: Option<String>,
     pub kernel_package: Option<PathBuf>,
     pub bootloader_package: Option<PathBuf>,
@@ -55,9 +59,16 @@ pub struct BuildResult {
 }
 
 pub fn run(req: &BuildRequest) -> Result<BuildResult> {
-    let layout = Layout::load(req.layout.as_deref())?;
+    let mut layout = Layout::load_profile(req.layout.as_deref(), &req.profile)?;
+    if let Some(ss) = req.sector_size {
+        layout.sector_size = ss;
+        layout.validate()?;
+    }
     let cache = Cache::new(req.cache_dir.as_deref())?;
-    let kernel_pkg = package(&cache, "kernel", req.kernel_package.as_deref())?;
+    let kernel_pkg = match req.kernel_package.as_deref() {
+        Some(file) => package(&cache, "kernel", Some(file))?,
+        None => cache.kernel_package(&layout.kernel.package)?,
+    };
     let boot_pkg = package(&cache, "bootloader", req.bootloader_package.as_deref())?;
     let planet_init_path = find_planet_init(req.planet_init.as_deref())?;
     let planet_init =
@@ -249,7 +260,14 @@ fn package(cache: &Cache, role: &str, explicit: Option<&Path>) -> Result<Package
         Some(file) => {
             let (name, version) = deb::name_and_version(file)
                 .with_context(|| format!("reading the {role} package {}", file.display()))?;
-            Ok(PackageRecord { role: role.into(), name, version, sha256: sha256_file(file)?, file: file.to_path_buf() })
+            Ok(PackageRecord {
+                role: role.into(),
+                source: file.display().to_string(),
+                name,
+                version,
+                sha256: sha256_file(file)?,
+                file: file.to_path_buf(),
+            })
         }
         None => cache.package(role),
     }
