@@ -34,6 +34,8 @@ pub enum Command {
     /// Publish an image built before to a cloud: `publish aws FILE.raw --name NAME` registers an AMI.
     #[command(subcommand)]
     Publish(PublishCommand),
+    /// Write a NoCloud or ConfigDrive seed image with cloud-init data (QEMU, bare metal).
+    Seed(SeedArgs),
 }
 
 #[derive(Debug, Args)]
@@ -153,7 +155,51 @@ pub struct RunArgs {
     #[arg(long)]
     pub snapshot: bool,
     #[command(flatten)]
+    pub net: crate::run_net::VmNetArgs,
+    #[command(flatten)]
     pub cache: CacheArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SeedArgs {
+    /// The machine's role: master, node, or dev (master and node on one machine).
+    #[arg(long)]
+    pub role: String,
+    /// The master's address (required for a node).
+    #[arg(long, value_name = "IP")]
+    pub master_ip: Option<std::net::Ipv4Addr>,
+    /// Cloud provider integration: aws, gce or none.
+    #[arg(long, default_value = "none")]
+    pub provider: String,
+    /// Environment for Planet (repeatable); values may be secrets and are never printed.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = crate::seed::parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Host name of the machine.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Static address instead of DHCP.
+    #[arg(long, value_name = "CIDR", value_parser = crate::seed::parse_cidr)]
+    pub address: Option<(std::net::Ipv4Addr, u8)>,
+    /// Default gateway for the static address.
+    #[arg(long, value_name = "IP")]
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// DNS server (repeatable).
+    #[arg(long, value_name = "IP")]
+    pub dns: Vec<std::net::Ipv4Addr>,
+    /// The NIC that gets --address: a name or glob (`eth1`, `e*`, the default) or a MAC address.
+    #[arg(long, value_name = "NAME|MAC")]
+    pub interface: Option<String>,
+    /// With --format config-2: append the config drive as a partition named config-2 at the end
+    /// of this raw image (as Ironic does) instead of writing -o; first-boot growth of
+    /// planet-state then stops in front of it. The image's manifest no longer matches.
+    #[arg(long, value_name = "IMAGE.raw")]
+    pub partition: Option<PathBuf>,
+    /// Seed layout.
+    #[arg(long, value_enum, default_value = "nocloud")]
+    pub format: crate::seed::SeedFormat,
+    /// The seed image to write (FAT, label CIDATA or config-2).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

@@ -21,6 +21,7 @@ pub mod manifest;
 pub mod publish;
 pub mod rootfs;
 pub mod run;
+pub mod run_net;
 pub mod seed;
 pub mod squashfs;
 pub mod util;

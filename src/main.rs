@@ -2,7 +2,7 @@ use anyhow::Result;
 use clap::Parser;
 use planet_image::build::pipeline::{self, BuildRequest, Target};
 use planet_image::cli::{Cli, Command, PublishCommand};
-use planet_image::{fetch, inspect, publish, run};
+use planet_image::{fetch, inspect, publish, run, seed};
 use std::time::Duration;
 
 fn main() {
@@ -30,7 +30,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Build(a) => {
             let epoch = match a.source_date_epoch {
                 Some(e) => e,
-                None => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
+                None => source_date_epoch()?,
             };
             let ami = match a.target {
                 Target::Ami => Some(a.aws.options()?),
@@ -70,6 +70,27 @@ fn dispatch(cli: Cli) -> Result<i32> {
             print!("{}", inspect::run(&a.image, a.manifest.as_deref())?);
             Ok(0)
         }
+        Command::Seed(a) => {
+            let req = seed::SeedRequest {
+                role: a.role,
+                master_ip: a.master_ip,
+                provider: a.provider,
+                env: a.env,
+                hostname: a.hostname,
+                address: a.address,
+                gateway: a.gateway,
+                dns: a.dns,
+                interface: a.interface,
+                format: a.format,
+                output: a.output,
+            };
+            let summary = match &a.partition {
+                Some(image) => seed::append_partition(&req, image, source_date_epoch()?)?,
+                None => seed::write(&req, source_date_epoch()?)?,
+            };
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(0)
+        }
         Command::Publish(PublishCommand::Aws(a)) => {
             let result = publish::aws::publish_file(&a.image, &a.aws.options()?)?;
             println!("{}", serde_json::to_string_pretty(&result)?);
@@ -90,6 +111,16 @@ fn dispatch(cli: Cli) -> Result<i32> {
             disk_bus: a.disk_bus,
             block_size: a.block_size,
             snapshot: a.snapshot,
+            net: a.net,
         }),
     }
+}
+
+/// SOURCE_DATE_EPOCH when set, else now.
+fn source_date_epoch() -> Result<u64> {
+    if let Some(v) = std::env::var_os("SOURCE_DATE_EPOCH") {
+        let s = v.to_string_lossy();
+        return s.parse().map_err(|_| anyhow::anyhow!("SOURCE_DATE_EPOCH={s:?} is not a number of seconds"));
+    }
+    Ok(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs())
 }

@@ -30,6 +30,8 @@ pub struct RunRequest {
     pub block_size: Option<u32>,
     /// Writes go to a throw-away overlay instead of the image.
     pub snapshot: bool,
+    /// SMBIOS strings, guest-to-host forwards, links to other VMs.
+    pub net: crate::run_net::VmNetArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -186,7 +188,9 @@ pub fn run(req: &RunRequest) -> Result<i32> {
     for (h, g) in &req.forwards {
         netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
     }
+    netdev.push_str(&req.net.user_netdev_options());
     cmd.arg("-netdev").arg(netdev).args(["-device", "virtio-net-pci,netdev=net0"]);
+    req.net.apply(&mut cmd);
     if let Some(extra) = &req.cmdline {
         // Boot the image's own kernel and initramfs through the firmware, with the entry's
         // options plus `extra`: the ESP itself is not modified.

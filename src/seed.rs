@@ -8,7 +8,7 @@ use crate::util::atomic::PendingFile;
 use anyhow::{bail, Context, Result};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SeedFormat {
@@ -32,6 +32,8 @@ pub struct SeedRequest {
     pub address: Option<(Ipv4Addr, u8)>,
     pub gateway: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
+    /// Which NIC gets the static address: a name (glob, `eth1`, `e*`) or a MAC; default `e*`.
+    pub interface: Option<String>,
     pub format: SeedFormat,
     pub output: PathBuf,
 }
@@ -76,6 +78,29 @@ impl SeedRequest {
         if self.gateway.is_some() && self.address.is_none() {
             bail!("--gateway needs --address");
         }
+        if self.interface.is_some() && self.address.is_none() {
+            bail!("--interface needs --address");
+        }
+        self.check_with_planet_config()
+    }
+
+    fn interface_mac(&self) -> Option<&str> {
+        self.interface.as_deref().filter(|i| i.contains(':'))
+    }
+
+    /// Parses what the seed will hold with planet-init's own parser, so a seed that would stop
+    /// the machine is refused here.
+    fn check_with_planet_config(&self) -> Result<()> {
+        use planet_config::cloudconfig;
+        let (raw, _) = cloudconfig::user_data_config(self.user_data().as_bytes())
+            .context("checking the user-data with planet-config")?;
+        raw.validate(planet_config::Source::NoCloud, "planet.").context("checking the user-data with planet-config")?;
+        cloudconfig::parse_meta_data(&self.meta_data()).context("checking the meta-data with planet-config")?;
+        if let Some(n) = self.network_config() {
+            cloudconfig::parse_network_config(&n).context("checking the network-config with planet-config")?;
+        }
+        cloudconfig::parse_openstack_network(&self.openstack_network_data(), &[])
+            .context("checking network_data.json with planet-config")?;
         Ok(())
     }
 
@@ -117,7 +142,15 @@ impl SeedRequest {
     /// network-config version 2 for a static address, or None for DHCP.
     pub fn network_config(&self) -> Option<String> {
         let (addr, prefix) = self.address?;
-        let mut n = String::from("version: 2\nethernets:\n  primary:\n    match:\n      name: \"e*\"\n");
+        let mut n = String::from("version: 2\nethernets:\n  primary:\n    match:\n");
+        match (self.interface_mac(), self.interface.as_deref()) {
+            (Some(mac), _) => {
+                let _ = writeln!(n, "      macaddress: {}", quoted(&mac.to_ascii_lowercase()));
+            }
+            (None, name) => {
+                let _ = writeln!(n, "      name: {}", quoted(name.unwrap_or("e*")));
+            }
+        }
         let _ = writeln!(n, "    addresses: [{}]", quoted(&format!("{addr}/{prefix}")));
         if let Some(gw) = self.gateway {
             let _ = writeln!(n, "    gateway4: {}", quoted(&gw.to_string()));
@@ -156,8 +189,12 @@ impl SeedRequest {
         }
         let services: Vec<_> =
             self.dns.iter().map(|d| serde_json::json!({ "type": "dns", "address": d.to_string() })).collect();
+        let mut link = serde_json::json!({ "id": "link0", "type": "phy" });
+        if let Some(mac) = self.interface_mac() {
+            link["ethernet_mac_address"] = serde_json::json!(mac.to_ascii_lowercase());
+        }
         serde_json::json!({
-            "links": [{ "id": "link0", "type": "phy" }],
+            "links": [link],
             "networks": networks,
             "services": services,
         })
@@ -195,6 +232,11 @@ impl SeedRequest {
 
 /// The seed image's bytes.
 pub fn image(req: &SeedRequest, epoch: u64) -> Result<Vec<u8>> {
+    image_with(req, epoch, 0, 512)
+}
+
+/// The seed image for a place `hidden_sectors` into a disk with `sector_size` sectors.
+fn image_with(req: &SeedRequest, epoch: u64, hidden_sectors: u64, sector_size: u64) -> Result<Vec<u8>> {
     req.validate()?;
     let mut tree = fat32::Tree::default();
     for (path, data) in req.files() {
@@ -205,15 +247,91 @@ pub fn image(req: &SeedRequest, epoch: u64) -> Result<Vec<u8>> {
     fat32::build(
         &fat32::Params {
             size: SEED_SIZE,
-            sector_size: 512,
+            sector_size: sector_size as u32,
             volume_id: id,
             label: req.label(),
-            hidden_sectors: 0,
+            hidden_sectors: u32::try_from(hidden_sectors).context("the partition starts beyond FAT's reach")?,
             date,
             time,
         },
         &tree,
     )
+}
+
+/// Appends the seed as a partition named `config-2` at the end of a raw GPT image, as Ironic
+/// places a config drive: the file grows by the seed plus alignment, the backup GPT moves to
+/// the new end, and planet-init's first-boot growth stops in front of it.
+pub fn append_partition(req: &SeedRequest, image_path: &Path, epoch: u64) -> Result<serde_json::Value> {
+    use planet_gpt::{types, Gpt, Guid, Partition, CONFIG_DRIVE_NAME};
+    use std::io::{Read, Seek, SeekFrom, Write};
+    if req.format != SeedFormat::ConfigDrive {
+        bail!("--partition needs --format config-2 (a config drive partition)");
+    }
+    req.validate()?;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image_path)
+        .with_context(|| format!("opening {}", image_path.display()))?;
+    let mut magic = [0u8; 4];
+    f.read_exact(&mut magic).with_context(|| format!("reading {}", image_path.display()))?;
+    if &magic == b"QFI\xfb" {
+        bail!("{} is qcow2; --partition needs a raw image (build --target raw)", image_path.display());
+    }
+    let len = f.metadata()?.len();
+    let (ss, mut gpt) = [512u64, 4096]
+        .iter()
+        .find_map(|ss| Gpt::read_from(&mut f, *ss, len / ss).ok().map(|g| (*ss, g)))
+        .with_context(|| format!("{} has no readable GPT", image_path.display()))?;
+    if gpt.partitions.iter().any(|p| p.name == CONFIG_DRIVE_NAME) {
+        bail!("{} already has a {CONFIG_DRIVE_NAME} partition", image_path.display());
+    }
+    let align = (1u64 << 20) / ss;
+    let old_total = len / ss;
+    let last_used = gpt.partitions.iter().map(|p| p.last_lba).max().unwrap_or(0);
+    let start = (last_used + 1).div_ceil(align) * align;
+    let sectors = SEED_SIZE / ss;
+    let new_total = start + sectors + align;
+    f.set_len(new_total * ss)?;
+    gpt.grow_to(new_total, None, align).context("moving the backup GPT to the new end")?;
+    let guid_seed = crate::util::digest::sha256_hex(format!("config-2|{}", req.instance_id()).as_bytes());
+    let mut g = [0u8; 16];
+    for (i, b) in g.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&guid_seed[2 * i..2 * i + 2], 16).unwrap_or(0);
+    }
+    gpt.partitions.push(Partition {
+        type_guid: types::parse("linux").expect("known type"),
+        unique_guid: Guid::from_random_bytes(g),
+        first_lba: start,
+        last_lba: start + sectors - 1,
+        attributes: 0,
+        name: CONFIG_DRIVE_NAME.into(),
+    });
+    let bytes = image_with(req, epoch, start, ss)?;
+    // Only the non-zero blocks: the file stays sparse.
+    for (i, chunk) in bytes.chunks(4096).enumerate() {
+        if chunk.iter().any(|b| *b != 0) {
+            f.seek(SeekFrom::Start(start * ss + i as u64 * 4096))?;
+            f.write_all(chunk)?;
+        }
+    }
+    // The old backup header now lies in free space: clear it so no tool mistakes it for one.
+    if old_total > 0 && old_total - 1 < start {
+        f.seek(SeekFrom::Start((old_total - 1) * ss))?;
+        f.write_all(&vec![0u8; ss as usize])?;
+    }
+    gpt.write_to(&mut f).context("writing the GPT with the config drive")?;
+    f.sync_all()?;
+    Ok(serde_json::json!({
+        "image": image_path,
+        "partition": CONFIG_DRIVE_NAME,
+        "first_lba": start,
+        "sectors": sectors,
+        "role": req.role,
+        "master_ip": req.master_ip.map(|i| i.to_string()),
+        "env_keys": req.env.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        "instance_id": req.instance_id(),
+    }))
 }
 
 /// Writes the seed image; returns a summary safe to print (no env values).
@@ -247,6 +365,7 @@ mod tests {
             address: Some((Ipv4Addr::new(10, 0, 0, 11), 24)),
             gateway: Some(Ipv4Addr::new(10, 0, 0, 1)),
             dns: vec![Ipv4Addr::new(10, 0, 0, 2)],
+            interface: None,
             format: SeedFormat::Nocloud,
             output: "seed.img".into(),
         }
@@ -258,6 +377,22 @@ mod tests {
         assert!(u.starts_with("#cloud-config\n"));
         assert!(u.contains("  master_ip: \"10.0.0.10\"\n"));
         assert!(u.contains("    AWS_SECRET_ACCESS_KEY: \"s3cr\\\"et: x\"\n"), "{u}");
+    }
+
+    #[test]
+    fn planet_config_reads_what_the_seed_writes() {
+        let mut r = req();
+        r.interface = Some("52:54:00:AA:00:01".into());
+        r.validate().unwrap();
+        let n = planet_config::cloudconfig::parse_network_config(&r.network_config().unwrap()).unwrap();
+        let nics = [
+            planet_config::cloudconfig::NicInfo { name: "eth0".into(), mac: "52:54:00:12:34:56".into() },
+            planet_config::cloudconfig::NicInfo { name: "eth1".into(), mac: "52:54:00:aa:00:01".into() },
+        ];
+        assert_eq!(n.resolve(&nics).addresses[0].iface, "eth1");
+        r.hostname = Some("bad_name".into());
+        let e = format!("{:#}", r.validate().unwrap_err());
+        assert!(e.contains("planet.hostname"), "{e}");
     }
 
     #[test]

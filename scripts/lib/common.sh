@@ -197,6 +197,8 @@ install_build_deps() {
         qemu-system-x86 ovmf zstd xz-utils cpio python3 busybox-static mmdebstrap \
         ca-certificates curl libc6-dev gcc pkg-config
     ensure_apt qemu-utils
+    # cloud-init's own schema validator checks the cloud-init/ examples (tests/datasources.rs).
+    ensure_apt cloud-init
     need_cmd cargo
     if ! cargo nextest --version >/dev/null 2>&1; then
         log "installing cargo-nextest"

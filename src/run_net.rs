@@ -1,0 +1,145 @@
+//! The parts of `planet-image run` that make a VM look like a cloud machine or join it to
+//! another VM: SMBIOS strings (how EC2 and GCE show themselves to the guest), guest-to-host
+//! forwards for a metadata server on 127.0.0.1, and socket links between guests on 127.0.0.1.
+//! Everything stays on loopback: the user network keeps `restrict=on`.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+/// `run` options for cloud look-alikes and multi-VM tests.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct VmNetArgs {
+    /// An SMBIOS entry, passed to QEMU as `-smbios` (repeatable), e.g.
+    /// `type=1,manufacturer=Amazon EC2,product=t3.micro` or
+    /// `type=1,manufacturer=Google,product=Google Compute Engine`.
+    #[arg(long, value_name = "STRING")]
+    pub smbios: Vec<String>,
+    /// Guest connections to GUESTIP:PORT reach 127.0.0.1:HOSTPORT on the host (repeatable), e.g.
+    /// `10.0.2.100:80=8080` for a test metadata server with `planet.metadata_url=http://10.0.2.100`.
+    /// Only 127.0.0.1 is reachable; the user network stays restricted.
+    #[arg(long, value_name = "GUESTIP:PORT=HOSTPORT", value_parser = parse_guestfwd)]
+    pub guestfwd: Vec<GuestFwd>,
+    /// A second virtio NIC joined to another VM through a socket on 127.0.0.1 (repeatable):
+    /// `listen:PORT` on the first VM, `connect:PORT` on the other (start the listener first).
+    #[arg(long, value_name = "listen:PORT|connect:PORT", value_parser = parse_link)]
+    pub link: Vec<Link>,
+    /// MAC address of the link NICs, in order (default: 52:54:01:PP:PP:01 for listen, …:02 for
+    /// connect, PPPP the port), e.g. for a seed's `--interface MAC`.
+    #[arg(long, value_name = "MAC", value_parser = parse_mac)]
+    pub link_mac: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestFwd {
+    pub guest_ip: Ipv4Addr,
+    pub guest_port: u16,
+    pub host_port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    Listen(u16),
+    Connect(u16),
+}
+
+impl Link {
+    pub fn default_mac(&self) -> String {
+        let (port, end) = match self {
+            Link::Listen(p) => (*p, 1),
+            Link::Connect(p) => (*p, 2),
+        };
+        format!("52:54:01:{:02x}:{:02x}:{end:02x}", port >> 8, port & 0xff)
+    }
+}
+
+/// `GUESTIP:PORT=HOSTPORT`.
+pub fn parse_guestfwd(s: &str) -> Result<GuestFwd, String> {
+    let bad = || format!("{s:?}: expected GUESTIP:PORT=HOSTPORT, e.g. 10.0.2.100:80=8080");
+    let (guest, host) = s.split_once('=').ok_or_else(bad)?;
+    let (ip, port) = guest.split_once(':').ok_or_else(bad)?;
+    Ok(GuestFwd {
+        guest_ip: ip.parse().map_err(|_| bad())?,
+        guest_port: port.parse().map_err(|_| bad())?,
+        host_port: host.parse().map_err(|_| bad())?,
+    })
+}
+
+/// `listen:PORT` or `connect:PORT`.
+pub fn parse_link(s: &str) -> Result<Link, String> {
+    let bad = || format!("{s:?}: expected listen:PORT or connect:PORT");
+    let (kind, port) = s.split_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    match kind {
+        "listen" => Ok(Link::Listen(port)),
+        "connect" => Ok(Link::Connect(port)),
+        _ => Err(bad()),
+    }
+}
+
+pub fn parse_mac(s: &str) -> Result<String, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok()) {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err(format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"))
+    }
+}
+
+impl VmNetArgs {
+    /// Options appended to the restricted user netdev.
+    pub fn user_netdev_options(&self) -> String {
+        self.guestfwd
+            .iter()
+            .map(|g| format!(",guestfwd=tcp:{}:{}-tcp:127.0.0.1:{}", g.guest_ip, g.guest_port, g.host_port))
+            .collect()
+    }
+
+    /// `-smbios` and the link NICs.
+    pub fn apply(&self, cmd: &mut Command) {
+        for s in &self.smbios {
+            cmd.arg("-smbios").arg(s);
+        }
+        for (i, link) in self.link.iter().enumerate() {
+            let socket = match link {
+                Link::Listen(p) => format!("listen=127.0.0.1:{p}"),
+                Link::Connect(p) => format!("connect=127.0.0.1:{p}"),
+            };
+            let mac = self.link_mac.get(i).cloned().unwrap_or_else(|| link.default_mac());
+            cmd.arg("-netdev").arg(format!("socket,id=link{i},{socket}"));
+            cmd.arg("-device").arg(format!("virtio-net-pci,netdev=link{i},mac={mac}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_parse_and_render() {
+        let a = VmNetArgs {
+            smbios: vec!["type=1,manufacturer=Google".into()],
+            guestfwd: vec![parse_guestfwd("10.0.2.100:80=8080").unwrap()],
+            link: vec![parse_link("listen:4000").unwrap()],
+            link_mac: vec![],
+        };
+        assert_eq!(a.user_netdev_options(), ",guestfwd=tcp:10.0.2.100:80-tcp:127.0.0.1:8080");
+        let mut c = Command::new("qemu");
+        a.apply(&mut c);
+        let args: Vec<String> = c.get_args().map(|s| s.to_string_lossy().into_owned()).collect();
+        assert_eq!(
+            args,
+            [
+                "-smbios",
+                "type=1,manufacturer=Google",
+                "-netdev",
+                "socket,id=link0,listen=127.0.0.1:4000",
+                "-device",
+                "virtio-net-pci,netdev=link0,mac=52:54:01:0f:a0:01"
+            ]
+        );
+        assert!(parse_link("bind:1").is_err());
+        assert!(parse_guestfwd("10.0.2.100=80").is_err());
+        assert!(parse_mac("52:54:00:00:00").is_err());
+    }
+}

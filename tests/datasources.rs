@@ -1,0 +1,486 @@
+//! cloud-init datasources on real boots: two machines forming a cluster from NoCloud seeds over
+//! a socket link, EC2 (IMDSv2) and GCE metadata servers of the test's own on 127.0.0.1 reached
+//! through guestfwd, a ConfigDrive partition on the boot disk, compressed and multipart
+//! user-data, broken data, a metadata server that never answers — and the secret in `env`
+//! never on the console. The `cloud-init/` examples are checked by cloud-init's own validator.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BOOT: Duration = Duration::from_secs(240);
+const SECRET: &str = "s3cr3t-Zq8vW1-never-printed";
+
+fn demo_image(s: &Scratch) -> PathBuf {
+    let image = s.path("demo.qcow2");
+    build("qcow2", &fixture("demo.tar"), &image, &[]);
+    image
+}
+
+fn seed(s: &Scratch, name: &str, args: &[&str]) -> PathBuf {
+    let out = s.path(name);
+    ok(planet_image().arg("seed").args(args).arg("-o").arg(&out).env("SOURCE_DATE_EPOCH", "1700000000"));
+    out
+}
+
+fn assert_no_secret(console: &str) {
+    assert!(!console.contains(SECRET), "the secret appeared on the console:\n{console}");
+}
+
+/// One HTTP/1.0 request to 127.0.0.1:`port`; returns the body.
+fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+fn b64(s: &str) -> String {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            out.push(if i <= c.len() { T[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
+        }
+    }
+    out
+}
+
+fn etcd_range(port: u16, prefix: &str) -> Option<String> {
+    let mut end = prefix.as_bytes().to_vec();
+    *end.last_mut().unwrap() += 1;
+    let body = format!(r#"{{"key":"{}","range_end":"{}"}}"#, b64(prefix), b64(std::str::from_utf8(&end).unwrap()));
+    http(port, "POST", "/v3/kv/range", &body).ok()
+}
+
+// ---- a metadata server of our own ----
+
+/// What the server answers: (method, path) → (status, body). `None` answers nothing at all
+/// (accepts and holds the connection), for the deadline test.
+type Handler = dyn Fn(&str, &str, &[(String, String)]) -> Option<(u16, Vec<u8>)> + Send + Sync;
+
+/// A metadata server on 127.0.0.1 that logs every request with its headers. Stops when
+/// dropped.
+struct MetadataServer {
+    port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl MetadataServer {
+    fn start(handler: Box<Handler>) -> MetadataServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (log2, stop2) = (log.clone(), stop.clone());
+        let handler: Arc<Handler> = Arc::from(handler);
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            while !stop2.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(900) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        let (log, handler, stop) = (log2.clone(), handler.clone(), stop2.clone());
+                        std::thread::spawn(move || serve(s, &log, &*handler, &stop));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        MetadataServer { port, log, stop }
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for MetadataServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Serves requests on one connection until it closes. QEMU's guestfwd to a `tcp:` chardev
+/// connects once, when QEMU starts, and carries every guest connection over that one stream
+/// in turn, so requests are read one after another and the connection is never closed here.
+fn serve(mut s: TcpStream, log: &Mutex<Vec<String>>, handler: &Handler, stop: &AtomicBool) {
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut raw: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let end = loop {
+            if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            match s.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return,
+            }
+        };
+        let text = String::from_utf8_lossy(&raw[..end]).into_owned();
+        raw.drain(..end);
+        let mut lines = text.lines();
+        let first = lines.next().unwrap_or("").to_string();
+        let headers: Vec<(String, String)> = lines
+            .take_while(|l| !l.is_empty())
+            .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())))
+            .collect();
+        let mut words = first.split_whitespace();
+        let (method, path) = (words.next().unwrap_or("").to_string(), words.next().unwrap_or("").to_string());
+        let header_text: Vec<String> = headers.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        log.lock().unwrap().push(format!("{method} {path} {}", header_text.join(" ")));
+        match handler(&method, &path, &headers) {
+            Some((status, body)) => {
+                let _ = write!(s, "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n", body.len());
+                let _ = s.write_all(&body);
+            }
+            None => {
+                // Never answer: hold the connection until the test ends.
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                return;
+            }
+        }
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// An IMDSv2 server: the token PUT gives "tok-123"; GETs without it get 401.
+fn ec2_server(user_data: Vec<u8>) -> MetadataServer {
+    MetadataServer::start(Box::new(move |method, path, headers| {
+        if method == "PUT" && path == "/latest/api/token" {
+            return Some(if header(headers, "x-aws-ec2-metadata-token-ttl-seconds").is_some() {
+                (200, b"tok-123".to_vec())
+            } else {
+                (400, Vec::new())
+            });
+        }
+        if header(headers, "x-aws-ec2-metadata-token") != Some("tok-123") {
+            return Some((401, Vec::new()));
+        }
+        Some(match path {
+            "/latest/user-data" => (200, user_data.clone()),
+            "/latest/meta-data/instance-id" => (200, b"i-0123456789abcdef0".to_vec()),
+            "/latest/meta-data/local-ipv4" => (200, b"10.0.2.15".to_vec()),
+            "/latest/meta-data/local-hostname" => (200, b"ip-10-0-2-15.ec2.internal".to_vec()),
+            "/latest/meta-data/placement/availability-zone" => (200, b"us-east-1a".to_vec()),
+            _ => (404, Vec::new()),
+        })
+    }))
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn node_user_data(master: &str) -> String {
+    format!(
+        "#cloud-config\nhostname: cloud-node\nplanet:\n  role: node\n  master_ip: {master}\n  env:\n    \
+         AWS_SECRET_ACCESS_KEY: \"{SECRET}\"\n"
+    )
+}
+
+fn cloud_args(smbios: &str, port: u16, extra_cmdline: &str) -> Vec<String> {
+    vec![
+        "--snapshot".into(),
+        "--smbios".into(),
+        smbios.into(),
+        "--guestfwd".into(),
+        format!("10.0.2.100:80={port}"),
+        "--cmdline".into(),
+        format!("planet.metadata_url=http://10.0.2.100 {extra_cmdline}").trim().to_string(),
+    ]
+}
+
+fn start(image: &Path, s: &Scratch, args: &[String]) -> Guest {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    Guest::start(image, s, &refs)
+}
+
+// ---- the tests ----
+
+#[test]
+fn two_machines_form_a_cluster_from_nocloud_seeds() {
+    let s = Scratch::new("ds-cluster");
+    let image = demo_image(&s);
+    let (master_mac, node_mac) = ("52:54:00:aa:00:10", "52:54:00:aa:00:11");
+    let master_seed = seed(
+        &s,
+        "master.img",
+        &["--role", "master", "--hostname", "master-1", "--address", "10.10.0.10/24", "--interface", master_mac],
+    );
+    let node_seed = seed(
+        &s,
+        "node.img",
+        &[
+            "--role",
+            "node",
+            "--master-ip",
+            "10.10.0.10",
+            "--hostname",
+            "node-1",
+            "--address",
+            "10.10.0.11/24",
+            "--interface",
+            node_mac,
+            "--env",
+            &format!("AWS_SECRET_ACCESS_KEY={SECRET}"),
+        ],
+    );
+    let link = free_port();
+    let etcd = free_port();
+    let mut master = start(
+        &image,
+        &s,
+        &[
+            "--snapshot".into(),
+            "--seed".into(),
+            master_seed.display().to_string(),
+            "--link".into(),
+            format!("listen:{link}"),
+            "--link-mac".into(),
+            master_mac.into(),
+            "--forward".into(),
+            format!("{etcd}:2379"),
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let mut node = start(
+        &image,
+        &s,
+        &[
+            "--snapshot".into(),
+            "--seed".into(),
+            node_seed.display().to_string(),
+            "--link".into(),
+            format!("connect:{link}"),
+            "--link-mac".into(),
+            node_mac.into(),
+        ],
+    );
+    let mc = master.wait_for("planet-init: launcher started", BOOT);
+    assert!(mc.contains("planet-init: config role=master master_ip=10.10.0.10"), "{mc}");
+    assert!(mc.contains("source=nocloud"), "{mc}");
+    assert!(mc.contains("address=10.10.0.10/24") && mc.contains("source=static"), "{mc}");
+    let nc = node.wait_for("planet-init: launcher started", BOOT);
+    assert!(nc.contains("planet-init: config role=node master_ip=10.10.0.10"), "{nc}");
+    assert!(nc.contains("env=AWS_SECRET_ACCESS_KEY=***"), "{nc}");
+    let start = Instant::now();
+    let nodes = loop {
+        let r = etcd_range(etcd, "/nodes/").unwrap_or_default();
+        if r.contains(&b64("/nodes/master-1")) && r.contains(&b64("/nodes/node-1")) {
+            break r;
+        }
+        if start.elapsed() > Duration::from_secs(180) {
+            panic!(
+                "both names not in the master's etcd: {r}\nmaster:\n{}\nnode:\n{}",
+                master.console(),
+                node.console()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(nodes.contains("\"kvs\""));
+    assert_no_secret(&master.console());
+    assert_no_secret(&node.console());
+}
+
+#[test]
+fn ec2_imdsv2_with_gzip_multipart_user_data() {
+    let s = Scratch::new("ds-ec2");
+    let image = demo_image(&s);
+    let mime = format!(
+        "Content-Type: multipart/mixed; boundary=\"==BOUNDARY==\"\nMIME-Version: 1.0\n\n--==BOUNDARY==\n\
+         Content-Type: text/x-shellscript; charset=\"us-ascii\"\n\n#!/bin/sh\necho ignored\n\n--==BOUNDARY==\n\
+         Content-Type: text/cloud-config; charset=\"us-ascii\"\n\n{}\n--==BOUNDARY==--\n",
+        node_user_data("10.0.2.50")
+    );
+    let server = ec2_server(gzip(mime.as_bytes()));
+    let mut guest = start(&image, &s, &cloud_args("type=1,manufacturer=Amazon EC2,product=t3.medium", server.port, ""));
+    let console = guest.wait_for("planet-init: launcher started", BOOT);
+    assert!(console.contains("planet-init: datasource name=ec2 instance_id=i-0123456789abcdef0"), "{console}");
+    assert!(console.contains("planet-init: config role=node master_ip=10.0.2.50 provider=aws"), "{console}");
+    assert!(console.contains("source=ec2"), "{console}");
+    assert!(console.contains("MIME part 1 of type text/x-shellscript ignored"), "{console}");
+    let log = server.log();
+    assert!(log.iter().any(|l| l.starts_with("PUT /latest/api/token ")), "{log:?}");
+    let gets: Vec<&String> = log.iter().filter(|l| l.starts_with("GET ")).collect();
+    assert!(!gets.is_empty() && gets.iter().all(|l| l.contains("x-aws-ec2-metadata-token=tok-123")), "{log:?}");
+    assert!(gets.iter().any(|l| l.starts_with("GET /latest/user-data ")), "{log:?}");
+    assert_no_secret(&guest.console());
+}
+
+#[test]
+fn gce_metadata_with_the_flavor_header() {
+    let s = Scratch::new("ds-gce");
+    let image = demo_image(&s);
+    let user_data = node_user_data("10.0.2.60");
+    let server = MetadataServer::start(Box::new(move |_, path, headers| {
+        if header(headers, "metadata-flavor") != Some("Google") {
+            return Some((403, Vec::new()));
+        }
+        let base = "/computeMetadata/v1/instance/";
+        Some(match path.strip_prefix(base).unwrap_or("") {
+            "attributes/user-data" => (200, user_data.clone().into_bytes()),
+            "hostname" => (200, b"gce-node.c.project.internal".to_vec()),
+            "id" => (200, b"4242".to_vec()),
+            "network-interfaces/0/ip" => (200, b"10.0.2.15".to_vec()),
+            _ => (404, Vec::new()),
+        })
+    }));
+    let mut guest =
+        start(&image, &s, &cloud_args("type=1,manufacturer=Google,product=Google Compute Engine", server.port, ""));
+    let console = guest.wait_for("planet-init: launcher started", BOOT);
+    assert!(console.contains("planet-init: config role=node master_ip=10.0.2.60 provider=gce"), "{console}");
+    assert!(console.contains("hostname=cloud-node") && console.contains("source=gce"), "{console}");
+    let log = server.log();
+    assert!(log.len() >= 4, "{log:?}");
+    assert!(log.iter().all(|l| l.contains("metadata-flavor=Google")), "{log:?}");
+    assert_no_secret(&guest.console());
+}
+
+#[test]
+fn broken_user_data_stops_with_an_error_naming_the_problem() {
+    let s = Scratch::new("ds-broken");
+    let image = demo_image(&s);
+    let broken = format!(
+        "Content-Type: multipart/mixed; boundary=XX\n\n--XX\nContent-Type: text/cloud-config\n\n{}",
+        node_user_data("10.0.2.50")
+    );
+    let server = ec2_server(broken.into_bytes());
+    let mut guest = start(&image, &s, &cloud_args("type=1,manufacturer=Amazon EC2", server.port, ""));
+    let console = guest.wait_for("planet-init: power-off", BOOT);
+    assert!(console.contains("planet-init: fatal"), "{console}");
+    assert!(console.contains("MIME multipart has no closing boundary --XX--"), "{console}");
+    assert!(!console.contains("launcher started"), "{console}");
+    assert_no_secret(&console);
+
+    let server = ec2_server(b"#cloud-config\nplanet:\n  role: node\n  master_ipp: 10.0.0.1\n".to_vec());
+    let mut guest = start(&image, &s, &cloud_args("type=1,manufacturer=Amazon EC2", server.port, ""));
+    let console = guest.wait_for("planet-init: power-off", BOOT);
+    assert!(console.contains("planet.master_ipp is not a known key"), "{console}");
+    assert!(!console.contains("launcher started"), "{console}");
+}
+
+#[test]
+fn a_metadata_server_that_never_answers_ends_within_the_deadline() {
+    let s = Scratch::new("ds-silent");
+    let image = demo_image(&s);
+    let server = MetadataServer::start(Box::new(|_, _, _| None));
+    let mut guest =
+        start(&image, &s, &cloud_args("type=1,manufacturer=Amazon EC2", server.port, "planet.datasource_timeout=15"));
+    let t = guest.wait_for("planet-init: network ", BOOT);
+    assert!(t.contains("source=dhcp"), "{t}");
+    let started = Instant::now();
+    let console = guest.wait_for("planet-init: power-off", Duration::from_secs(120));
+    assert!(started.elapsed() < Duration::from_secs(60), "the deadline was not kept: {:?}", started.elapsed());
+    assert!(console.contains("no cloud-init data: tried ec2:"), "{console}");
+    assert!(console.contains("no answer within the deadline"), "{console}");
+    assert!(!server.log().is_empty(), "the guest never reached the server");
+}
+
+#[test]
+fn config_drive_partition_on_the_boot_disk_gives_the_static_address() {
+    let s = Scratch::new("ds-configdrive");
+    let raw = s.path("demo.raw");
+    build("raw", &fixture("demo.tar"), &raw, &[]);
+    seed(
+        &s,
+        "unused.img",
+        &[
+            "--format",
+            "config-2",
+            "--partition",
+            &raw.display().to_string(),
+            "--role",
+            "dev",
+            "--hostname",
+            "metal-1",
+            "--address",
+            "10.0.2.30/24",
+            "--gateway",
+            "10.0.2.2",
+            "--env",
+            &format!("TOKEN={SECRET}"),
+        ],
+    );
+    let text = stdout(Command::new("sfdisk").arg("--json").arg(&raw));
+    assert!(text.contains("\"name\": \"config-2\""), "{text}");
+    ok(Command::new("sgdisk").arg("-v").arg(&raw));
+    let port = free_port();
+    let mut guest = start(&raw, &s, &["--snapshot".into(), "--forward".into(), format!("{port}:2379")]);
+    let console = guest.wait_for("planet-init: launcher started", BOOT);
+    assert!(console.contains("source=configdrive"), "{console}");
+    assert!(console.contains("address=10.0.2.30/24 gateway=10.0.2.2"), "{console}");
+    assert!(console.contains("source=static"), "{console}");
+    // The state partition grew up to the config drive, not over it.
+    assert!(console.contains("planet-init: disk found"), "{console}");
+    let health = (0..240)
+        .find_map(|_| {
+            let r = http(port, "GET", "/health", "").ok().filter(|b| b.contains("health"));
+            if r.is_none() {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            r
+        })
+        .unwrap_or_else(|| panic!("etcd did not answer through the static address; console:\n{}", guest.console()));
+    assert!(health.contains("true"), "{health}");
+    assert_no_secret(&guest.console());
+}
+
+#[test]
+fn cloud_init_examples_pass_cloud_init_schema_and_our_parser() {
+    let dir = repo().join("cloud-init");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().and_then(|x| x.to_str()) != Some("yaml") {
+            continue;
+        }
+        n += 1;
+        let out = Command::new("cloud-init").args(["schema", "--config-file"]).arg(&p).output().expect("cloud-init");
+        assert!(
+            out.status.success(),
+            "cloud-init schema rejects {}: {}{}",
+            p.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read(&p).unwrap();
+        let (raw, notices) =
+            planet_config::cloudconfig::user_data_config(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert!(notices.is_empty(), "{}: {notices:?}", p.display());
+        raw.validate(planet_config::Source::NoCloud, "planet.").unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    }
+    assert!(n >= 12, "expected master, node and dev for aws, gce, metal and qemu; found {n} examples");
+}
