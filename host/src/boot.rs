@@ -114,9 +114,19 @@ pub fn read_config(env: &BootEnv) -> Result<(CmdlineConfig, HostParams, PlanetCo
 }
 
 /// Modules the boot needs that no device asks for (vfat and iso9660 for seeds and config
-/// drives, with the code pages vfat asks for).
-const FILESYSTEM_MODULES: [&str; 8] =
-    ["fs-squashfs", "fs-overlay", "fs-ext4", "fs-vfat", "fs-iso9660", "nls_cp437", "nls_ascii", "nls_utf8"];
+/// drives, with the code pages vfat asks for; the crc32c ext4's metadata checksums request
+/// through the crypto API, which has no modprobe to call here when ext4 is a module).
+const FILESYSTEM_MODULES: [&str; 9] = [
+    "fs-squashfs",
+    "fs-overlay",
+    "crypto-crc32c",
+    "fs-ext4",
+    "fs-vfat",
+    "fs-iso9660",
+    "nls_cp437",
+    "nls_ascii",
+    "nls_utf8",
+];
 
 /// Coldplug until a pass loads nothing new (bus drivers reveal more devices).
 fn coldplug_settle(cp: &mut Coldplug<KernelLoader>, sysfs: &Path) -> usize {

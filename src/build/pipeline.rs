@@ -11,7 +11,7 @@ use crate::manifest::{self, ImageInfo, KernelInfo, Manifest, PackageInfo, Partit
 use crate::rootfs::RootfsSource;
 use crate::squashfs::{self, Compression};
 use crate::util::atomic::PendingFile;
-use crate::util::command::{require_tool, CommandExt};
+use crate::util::command::require_tool;
 use crate::util::digest::{sha256_file, sha256_hex, sha256_range};
 use crate::util::progress::Step;
 use crate::{deb, initramfs, kernel};
@@ -27,6 +27,25 @@ pub enum Target {
     /// An AMI registered in your AWS account through the EBS direct APIs (the raw image is
     /// uploaded; it is kept only with -o).
     Ami,
+    /// A GCE image archive: disk.raw (whole GiB) as a sparse member of a gzip'd GNU tar.
+    Gce,
+}
+
+impl Target {
+    /// Kernel arguments of the platform profile, after the layout's own.
+    fn profile_cmdline(self, layout_cmdline: &str) -> String {
+        match self {
+            // GCE's serial console runs at 38400 baud; its metadata server is the datasource.
+            Target::Gce => {
+                let args: Vec<String> = layout_cmdline
+                    .split_whitespace()
+                    .map(|a| if a == "console=ttyS0" { "console=ttyS0,38400n8".to_string() } else { a.to_string() })
+                    .collect();
+                format!("{} planet.datasource=gce", args.join(" "))
+            }
+            _ => layout_cmdline.trim().to_string(),
+        }
+    }
 }
 
 /// Everything `build` needs, already resolved from the command line.
@@ -96,7 +115,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
     // 2. Kernel, modules, initramfs.
     let step = Step::start("kernel + initramfs", 0);
     let kernel = kernel::extract(&kernel_pkg.file, &layout.kernel.modules)?;
-    let initramfs = initramfs::build(&planet_init, &kernel, &[], req.epoch, 19)?;
+    let initramfs = initramfs::build(&planet_init, &kernel, &[], req.epoch, 9)?;
     step.finish(&format!(
         "kernel={} modules={} initramfs={} KiB",
         kernel.version,
@@ -106,7 +125,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
     let bootloader = read_from_deb(&boot_pkg.file, SYSTEMD_BOOT_PATH)?;
 
     // 3. The plan: everything derived from a digest of all inputs.
-    let mut options = layout.boot.cmdline.trim().to_string();
+    let mut options = req.target.profile_cmdline(&layout.boot.cmdline);
     options.push_str(" planet.slot=a");
     if let Some(extra) = req.cmdline.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         options.push(' ');
@@ -137,7 +156,8 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
         options: options.clone(),
     }];
     let esp_content = esp::content_bytes(&bootloader, &slots);
-    let plan = plan::plan(&layout, esp_content, slot_bytes, &seed)?;
+    let plan =
+        plan::plan(&layout, esp_content, slot_bytes, &seed, if req.target == Target::Gce { 1 << 30 } else { 1 })?;
 
     // 4. ESP and state filesystems.
     let step = Step::start("ESP + state", 0);
@@ -168,7 +188,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
     let pending = PendingFile::new(&req.output)?;
     let raw_path = match req.target {
         Target::Raw | Target::Ami => pending.path().to_path_buf(),
-        Target::Qcow2 => work.path.join("disk.raw"),
+        Target::Qcow2 | Target::Gce => work.path.join("disk.raw"),
     };
     disk::assemble(
         &plan,
@@ -184,14 +204,18 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
     let raw_sha256 = sha256_file(&raw_path)?;
     step.finish(&format!("{} MiB", plan.total_bytes() >> 20));
 
-    if req.target == Target::Qcow2 {
-        let step = Step::start("converting to qcow2", 0);
-        std::process::Command::new("qemu-img")
-            .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
-            .arg(&raw_path)
-            .arg(pending.path())
-            .run_checked()?;
-        step.finish("");
+    match req.target {
+        Target::Qcow2 => {
+            let step = Step::start("converting to qcow2", 0);
+            crate::convert::qcow2(&raw_path, pending.path())?;
+            step.finish("");
+        }
+        Target::Gce => {
+            let step = Step::start("packing the GCE archive", 0);
+            crate::convert::gce_archive(&raw_path, pending.path(), req.epoch)?;
+            step.finish("");
+        }
+        Target::Raw | Target::Ami => {}
     }
 
     let sha256 = sha256_file(pending.path())?;
@@ -204,6 +228,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
             format: match req.target {
                 Target::Raw | Target::Ami => "raw",
                 Target::Qcow2 => "qcow2",
+                Target::Gce => "gce",
             }
             .into(),
             sha256: sha256.clone(),

@@ -70,7 +70,9 @@ pub fn esp_size(layout: &Layout, esp_content: u64) -> u64 {
     }
 }
 
-pub fn plan(layout: &Layout, esp_content: u64, slot_image: u64, seed: &str) -> Result<Plan> {
+/// Lays the partitions out; the disk's size is rounded up to `disk_multiple` bytes (GCE wants
+/// whole GiB), the backup GPT always at its very end.
+pub fn plan(layout: &Layout, esp_content: u64, slot_image: u64, seed: &str, disk_multiple: u64) -> Result<Plan> {
     let ss = layout.sector_size;
     let align = layout.align_mib * MIB;
     let esp = esp_size(layout, esp_content);
@@ -115,7 +117,7 @@ pub fn plan(layout: &Layout, esp_content: u64, slot_image: u64, seed: &str) -> R
         offset += size;
     }
     // Leave an aligned tail for the backup GPT.
-    let total = offset + align;
+    let total = round_up(offset + align, disk_multiple.max(align));
     Ok(Plan {
         sector_size: ss,
         disk_guid: derive_guid(seed, "disk"),
@@ -158,7 +160,7 @@ mod tests {
     #[test]
     fn partitions_are_aligned_contiguous_and_seeded() {
         let layout = Layout::load(None).unwrap();
-        let p = plan(&layout, 30 * MIB, 100 * MIB, "seed").unwrap();
+        let p = plan(&layout, 30 * MIB, 100 * MIB, "seed", 1).unwrap();
         assert_eq!(p.partitions.len(), 4);
         for w in p.partitions.windows(2) {
             assert_eq!(w[0].first_lba + w[0].sectors, w[1].first_lba);
@@ -168,16 +170,19 @@ mod tests {
         }
         assert_eq!(p.partition(SLOT_A_LABEL).sectors, p.partition(SLOT_B_LABEL).sectors);
         assert!(p.partition(SLOT_A_LABEL).size(512) >= 150 * MIB);
-        assert_eq!(p, plan(&layout, 30 * MIB, 100 * MIB, "seed").unwrap());
-        assert_ne!(p.disk_guid, plan(&layout, 30 * MIB, 100 * MIB, "other").unwrap().disk_guid);
+        assert_eq!(p, plan(&layout, 30 * MIB, 100 * MIB, "seed", 1).unwrap());
+        assert_ne!(p.disk_guid, plan(&layout, 30 * MIB, 100 * MIB, "other", 1).unwrap().disk_guid);
         p.gpt().unwrap();
+        let gib = plan(&layout, 30 * MIB, 100 * MIB, "seed", 1 << 30).unwrap();
+        assert_eq!(gib.total_bytes() % (1 << 30), 0);
+        assert_eq!(gib.partitions, p.partitions);
     }
 
     #[test]
     fn fixed_slot_too_small_is_a_clear_error() {
         let mut layout = Layout::load(None).unwrap();
         layout.slots.size_mib = Some(10);
-        let err = plan(&layout, MIB, 100 * MIB, "s").unwrap_err();
+        let err = plan(&layout, MIB, 100 * MIB, "s", 1).unwrap_err();
         assert!(err.to_string().contains("slots.size_mib"));
     }
 }
