@@ -289,10 +289,22 @@ pub fn append_partition(req: &SeedRequest, image_path: &Path, epoch: u64) -> Res
     let align = (1u64 << 20) / ss;
     let old_total = len / ss;
     let last_used = gpt.partitions.iter().map(|p| p.last_lba).max().unwrap_or(0);
-    let start = (last_used + 1).div_ceil(align) * align;
+    let after_last = (last_used + 1).div_ceil(align) * align;
     let sectors = SEED_SIZE / ss;
-    let new_total = start + sectors + align;
-    f.set_len(new_total * ss)?;
+    // At the end of the disk, as Ironic places it: on an image dd'd onto a larger disk that is
+    // past the free space planet-state grows into; on a bare image the file grows to make room.
+    let at_end = old_total.saturating_sub(sectors + align) / align * align;
+    let (start, new_total) =
+        if at_end >= after_last { (at_end, old_total) } else { (after_last, after_last + sectors + align) };
+    if new_total > old_total {
+        f.set_len(new_total * ss)?;
+    }
+    // The old backup table (at the image's original end) must not survive in free space or
+    // under the config drive's zero blocks, which are not written.
+    let old_backup = gpt.backup_header_lba();
+    let old_array = planet_gpt::entry_array_sectors(ss);
+    f.seek(SeekFrom::Start((old_backup - old_array) * ss))?;
+    f.write_all(&vec![0u8; ((old_array + 1) * ss) as usize])?;
     gpt.grow_to(new_total, None, align).context("moving the backup GPT to the new end")?;
     let guid_seed = crate::util::digest::sha256_hex(format!("config-2|{}", req.instance_id()).as_bytes());
     let mut g = [0u8; 16];
@@ -314,11 +326,6 @@ pub fn append_partition(req: &SeedRequest, image_path: &Path, epoch: u64) -> Res
             f.seek(SeekFrom::Start(start * ss + i as u64 * 4096))?;
             f.write_all(chunk)?;
         }
-    }
-    // The old backup header now lies in free space: clear it so no tool mistakes it for one.
-    if old_total > 0 && old_total - 1 < start {
-        f.seek(SeekFrom::Start((old_total - 1) * ss))?;
-        f.write_all(&vec![0u8; ss as usize])?;
     }
     gpt.write_to(&mut f).context("writing the GPT with the config drive")?;
     f.sync_all()?;
