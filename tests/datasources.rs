@@ -6,13 +6,11 @@
 
 mod common;
 
+use common::metadata::*;
 use common::*;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const BOOT: Duration = Duration::from_secs(240);
@@ -32,145 +30,6 @@ fn seed(s: &Scratch, name: &str, args: &[&str]) -> PathBuf {
 
 fn assert_no_secret(console: &str) {
     assert!(!console.contains(SECRET), "the secret appeared on the console:\n{console}");
-}
-
-/// One HTTP/1.0 request to 127.0.0.1:`port`; returns the body.
-fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
-}
-
-fn b64(s: &str) -> String {
-    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n =
-            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            out.push(if i <= c.len() { T[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
-        }
-    }
-    out
-}
-
-fn etcd_range(port: u16, prefix: &str) -> Option<String> {
-    let mut end = prefix.as_bytes().to_vec();
-    *end.last_mut().unwrap() += 1;
-    let body = format!(r#"{{"key":"{}","range_end":"{}"}}"#, b64(prefix), b64(std::str::from_utf8(&end).unwrap()));
-    http(port, "POST", "/v3/kv/range", &body).ok()
-}
-
-// ---- a metadata server of our own ----
-
-/// What the server answers: (method, path) → (status, body). `None` answers nothing at all
-/// (accepts and holds the connection), for the deadline test.
-type Handler = dyn Fn(&str, &str, &[(String, String)]) -> Option<(u16, Vec<u8>)> + Send + Sync;
-
-/// A metadata server on 127.0.0.1 that logs every request with its headers. Stops when
-/// dropped.
-struct MetadataServer {
-    port: u16,
-    log: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl MetadataServer {
-    fn start(handler: Box<Handler>) -> MetadataServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (log2, stop2) = (log.clone(), stop.clone());
-        let handler: Arc<Handler> = Arc::from(handler);
-        std::thread::spawn(move || {
-            let started = Instant::now();
-            while !stop2.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(900) {
-                match listener.accept() {
-                    Ok((s, _)) => {
-                        let (log, handler, stop) = (log2.clone(), handler.clone(), stop2.clone());
-                        std::thread::spawn(move || serve(s, &log, &*handler, &stop));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
-        MetadataServer { port, log, stop }
-    }
-
-    fn log(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for MetadataServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Serves requests on one connection until it closes. QEMU's guestfwd to a `tcp:` chardev
-/// connects once, when QEMU starts, and carries every guest connection over that one stream
-/// in turn, so requests are read one after another and the connection is never closed here.
-fn serve(mut s: TcpStream, log: &Mutex<Vec<String>>, handler: &Handler, stop: &AtomicBool) {
-    s.set_nonblocking(false).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-    let mut raw: Vec<u8> = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let end = loop {
-            if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            match s.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => raw.extend_from_slice(&buf[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                Err(_) => return,
-            }
-        };
-        let text = String::from_utf8_lossy(&raw[..end]).into_owned();
-        raw.drain(..end);
-        let mut lines = text.lines();
-        let first = lines.next().unwrap_or("").to_string();
-        let headers: Vec<(String, String)> = lines
-            .take_while(|l| !l.is_empty())
-            .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())))
-            .collect();
-        let mut words = first.split_whitespace();
-        let (method, path) = (words.next().unwrap_or("").to_string(), words.next().unwrap_or("").to_string());
-        let header_text: Vec<String> = headers.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        log.lock().unwrap().push(format!("{method} {path} {}", header_text.join(" ")));
-        match handler(&method, &path, &headers) {
-            Some((status, body)) => {
-                let _ = write!(s, "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n", body.len());
-                let _ = s.write_all(&body);
-            }
-            None => {
-                // Never answer: hold the connection until the test ends.
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                return;
-            }
-        }
-    }
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 /// An IMDSv2 server: the token PUT gives "tok-123"; GETs without it get 401.

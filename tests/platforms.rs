@@ -1,8 +1,10 @@
-//! Platform variants booted for real: the bare-metal profile dd'd onto a larger disk behind
-//! NVMe and AHCI controllers (with an Ironic-style config drive), and the 4Kn variant.
+//! Platform variants booted for real: the GCE archive on virtio-scsi with GCE's SMBIOS strings
+//! and a metadata server of the test's own, the bare-metal profile dd'd onto a larger disk
+//! behind NVMe and AHCI controllers (with an Ironic-style config drive), and the 4Kn variant.
 
 mod common;
 
+use common::metadata::{header, MetadataServer};
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -83,4 +85,54 @@ fn four_k_native_variant_boots_through_the_firmware() {
     let console = guest.wait_for("planet-init: launcher started", BOOT);
     assert!(console.contains("disk found disk=nvme0n1"), "{console}");
     guest.wait_for("demo-init: registered", BOOT);
+}
+
+#[test]
+fn gce_archive_holds_one_sparse_whole_gib_disk_that_boots_on_virtio_scsi() {
+    let s = Scratch::new("gce");
+    let archive = s.path("planet-gce.tar.gz");
+    build("gce", &fixture("demo.tar"), &archive, &["--cmdline", "planet.metadata_url=http://10.0.2.100"]);
+    let list = stdout(Command::new("tar").arg("-tvzf").arg(&archive));
+    assert_eq!(list.lines().count(), 1, "{list}");
+    let fields: Vec<&str> = list.split_whitespace().collect();
+    assert_eq!(fields.last(), Some(&"disk.raw"), "{list}");
+    let size: u64 = fields[2].parse().unwrap();
+    assert!(size > 0 && size % (1 << 30) == 0, "disk.raw is {size} bytes, not whole GiB");
+    // GNU tar lists sparse members like regular files; Python's reader tells them apart.
+    let py = "import tarfile,sys\nm=tarfile.open(sys.argv[1]).getmembers()[0]\nprint(m.name, m.issparse())";
+    assert_eq!(stdout(Command::new("python3").args(["-c", py]).arg(&archive)).trim(), "disk.raw True");
+    ok(Command::new("tar").arg("-xSzf").arg(&archive).arg("-C").arg(&s.0));
+    let disk = s.path("disk.raw");
+    ok(Command::new("sgdisk").arg("-v").arg(&disk));
+
+    let user_data = "#cloud-config\nhostname: gce-1\nplanet:\n  role: dev\n  cloud_provider: gce\n".to_string();
+    let server = MetadataServer::start(Box::new(move |_, path, headers| {
+        if header(headers, "metadata-flavor") != Some("Google") {
+            return Some((403, Vec::new()));
+        }
+        Some(match path.strip_prefix("/computeMetadata/v1/instance/").unwrap_or("") {
+            "attributes/user-data" => (200, user_data.clone().into_bytes()),
+            "hostname" => (200, b"gce-1.c.project.internal".to_vec()),
+            "id" => (200, b"4242".to_vec()),
+            "network-interfaces/0/ip" => (200, b"10.0.2.15".to_vec()),
+            _ => (404, Vec::new()),
+        })
+    }));
+    let guestfwd = format!("10.0.2.100:80={}", server.port);
+    let mut guest = Guest::start(
+        &disk,
+        &s,
+        &[
+            "--disk-bus",
+            "scsi",
+            "--smbios",
+            "type=1,manufacturer=Google,product=Google Compute Engine",
+            "--guestfwd",
+            &guestfwd,
+        ],
+    );
+    let console = guest.wait_for("planet-init: launcher started", BOOT);
+    assert!(console.contains("disk found disk=sda"), "{console}");
+    assert!(console.contains("provider=gce") && console.contains("source=gce"), "{console}");
+    assert!(console.contains("console=ttyS0,38400n8") || console.contains("ttyS0,38400n8"), "{console}");
 }

@@ -2,6 +2,8 @@
 //! `scripts/test`, running tools nobody here wrote, and booting images.
 #![allow(dead_code)]
 
+pub mod metadata;
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -259,4 +261,62 @@ with tarfile.open(sys.argv[1], "w", format=tarfile.PAX_FORMAT) as t:
 "#
     );
     ok(Command::new("python3").arg("-c").arg(script).arg(out));
+}
+
+/// One HTTP/1.0 request to 127.0.0.1:`port`; returns the body.
+pub fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+/// Retries `f` every half second until it returns Some, for at most `limit`.
+pub fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    None
+}
+
+pub fn b64(s: &str) -> String {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// etcd v3 range over a prefix, through its JSON gateway.
+pub fn etcd_range(port: u16, prefix: &str) -> Option<String> {
+    let mut end = prefix.as_bytes().to_vec();
+    *end.last_mut().unwrap() += 1;
+    let body = format!(r#"{{"key":"{}","range_end":"{}"}}"#, b64(prefix), b64(std::str::from_utf8(&end).unwrap()));
+    http(port, "POST", "/v3/kv/range", &body).ok()
+}
+
+pub fn etcd_put(port: u16, key: &str, value: &str) -> Option<String> {
+    let body = format!(r#"{{"key":"{}","value":"{}"}}"#, b64(key), b64(value));
+    http(port, "POST", "/v3/kv/put", &body).ok().filter(|r| r.contains("revision"))
 }
