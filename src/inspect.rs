@@ -73,8 +73,8 @@ pub fn run(path: &Path, manifest_path: Option<&Path>) -> Result<String> {
         out,
         "manifest:   {} (rootfs {} sha256 {}, kernel {}, planet-init {})",
         mpath.display(),
-        m.rootfs.format,
-        &m.rootfs.sha256[..16.min(m.rootfs.sha256.len())],
+        m.rootfs.summary.format,
+        &m.rootfs.summary.sha256[..16.min(m.rootfs.summary.sha256.len())],
         m.kernel.version,
         m.planet_init.version
     )?;

@@ -74,31 +74,12 @@ pub struct PartitionInfo {
     pub sha256: String,
 }
 
+/// The rootfs stage's summary plus the size of the squashfs it became.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RootfsInfo {
-    pub source: String,
-    pub format: String,
-    pub sha256: String,
-    pub planet_release: bool,
-    pub has_planet_launcher: bool,
-    pub entries: u64,
-    pub file_bytes: u64,
+    #[serde(flatten)]
+    pub summary: RootfsSummary,
     pub squashfs_bytes: u64,
-}
-
-impl RootfsInfo {
-    pub fn new(s: &RootfsSummary, squashfs_bytes: u64) -> Self {
-        RootfsInfo {
-            source: s.source.clone(),
-            format: s.format.clone(),
-            sha256: s.sha256.clone(),
-            planet_release: s.planet_release,
-            has_planet_launcher: s.has_planet_launcher,
-            entries: s.entries,
-            file_bytes: s.file_bytes,
-            squashfs_bytes,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

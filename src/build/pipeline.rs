@@ -239,7 +239,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
             raw_sha256,
         },
         partitions,
-        rootfs: RootfsInfo::new(&rootfs, slot_bytes),
+        rootfs: RootfsInfo { summary: rootfs.clone(), squashfs_bytes: slot_bytes },
         packages: vec![PackageInfo::from(&kernel_pkg), PackageInfo::from(&boot_pkg)],
         kernel: KernelInfo {
             version: kernel.version.clone(),
