@@ -31,7 +31,8 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Boot an image in QEMU with UEFI firmware.
     Run(RunArgs),
-    /// Publish an image built before to a cloud: `publish aws FILE.raw --name NAME` registers an AMI.
+    /// Publish an image built before to a cloud: `publish aws FILE.raw --name NAME` registers an AMI,
+    /// `publish gce FILE.tar.gz --bucket B --project P --name N` creates a GCE image.
     #[command(subcommand)]
     Publish(PublishCommand),
     /// Write a NoCloud or ConfigDrive seed image with cloud-init data (QEMU, bare metal).
@@ -208,6 +209,50 @@ pub enum PublishCommand {
     /// Credentials and region come from the standard AWS chain (environment, profile, SSO,
     /// instance role); AWS_ENDPOINT_URL is honoured. The result is JSON on stdout.
     Aws(PublishAwsArgs),
+    /// Make a GCE image from the archive of `build --target gce`: a resumable upload to Cloud
+    /// Storage (resumed, not restarted, after a broken connection), then images.insert with
+    /// UEFI_COMPATIBLE, VIRTIO_SCSI_MULTIQUEUE and GVNIC, waiting on the operation. Credentials come
+    /// from the Google application-default chain (GOOGLE_APPLICATION_CREDENTIALS, gcloud's
+    /// application_default_credentials.json, the metadata server on GCE); GCE_ACCESS_TOKEN, when
+    /// set, is used as the access token instead. The result is JSON on stdout.
+    Gce(PublishGceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PublishGceArgs {
+    /// The GCE image archive (gzip'd tar holding disk.raw) from `build --target gce`.
+    #[arg(value_name = "FILE.tar.gz")]
+    pub archive: PathBuf,
+    /// Cloud Storage bucket the archive is uploaded to.
+    #[arg(long, value_name = "BUCKET")]
+    pub bucket: String,
+    /// Google Cloud project the image is created in.
+    #[arg(long, value_name = "PROJECT")]
+    pub project: String,
+    /// The image's name (a-z, 0-9, -; starts with a letter).
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+    /// The image family, so instances can use the latest image of it.
+    #[arg(long, value_name = "FAMILY")]
+    pub family: Option<String>,
+    /// The image's description.
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+    /// Object name in the bucket [default: NAME.tar.gz].
+    #[arg(long, value_name = "OBJECT")]
+    pub object: Option<String>,
+    /// Upload chunk: a multiple of 256K (e.g. 256K, 8M, 64M).
+    #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = crate::publish::gce::upload::parse_chunk_size)]
+    pub chunk_size: u64,
+    /// Cloud Storage endpoint (an emulator's `host:port` or URL) [default: https://storage.googleapis.com].
+    #[arg(long, env = "STORAGE_EMULATOR_HOST", value_name = "URL")]
+    pub storage_endpoint: Option<String>,
+    /// Compute Engine API endpoint [default: https://compute.googleapis.com].
+    #[arg(long, env = "GCE_COMPUTE_ENDPOINT", value_name = "URL")]
+    pub compute_endpoint: Option<String>,
+    /// How long to wait for the image to be created.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1800)]
+    pub wait_timeout: u64,
 }
 
 #[derive(Debug, Args)]

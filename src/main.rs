@@ -96,6 +96,25 @@ fn dispatch(cli: Cli) -> Result<i32> {
             println!("{}", serde_json::to_string_pretty(&result)?);
             Ok(0)
         }
+        Command::Publish(PublishCommand::Gce(a)) => {
+            let result = publish::gce::publish_file(
+                &a.archive,
+                &publish::gce::GceOptions {
+                    bucket: a.bucket,
+                    project: a.project,
+                    name: a.name,
+                    family: a.family,
+                    description: a.description,
+                    object: a.object,
+                    chunk_size: a.chunk_size,
+                    storage_endpoint: a.storage_endpoint,
+                    compute_endpoint: a.compute_endpoint,
+                    wait_timeout: Duration::from_secs(a.wait_timeout),
+                },
+            )?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
+            Ok(0)
+        }
         Command::Run(a) => run::run(&run::RunRequest {
             image: a.image,
             seed: a.seed,
