@@ -23,13 +23,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Download the kernel, boot loader and OVMF packages into the cache (apt-get download).
+    /// Download the kernel, boot loader, OVMF and GRUB (for --bios) packages into the cache (apt-get download).
     Fetch(FetchArgs),
     /// Build a bootable disk image from a Planet rootfs.
     Build(BuildArgs),
     /// Show an image's partitions and contents and verify it against its manifest.
     Inspect(InspectArgs),
-    /// Boot an image in QEMU with UEFI firmware.
+    /// Boot an image in QEMU with UEFI firmware (or SeaBIOS: --firmware bios).
     Run(RunArgs),
     /// Publish an image built before to a cloud: `publish aws FILE.raw --name NAME` registers an AMI,
     /// `publish gce FILE.tar.gz --bucket B --project P --name N` creates a GCE image.
@@ -83,6 +83,12 @@ pub struct BuildArgs {
     /// Extra kernel command line, appended after `console=… planet.slot=a`.
     #[arg(long, value_name = "ARGS")]
     pub cmdline: Option<String>,
+    /// Also boot on legacy BIOS (old servers, `uefi-preferred` AMIs): GRUB's boot.img in the
+    /// protective MBR, its core.img in a BIOS boot partition after the ESP (the layout's [bios]
+    /// section), grub.cfg on the ESP. UEFI still boots systemd-boot. Needs grub-mkimage (grub-common)
+    /// and 512-byte sectors.
+    #[arg(long)]
+    pub bios: bool,
     /// Kernel package (.deb of linux-image-<version>-…) instead of the cached one.
     #[arg(long, value_name = "FILE.deb")]
     pub kernel_package: Option<PathBuf>,
@@ -146,6 +152,9 @@ pub struct RunArgs {
     /// Accelerator.
     #[arg(long, value_enum, default_value = "auto")]
     pub accel: Accel,
+    /// Firmware: UEFI (OVMF from the cache) or legacy BIOS (QEMU's SeaBIOS; for images built with --bios).
+    #[arg(long, value_enum, default_value = "uefi")]
+    pub firmware: crate::run::Firmware,
     /// Controller of the boot disk.
     #[arg(long, value_enum, default_value = "virtio")]
     pub disk_bus: crate::run::DiskBus,

@@ -35,7 +35,9 @@ pub fn entry_conf(s: &SlotBoot<'_>) -> String {
     )
 }
 
-/// Formats and fills a FAT32 filesystem of `size` bytes.
+/// Formats and fills a FAT32 filesystem of `size` bytes; `extra_files` (path, bytes) are added
+/// as they are (GRUB's `boot/grub/grub.cfg` for legacy BIOS boot).
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     size: u64,
     sector_size: u16,
@@ -44,8 +46,12 @@ pub fn build(
     mtime: u64,
     bootloader: &[u8],
     slots: &[SlotBoot<'_>],
+    extra_files: &[(&str, &[u8])],
 ) -> Result<Vec<u8>> {
     let mut tree = fat32::Tree::default();
+    for (path, bytes) in extra_files {
+        tree.add_file(path, bytes.to_vec())?;
+    }
     tree.add_file("EFI/BOOT/BOOTX64.EFI", bootloader.to_vec())?;
     tree.add_file("loader/loader.conf", loader_conf(slots.first().map(|s| s.slot).unwrap_or("a")).into_bytes())?;
     for s in slots {

@@ -14,6 +14,8 @@ use std::process::Command;
 /// The packages fetched by default, by role.
 pub const BOOTLOADER_PACKAGE: &str = "systemd-boot-efi";
 pub const FIRMWARE_PACKAGE: &str = "ovmf";
+/// GRUB for PCs (i386-pc: boot.img, core image parts and modules), for `build --bios`.
+pub const BIOS_PACKAGE: &str = "grub-pc-bin";
 /// Inside the boot loader package.
 pub const SYSTEMD_BOOT_PATH: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 const OVMF_CODE: &str = "usr/share/OVMF/OVMF_CODE_4M.fd";
@@ -21,7 +23,7 @@ const OVMF_VARS: &str = "usr/share/OVMF/OVMF_VARS_4M.fd";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PackageRecord {
-    /// `kernel`, `bootloader` or `firmware`.
+    /// `kernel`, `bootloader`, `firmware` or `bios`.
     pub role: String,
     /// The package that was asked for (for kernels, the meta package such as
     /// `linux-image-cloud-amd64`, which `name` resolves).
@@ -102,8 +104,8 @@ impl Cache {
         Ok(rec)
     }
 
-    /// Downloads the kernels (each meta package and its versioned image), the boot loader and
-    /// the firmware, and records them.
+    /// Downloads the kernels (each meta package and its versioned image), the boot loader, the
+    /// firmware and GRUB for legacy BIOS boot, and records them.
     pub fn fetch(&self, kernel_metas: &[String]) -> Result<Vec<PackageRecord>> {
         require_tool("apt-get", "apt")?;
         let debs = self.dir.join("debs");
@@ -124,8 +126,12 @@ impl Cache {
         let boot = download(&debs, BOOTLOADER_PACKAGE)?;
         let firmware = download(&debs, FIRMWARE_PACKAGE)?;
         self.extract_ovmf(&firmware)?;
-        for (role, source, file) in [("bootloader", BOOTLOADER_PACKAGE, boot), ("firmware", FIRMWARE_PACKAGE, firmware)]
-        {
+        let bios = download(&debs, BIOS_PACKAGE)?;
+        for (role, source, file) in [
+            ("bootloader", BOOTLOADER_PACKAGE, boot),
+            ("firmware", FIRMWARE_PACKAGE, firmware),
+            ("bios", BIOS_PACKAGE, bios),
+        ] {
             let (name, version) = deb::name_and_version(&file)?;
             records.push(PackageRecord {
                 role: role.into(),

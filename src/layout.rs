@@ -34,6 +34,34 @@ pub struct Layout {
     pub state: StateSpec,
     pub kernel: KernelSpec,
     pub boot: BootSpec,
+    /// Legacy BIOS boot (GRUB i386-pc in a BIOS boot partition); off unless enabled here or by
+    /// `build --bios`. Left out of the serialized layout when off, so UEFI-only images are
+    /// unchanged by its existence.
+    #[serde(default, skip_serializing_if = "BiosSpec::is_off")]
+    pub bios: BiosSpec,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BiosSpec {
+    /// Install the BIOS boot path (`build --bios` sets it).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Size of the BIOS boot partition that holds GRUB's core.img.
+    #[serde(default = "default_bios_size")]
+    pub size_mib: u64,
+}
+
+impl Default for BiosSpec {
+    fn default() -> BiosSpec {
+        BiosSpec { enabled: false, size_mib: default_bios_size() }
+    }
+}
+
+impl BiosSpec {
+    fn is_off(&self) -> bool {
+        !self.enabled
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -89,6 +117,9 @@ fn default_sector() -> u64 {
 fn default_align() -> u64 {
     1
 }
+fn default_bios_size() -> u64 {
+    1
+}
 fn default_headroom() -> u64 {
     50
 }
@@ -133,6 +164,17 @@ impl Layout {
         if self.state.size_mib < 16 {
             bail!("state.size_mib must be at least 16 (ext4 with a journal)");
         }
+        if self.bios.enabled {
+            if self.sector_size != 512 {
+                bail!(
+                    "legacy BIOS boot (bios.enabled, --bios) needs 512-byte sectors: BIOSes do not boot 4Kn disks; \
+                     build the 4Kn image without --bios"
+                );
+            }
+            if self.bios.size_mib == 0 {
+                bail!("bios.size_mib must be at least 1 (GRUB's core.img lives there)");
+            }
+        }
         if self.kernel.modules.is_empty() {
             bail!("kernel.modules is empty: the host could not find its disk");
         }
@@ -157,6 +199,18 @@ mod tests {
         assert_eq!(l.kernel.package, "linux-image-amd64");
         assert!(l.kernel.modules.iter().any(|m| m == "kernel/drivers/scsi/"));
         assert!(Layout::load_profile(None, "nope").is_err());
+    }
+
+    #[test]
+    fn bios_is_off_by_default_and_left_out_when_off() {
+        let mut l = Layout::load(None).unwrap();
+        assert!(!l.bios.enabled);
+        assert_eq!(l.bios.size_mib, 1);
+        assert!(!toml::to_string(&l).unwrap().contains("bios"));
+        l.bios.enabled = true;
+        assert!(toml::to_string(&l).unwrap().contains("[bios]"));
+        l.sector_size = 4096;
+        assert!(l.validate().unwrap_err().to_string().contains("512-byte"));
     }
 
     #[test]

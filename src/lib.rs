@@ -4,6 +4,7 @@
 //! `initramfs` (the host) → `esp` (boot loader) → `disk` (GPT, sparse raw), planned by
 //! `build::plan` and run by `build::pipeline`; `fetch`, `inspect` and `run` around it.
 
+pub mod bios;
 pub mod build;
 pub mod cli;
 pub mod convert;

@@ -1,7 +1,7 @@
 //! `planet-image run`: boots an image in QEMU with UEFI firmware (OVMF from the cache, with a
-//! private copy of its variable store), KVM when it really works and TCG otherwise, user
-//! networking restricted to the host forwards asked for, and the serial console on the
-//! terminal or in a log file.
+//! private copy of its variable store) or QEMU's own SeaBIOS (`--firmware bios`), KVM when it
+//! really works and TCG otherwise, user networking restricted to the host forwards asked for,
+//! and the serial console on the terminal or in a log file.
 
 use crate::fetch::Cache;
 use crate::image::DiskImage;
@@ -24,6 +24,7 @@ pub struct RunRequest {
     pub monitor: Option<PathBuf>,
     pub cache_dir: Option<PathBuf>,
     pub accel: Accel,
+    pub firmware: Firmware,
     /// How the boot disk is attached.
     pub disk_bus: DiskBus,
     /// Logical and physical block size of the boot disk (4096 for a 4Kn disk).
@@ -40,6 +41,15 @@ pub enum Accel {
     Auto,
     Kvm,
     Tcg,
+}
+
+/// What the machine boots with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Firmware {
+    /// OVMF (UEFI) from the package cache: systemd-boot.
+    Uefi,
+    /// QEMU's default SeaBIOS (legacy BIOS): GRUB from the MBR, for images built with --bios.
+    Bios,
 }
 
 /// The controller the boot disk hangs off, as on the platforms the images are for.
@@ -144,13 +154,15 @@ pub fn run(req: &RunRequest) -> Result<i32> {
     require_tool("qemu-system-x86_64", "qemu-system-x86")?;
     let cache = Cache::new(req.cache_dir.as_deref())?;
     let (code, vars_template) = (cache.ovmf_code(), cache.ovmf_vars());
-    if !code.is_file() || !vars_template.is_file() {
+    if req.firmware == Firmware::Uefi && (!code.is_file() || !vars_template.is_file()) {
         bail!("OVMF firmware is not in the cache {}: run `planet-image fetch` first", cache.dir.display());
     }
     let image = DiskImage::open(&req.image)?;
     let scratch = tempdir("planet-image-run")?;
     let vars = scratch.join("OVMF_VARS.fd");
-    std::fs::copy(&vars_template, &vars).with_context(|| format!("copying {}", vars_template.display()))?;
+    if req.firmware == Firmware::Uefi {
+        std::fs::copy(&vars_template, &vars).with_context(|| format!("copying {}", vars_template.display()))?;
+    }
 
     let accel = match req.accel {
         Accel::Kvm => "kvm",
@@ -167,11 +179,13 @@ pub fn run(req: &RunRequest) -> Result<i32> {
         "-smp",
         &req.cpus.to_string(),
     ])
-    .args(["-display", "none", "-no-user-config", "-nodefaults"])
-    .arg("-drive")
-    .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()))
-    .arg("-drive")
-    .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+    .args(["-display", "none", "-no-user-config", "-nodefaults"]);
+    if req.firmware == Firmware::Uefi {
+        cmd.arg("-drive")
+            .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()))
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+    }
     add_boot_disk(&mut cmd, req, &image);
     if accel == "kvm" {
         cmd.args(["-cpu", "host"]);

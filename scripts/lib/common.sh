@@ -199,6 +199,8 @@ install_build_deps() {
     ensure_apt qemu-utils
     # cloud-init's own schema validator checks the cloud-init/ examples (tests/datasources.rs).
     ensure_apt cloud-init
+    # grub-mkimage makes GRUB's core.img for `build --bios` (the modules come from the fetched grub-pc-bin).
+    ensure_apt grub-common
     need_cmd cargo
     if ! cargo nextest --version >/dev/null 2>&1; then
         log "installing cargo-nextest"

@@ -2,7 +2,7 @@
 //! boot loader → ESP, empty ext4 state, all placed by the plan into a sparse raw disk, then
 //! converted (qcow2) and described by a manifest. Outputs appear only when complete.
 
-use super::plan::{self, Plan, ESP_LABEL, SLOT_A_LABEL, SLOT_B_LABEL, STATE_LABEL};
+use super::plan::{self, Plan, BIOS_LABEL, ESP_LABEL, SLOT_A_LABEL, SLOT_B_LABEL, STATE_LABEL};
 use crate::disk::{self, Content};
 use crate::esp::{self, SlotBoot};
 use crate::fetch::{Cache, PackageRecord, SYSTEMD_BOOT_PATH};
@@ -59,6 +59,8 @@ pub struct BuildRequest {
     /// Overrides the layout's logical sector size (512 or 4096).
     pub sector_size: Option<u64>,
     pub cmdline: Option<String>,
+    /// Adds legacy BIOS boot (GRUB i386-pc) beside UEFI; the layout's `[bios]` section.
+    pub bios: bool,
     pub kernel_package: Option<PathBuf>,
     pub bootloader_package: Option<PathBuf>,
     pub planet_init: Option<PathBuf>,
@@ -83,12 +85,24 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
         layout.sector_size = ss;
         layout.validate()?;
     }
+    if req.bios {
+        layout.bios.enabled = true;
+        layout.validate()?;
+    }
     let cache = Cache::new(req.cache_dir.as_deref())?;
     let kernel_pkg = match req.kernel_package.as_deref() {
         Some(file) => package(&cache, "kernel", Some(file))?,
         None => cache.kernel_package(&layout.kernel.package)?,
     };
     let boot_pkg = package(&cache, "bootloader", req.bootloader_package.as_deref())?;
+    let bios_pkg = match layout.bios.enabled {
+        true => {
+            crate::util::command::require_tool("grub-mkimage", "grub-common")
+                .context("legacy BIOS boot (--bios) makes GRUB's core.img with grub-mkimage")?;
+            Some(cache.package("bios")?)
+        }
+        false => None,
+    };
     let planet_init_path = find_planet_init(req.planet_init.as_deref())?;
     let planet_init =
         std::fs::read(&planet_init_path).with_context(|| format!("reading {}", planet_init_path.display()))?;
@@ -132,20 +146,21 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
         options.push_str(extra);
     }
     let layout_text = toml::to_string(&layout)?;
-    let seed = sha256_hex(
-        format!(
-            "rootfs={}\nkernel={}\nbootloader={}\nplanet-init={}\nlayout={}\ncmdline={}\ncompression={}\nepoch={}\n",
-            rootfs.sha256,
-            kernel_pkg.sha256,
-            boot_pkg.sha256,
-            sha256_hex(&planet_init),
-            layout_text,
-            options,
-            req.compression,
-            req.epoch
-        )
-        .as_bytes(),
+    let mut seed_text = format!(
+        "rootfs={}\nkernel={}\nbootloader={}\nplanet-init={}\nlayout={}\ncmdline={}\ncompression={}\nepoch={}\n",
+        rootfs.sha256,
+        kernel_pkg.sha256,
+        boot_pkg.sha256,
+        sha256_hex(&planet_init),
+        layout_text,
+        options,
+        req.compression,
+        req.epoch
     );
+    if let Some(b) = &bios_pkg {
+        seed_text.push_str(&format!("bios={}\n", b.sha256));
+    }
+    let seed = sha256_hex(seed_text.as_bytes());
     let release = rootfs.sha256[..12].to_string();
     let slots = [SlotBoot {
         slot: "a",
@@ -155,6 +170,8 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
         initramfs: &initramfs,
         options: options.clone(),
     }];
+    let grub_cfg = bios_pkg.as_ref().map(|_| crate::bios::grub_cfg(&slots));
+    let extra_files: Vec<(&str, &[u8])> = grub_cfg.iter().map(|c| (crate::bios::GRUB_CFG_PATH, c.as_bytes())).collect();
     let esp_content = esp::content_bytes(&bootloader, &slots);
     let plan =
         plan::plan(&layout, esp_content, slot_bytes, &seed, if req.target == Target::Gce { 1 << 30 } else { 1 })?;
@@ -171,6 +188,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
         req.epoch,
         &bootloader,
         &slots,
+        &extra_files,
     )?;
     let state_image = work.path.join("state.ext4");
     let state_uuid = plan::derive_guid(&seed, "state-fs").to_string().to_lowercase();
@@ -183,6 +201,17 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
     )?;
     step.finish("");
 
+    // 4b. Legacy BIOS boot: GRUB's core.img for the BIOS boot partition, boot.img for the MBR.
+    let bios_boot = match (&bios_pkg, plan.find(BIOS_LABEL)) {
+        (Some(pkg), Some(part)) => {
+            let step = Step::start("GRUB for BIOS boot", 0);
+            let b = crate::bios::build(&pkg.file, &work.path, part.first_lba, part.size(plan.sector_size), volume_id)?;
+            step.finish(&format!("core.img={} KiB", b.core.len().div_ceil(1024)));
+            Some(b)
+        }
+        _ => None,
+    };
+
     // 5. The disk.
     let step = Step::start("assembling the disk", plan.total_bytes());
     let pending = PendingFile::new(&req.output)?;
@@ -190,16 +219,20 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
         Target::Raw | Target::Ami => pending.path().to_path_buf(),
         Target::Qcow2 | Target::Gce => work.path.join("disk.raw"),
     };
-    disk::assemble(
-        &plan,
-        &[
-            (ESP_LABEL, Content::Bytes(&esp_image)),
-            (SLOT_A_LABEL, Content::File(&slot_image)),
-            (SLOT_B_LABEL, Content::Empty),
-            (STATE_LABEL, Content::File(&state_image)),
-        ],
-        &raw_path,
-    )?;
+    let mut contents = vec![
+        (ESP_LABEL, Content::Bytes(&esp_image)),
+        (SLOT_A_LABEL, Content::File(&slot_image)),
+        (SLOT_B_LABEL, Content::Empty),
+        (STATE_LABEL, Content::File(&state_image)),
+    ];
+    if let Some(b) = &bios_boot {
+        contents.push((BIOS_LABEL, Content::Bytes(&b.core)));
+    }
+    disk::assemble(&plan, &contents, &raw_path)?;
+    if let Some(b) = &bios_boot {
+        crate::bios::install_boot_code(&raw_path, &b.boot_code)
+            .with_context(|| format!("writing GRUB's boot.img into the MBR of {}", raw_path.display()))?;
+    }
     let partitions = partition_digests(&plan, &raw_path)?;
     let raw_sha256 = sha256_file(&raw_path)?;
     step.finish(&format!("{} MiB", plan.total_bytes() >> 20));
@@ -240,7 +273,11 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
         },
         partitions,
         rootfs: RootfsInfo { summary: rootfs.clone(), squashfs_bytes: slot_bytes },
-        packages: vec![PackageInfo::from(&kernel_pkg), PackageInfo::from(&boot_pkg)],
+        packages: [Some(&kernel_pkg), Some(&boot_pkg), bios_pkg.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(PackageInfo::from)
+            .collect(),
         kernel: KernelInfo {
             version: kernel.version.clone(),
             modules: kernel.modules.len(),

@@ -10,6 +10,8 @@ pub const ESP_LABEL: &str = "esp";
 pub const SLOT_A_LABEL: &str = "planet-a";
 pub const SLOT_B_LABEL: &str = "planet-b";
 pub const STATE_LABEL: &str = "planet-state";
+/// The BIOS boot partition holding GRUB's core.img (only with legacy BIOS boot).
+pub const BIOS_LABEL: &str = "bios-boot";
 
 const MIB: u64 = 1 << 20;
 
@@ -98,12 +100,13 @@ pub fn plan(layout: &Layout, esp_content: u64, slot_image: u64, seed: &str, disk
     let slot_type = planet_gpt::types::parse(&layout.slots.type_guid).expect("validated layout");
     let state_type = planet_gpt::types::parse(&layout.state.type_guid).expect("validated layout");
     let esp_type = planet_gpt::types::parse("esp").expect("constant");
-    let specs: [(&'static str, Guid, u64); 4] = [
-        (ESP_LABEL, esp_type, esp),
-        (SLOT_A_LABEL, slot_type, slot),
-        (SLOT_B_LABEL, slot_type, slot),
-        (STATE_LABEL, state_type, state),
-    ];
+    let mut specs: Vec<(&'static str, Guid, u64)> = vec![(ESP_LABEL, esp_type, esp)];
+    if layout.bios.enabled {
+        // Right after the ESP: the ESP keeps its place and number, planet-state stays last.
+        let bios_type = planet_gpt::types::parse("bios-boot").expect("constant");
+        specs.push((BIOS_LABEL, bios_type, round_up(layout.bios.size_mib * MIB, align)));
+    }
+    specs.extend([(SLOT_A_LABEL, slot_type, slot), (SLOT_B_LABEL, slot_type, slot), (STATE_LABEL, state_type, state)]);
     let mut offset = align;
     let mut partitions = Vec::new();
     for (label, type_guid, size) in specs {
@@ -130,6 +133,11 @@ pub fn plan(layout: &Layout, esp_content: u64, slot_image: u64, seed: &str, disk
 impl Plan {
     pub fn total_bytes(&self) -> u64 {
         self.total_sectors * self.sector_size
+    }
+
+    /// The partition of that label, if the plan has one (the BIOS boot partition is optional).
+    pub fn find(&self, label: &str) -> Option<&PartitionPlan> {
+        self.partitions.iter().find(|p| p.label == label)
     }
 
     pub fn partition(&self, label: &str) -> &PartitionPlan {
@@ -176,6 +184,26 @@ mod tests {
         let gib = plan(&layout, 30 * MIB, 100 * MIB, "seed", 1 << 30).unwrap();
         assert_eq!(gib.total_bytes() % (1 << 30), 0);
         assert_eq!(gib.partitions, p.partitions);
+    }
+
+    #[test]
+    fn bios_boot_partition_follows_the_esp_and_state_stays_last() {
+        let mut layout = Layout::load(None).unwrap();
+        let uefi = plan(&layout, 30 * MIB, 100 * MIB, "seed", 1).unwrap();
+        layout.bios.enabled = true;
+        let p = plan(&layout, 30 * MIB, 100 * MIB, "seed", 1).unwrap();
+        let labels: Vec<_> = p.partitions.iter().map(|p| p.label).collect();
+        assert_eq!(labels, [ESP_LABEL, BIOS_LABEL, SLOT_A_LABEL, SLOT_B_LABEL, STATE_LABEL]);
+        assert_eq!(p.partition(ESP_LABEL), uefi.partition(ESP_LABEL));
+        let bios = p.partition(BIOS_LABEL);
+        assert_eq!(bios.size(512), MIB);
+        assert_eq!(bios.type_guid.to_string(), planet_gpt::types::BIOS_BOOT);
+        assert_eq!(p.total_sectors, uefi.total_sectors + MIB / 512);
+        for w in p.partitions.windows(2) {
+            assert_eq!(w[0].first_lba + w[0].sectors, w[1].first_lba);
+        }
+        p.gpt().unwrap();
+        assert!(uefi.find(BIOS_LABEL).is_none());
     }
 
     #[test]
