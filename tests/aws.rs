@@ -478,23 +478,8 @@ fn respond(client: &mut TcpStream, status: &str, error_type: &str, message: &str
 
 /// Reads one request: the head (up to the blank line) and its body (Content-Length or chunked).
 fn read_request(r: &mut BufReader<TcpStream>) -> std::io::Result<Option<(String, Vec<u8>)>> {
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line)? == 0 {
-            return Ok(None);
-        }
-        head.push_str(&line);
-        if line == "\r\n" {
-            break;
-        }
-    }
-    let header = |name: &str| {
-        head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-        })
-    };
+    let Some(mut head) = read_head(r)? else { return Ok(None) };
+    let header = |name: &str| head_field(&head, name);
     let mut body = Vec::new();
     if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
         body.resize(len, 0);

@@ -320,3 +320,27 @@ pub fn etcd_put(port: u16, key: &str, value: &str) -> Option<String> {
     let body = format!(r#"{{"key":"{}","value":"{}"}}"#, b64(key), b64(value));
     http(port, "POST", "/v3/kv/put", &body).ok().filter(|r| r.contains("revision"))
 }
+
+/// Reads a request or response head up to its blank line (`None` at end of stream), and gives
+/// a case-insensitive header lookup over it.
+pub fn read_head(r: &mut impl std::io::BufRead) -> std::io::Result<Option<String>> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        head.push_str(&line);
+        if line == "\r\n" {
+            return Ok(Some(head));
+        }
+    }
+}
+
+/// The value of header `name` in a head read by `read_head`.
+pub fn head_field(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
+}

@@ -158,14 +158,7 @@ impl Upload<'_> {
                 );
                 std::thread::sleep(d);
                 stats.resumes += 1;
-                let status = self
-                    .http
-                    .agent
-                    .put(&session)
-                    .set("Authorization", &self.token.bearer())
-                    .set("Content-Range", &format!("bytes */{total}"))
-                    .send_bytes(&[]);
-                answer = self.answer(status, total)?;
+                answer = self.query_status(&session, total)?;
                 if let Answer::Incomplete(n) = answer {
                     eprintln!("planet-image: the server has {n} of {total} bytes; resuming from there");
                 }
@@ -184,14 +177,7 @@ impl Upload<'_> {
                     }
                     if n == total {
                         // Everything is there but the object was not finalised: ask again.
-                        let r = self
-                            .http
-                            .agent
-                            .put(&session)
-                            .set("Authorization", &self.token.bearer())
-                            .set("Content-Range", &format!("bytes */{total}"))
-                            .send_bytes(&[]);
-                        if let Answer::Done = self.answer(r, total)? {
+                        if let Answer::Done = self.query_status(&session, total)? {
                             progress.show(total, true);
                             return Ok(stats);
                         }
@@ -253,6 +239,18 @@ impl Upload<'_> {
             }
             std::thread::sleep(backoff(failures, self.policy.base_delay, self.policy.max_delay));
         }
+    }
+
+    /// Asks the session what the server holds (`Content-Range: bytes */TOTAL`, empty body).
+    fn query_status(&self, session: &str, total: u64) -> Result<Answer> {
+        let r = self
+            .http
+            .agent
+            .put(session)
+            .set("Authorization", &self.token.bearer())
+            .set("Content-Range", &format!("bytes */{total}"))
+            .send_bytes(&[]);
+        self.answer(r, total)
     }
 
     fn answer(&self, r: Result<ureq::Response, ureq::Error>, total: u64) -> Result<Answer> {
