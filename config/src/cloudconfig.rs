@@ -25,6 +25,7 @@ pub const PLANET_KEYS: &[&str] = &[
     "labels",
     "taints",
     "volumes",
+    "update",
 ];
 
 /// Largest user-data accepted after decompression (EC2 allows 16 KiB raw; be generous).
@@ -300,6 +301,18 @@ pub fn parse_cloud_config(text: &str) -> Result<RawConfig, ConfigError> {
                     let name = key_text(&key, lk)?;
                     let value = scalar(&format!("{key}.{name}"), lv)?;
                     set_env(&mut raw.labels, name, value);
+                }
+            }
+            "update" => {
+                for (uk, uv) in mapping(&key, v)? {
+                    let name = key_text(&key, uk)?;
+                    let value = scalar(&format!("{key}.{name}"), uv)?;
+                    if !raw.update.set(&name, value) {
+                        return Err(err(
+                            &format!("{key}.{name}"),
+                            format!("is not a known key (known: {})", crate::update::UPDATE_KEYS.join(", ")),
+                        ));
+                    }
                 }
             }
             "taints" => raw.taints = string_list(&key, v)?,
@@ -706,5 +719,20 @@ mod tests {
         let m = parse_meta_data("instance-id: iid-1\nlocal-hostname: m1\n").unwrap();
         assert_eq!(m.instance_id.as_deref(), Some("iid-1"));
         assert_eq!(m.local_hostname.as_deref(), Some("m1"));
+    }
+
+    #[test]
+    fn update_settings_are_read_and_checked() {
+        let raw = parse_cloud_config(
+            "#cloud-config\nplanet:\n  role: dev\n  update:\n    url: http://10.0.2.100/u.planet\n    check_every: 5s\n",
+        )
+        .unwrap();
+        assert_eq!(raw.update.url.as_deref(), Some("http://10.0.2.100/u.planet"));
+        let c = raw.validate(crate::Source::NoCloud, "planet.").unwrap();
+        assert_eq!(c.update.check_every, std::time::Duration::from_secs(5));
+        let e = parse_cloud_config("planet:\n  update:\n    urll: x\n").unwrap_err().to_string();
+        assert!(e.starts_with("planet.update.urll is not a known key"), "{e}");
+        let e = parse_cloud_config("planet:\n  update: 3\n").unwrap_err().to_string();
+        assert!(e.contains("planet.update"), "{e}");
     }
 }

@@ -9,9 +9,12 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
+pub mod bootentry;
 pub mod cloudconfig;
 mod cmdline;
+pub mod update;
 pub use cmdline::{split_cmdline, CmdlineConfig};
+pub use update::{RawUpdate, UpdateConfig};
 
 /// Why a configuration was rejected; each variant names the key so the console message points
 /// the operator at the line to fix.
@@ -200,6 +203,8 @@ pub struct RawConfig {
     pub taints: Vec<String>,
     /// Extra volumes (`HOST:CONTAINER`).
     pub volumes: Vec<String>,
+    /// The update agent (`planet: update:`).
+    pub update: RawUpdate,
 }
 
 /// The default init of a non-release rootfs.
@@ -222,6 +227,7 @@ pub struct PlanetConfig {
     pub labels: Vec<(String, String)>,
     pub taints: Vec<String>,
     pub volumes: Vec<String>,
+    pub update: UpdateConfig,
     pub source: Source,
 }
 
@@ -247,6 +253,7 @@ impl RawConfig {
         }
         self.network.addresses.extend(over.network.addresses);
         self.network.dns.extend(over.network.dns);
+        self.update.merge(over.update);
         self
     }
 
@@ -317,6 +324,7 @@ impl RawConfig {
         if !init.starts_with('/') || init.contains('\0') {
             return Err(ConfigError::invalid(&key("init"), &init, "must be an absolute path"));
         }
+        let update = self.update.validate(key_prefix)?;
         Ok(PlanetConfig {
             role,
             master_ip,
@@ -331,6 +339,7 @@ impl RawConfig {
             labels: self.labels.clone(),
             taints: self.taints.clone(),
             volumes: self.volumes.clone(),
+            update,
             source,
         })
     }
