@@ -24,8 +24,17 @@ pub fn content_bytes(bootloader: &[u8], slots: &[SlotBoot<'_>]) -> u64 {
         + 64 * 1024
 }
 
-pub fn loader_conf(default_slot: &str) -> String {
-    format!("default planet-{default_slot}.conf\ntimeout 0\nconsole-mode keep\neditor no\n")
+/// No `default`: systemd-boot then boots the first entry in its order — the newest generation
+/// that still has tries left (see `planet_config::bootentry`), which is what makes boot counting
+/// fall back to the other slot.
+pub fn loader_conf() -> String {
+    "timeout 0\nconsole-mode keep\neditor no\n".to_string()
+}
+
+/// The loader entry file of a slot in a freshly built image: generation 1, no boot counter.
+pub fn initial_entry_name(slot: &str) -> String {
+    let slot = slot.chars().next().unwrap_or('a');
+    planet_config::bootentry::EntryName::new(1, slot).file_name()
 }
 
 pub fn entry_conf(s: &SlotBoot<'_>) -> String {
@@ -53,11 +62,11 @@ pub fn build(
         tree.add_file(path, bytes.to_vec())?;
     }
     tree.add_file("EFI/BOOT/BOOTX64.EFI", bootloader.to_vec())?;
-    tree.add_file("loader/loader.conf", loader_conf(slots.first().map(|s| s.slot).unwrap_or("a")).into_bytes())?;
+    tree.add_file("loader/loader.conf", loader_conf().into_bytes())?;
     for s in slots {
         tree.add_file(&format!("planet-{}/vmlinuz", s.slot), s.vmlinuz.to_vec())?;
         tree.add_file(&format!("planet-{}/initramfs.img", s.slot), s.initramfs.to_vec())?;
-        tree.add_file(&format!("loader/entries/planet-{}.conf", s.slot), entry_conf(s).into_bytes())?;
+        tree.add_file(&format!("loader/entries/{}", initial_entry_name(s.slot)), entry_conf(s).into_bytes())?;
     }
     let (date, time) = fat32::dos_date_time(mtime);
     let params = fat32::Params {

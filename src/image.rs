@@ -107,11 +107,15 @@ impl DiskImage {
         let bytes = self.partition_bytes(&gpt, esp)?;
         let fs = fatfs::FileSystem::new(Cursor::new(bytes), fatfs::FsOptions::new()).context("opening the ESP")?;
         let root = fs.root_dir();
-        let conf = read_fat(&root, "loader/loader.conf")?;
-        let default = String::from_utf8_lossy(&conf)
-            .lines()
-            .find_map(|l| l.strip_prefix("default ").map(|s| s.trim().to_string()))
-            .context("loader.conf names no default entry")?;
+        // systemd-boot's choice: the newest generation with tries left (loader.conf names none).
+        let mut names = Vec::new();
+        for e in root.open_dir("loader/entries").context("the ESP has no loader/entries")?.iter() {
+            if let Some(n) = planet_config::bootentry::EntryName::parse(&e?.file_name()) {
+                names.push(n);
+            }
+        }
+        let default =
+            planet_config::bootentry::default_entry(&names).context("the ESP has no planet boot entry")?.file_name();
         let entry = String::from_utf8_lossy(&read_fat(&root, &format!("loader/entries/{default}"))?).into_owned();
         let field = |k: &str| {
             entry

@@ -50,7 +50,7 @@ fn bios_image_boots_under_seabios_and_under_ovmf() {
     let grub = stdout(Command::new("mtype").arg("-i").arg(&esp).arg("::/boot/grub/grub.cfg"));
     assert!(grub.contains("linux /planet-a/vmlinuz console=ttyS0 planet.slot=a planet.role=dev"), "{grub}");
     assert!(grub.contains("initrd /planet-a/initramfs.img"), "{grub}");
-    let entry = stdout(Command::new("mtype").arg("-i").arg(&esp).arg("::/loader/entries/planet-a.conf"));
+    let entry = stdout(Command::new("mtype").arg("-i").arg(&esp).arg("::/loader/entries/planet-0001-a.conf"));
     assert!(entry.contains("options console=ttyS0 planet.slot=a planet.role=dev"), "{entry}");
 
     let manifest = std::fs::read_to_string(s.path("bios.raw.manifest.json")).unwrap();

@@ -157,14 +157,17 @@ fn partitions_and_filesystems_pass_foreign_validators() {
     for f in [
         "::/EFI/BOOT/BOOTX64.EFI",
         "::/loader/loader.conf",
-        "::/loader/entries/planet-a.conf",
+        "::/loader/entries/planet-0001-a.conf",
         "::/planet-a/vmlinuz",
         "::/planet-a/initramfs.img",
     ] {
         assert!(files.lines().any(|l| l == f), "ESP lacks {f}:\n{files}");
     }
-    let entry = stdout(Command::new("mtype").arg("-i").arg(&esp).arg("::/loader/entries/planet-a.conf"));
+    let entry = stdout(Command::new("mtype").arg("-i").arg(&esp).arg("::/loader/entries/planet-0001-a.conf"));
     assert!(entry.contains("options console=ttyS0 planet.slot=a"), "{entry}");
+    // No `default`: systemd-boot boots the newest generation with tries left (boot counting).
+    let loader = stdout(Command::new("mtype").arg("-i").arg(&esp).arg("::/loader/loader.conf"));
+    assert!(!loader.contains("default"), "{loader}");
 
     let slot = s.path("slot.sqfs");
     extract_partition(&image, "planet-a", &slot);
