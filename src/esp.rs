@@ -38,10 +38,7 @@ pub fn initial_entry_name(slot: &str) -> String {
 }
 
 pub fn entry_conf(s: &SlotBoot<'_>) -> String {
-    format!(
-        "title {}\nversion {}\nlinux /planet-{}/vmlinuz\ninitrd /planet-{}/initramfs.img\noptions {}\n",
-        s.title, s.version, s.slot, s.slot, s.options
-    )
+    planet_config::bootentry::entry_conf(s.title, s.version, s.slot.chars().next().unwrap_or('a'), &s.options)
 }
 
 /// Formats and fills a FAT32 filesystem of `size` bytes; `extra_files` (path, bytes) are added

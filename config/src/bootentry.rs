@@ -118,6 +118,31 @@ impl fmt::Display for EntryName {
     }
 }
 
+/// The text of a Boot Loader Specification entry for `slot`: its kernel and initramfs live in
+/// `/planet-SLOT/` on the ESP.
+pub fn entry_conf(title: &str, version: &str, slot: char, options: &str) -> String {
+    format!(
+        "title {title}\nversion {version}\nlinux /planet-{slot}/vmlinuz\ninitrd /planet-{slot}/initramfs.img\noptions {options}\n"
+    )
+}
+
+/// A field (`version`, `options`, …) of an entry's text.
+pub fn entry_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(char::is_whitespace)?;
+        (k == key).then(|| v.trim())
+    })
+}
+
+/// `options` with `planet.slot=` pointing at `slot` (added when missing).
+pub fn options_for_slot(options: &str, slot: char) -> String {
+    let mut words: Vec<String> =
+        options.split_whitespace().filter(|w| !w.starts_with("planet.slot=")).map(str::to_string).collect();
+    let at = options.split_whitespace().position(|w| w.starts_with("planet.slot=")).unwrap_or(words.len());
+    words.insert(at.min(words.len()), format!("planet.slot={slot}"));
+    words.join(" ")
+}
+
 /// systemd-boot's order for our entries: not-bad before bad, then the newest generation first.
 pub fn boot_order(a: &EntryName, b: &EntryName) -> Ordering {
     a.is_bad().cmp(&b.is_bad()).then(b.generation.cmp(&a.generation)).then(b.slot.cmp(&a.slot))
@@ -195,6 +220,19 @@ mod tests {
         assert_eq!(default_entry(&[blessed.clone(), next.clone()]), Some(&next));
         // Generations compare as numbers, not text.
         assert_eq!(default_entry(&[EntryName::new(9, 'a'), EntryName::new(10, 'b')]).unwrap().generation, 10);
+    }
+
+    #[test]
+    fn entry_text_and_options() {
+        let t = entry_conf("Planet 2 (slot b)", "2", 'b', "console=ttyS0 planet.slot=b");
+        assert_eq!(entry_field(&t, "version"), Some("2"));
+        assert_eq!(entry_field(&t, "linux"), Some("/planet-b/vmlinuz"));
+        assert_eq!(entry_field(&t, "options"), Some("console=ttyS0 planet.slot=b"));
+        assert_eq!(
+            options_for_slot("console=ttyS0 planet.slot=a planet.role=dev", 'b'),
+            "console=ttyS0 planet.slot=b planet.role=dev"
+        );
+        assert_eq!(options_for_slot("console=ttyS0", 'a'), "console=ttyS0 planet.slot=a");
     }
 
     #[test]

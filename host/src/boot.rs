@@ -12,7 +12,7 @@ use crate::disk::{self, BootDisk};
 use crate::launcher::{self, LaunchSpec};
 use crate::mounts::{self, Mount};
 use crate::supervise::{self, Policy};
-use crate::{datasource, event, net, sys};
+use crate::{datasource, event, net, sys, update};
 
 /// Where planet-init finds and puts things.
 #[derive(Clone, Debug)]
@@ -193,9 +193,9 @@ pub fn default_hostname(nics: &[net::Nic]) -> String {
     }
 }
 
-/// The whole boot; returns when the machine should power off (the caller then runs
+/// The whole boot; returns when the machine should power off or reboot (the caller then runs
 /// [`shutdown`], on success and on error alike).
-pub fn run(env: &BootEnv) -> Result<()> {
+pub fn run(env: &BootEnv) -> Result<supervise::StopReason> {
     mounts::mount_early(&env.root).context("mounting the API filesystems")?;
     supervise::block_signals()?;
     let (line, cmd, params) = read_cmdline(env)?;
@@ -226,6 +226,21 @@ pub fn run(env: &BootEnv) -> Result<()> {
         event!("state growth failed", error = format!("{e:#}"));
     }
     mount_root(env, &bd).context("mounting the Planet root")?;
+    // Which release runs, whether it is on trial, what became of the last update.
+    let agent = update::prepare(
+        update::Paths {
+            esp_dev: PathBuf::new(),
+            esp_mount: env.run.join("esp"),
+            state_dir: env.state_dir().join("update"),
+            run_dir: env.run.join("update"),
+            key: env.root.join(update::KEY_PATH.trim_start_matches('/')),
+            uefi: env.sysfs.join("firmware/efi").exists(),
+        },
+        &env.sysfs,
+        &env.dev,
+        &bd,
+        params.slot,
+    );
 
     // Devices that appeared late (input devices once evdev is in) get their modules too.
     coldplug_settle(&mut cp, &env.sysfs);
@@ -285,18 +300,15 @@ pub fn run(env: &BootEnv) -> Result<()> {
             None
         }
     };
-    let spec = LaunchSpec {
-        root: env.root_dir(),
-        config: cfg,
-        volumes: launcher::volumes(&env.state_dir()),
-        resolv_conf: network.resolv_conf(),
-        hostname,
-        cgroup,
-    };
+    let _agent = agent.start(&cfg.update);
+    let mut volumes = launcher::volumes(&env.state_dir());
+    volumes.push(launcher::Volume { source: env.run.join("update"), target: update::CONTAINER_DIR });
+    let spec =
+        LaunchSpec { root: env.root_dir(), config: cfg, volumes, resolv_conf: network.resolv_conf(), hostname, cgroup };
     let policy = Policy { max_restarts: params.max_restarts, stop_timeout: params.stop_timeout };
     let reason = supervise::supervise(|| launcher::launch(&spec), policy, &env.dev)?;
     event!("shutdown", reason = reason);
-    Ok(())
+    Ok(reason)
 }
 
 /// The host's own /etc (a release launcher may read resolv.conf and hosts from it).

@@ -12,5 +12,6 @@ pub mod mounts;
 pub mod net;
 pub mod supervise;
 pub mod sys;
+pub mod update;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -3,7 +3,8 @@
 //! /dev/console node — so planet-init sets up its console itself first.
 #![no_main]
 
-use planet_host::{boot, console, event, sys, VERSION};
+use planet_host::supervise::StopReason;
+use planet_host::{boot, console, event, sys, update, VERSION};
 
 /// Gives PID 1 the console on fds 0-2 if the kernel could not (no /dev/console in the cpio).
 fn ensure_console() {
@@ -33,11 +34,22 @@ fn ensure_console() {
 }
 
 /// Prints the error chain and powers off after a short delay (tests fail fast, operators can
-/// read the line on the console).
+/// read the line on the console). A new release on trial reboots instead, so the boot counter
+/// runs down and the firmware falls back to the previous release.
 fn fatal(message: &str) -> ! {
     event!("fatal", error = message);
     std::thread::sleep(std::time::Duration::from_secs(3));
+    if update::on_trial() {
+        restart()
+    }
     halt()
+}
+
+/// Stops what is left, unmounts, and reboots.
+fn restart() -> ! {
+    boot::shutdown(&boot::BootEnv::system());
+    console::emit("reboot", &[]);
+    sys::reboot()
 }
 
 /// Stops what is left, unmounts, and powers off.
@@ -57,7 +69,8 @@ pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) ->
     }
     std::panic::set_hook(Box::new(|info| fatal(&format!("panic: {info}"))));
     match boot::run(&boot::BootEnv::system()) {
-        Ok(()) => halt(),
+        Ok(StopReason::Reboot(_)) => restart(),
+        Ok(_) => halt(),
         Err(e) => fatal(&format!("{e:#}")),
     }
 }

@@ -55,6 +55,8 @@ fn signalfd() -> Result<OwnedFd> {
 pub enum StopReason {
     PowerButton,
     Signal(String),
+    /// The update agent asks for a reboot (into a new release, or out of a failed trial).
+    Reboot(String),
 }
 
 impl std::fmt::Display for StopReason {
@@ -62,6 +64,7 @@ impl std::fmt::Display for StopReason {
         match self {
             StopReason::PowerButton => f.write_str("power-button"),
             StopReason::Signal(s) => f.write_str(s),
+            StopReason::Reboot(why) => write!(f, "reboot ({why})"),
         }
     }
 }
@@ -135,6 +138,7 @@ pub fn supervise(mut launch: impl FnMut() -> Result<Container>, policy: Policy, 
     let mut last_scan = Instant::now();
     let mut restarts = 0u32;
     let mut state = State::Running { c: launch()?, since: Instant::now() };
+    crate::update::container_started();
     let mut reason: Option<StopReason> = None;
     loop {
         // Wait for a signal, an input event or the next timer.
@@ -180,6 +184,9 @@ pub fn supervise(mut launch: impl FnMut() -> Result<Container>, policy: Policy, 
             inputs.rescan();
             last_scan = Instant::now();
         }
+        if request.is_none() {
+            request = crate::update::reboot_requested().map(StopReason::Reboot);
+        }
 
         if let Some(r) = request {
             if reason.is_none() {
@@ -217,6 +224,7 @@ pub fn supervise(mut launch: impl FnMut() -> Result<Container>, policy: Policy, 
             let (sk, sv) = describe_status(status);
             state = match state {
                 State::Running { c, since } if c.pid == pid => {
+                    crate::update::container_exited();
                     crate::console::emit(
                         "container exited",
                         &[
@@ -225,6 +233,11 @@ pub fn supervise(mut launch: impl FnMut() -> Result<Container>, policy: Policy, 
                             ("ran", format!("{}s", since.elapsed().as_secs())),
                         ],
                     );
+                    if crate::update::on_trial() {
+                        // A new release on trial gets no restarts: the boot counter decides.
+                        crate::event!("update trial failed", reason = format!("the container exited ({sk}={sv})"));
+                        return Ok(StopReason::Reboot("update trial failed".into()));
+                    }
                     if since.elapsed() > HEALTHY_RUN {
                         restarts = 0;
                     }
@@ -245,6 +258,7 @@ pub fn supervise(mut launch: impl FnMut() -> Result<Container>, policy: Policy, 
                     State::Backoff { until: Instant::now() + delay }
                 }
                 State::Stopping { c, killed, .. } if c.pid == pid => {
+                    crate::update::container_exited();
                     crate::console::emit("container exited", &[("pid", pid.to_string()), (sk, sv.clone())]);
                     crate::event!("container stopped", pid = pid, how = if killed { "killed" } else { "clean" });
                     return Ok(reason.unwrap_or(StopReason::PowerButton));
@@ -255,7 +269,10 @@ pub fn supervise(mut launch: impl FnMut() -> Result<Container>, policy: Policy, 
 
         state = match state {
             State::Backoff { until } if Instant::now() >= until => match launch() {
-                Ok(c) => State::Running { c, since: Instant::now() },
+                Ok(c) => {
+                    crate::update::container_started();
+                    State::Running { c, since: Instant::now() }
+                }
                 Err(e) => {
                     crate::event!("launcher failed", error = format!("{e:#}"));
                     if restarts >= policy.max_restarts {

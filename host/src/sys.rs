@@ -63,6 +63,28 @@ pub fn is_mountpoint(path: &Path) -> bool {
     me.dev() != parent.dev() || me.ino() == parent.ino()
 }
 
+/// Bytes available to an unprivileged writer on the filesystem holding `path`.
+pub fn free_bytes(path: &Path) -> anyhow::Result<u64> {
+    let c = cstr(path.as_os_str())?;
+    // SAFETY: statvfs fills the zeroed struct; c is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::statvfs(c.as_ptr(), &mut st) })
+        .map_err(|e| anyhow::anyhow!("statvfs {}: {e}", path.display()))?;
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Flushes all filesystems and restarts the machine (or, outside PID 1, just exits).
+pub fn reboot() -> ! {
+    // SAFETY: plain syscalls.
+    unsafe {
+        libc::sync();
+        if is_pid1() {
+            libc::reboot(libc::RB_AUTOBOOT);
+        }
+    }
+    std::process::exit(1)
+}
+
 /// Whether this process is PID 1 (the real boot, as opposed to a test run on a workstation).
 pub fn is_pid1() -> bool {
     std::process::id() == 1

@@ -100,6 +100,81 @@ pub fn request(
     parse_response(&raw).with_context(|| format!("reading the response to {method} {path}"))
 }
 
+/// A response body read as it arrives (update bundles are far larger than memory allows).
+pub struct BodyReader {
+    pub status: u16,
+    /// Content-Length, when the server sent one.
+    pub length: Option<u64>,
+    buffered: Vec<u8>,
+    pos: usize,
+    stream: TcpStream,
+    remaining: Option<u64>,
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let limit = match self.remaining {
+            Some(0) => return Ok(0),
+            Some(r) => out.len().min(usize::try_from(r).unwrap_or(usize::MAX)),
+            None => out.len(),
+        };
+        let n = if self.pos < self.buffered.len() {
+            let n = limit.min(self.buffered.len() - self.pos);
+            out[..n].copy_from_slice(&self.buffered[self.pos..self.pos + n]);
+            self.pos += n;
+            n
+        } else {
+            self.stream.read(&mut out[..limit])?
+        };
+        if let Some(r) = &mut self.remaining {
+            if n == 0 && *r > 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the connection closed with {r} bytes of the body missing"),
+                ));
+            }
+            *r -= n as u64;
+        }
+        Ok(n)
+    }
+}
+
+/// A GET whose body is streamed; `timeout` bounds the connect and every read. Chunked bodies
+/// are refused (every static file server sends a Content-Length).
+pub fn get_stream(ep: &Endpoint, path: &str, timeout: Duration) -> Result<BodyReader> {
+    let timeout = timeout.max(Duration::from_millis(100));
+    let mut s = TcpStream::connect_timeout(&ep.addr, timeout).with_context(|| format!("connecting to {}", ep.addr))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let req = format!("GET {}{path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", ep.prefix, ep.host_header);
+    s.write_all(req.as_bytes()).with_context(|| format!("sending GET {path}"))?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    let end = loop {
+        if let Some(end) = header_end(&raw) {
+            break end;
+        }
+        if raw.len() > 65536 {
+            bail!("the response headers for GET {path} are larger than 64 KiB");
+        }
+        let n = s.read(&mut buf).with_context(|| format!("reading the response to GET {path}"))?;
+        if n == 0 {
+            bail!("the server closed the connection before the end of the headers");
+        }
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let head = std::str::from_utf8(&raw[..end]).context("the response headers are not text")?.to_string();
+    let status = status_code(&head)?;
+    if header_value(&head, "transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+        bail!("the server sent a chunked body; serve the bundle as a plain file (with Content-Length)");
+    }
+    let length = match header_value(&head, "content-length") {
+        Some(v) => Some(v.parse::<u64>().with_context(|| format!("bad Content-Length {v:?}"))?),
+        None => None,
+    };
+    Ok(BodyReader { status, length, buffered: raw[end..].to_vec(), pos: 0, stream: s, remaining: length })
+}
+
 fn header_end(raw: &[u8]) -> Option<usize> {
     raw.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
@@ -120,17 +195,22 @@ fn complete(raw: &[u8]) -> Option<usize> {
     (raw.len() >= end + len).then_some(end + len)
 }
 
+/// The code of a response head's status line.
+fn status_code(head: &str) -> Result<u16> {
+    let status_line = head.lines().next().unwrap_or("");
+    let mut words = status_line.split_whitespace();
+    match (words.next(), words.next()) {
+        (Some(v), Some(code)) if v.starts_with("HTTP/1.") => {
+            code.parse::<u16>().with_context(|| format!("bad status line {status_line:?}"))
+        }
+        _ => bail!("bad status line {status_line:?}"),
+    }
+}
+
 pub fn parse_response(raw: &[u8]) -> Result<Response> {
     let end = header_end(raw).context("the server closed the connection before the end of the headers")?;
     let head = std::str::from_utf8(&raw[..end]).context("the response headers are not text")?;
-    let status_line = head.lines().next().unwrap_or("");
-    let mut words = status_line.split_whitespace();
-    let status = match (words.next(), words.next()) {
-        (Some(v), Some(code)) if v.starts_with("HTTP/1.") => {
-            code.parse::<u16>().with_context(|| format!("bad status line {status_line:?}"))?
-        }
-        _ => bail!("bad status line {status_line:?}"),
-    };
+    let status = status_code(head)?;
     let body = &raw[end..];
     let body = if header_value(head, "transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
         dechunk(body)?
@@ -191,6 +271,39 @@ mod tests {
                 .unwrap();
         assert_eq!(r.body, b"abcde");
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
+    }
+
+    #[test]
+    fn streamed_bodies_stop_at_the_length_and_notice_a_short_one() {
+        for (body_sent, declared, ok) in [(&b"0123456789"[..], 10, true), (&b"01234"[..], 10, false)] {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            let body = body_sent.to_vec();
+            let t = std::thread::spawn(move || {
+                let (mut s, _) = l.accept().unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).unwrap();
+                s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {declared}\r\n\r\n").as_bytes()).unwrap();
+                s.write_all(&body).unwrap();
+                if ok {
+                    // Bytes past the length are not part of the body.
+                    s.write_all(b"trailing junk").unwrap();
+                }
+            });
+            let ep = Endpoint::parse(&format!("http://127.0.0.1:{port}"), None).unwrap();
+            let mut r = get_stream(&ep, "/b", Duration::from_secs(5)).unwrap();
+            assert_eq!((r.status, r.length), (200, Some(declared)));
+            let mut got = Vec::new();
+            let res = r.read_to_end(&mut got);
+            t.join().unwrap();
+            if ok {
+                res.unwrap();
+                assert_eq!(got, b"0123456789");
+            } else {
+                let e = res.unwrap_err();
+                assert!(e.to_string().contains("5 bytes of the body missing"), "{e}");
+            }
+        }
     }
 
     #[test]

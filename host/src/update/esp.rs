@@ -1,0 +1,191 @@
+//! The ESP as the update agent sees it: a mounted FAT directory holding `loader/entries/` and
+//! each slot's `planet-SLOT/{vmlinuz,initramfs.img}`. Every change is made durable before the
+//! next one starts (file fsync, rename, directory fsync), so a power cut leaves either the old
+//! or the new state of each file — never an entry naming half-written files.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use planet_config::bootentry::{self, EntryName};
+
+/// One loader entry of ours.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub name: EntryName,
+    pub version: String,
+    pub options: String,
+}
+
+pub struct Esp {
+    pub root: PathBuf,
+}
+
+/// fsync of a directory, so a rename or unlink in it is on disk.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))
+}
+
+impl Esp {
+    pub fn new(root: impl Into<PathBuf>) -> Esp {
+        Esp { root: root.into() }
+    }
+
+    pub fn entries_dir(&self) -> PathBuf {
+        self.root.join("loader/entries")
+    }
+
+    pub fn slot_dir(&self, slot: char) -> PathBuf {
+        self.root.join(format!("planet-{slot}"))
+    }
+
+    /// Our entries (files that parse as `planet-GEN-SLOT…conf`), newest generation first.
+    pub fn entries(&self) -> Result<Vec<Entry>> {
+        let dir = self.entries_dir();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+            let e = e?;
+            let Some(name) = EntryName::parse(&e.file_name().to_string_lossy()) else { continue };
+            let text = std::fs::read_to_string(e.path()).with_context(|| format!("reading {}", e.path().display()))?;
+            out.push(Entry {
+                version: bootentry::entry_field(&text, "version").unwrap_or("unknown").to_string(),
+                options: bootentry::entry_field(&text, "options").unwrap_or("").to_string(),
+                name,
+            });
+        }
+        out.sort_by(|a, b| bootentry::boot_order(&a.name, &b.name));
+        Ok(out)
+    }
+
+    /// Deletes every entry of `slot` (first step of an install: nothing may boot the slot while
+    /// it is rewritten).
+    pub fn remove_entries_of(&self, slot: char) -> Result<Vec<EntryName>> {
+        let mut removed = Vec::new();
+        for e in self.entries()?.into_iter().filter(|e| e.name.slot == slot) {
+            let p = self.entries_dir().join(e.name.file_name());
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            removed.push(e.name);
+        }
+        sync_dir(&self.entries_dir())?;
+        Ok(removed)
+    }
+
+    /// Writes `name` in `dir` from `fill` through a temporary file, fsynced, then renamed.
+    pub fn write_durably(dir: &Path, name: &str, fill: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = dir.join(format!("{name}.tmp"));
+        let dest = dir.join(name);
+        let r = (|| -> Result<()> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            fill(&mut f)?;
+            f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &dest).with_context(|| format!("renaming {} to {name}", tmp.display()))?;
+            sync_dir(dir)
+        })();
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r
+    }
+
+    /// Adds an entry file (a `.tmp` name is ignored by systemd-boot until the rename).
+    pub fn add_entry(&self, name: &EntryName, text: &str) -> Result<()> {
+        Self::write_durably(&self.entries_dir(), &name.file_name(), |f| {
+            f.write_all(text.as_bytes()).context("writing the entry")
+        })
+    }
+
+    /// Renames an entry (blessing), durably.
+    pub fn rename_entry(&self, from: &EntryName, to: &EntryName) -> Result<()> {
+        let dir = self.entries_dir();
+        std::fs::rename(dir.join(from.file_name()), dir.join(to.file_name()))
+            .with_context(|| format!("renaming {from} to {to}"))?;
+        sync_dir(&dir)
+    }
+
+    /// Removes one entry, durably.
+    pub fn remove_entry(&self, name: &EntryName) -> Result<()> {
+        let p = self.entries_dir().join(name.file_name());
+        std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        sync_dir(&self.entries_dir())
+    }
+
+    /// Free bytes on the filesystem.
+    pub fn free_bytes(&self) -> Result<u64> {
+        crate::sys::free_bytes(&self.root)
+    }
+
+    /// Bytes the slot's boot files take now (they are replaced by an install).
+    pub fn slot_files_bytes(&self, slot: char) -> u64 {
+        ["vmlinuz", "initramfs.img"]
+            .iter()
+            .filter_map(|f| std::fs::metadata(self.slot_dir(slot).join(f)).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn esp_with(names: &[&str]) -> (tempfile::TempDir, Esp) {
+        let t = tempfile::tempdir().unwrap();
+        let esp = Esp::new(t.path());
+        std::fs::create_dir_all(esp.entries_dir()).unwrap();
+        for n in names {
+            let slot = EntryName::parse(n).unwrap().slot;
+            let text = bootentry::entry_conf("t", "1.0", slot, &format!("console=ttyS0 planet.slot={slot}"));
+            std::fs::write(esp.entries_dir().join(n), text).unwrap();
+        }
+        std::fs::write(esp.entries_dir().join("unrelated.conf"), "title x\n").unwrap();
+        (t, esp)
+    }
+
+    #[test]
+    fn entries_are_listed_in_boot_order_and_foreign_files_ignored() {
+        let (_t, esp) = esp_with(&["planet-0001-a.conf", "planet-0002-b+0-3.conf", "planet-0003-a+2-1.conf"]);
+        let names: Vec<String> = esp.entries().unwrap().iter().map(|e| e.name.file_name()).collect();
+        assert_eq!(names, ["planet-0003-a+2-1.conf", "planet-0001-a.conf", "planet-0002-b+0-3.conf"]);
+        assert_eq!(esp.entries().unwrap()[0].version, "1.0");
+        assert_eq!(esp.entries().unwrap()[0].options, "console=ttyS0 planet.slot=a");
+    }
+
+    #[test]
+    fn removing_a_slot_leaves_the_other() {
+        let (_t, esp) = esp_with(&["planet-0001-a.conf", "planet-0002-b+0-3.conf"]);
+        let removed = esp.remove_entries_of('b').unwrap();
+        assert_eq!(removed.len(), 1);
+        let left: Vec<String> = esp.entries().unwrap().iter().map(|e| e.name.file_name()).collect();
+        assert_eq!(left, ["planet-0001-a.conf"]);
+        assert!(esp.entries_dir().join("unrelated.conf").exists());
+    }
+
+    #[test]
+    fn adding_and_blessing_entries() {
+        let (_t, esp) = esp_with(&["planet-0001-a.conf"]);
+        let n = EntryName::counted(2, 'b', 3);
+        esp.add_entry(&n, &bootentry::entry_conf("t", "2", 'b', "planet.slot=b")).unwrap();
+        assert!(!esp.entries_dir().join("planet-0002-b+3.conf.tmp").exists());
+        assert_eq!(esp.entries().unwrap()[0].name, n);
+        esp.rename_entry(&n, &n.blessed()).unwrap();
+        assert_eq!(esp.entries().unwrap()[0].name.file_name(), "planet-0002-b.conf");
+        esp.remove_entry(&n.blessed()).unwrap();
+        assert_eq!(esp.entries().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temporary_file() {
+        let (_t, esp) = esp_with(&[]);
+        let dir = esp.slot_dir('b');
+        let r = Esp::write_durably(&dir, "vmlinuz", |_| anyhow::bail!("boom"));
+        assert!(r.is_err());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    }
+}

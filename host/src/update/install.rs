@@ -1,0 +1,407 @@
+//! Getting a bundle onto the disk: download to the state partition (nothing of the boot path is
+//! touched before the whole bundle is verified), then write the inactive slot, its kernel and
+//! initramfs on the ESP, and last a counted boot entry — the only step that makes the new
+//! release bootable. A power cut before that last rename leaves the machine on its old release.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use planet_bundle::{Header, Prelude, PublicKey, PRELUDE_LEN};
+use planet_config::bootentry::{self, EntryName};
+
+use super::esp::{sync_dir, Esp};
+use crate::datasource::http;
+use crate::event;
+
+/// The slot an install writes: the one not running.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub slot: char,
+    pub dev: PathBuf,
+    pub bytes: u64,
+}
+
+/// Progress lines are printed every this many bytes written to the slot.
+const PROGRESS_EVERY: u64 = 4 << 20;
+const COPY_CHUNK: usize = 1 << 20;
+
+/// Whether a bundle of release `candidate` may replace `running`; the error says why not.
+pub fn check_wanted(candidate: &str, running: &str, allow_downgrade: bool, failed: &[String]) -> Result<()> {
+    match planet_bundle::compare_releases(candidate, running) {
+        std::cmp::Ordering::Equal => bail!("release {candidate} is already running"),
+        std::cmp::Ordering::Less if !allow_downgrade => bail!(
+            "release {candidate} is older than the running release {running}: a downgrade \
+             (set planet.update.allow_downgrade: true to allow it)"
+        ),
+        _ => {}
+    }
+    if failed.iter().any(|f| f == candidate) {
+        bail!("release {candidate} already failed its trial on this machine; it is not installed again");
+    }
+    Ok(())
+}
+
+/// Reads a bundle from `src` into `dest` (through `dest.part`, renamed when complete and
+/// synced). The prelude is checked first — right key, wanted release (`wanted`), size — so an
+/// unwanted or foreign bundle costs 4 KiB, not its whole size. Then the whole file is verified.
+pub fn receive(
+    src: &mut impl Read,
+    announced_len: Option<u64>,
+    dest: &Path,
+    key: &PublicKey,
+    free_bytes: u64,
+    wanted: impl FnOnce(&Prelude) -> Result<()>,
+) -> Result<(Prelude, Header)> {
+    let mut first = vec![0u8; PRELUDE_LEN as usize];
+    let got = read_full(src, &mut first).context("reading the bundle's first 4 KiB")?;
+    first.truncate(got);
+    let prelude = planet_bundle::read_prelude(&first, key)?;
+    wanted(&prelude)?;
+    if let Some(n) = announced_len {
+        if n != prelude.total_bytes {
+            bail!("truncated or padded: the server sends {n} bytes, the signature says {}", prelude.total_bytes);
+        }
+    }
+    if prelude.total_bytes + (16 << 20) > free_bytes {
+        bail!(
+            "the bundle ({} MiB) does not fit on the state partition ({} MiB free)",
+            prelude.total_bytes >> 20,
+            free_bytes >> 20
+        );
+    }
+    let part = dest.with_extension("part");
+    let r = (|| -> Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&part)
+            .with_context(|| format!("creating {}", part.display()))?;
+        f.write_all(&first)?;
+        let rest = prelude.total_bytes - first.len() as u64;
+        let copied = std::io::copy(&mut src.take(rest), &mut f).context("receiving the bundle")?;
+        if copied != rest {
+            bail!(
+                "truncated: the bundle ended after {} bytes, the signature says {}",
+                first.len() as u64 + copied,
+                prelude.total_bytes
+            );
+        }
+        f.sync_all()?;
+        std::fs::rename(&part, dest)?;
+        Ok(())
+    })();
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&part);
+        return Err(e);
+    }
+    event!("update verifying", release = prelude.release, bytes = prelude.total_bytes);
+    match planet_bundle::verify_file(dest, key) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let _ = std::fs::remove_file(dest);
+            Err(e)
+        }
+    }
+}
+
+/// Downloads the bundle at `url` into `dest` (see [`receive`]).
+pub fn download(
+    url: &str,
+    dest: &Path,
+    key: &PublicKey,
+    free_bytes: u64,
+    wanted: impl FnOnce(&Prelude) -> Result<()>,
+) -> Result<(Prelude, Header)> {
+    let ep = http::Endpoint::parse(url, None)?;
+    let path = if ep.prefix.is_empty() { "/" } else { "" };
+    let mut body = http::get_stream(&ep, path, Duration::from_secs(30)).with_context(|| format!("fetching {url}"))?;
+    if body.status != 200 {
+        bail!("{url} answered HTTP {}", body.status);
+    }
+    let len = body.length;
+    receive(&mut body, len, dest, key, free_bytes, wanted)
+}
+
+/// Fills `buf` as far as the stream allows; returns the bytes read.
+fn read_full(src: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match src.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Copies `len` bytes at `offset` of `src` to `dst`, checking their SHA-256 against `sha256`
+/// on the way (the staged file could have changed since it was verified).
+fn copy_section(
+    src: &mut File,
+    offset: u64,
+    len: u64,
+    sha256: &str,
+    dst: &mut File,
+    mut progress: impl FnMut(u64),
+) -> Result<()> {
+    use sha2::Digest;
+    src.seek(SeekFrom::Start(offset))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut done = 0u64;
+    while done < len {
+        let want = (len - done).min(COPY_CHUNK as u64) as usize;
+        src.read_exact(&mut buf[..want]).context("reading the staged bundle")?;
+        hasher.update(&buf[..want]);
+        dst.write_all(&buf[..want])?;
+        done += want as u64;
+        progress(done);
+    }
+    let got = hex(&hasher.finalize());
+    if got != sha256 {
+        bail!("the staged bundle changed after it was verified (sha256 {got}, expected {sha256})");
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What an install needs to know about the running system.
+pub struct InstallPlan<'a> {
+    pub staged: &'a Path,
+    pub header: &'a Header,
+    pub target: &'a Target,
+    pub esp: &'a Esp,
+    /// The running entry's kernel options; the new entry gets them with its own slot.
+    pub options: &'a str,
+    pub tries: u32,
+    /// Where the in-progress marker goes (on the state partition).
+    pub marker: &'a Path,
+}
+
+/// Writes the slot, the boot files and the counted entry. Returns the new entry's name.
+pub fn install(p: &InstallPlan<'_>) -> Result<EntryName> {
+    let slot = p.target.slot;
+    let rootfs = p.header.section("rootfs")?;
+    let vmlinuz = p.header.section("vmlinuz")?;
+    let initramfs = p.header.section("initramfs")?;
+    if rootfs.size > p.target.bytes {
+        bail!(
+            "the new rootfs ({} MiB) is larger than slot {slot} ({} MiB); build an image with larger slots",
+            rootfs.size >> 20,
+            p.target.bytes >> 20
+        );
+    }
+    let boot_bytes = vmlinuz.size + initramfs.size;
+    let esp_room = p.esp.free_bytes()? + p.esp.slot_files_bytes(slot);
+    if boot_bytes + (1 << 20) > esp_room {
+        bail!(
+            "the new kernel and initramfs ({} KiB) do not fit on the ESP ({} KiB available)",
+            boot_bytes >> 10,
+            esp_room >> 10
+        );
+    }
+    let mut src = File::open(p.staged).with_context(|| format!("opening {}", p.staged.display()))?;
+
+    // 1. Nothing may boot the slot while it changes; remember that an install is under way.
+    std::fs::write(p.marker, format!("slot={slot} release={}\n", p.header.release))
+        .and_then(|_| File::open(p.marker)?.sync_all())
+        .with_context(|| format!("writing {}", p.marker.display()))?;
+    if let Some(dir) = p.marker.parent() {
+        sync_dir(dir)?;
+    }
+    for removed in p.esp.remove_entries_of(slot)? {
+        event!("update entry removed", entry = removed);
+    }
+    let generation = p.esp.entries()?.iter().map(|e| e.name.generation).max().unwrap_or(0) + 1;
+
+    // 2. The slot.
+    event!("update writing", slot = slot, release = p.header.release, bytes = rootfs.size);
+    let mut dev = OpenOptions::new()
+        .write(true)
+        .open(&p.target.dev)
+        .with_context(|| format!("opening {}", p.target.dev.display()))?;
+    let mut next = PROGRESS_EVERY;
+    copy_section(&mut src, rootfs.offset, rootfs.size, &rootfs.sha256, &mut dev, |done| {
+        if done >= next {
+            event!("update progress", slot = slot, written = done, of = rootfs.size);
+            next += PROGRESS_EVERY;
+        }
+    })
+    .with_context(|| format!("writing slot {slot} ({})", p.target.dev.display()))?;
+    dev.sync_all().with_context(|| format!("syncing {}", p.target.dev.display()))?;
+    drop(dev);
+
+    // 3. Kernel and initramfs, each through a temporary name.
+    let dir = p.esp.slot_dir(slot);
+    for (section, name) in [(vmlinuz, "vmlinuz"), (initramfs, "initramfs.img")] {
+        Esp::write_durably(&dir, name, |f| {
+            copy_section(&mut src, section.offset, section.size, &section.sha256, f, |_| {})
+        })
+        .with_context(|| format!("writing {name} of slot {slot} on the ESP"))?;
+    }
+    sync_dir(&p.esp.root)?;
+
+    // 4. The entry: from now on systemd-boot tries the new release.
+    let name = EntryName::counted(generation, slot, p.tries);
+    let title = format!("Planet {} (slot {slot})", p.header.release);
+    let options = bootentry::options_for_slot(p.options, slot);
+    p.esp.add_entry(&name, &bootentry::entry_conf(&title, &p.header.release, slot, &options))?;
+    let _ = std::fs::remove_file(p.marker);
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use planet_bundle::SecretKey;
+
+    fn key(n: u8) -> SecretKey {
+        SecretKey::from_seed([n; 32], [n; 8])
+    }
+
+    /// A bundle of release `release` with the given section contents, written by the crate.
+    fn bundle(dir: &Path, release: &str, rootfs: &[u8], sk: &SecretKey) -> PathBuf {
+        let files = [("rootfs", rootfs.to_vec()), ("vmlinuz", b"KERNEL".to_vec()), ("initramfs", b"INITRD".to_vec())];
+        let mut sections = Vec::new();
+        for (n, b) in &files {
+            let p = dir.join(format!("{release}-{n}"));
+            std::fs::write(&p, b).unwrap();
+            sections.push((*n, p));
+        }
+        let refs: Vec<(&str, &Path)> = sections.iter().map(|(n, p)| (*n, p.as_path())).collect();
+        let out = dir.join(format!("{release}.planet"));
+        planet_bundle::write_bundle(&out, release, 1_700_000_000, "6.1.0-test", &refs, sk).unwrap();
+        out
+    }
+
+    fn esp(dir: &Path) -> Esp {
+        let esp = Esp::new(dir.join("esp"));
+        std::fs::create_dir_all(esp.entries_dir()).unwrap();
+        let text = bootentry::entry_conf("Planet 1 (slot a)", "1", 'a', "console=ttyS0 planet.slot=a planet.role=dev");
+        std::fs::write(esp.entries_dir().join("planet-0001-a.conf"), text).unwrap();
+        esp
+    }
+
+    #[test]
+    fn downgrades_repeats_and_failed_releases_are_refused() {
+        assert!(check_wanted("2", "1", false, &[]).is_ok());
+        assert!(check_wanted("1.10", "1.9", false, &[]).is_ok());
+        let e = check_wanted("1", "2", false, &[]).unwrap_err().to_string();
+        assert!(e.contains("downgrade"), "{e}");
+        assert!(check_wanted("1", "2", true, &[]).is_ok());
+        assert!(check_wanted("2", "2", true, &[]).unwrap_err().to_string().contains("already running"));
+        let e = check_wanted("3", "2", false, &["3".into()]).unwrap_err().to_string();
+        assert!(e.contains("already failed"), "{e}");
+    }
+
+    #[test]
+    fn a_bundle_is_received_verified_and_installed() {
+        let t = tempfile::tempdir().unwrap();
+        let sk = key(7);
+        let rootfs: Vec<u8> = (0..(9u32 << 20) / 4).flat_map(|i| i.to_le_bytes()).collect();
+        let b = bundle(t.path(), "2", &rootfs, &sk);
+        let staged = t.path().join("incoming.planet");
+        let mut src = File::open(&b).unwrap();
+        let len = src.metadata().unwrap().len();
+        let (pre, header) = receive(&mut src, Some(len), &staged, &sk.public(), u64::MAX / 2, |p| {
+            check_wanted(&p.release, "1", false, &[])
+        })
+        .unwrap();
+        assert_eq!((pre.release.as_str(), header.release.as_str()), ("2", "2"));
+
+        let slot_dev = t.path().join("slot-b");
+        std::fs::write(&slot_dev, vec![0xeeu8; 16 << 20]).unwrap();
+        let esp = esp(t.path());
+        let target = Target { slot: 'b', dev: slot_dev.clone(), bytes: 16 << 20 };
+        let marker = t.path().join("installing");
+        let name = install(&InstallPlan {
+            staged: &staged,
+            header: &header,
+            target: &target,
+            esp: &esp,
+            options: "console=ttyS0 planet.slot=a planet.role=dev",
+            tries: 3,
+            marker: &marker,
+        })
+        .unwrap();
+        assert_eq!(name.file_name(), "planet-0002-b+3.conf");
+        assert!(!marker.exists());
+        let slot = std::fs::read(&slot_dev).unwrap();
+        assert_eq!(&slot[..rootfs.len()], &rootfs[..]);
+        assert_eq!(std::fs::read(esp.slot_dir('b').join("vmlinuz")).unwrap(), b"KERNEL");
+        assert_eq!(std::fs::read(esp.slot_dir('b').join("initramfs.img")).unwrap(), b"INITRD");
+        let entries = esp.entries().unwrap();
+        assert_eq!(entries[0].name, name);
+        assert_eq!(entries[0].version, "2");
+        assert_eq!(entries[0].options, "console=ttyS0 planet.slot=b planet.role=dev");
+        assert_eq!(entries[1].name.file_name(), "planet-0001-a.conf");
+    }
+
+    #[test]
+    fn bad_bundles_change_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let sk = key(1);
+        let b = bundle(t.path(), "2", &[5u8; 100_000], &sk);
+        let good = std::fs::read(&b).unwrap();
+        let staged = t.path().join("incoming.planet");
+        let try_bytes = |bytes: &[u8], k: &PublicKey| {
+            let r = receive(&mut &bytes[..], None, &staged, k, u64::MAX / 2, |_| Ok(()));
+            assert!(!staged.exists() && !staged.with_extension("part").exists());
+            format!("{:#}", r.unwrap_err())
+        };
+        let mut flipped = good.clone();
+        let n = flipped.len();
+        flipped[n - 10] ^= 1;
+        let e = try_bytes(&flipped, &sk.public());
+        assert!(e.contains("signature"), "{e}");
+        let e = try_bytes(&good[..good.len() - 5000], &sk.public());
+        assert!(e.contains("truncated"), "{e}");
+        let e = try_bytes(&good, &key(2).public());
+        assert!(e.contains("another key"), "{e}");
+        let e = try_bytes(b"GET / HTTP/1.0\r\n\r\n", &sk.public());
+        assert!(!e.is_empty());
+        // The release check runs on the prelude, before anything is stored.
+        let r = receive(&mut &good[..], None, &staged, &sk.public(), u64::MAX / 2, |p| {
+            check_wanted(&p.release, "2", false, &[])
+        });
+        assert!(r.unwrap_err().to_string().contains("already running"));
+        // Too big for the state partition.
+        let r = receive(&mut &good[..], None, &staged, &sk.public(), 1000, |_| Ok(()));
+        assert!(r.unwrap_err().to_string().contains("does not fit"));
+        assert!(!staged.exists());
+    }
+
+    #[test]
+    fn a_rootfs_larger_than_the_slot_is_refused_before_any_write() {
+        let t = tempfile::tempdir().unwrap();
+        let sk = key(3);
+        let b = bundle(t.path(), "2", &[1u8; 3 << 20], &sk);
+        let (_, header) = planet_bundle::verify_file(&b, &sk.public()).unwrap();
+        let esp = esp(t.path());
+        let slot_dev = t.path().join("slot-b");
+        std::fs::write(&slot_dev, vec![0u8; 1 << 20]).unwrap();
+        let target = Target { slot: 'b', dev: slot_dev.clone(), bytes: 1 << 20 };
+        let e = install(&InstallPlan {
+            staged: &b,
+            header: &header,
+            target: &target,
+            esp: &esp,
+            options: "planet.slot=a",
+            tries: 3,
+            marker: &t.path().join("m"),
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("larger than slot b"), "{e}");
+        assert_eq!(std::fs::read(&slot_dev).unwrap(), vec![0u8; 1 << 20]);
+        assert_eq!(esp.entries().unwrap().len(), 1);
+    }
+}

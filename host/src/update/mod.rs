@@ -1,0 +1,479 @@
+//! The update agent: moves a running machine to a new Planet release and back.
+//!
+//! * At boot ([`prepare`]) it reads the ESP's entries: which release runs, whether this boot is
+//!   a trial (the running slot's entry still carries a boot counter), whether systemd-boot just
+//!   fell back from a failed release (the other slot's newer entry has no tries left), and
+//!   whether an install was cut short.
+//! * During a trial it blesses the entry (drops the counter) once the container has stayed up
+//!   with its health check passing for `bless_after`; if the container exits, or health is not
+//!   reached within `trial_timeout`, it reboots so the counter runs down.
+//! * Otherwise it takes bundles from `planet.update.url` every `check_every` and from a Unix
+//!   socket bind-mounted into the container, verifies them before writing a byte of the boot
+//!   path, installs them into the other slot with a counted entry, and reboots.
+//!
+//! Every step is a `planet-init: update …` console line and lands in `status.json`, next to the
+//! socket.
+
+pub mod esp;
+pub mod install;
+pub mod socket;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use planet_bundle::PublicKey;
+use planet_config::bootentry::{EntryName, DEFAULT_TRIES};
+use planet_config::UpdateConfig;
+
+use self::esp::{Entry, Esp};
+use self::install::Target;
+use crate::disk::{self, BootDisk};
+use crate::event;
+use crate::mounts::Mount;
+
+/// Where the image puts the key bundles must be signed with.
+pub const KEY_PATH: &str = "/etc/planet/update.pub";
+/// The directory holding the socket and status file, as the container sees it.
+pub const CONTAINER_DIR: &str = "/var/lib/planet-update";
+pub const ESP_LABEL: &str = "esp";
+
+static REBOOT: Mutex<Option<String>> = Mutex::new(None);
+static TRIAL: AtomicBool = AtomicBool::new(false);
+static CONTAINER_SINCE: Mutex<Option<Instant>> = Mutex::new(None);
+
+/// Asks PID 1's supervisor to stop the container and reboot.
+pub fn request_reboot(reason: &str) {
+    let mut r = REBOOT.lock().unwrap_or_else(|e| e.into_inner());
+    if r.is_none() {
+        *r = Some(reason.to_string());
+    }
+}
+
+/// The pending reboot request, if any (the supervisor polls it).
+pub fn reboot_requested() -> Option<String> {
+    REBOOT.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Whether this boot is a new release on trial: a failure must reboot, not power off or retry,
+/// so the boot counter decides.
+pub fn on_trial() -> bool {
+    TRIAL.load(Ordering::SeqCst)
+}
+
+/// The supervisor reports the container's life here; the blessing needs it.
+pub fn container_started() {
+    *CONTAINER_SINCE.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+}
+
+pub fn container_exited() {
+    *CONTAINER_SINCE.lock().unwrap_or_else(|e| e.into_inner()) = None;
+}
+
+fn container_since() -> Option<Instant> {
+    *CONTAINER_SINCE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Where things are on this machine.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    pub esp_dev: PathBuf,
+    pub esp_mount: PathBuf,
+    /// `<state>/update`: staging, the install marker, the failed-release list.
+    pub state_dir: PathBuf,
+    /// `/run/planet/update`: socket and status, bind-mounted into the container.
+    pub run_dir: PathBuf,
+    pub key: PathBuf,
+    /// `/sys/firmware/efi` exists: booted through UEFI (systemd-boot counts tries).
+    pub uefi: bool,
+}
+
+/// The agent's view of the machine after [`prepare`].
+pub struct Agent {
+    cfg: UpdateConfig,
+    paths: Paths,
+    key: Option<PublicKey>,
+    running_slot: char,
+    target: Option<Target>,
+    /// The running release (its entry's `version`).
+    release: String,
+    /// The running entry's name at boot and its kernel options.
+    entry: Option<EntryName>,
+    options: String,
+    /// Serialises installs, blessing and status writes.
+    busy: Mutex<Status>,
+    trial_started: Instant,
+}
+
+/// What `status.json` says.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Status {
+    pub state: String,
+    pub release: String,
+    pub slot: String,
+    pub entry: String,
+    pub trial: bool,
+    pub message: String,
+    pub updated: u64,
+}
+
+/// Mounts the ESP for the duration of `f`.
+fn with_esp<T>(paths: &Paths, f: impl FnOnce(&Esp) -> Result<T>) -> Result<T> {
+    std::fs::create_dir_all(&paths.esp_mount)?;
+    Mount::new(&paths.esp_dev.display().to_string(), &paths.esp_mount, "vfat")
+        .flags(libc::MS_NOATIME | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC)
+        .data("umask=0077")
+        .perform()
+        .context("mounting the ESP")?;
+    let r = f(&Esp::new(&paths.esp_mount));
+    // SAFETY: plain syscall; then unmount (which writes back the FAT).
+    unsafe { libc::sync() };
+    if let Err(e) = crate::sys::umount(&paths.esp_mount, 0) {
+        event!("update esp unmount failed", error = e);
+    }
+    r
+}
+
+/// Finds the ESP and the other slot on the boot disk.
+pub fn locate(sysfs: &Path, dev: &Path, bd: &BootDisk, running_slot: char) -> Result<(PathBuf, Target)> {
+    let devs = disk::scan(sysfs)?;
+    let on_disk = |label: &str| {
+        devs.iter().find(|d| d.parent.as_deref() == Some(bd.disk.as_str()) && d.partname.as_deref() == Some(label))
+    };
+    let esp = on_disk(ESP_LABEL).with_context(|| format!("the boot disk {} has no partition labelled esp", bd.disk))?;
+    let other = if running_slot == 'a' { 'b' } else { 'a' };
+    let label = format!("planet-{other}");
+    let slot =
+        on_disk(&label).with_context(|| format!("the boot disk {} has no partition labelled {label}", bd.disk))?;
+    Ok((dev.join(&esp.name), Target { slot: other, dev: dev.join(&slot.name), bytes: slot.size_bytes() }))
+}
+
+fn read_failed(state_dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(state_dir.join("failed"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+fn record_failed(state_dir: &Path, release: &str) -> Result<()> {
+    let mut failed = read_failed(state_dir);
+    if !failed.iter().any(|f| f == release) {
+        failed.push(release.to_string());
+    }
+    std::fs::write(state_dir.join("failed"), failed.join("\n") + "\n").context("recording the failed release")
+}
+
+/// The boot-time part: what runs, what happened to the last update. Never fatal to the boot: a
+/// machine whose ESP cannot be read still runs its release (the agent is then off).
+pub fn prepare(paths: Paths, sysfs: &Path, dev: &Path, bd: &BootDisk, running_slot: char) -> Agent {
+    let key = match std::fs::read_to_string(&paths.key) {
+        Ok(text) => match PublicKey::parse(&text) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                event!("update key invalid", path = paths.key.display(), error = format!("{e:#}"));
+                None
+            }
+        },
+        Err(_) => None,
+    };
+    let _ = std::fs::create_dir_all(&paths.state_dir);
+    let _ = std::fs::create_dir_all(&paths.run_dir);
+    let mut agent = Agent {
+        cfg: UpdateConfig::default(),
+        key,
+        running_slot,
+        target: None,
+        release: "unknown".into(),
+        entry: None,
+        options: std::fs::read_to_string("/proc/cmdline").unwrap_or_default().trim().to_string(),
+        busy: Mutex::new(Status::default()),
+        trial_started: Instant::now(),
+        paths,
+    };
+    let located = locate(sysfs, dev, bd, running_slot);
+    let r = located.and_then(|(esp_dev, target)| {
+        agent.paths.esp_dev = esp_dev;
+        agent.target = Some(target);
+        let paths = agent.paths.clone();
+        with_esp(&paths, |esp| agent.inspect_boot(esp))
+    });
+    if let Err(e) = r {
+        event!("update unavailable", error = format!("{e:#}"));
+    }
+    TRIAL.store(agent.entry.as_ref().is_some_and(|e| e.tries.is_some()), Ordering::SeqCst);
+    let trial = on_trial();
+    event!(
+        "release",
+        running = agent.release,
+        slot = running_slot,
+        entry = agent.entry.as_ref().map(|e| e.file_name()).unwrap_or_else(|| "none".into()),
+        trial = trial
+    );
+    agent.set_status(if trial { "trial" } else { "idle" }, "");
+    agent
+}
+
+impl Agent {
+    /// Reads the entries at boot and reports rollbacks and interrupted installs.
+    fn inspect_boot(&mut self, esp: &Esp) -> Result<()> {
+        let entries = esp.entries()?;
+        let mine: Option<&Entry> = entries.iter().find(|e| e.name.slot == self.running_slot);
+        if let Some(e) = mine {
+            self.release = e.version.clone();
+            self.entry = Some(e.name.clone());
+            if !e.options.is_empty() {
+                self.options = e.options.clone();
+            }
+        }
+        let my_generation = mine.map(|e| e.name.generation).unwrap_or(0);
+        for e in entries.iter().filter(|e| e.name.slot != self.running_slot) {
+            if e.name.is_bad() && e.name.generation > my_generation {
+                event!(
+                    "update rolled back",
+                    failed = e.version,
+                    running = self.release,
+                    entry = e.name,
+                    reason = "the new release used up its boot tries"
+                );
+                record_failed(&self.paths.state_dir, &e.version)?;
+                esp.remove_entry(&e.name)?;
+            }
+        }
+        let marker = self.paths.state_dir.join("installing");
+        if let Ok(text) = std::fs::read_to_string(&marker) {
+            event!(
+                "update interrupted",
+                install = text.trim(),
+                running = self.release,
+                note = "the other slot was left without a boot entry"
+            );
+            let _ = std::fs::remove_file(&marker);
+        }
+        Ok(())
+    }
+
+    fn set_status(&self, state: &str, message: &str) {
+        let mut s = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        self.write_status(&mut s, state, message);
+    }
+
+    fn write_status(&self, s: &mut Status, state: &str, message: &str) {
+        *s = Status {
+            state: state.into(),
+            release: self.release.clone(),
+            slot: self.running_slot.to_string(),
+            entry: self.entry.as_ref().map(|e| e.file_name()).unwrap_or_default(),
+            trial: on_trial(),
+            message: message.into(),
+            updated: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        };
+        let text = serde_json::to_string_pretty(&*s).unwrap_or_default() + "\n";
+        let tmp = self.paths.run_dir.join("status.json.tmp");
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, self.paths.run_dir.join("status.json"));
+        }
+    }
+
+    /// Starts the agent's threads with the machine's settings: the trial/poll loop and the
+    /// socket server.
+    pub fn start(mut self, cfg: &UpdateConfig) -> Arc<Agent> {
+        self.cfg = cfg.clone();
+        self.trial_started = Instant::now();
+        let agent = Arc::new(self);
+        let a = agent.clone();
+        let _ = std::thread::Builder::new().name("update".into()).spawn(move || a.run_loop());
+        match socket::listen(&agent.paths.run_dir) {
+            Ok(listener) => {
+                let a = agent.clone();
+                let _ = std::thread::Builder::new().name("update-socket".into()).spawn(move || a.serve(listener));
+            }
+            Err(e) => event!("update socket unavailable", error = format!("{e:#}")),
+        }
+        agent
+    }
+
+    fn run_loop(&self) {
+        let mut next_check = Instant::now();
+        let mut healthy_since: Option<Instant> = None;
+        let mut last_probe = Instant::now() - Duration::from_secs(60);
+        loop {
+            if on_trial() {
+                let since = container_since();
+                if since.is_none() {
+                    healthy_since = None;
+                } else if last_probe.elapsed() >= Duration::from_secs(2) {
+                    last_probe = Instant::now();
+                    if self.healthy() {
+                        healthy_since.get_or_insert(Instant::now());
+                    } else {
+                        healthy_since = None;
+                    }
+                }
+                match healthy_since {
+                    Some(t) if t.elapsed() >= self.cfg.bless_after => self.bless(),
+                    _ if self.trial_started.elapsed() >= self.cfg.trial_timeout => {
+                        event!(
+                            "update trial failed",
+                            release = self.release,
+                            reason = format!("not healthy within {}s", self.cfg.trial_timeout.as_secs())
+                        );
+                        self.set_status("trial-failed", "not healthy within the trial timeout");
+                        request_reboot("update trial failed");
+                        return;
+                    }
+                    _ => {}
+                }
+            } else if let Some(url) = self.cfg.url.clone() {
+                if Instant::now() >= next_check {
+                    next_check = Instant::now() + self.cfg.check_every;
+                    self.check_url(&url);
+                }
+            }
+            if reboot_requested().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// The health check: the configured URL answers 2xx, or (without one) the container runs.
+    fn healthy(&self) -> bool {
+        let Some(url) = &self.cfg.health_url else { return container_since().is_some() };
+        let Ok(ep) = crate::datasource::http::Endpoint::parse(url, None) else { return false };
+        let path = if ep.prefix.is_empty() { "/" } else { "" };
+        matches!(
+            crate::datasource::http::request(&ep, "GET", path, &[], Duration::from_secs(3)),
+            Ok(r) if (200..300).contains(&r.status)
+        )
+    }
+
+    fn bless(&self) {
+        let mut st = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let r = with_esp(&self.paths, |esp| {
+            let mine = esp
+                .entries()?
+                .into_iter()
+                .find(|e| e.name.slot == self.running_slot)
+                .context("the running slot has no boot entry")?;
+            let blessed = mine.name.blessed();
+            if mine.name != blessed {
+                esp.rename_entry(&mine.name, &blessed)?;
+            }
+            Ok(blessed)
+        });
+        match r {
+            Ok(name) => {
+                TRIAL.store(false, Ordering::SeqCst);
+                event!("update blessed", release = self.release, slot = self.running_slot, entry = name);
+                self.write_status(&mut st, "idle", &format!("release {} blessed", self.release));
+            }
+            Err(e) => {
+                // Without the blessing the next boot would count down: try again, then give up.
+                event!("update bless failed", error = format!("{e:#}"));
+                self.write_status(&mut st, "trial", &format!("blessing failed: {e:#}"));
+            }
+        }
+    }
+
+    fn check_url(&self, url: &str) {
+        event!("update check", url = url);
+        match self.install_from(|dest, key, free, wanted| install::download(url, dest, key, free, wanted)) {
+            Ok(Some(entry)) => self.reboot_into(&entry),
+            Ok(None) => {}
+            Err(e) => {
+                event!("update refused", source = url, error = format!("{e:#}"));
+                self.set_status("refused", &format!("{e:#}"));
+            }
+        }
+    }
+
+    /// Takes a bundle through `fetch` (download or socket), installs it; `None` when the
+    /// bundle is not wanted (same or older release: not an error worth a status change).
+    pub fn install_from(
+        &self,
+        fetch: impl FnOnce(
+            &Path,
+            &PublicKey,
+            u64,
+            &mut dyn FnMut(&planet_bundle::Prelude) -> Result<()>,
+        ) -> Result<(planet_bundle::Prelude, planet_bundle::Header)>,
+    ) -> Result<Option<EntryName>> {
+        let Some(key) = &self.key else {
+            bail!("this image was built without --update-key: it trusts no bundle");
+        };
+        if !self.paths.uefi {
+            bail!("this machine booted through legacy BIOS (GRUB); updates need UEFI boot (systemd-boot counts the tries)");
+        }
+        if on_trial() {
+            bail!("release {} is still on trial; updates wait until it is blessed", self.release);
+        }
+        let target = self.target.clone().context("the other slot was not found at boot")?;
+        let mut st = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let dest = self.paths.state_dir.join("incoming.planet");
+        let free = crate::sys::free_bytes(&self.paths.state_dir)?;
+        let failed = read_failed(&self.paths.state_dir);
+        let mut not_wanted = false;
+        let mut wanted = |p: &planet_bundle::Prelude| -> Result<()> {
+            if let Err(e) = install::check_wanted(&p.release, &self.release, self.cfg.allow_downgrade, &failed) {
+                not_wanted = true;
+                return Err(e);
+            }
+            event!("update downloading", release = p.release, bytes = p.total_bytes);
+            self.write_status(&mut Status::default(), "downloading", &format!("release {}", p.release));
+            Ok(())
+        };
+        let fetched = fetch(&dest, key, free, &mut wanted);
+        let (_, header) = match fetched {
+            Ok(v) => v,
+            Err(e) if not_wanted => {
+                event!("update skipped", reason = format!("{e:#}"));
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        event!("update verified", release = header.release, kernel = header.kernel);
+        self.write_status(&mut st, "installing", &format!("release {}", header.release));
+        let marker = self.paths.state_dir.join("installing");
+        let r = with_esp(&self.paths, |esp| {
+            install::install(&install::InstallPlan {
+                staged: &dest,
+                header: &header,
+                target: &target,
+                esp,
+                options: &self.options,
+                tries: DEFAULT_TRIES,
+                marker: &marker,
+            })
+        });
+        let _ = std::fs::remove_file(&dest);
+        let entry = r?;
+        event!("update installed", release = header.release, slot = target.slot, entry = entry);
+        self.write_status(&mut st, "installed", &format!("release {} in slot {}", header.release, target.slot));
+        Ok(Some(entry))
+    }
+
+    /// Reboots into a freshly installed entry, at once or when the window opens.
+    pub fn reboot_into(&self, entry: &EntryName) {
+        if let Some(w) = self.cfg.reboot_window {
+            loop {
+                let secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                let minute = ((secs % 86400) / 60) as u32;
+                if planet_config::update::in_window(w, minute) {
+                    break;
+                }
+                event!("update waiting", entry = entry, window = format!("{}-{} UTC", fmt_hm(w.0), fmt_hm(w.1)));
+                std::thread::sleep(Duration::from_secs(60));
+            }
+        }
+        event!("update rebooting", entry = entry);
+        request_reboot(&format!("update to {entry}"));
+    }
+}
+
+fn fmt_hm(m: u32) -> String {
+    format!("{:02}:{:02}", m / 60, m % 60)
+}
