@@ -27,8 +27,14 @@ pub enum Command {
     Fetch(FetchArgs),
     /// Build a bootable disk image from a Planet rootfs.
     Build(BuildArgs),
-    /// Show an image's partitions and contents and verify it against its manifest.
+    /// Show an image's partitions and contents and verify it against its manifest, or show an
+    /// update bundle (verified with --key).
     Inspect(InspectArgs),
+    /// Make a key pair for signing update bundles: NAME.key (secret, mode 0600) and NAME.pub.
+    Keygen(KeygenArgs),
+    /// Build a signed update bundle: the next release's slot image, kernel and initramfs, for
+    /// machines that update themselves.
+    Bundle(BundleArgs),
     /// Boot an image in QEMU with UEFI firmware (or SeaBIOS: --firmware bios).
     Run(RunArgs),
     /// Publish an image built before to a cloud: `publish aws FILE.raw --name NAME` registers an AMI,
@@ -105,6 +111,15 @@ pub struct BuildArgs {
     /// same value give a byte-identical image [default: now].
     #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
     pub source_date_epoch: Option<u64>,
+    /// The image's release version, in its boot entry (`version`) and manifest; machines install
+    /// only update bundles of a newer release [default: the first 12 hex digits of the rootfs digest].
+    #[arg(long, value_name = "VERSION")]
+    pub release_version: Option<String>,
+    /// Public key (keygen's NAME.pub, or minisign's) that update bundles must be signed with:
+    /// placed into the initramfs at /etc/planet/update.pub, its key id recorded in the manifest.
+    /// Without it the machine accepts no updates.
+    #[arg(long, value_name = "NAME.pub")]
+    pub update_key: Option<PathBuf>,
     #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]
@@ -112,12 +127,84 @@ pub struct BuildArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(long_about = "Make a key pair for signing update bundles.\n\n\
+    Writes NAME.key, the secret key (mode 0600), and NAME.pub, the public key, in minisign's \
+    formats: an unencrypted Ed25519 key as `minisign -G -W` makes it, so `minisign -S` can sign with \
+    it and `minisign -V -p NAME.pub` can check a bundle's signature. Existing files are never \
+    overwritten. Put NAME.pub into images with `build --update-key NAME.pub` and sign bundles with \
+    `bundle --key NAME.key`. The key id and the paths are printed as JSON.")]
+pub struct KeygenArgs {
+    /// The key pair's name: NAME.key and NAME.pub are written.
+    #[arg(short, long, value_name = "NAME")]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+#[command(long_about = "Build a signed update bundle.\n\n\
+    A machine runs its release from slot planet-a or planet-b; a bundle carries the next release \
+    for the other slot: the squashfs of --rootfs, and the kernel and initramfs it boots with, \
+    built exactly as `build` builds them (same layout, kernel package, planet-init, compression \
+    and SOURCE_DATE_EPOCH give the same files). The bundle is signed with --key (minisign's \
+    prehashed Ed25519); machines check the signature against the key in their initramfs and \
+    install only releases newer than their own (natural order: 1.10 > 1.9).\n\n\
+    Format 1: a 4096-byte prelude (magic PLBUNDLE, format, the minisign signature text whose \
+    trusted comment holds the release and the total size), then the signed part: a JSON header \
+    and the sections rootfs, vmlinuz and initramfs at 4096-aligned offsets. `minisign -V` checks \
+    the signed part (bytes 4096 to the end) with the prelude's signature text. The file appears \
+    only when complete; the result is JSON on stdout.")]
+pub struct BundleArgs {
+    /// The new release's Planet rootfs: a directory, a .tar/.tar.gz/.tar.zst/.tar.xz, or a Planet
+    /// release tarball.
+    #[arg(long, value_name = "PATH")]
+    pub rootfs: PathBuf,
+    /// Secret key to sign with: keygen's NAME.key or an unencrypted minisign key (`minisign -G -W`).
+    #[arg(long, value_name = "NAME.key")]
+    pub key: PathBuf,
+    /// The release version of the bundle (required): machines install only newer releases.
+    #[arg(long, value_name = "VERSION")]
+    pub release_version: Option<String>,
+    /// Public key that later bundles must be signed with, put into the new release's initramfs
+    /// [default: the public half of --key, so the machine keeps trusting the same key].
+    #[arg(long, value_name = "NAME.pub")]
+    pub update_key: Option<PathBuf>,
+    /// The bundle to write.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Partition layout (TOML): its kernel package and module classes make the initramfs
+    /// [default: the built-in image-layouts/default.toml].
+    #[arg(long, value_name = "FILE.toml")]
+    pub layout: Option<PathBuf>,
+    /// Built-in layout when --layout is not given: `default` or `metal`; use the one the machines
+    /// were built with.
+    #[arg(long, default_value = "default", value_parser = ["default", "metal"])]
+    pub profile: String,
+    /// Kernel package (.deb of linux-image-<version>-…) instead of the cached one.
+    #[arg(long, value_name = "FILE.deb")]
+    pub kernel_package: Option<PathBuf>,
+    /// The static planet-init binary [default: $PLANET_INIT, or next to planet-image].
+    #[arg(long, value_name = "FILE")]
+    pub planet_init: Option<PathBuf>,
+    /// Squashfs block compression: zstd or zstd:LEVEL (1-22).
+    #[arg(long, default_value_t = Compression::default())]
+    pub compression: Compression,
+    /// Timestamp for everything the builder makes up, and the bundle's `created` [default: now].
+    #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
+    pub source_date_epoch: Option<u64>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// A raw or qcow2 image.
+    /// A raw or qcow2 image, or an update bundle (printed as JSON).
     pub image: PathBuf,
     /// Manifest to verify against [default: IMAGE.manifest.json].
     #[arg(long, value_name = "FILE")]
     pub manifest: Option<PathBuf>,
+    /// For an update bundle: the public key to verify it with (signature, size and every
+    /// section's digest); the result says "verified": true, or the command fails.
+    #[arg(long, value_name = "NAME.pub")]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

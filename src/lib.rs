@@ -2,10 +2,12 @@
 //!
 //! One module per pipeline stage: `rootfs` (inputs) → `squashfs` (slot) → `kernel` +
 //! `initramfs` (the host) → `esp` (boot loader) → `disk` (GPT, sparse raw), planned by
-//! `build::plan` and run by `build::pipeline`; `fetch`, `inspect` and `run` around it.
+//! `build::plan` and run by `build::pipeline`; `fetch`, `inspect` and `run` around it, and
+//! `bundle` for signed update bundles made of the same stages.
 
 pub mod bios;
 pub mod build;
+pub mod bundle;
 pub mod cli;
 pub mod convert;
 pub mod deb;

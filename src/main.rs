@@ -2,7 +2,7 @@ use anyhow::Result;
 use clap::Parser;
 use planet_image::build::pipeline::{self, BuildRequest, Target};
 use planet_image::cli::{Cli, Command, PublishCommand};
-use planet_image::{fetch, inspect, publish, run, seed};
+use planet_image::{bundle, fetch, inspect, publish, run, seed};
 use std::time::Duration;
 
 fn main() {
@@ -57,6 +57,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 cache_dir: a.cache.cache_dir,
                 compression: a.compression,
                 epoch,
+                release: a.release_version,
+                update_key: a.update_key,
             };
             if let Some(opts) = ami {
                 let result = publish::aws::build_ami(req, a.output, &opts)?;
@@ -68,7 +70,42 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Inspect(a) => {
+            if bundle::is_bundle_file(&a.image)? {
+                let result = bundle::inspect(&a.image, a.key.as_deref())?;
+                println!("{}", serde_json::to_string_pretty(&result)?);
+                return Ok(0);
+            }
+            if a.key.is_some() {
+                anyhow::bail!("--key verifies update bundles; {} is not one", a.image.display());
+            }
             print!("{}", inspect::run(&a.image, a.manifest.as_deref())?);
+            Ok(0)
+        }
+        Command::Keygen(a) => {
+            let result = bundle::keygen(&a.output)?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
+            Ok(0)
+        }
+        Command::Bundle(a) => {
+            let epoch = match a.source_date_epoch {
+                Some(e) => e,
+                None => source_date_epoch()?,
+            };
+            let result = bundle::run(&bundle::BundleRequest {
+                rootfs: a.rootfs,
+                key: a.key,
+                update_key: a.update_key,
+                release: a.release_version,
+                output: a.output,
+                layout: a.layout,
+                profile: a.profile,
+                kernel_package: a.kernel_package,
+                planet_init: a.planet_init,
+                cache_dir: a.cache.cache_dir,
+                compression: a.compression,
+                epoch,
+            })?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
             Ok(0)
         }
         Command::Seed(a) => {

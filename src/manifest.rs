@@ -24,6 +24,13 @@ pub struct Manifest {
     pub cmdline: String,
     pub compression: String,
     pub source_date_epoch: u64,
+    /// The release version (`build --release-version`, else the first 12 hex digits of the rootfs
+    /// digest), as in the boot entry's `version` line.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub release: String,
+    /// The id of the key update bundles must be signed with (`build --update-key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_key_id: Option<String>,
     /// The AMI made from this image (`build --target ami -o`, `publish aws`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws: Option<AwsInfo>,

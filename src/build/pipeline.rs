@@ -1,14 +1,19 @@
 //! The build pipeline: rootfs → squashfs slot, kernel package → kernel + modules → initramfs,
 //! boot loader → ESP, empty ext4 state, all placed by the plan into a sparse raw disk, then
 //! converted (qcow2) and described by a manifest. Outputs appear only when complete.
+//!
+//! The stages that make a slot — the squashfs, the kernel and the initramfs — are functions of
+//! their own (`load_layout`, `kernel_package`, `load_planet_init`, `build_slot`, `build_host`),
+//! shared with `bundle`, which puts the same files into a signed update bundle.
 
 use super::plan::{self, Plan, BIOS_LABEL, ESP_LABEL, SLOT_A_LABEL, SLOT_B_LABEL, STATE_LABEL};
 use crate::disk::{self, Content};
 use crate::esp::{self, SlotBoot};
 use crate::fetch::{Cache, PackageRecord, SYSTEMD_BOOT_PATH};
+use crate::kernel::Kernel;
 use crate::layout::Layout;
 use crate::manifest::{self, ImageInfo, KernelInfo, Manifest, PackageInfo, PartitionInfo, PlanetInitInfo, RootfsInfo};
-use crate::rootfs::RootfsSource;
+use crate::rootfs::{RootfsSource, RootfsSummary};
 use crate::squashfs::{self, Compression};
 use crate::util::atomic::PendingFile;
 use crate::util::command::require_tool;
@@ -68,6 +73,12 @@ pub struct BuildRequest {
     pub compression: Compression,
     /// SOURCE_DATE_EPOCH: every timestamp the builder makes up.
     pub epoch: u64,
+    /// The release version in the boot entry and the manifest [default: the first 12 hex digits
+    /// of the rootfs digest].
+    pub release: Option<String>,
+    /// A minisign public key (file) that update bundles must be signed with: placed into the
+    /// initramfs at `etc/planet/update.pub`.
+    pub update_key: Option<PathBuf>,
 }
 
 /// The result, printed on stdout as JSON.
@@ -80,20 +91,13 @@ pub struct BuildResult {
 }
 
 pub fn run(req: &BuildRequest) -> Result<BuildResult> {
-    let mut layout = Layout::load_profile(req.layout.as_deref(), &req.profile)?;
-    if let Some(ss) = req.sector_size {
-        layout.sector_size = ss;
-        layout.validate()?;
+    let layout = load_layout(req.layout.as_deref(), &req.profile, req.sector_size, req.bios)?;
+    if let Some(r) = &req.release {
+        planet_bundle::check_release(r).context("--release-version")?;
     }
-    if req.bios {
-        layout.bios.enabled = true;
-        layout.validate()?;
-    }
+    let update_key = req.update_key.as_deref().map(load_public_key).transpose()?;
     let cache = Cache::new(req.cache_dir.as_deref())?;
-    let kernel_pkg = match req.kernel_package.as_deref() {
-        Some(file) => package(&cache, "kernel", Some(file))?,
-        None => cache.kernel_package(&layout.kernel.package)?,
-    };
+    let kernel_pkg = kernel_package(&cache, &layout, req.kernel_package.as_deref())?;
     let boot_pkg = package(&cache, "bootloader", req.bootloader_package.as_deref())?;
     let bios_pkg = match layout.bios.enabled {
         true => {
@@ -103,39 +107,20 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
         }
         false => None,
     };
-    let planet_init_path = find_planet_init(req.planet_init.as_deref())?;
-    let planet_init =
-        std::fs::read(&planet_init_path).with_context(|| format!("reading {}", planet_init_path.display()))?;
-    initramfs::check_static(&planet_init).with_context(|| format!("checking {}", planet_init_path.display()))?;
+    let planet_init = load_planet_init(req.planet_init.as_deref())?;
     let source = RootfsSource::detect(&req.rootfs)?;
     if req.target == Target::Qcow2 {
         require_tool("qemu-img", "qemu-utils")?;
     }
 
-    let out_dir = match req.output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let work = WorkDir::new(&out_dir)?;
+    let work = WorkDir::new(&dir_of(&req.output))?;
 
     // 1. The slot: rootfs → squashfs, streamed.
-    let step = Step::start("rootfs → squashfs", 0);
     let slot_image = work.path.join("planet-a.sqfs");
-    let rootfs = squashfs::build_slot_image(&source, &slot_image, req.compression, req.epoch)
-        .with_context(|| format!("building the slot image from {}", req.rootfs.display()))?;
-    let slot_bytes = std::fs::metadata(&slot_image)?.len();
-    step.finish(&format!("entries={} squashfs={} MiB", rootfs.entries, slot_bytes >> 20));
+    let (rootfs, slot_bytes) = build_slot(&source, &req.rootfs, &slot_image, req.compression, req.epoch)?;
 
     // 2. Kernel, modules, initramfs.
-    let step = Step::start("kernel + initramfs", 0);
-    let kernel = kernel::extract(&kernel_pkg.file, &layout.kernel.modules)?;
-    let initramfs = initramfs::build(&planet_init, &kernel, &[], req.epoch, 9)?;
-    step.finish(&format!(
-        "kernel={} modules={} initramfs={} KiB",
-        kernel.version,
-        kernel.modules.len(),
-        initramfs.len() >> 10
-    ));
+    let (kernel, initramfs) = build_host(&kernel_pkg, &layout, &planet_init, update_key.as_ref(), req.epoch)?;
     let bootloader = read_from_deb(&boot_pkg.file, SYSTEMD_BOOT_PATH)?;
 
     // 3. The plan: everything derived from a digest of all inputs.
@@ -160,8 +145,15 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
     if let Some(b) = &bios_pkg {
         seed_text.push_str(&format!("bios={}\n", b.sha256));
     }
+    // Only when given, so images built without them stay what they were.
+    if let Some(r) = &req.release {
+        seed_text.push_str(&format!("release={r}\n"));
+    }
+    if let Some(k) = &update_key {
+        seed_text.push_str(&format!("update-key={}\n", k.to_base64()));
+    }
     let seed = sha256_hex(seed_text.as_bytes());
-    let release = rootfs.sha256[..12].to_string();
+    let release = req.release.clone().unwrap_or_else(|| rootfs.sha256[..12].to_string());
     let slots = [SlotBoot {
         slot: "a",
         title: "Planet (slot a)",
@@ -289,6 +281,8 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
         cmdline: options,
         compression: req.compression.to_string(),
         source_date_epoch: req.epoch,
+        release,
+        update_key_id: update_key.as_ref().map(|k| k.key_id_hex()),
         aws: None,
     };
     let manifest_path = manifest::path_for(&req.output);
@@ -297,6 +291,95 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
     pending.commit()?;
     manifest_pending.commit()?;
     Ok(BuildResult { image: req.output.clone(), manifest: manifest_path, sha256, disk_size: plan.total_bytes() })
+}
+
+/// The layout: `--layout FILE` or the profile's, with the command line's overrides.
+pub fn load_layout(file: Option<&Path>, profile: &str, sector_size: Option<u64>, bios: bool) -> Result<Layout> {
+    let mut layout = Layout::load_profile(file, profile)?;
+    if let Some(ss) = sector_size {
+        layout.sector_size = ss;
+        layout.validate()?;
+    }
+    if bios {
+        layout.bios.enabled = true;
+        layout.validate()?;
+    }
+    Ok(layout)
+}
+
+/// The kernel package: the one given, or the layout's from the cache.
+pub fn kernel_package(cache: &Cache, layout: &Layout, explicit: Option<&Path>) -> Result<PackageRecord> {
+    match explicit {
+        Some(file) => package(cache, "kernel", Some(file)),
+        None => cache.kernel_package(&layout.kernel.package),
+    }
+}
+
+/// The static planet-init binary (see `find_planet_init`), checked.
+pub fn load_planet_init(explicit: Option<&Path>) -> Result<Vec<u8>> {
+    let path = find_planet_init(explicit)?;
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    initramfs::check_static(&bytes).with_context(|| format!("checking {}", path.display()))?;
+    Ok(bytes)
+}
+
+/// A minisign public key file (`keygen`'s NAME.pub, `minisign -G`'s).
+pub fn load_public_key(path: &Path) -> Result<planet_bundle::PublicKey> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading the public key {}", path.display()))?;
+    planet_bundle::PublicKey::parse(&text).with_context(|| format!("reading the public key {}", path.display()))
+}
+
+/// Stage 1, the slot: the rootfs streamed into a squashfs at `out`; its summary and size.
+pub fn build_slot(
+    source: &RootfsSource,
+    rootfs: &Path,
+    out: &Path,
+    compression: Compression,
+    epoch: u64,
+) -> Result<(RootfsSummary, u64)> {
+    let step = Step::start("rootfs → squashfs", 0);
+    let summary = squashfs::build_slot_image(source, out, compression, epoch)
+        .with_context(|| format!("building the slot image from {}", rootfs.display()))?;
+    let bytes = std::fs::metadata(out)?.len();
+    step.finish(&format!("entries={} squashfs={} MiB", summary.entries, bytes >> 20));
+    Ok((summary, bytes))
+}
+
+/// Stage 2, the host: the kernel and its modules from the package, and the initramfs
+/// (planet-init, the layout's module classes, the update key when there is one).
+pub fn build_host(
+    kernel_pkg: &PackageRecord,
+    layout: &Layout,
+    planet_init: &[u8],
+    update_key: Option<&planet_bundle::PublicKey>,
+    epoch: u64,
+) -> Result<(Kernel, Vec<u8>)> {
+    let step = Step::start("kernel + initramfs", 0);
+    let kernel = kernel::extract(&kernel_pkg.file, &layout.kernel.modules)?;
+    let extra: Vec<initramfs::ExtraFile> = update_key
+        .map(|k| initramfs::ExtraFile {
+            path: planet_bundle::UPDATE_KEY_PATH.to_string(),
+            mode: 0o644,
+            data: k.to_text().into_bytes(),
+        })
+        .into_iter()
+        .collect();
+    let initramfs = initramfs::build(planet_init, &kernel, &extra, epoch, 9)?;
+    step.finish(&format!(
+        "kernel={} modules={} initramfs={} KiB",
+        kernel.version,
+        kernel.modules.len(),
+        initramfs.len() >> 10
+    ));
+    Ok((kernel, initramfs))
+}
+
+/// The directory a file is written into (`.` for a bare name).
+pub fn dir_of(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// The digest of each partition's range of the raw disk.
@@ -378,12 +461,12 @@ pub fn find_planet_init(explicit: Option<&Path>) -> Result<PathBuf> {
 
 /// A scratch directory beside the output (same filesystem, so big files never cross devices),
 /// removed when the build ends, successfully or not.
-struct WorkDir {
-    path: PathBuf,
+pub struct WorkDir {
+    pub path: PathBuf,
 }
 
 impl WorkDir {
-    fn new(beside: &Path) -> Result<WorkDir> {
+    pub fn new(beside: &Path) -> Result<WorkDir> {
         let path = beside.join(format!(".planet-image-work-{}", std::process::id()));
         std::fs::create_dir_all(&path).with_context(|| format!("creating the work directory {}", path.display()))?;
         Ok(WorkDir { path })

@@ -1,0 +1,210 @@
+//! Signed update bundles (crate `planet-bundle`): `keygen` makes the key pair, `bundle` builds the
+//! next release's slot image, kernel and initramfs with the same stages as `build` and signs them,
+//! and `inspect` shows (and with a key verifies) a bundle.
+
+use crate::build::pipeline::{self, WorkDir};
+use crate::fetch::Cache;
+use crate::rootfs::RootfsSource;
+use crate::squashfs::Compression;
+use anyhow::{bail, Context, Result};
+use planet_bundle::{PublicKey, SecretKey};
+use rand::RngCore;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// The result of `keygen`, printed on stdout as JSON.
+#[derive(Debug, serde::Serialize)]
+pub struct KeygenResult {
+    pub key_id: String,
+    pub secret_key: PathBuf,
+    pub public_key: PathBuf,
+}
+
+/// Writes `NAME.key` (mode 0600) and `NAME.pub`; refuses to overwrite either.
+pub fn keygen(name: &Path) -> Result<KeygenResult> {
+    let secret_path = with_suffix(name, ".key");
+    let public_path = with_suffix(name, ".pub");
+    for p in [&secret_path, &public_path] {
+        if p.symlink_metadata().is_ok() {
+            bail!("{} exists: refusing to overwrite a key (remove it or choose another name)", p.display());
+        }
+    }
+    let mut seed = [0u8; 32];
+    let mut key_id = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut seed);
+    rand::rngs::OsRng.fill_bytes(&mut key_id);
+    let key = SecretKey::from_seed(seed, key_id);
+    write_new(&secret_path, key.to_text().as_bytes(), 0o600)?;
+    if let Err(e) = write_new(&public_path, key.public().to_text().as_bytes(), 0o644) {
+        let _ = std::fs::remove_file(&secret_path);
+        return Err(e);
+    }
+    Ok(KeygenResult { key_id: key.key_id_hex(), secret_key: secret_path, public_key: public_path })
+}
+
+fn with_suffix(name: &Path, suffix: &str) -> PathBuf {
+    let mut s = name.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Creates `path` (never replacing a file) with `mode`, writes and syncs it.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Everything `bundle` needs, resolved from the command line.
+pub struct BundleRequest {
+    pub rootfs: PathBuf,
+    pub key: PathBuf,
+    pub update_key: Option<PathBuf>,
+    pub release: Option<String>,
+    pub output: PathBuf,
+    pub layout: Option<PathBuf>,
+    pub profile: String,
+    pub kernel_package: Option<PathBuf>,
+    pub planet_init: Option<PathBuf>,
+    pub cache_dir: Option<PathBuf>,
+    pub compression: Compression,
+    pub epoch: u64,
+}
+
+/// The result of `bundle`, printed on stdout as JSON.
+#[derive(Debug, serde::Serialize)]
+pub struct BundleResult {
+    pub bundle: PathBuf,
+    pub release: String,
+    pub kernel: String,
+    /// The key that signed the bundle.
+    pub key_id: String,
+    /// The key the new release's initramfs trusts for later bundles.
+    pub update_key_id: String,
+    pub total_bytes: u64,
+    pub sections: Vec<SectionInfo>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct SectionInfo {
+    pub name: String,
+    pub offset: u64,
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl From<&planet_bundle::Section> for SectionInfo {
+    fn from(s: &planet_bundle::Section) -> Self {
+        SectionInfo { name: s.name.clone(), offset: s.offset, size: s.size, sha256: s.sha256.clone() }
+    }
+}
+
+pub fn run(req: &BundleRequest) -> Result<BundleResult> {
+    let Some(release) = req.release.as_deref() else {
+        bail!(
+            "--release-version VERSION is required: machines install only bundles newer than the release \
+             they run (natural order: 1.10 > 1.9), so every bundle needs its version"
+        )
+    };
+    planet_bundle::check_release(release).context("--release-version")?;
+    let key_text =
+        std::fs::read_to_string(&req.key).with_context(|| format!("reading the secret key {}", req.key.display()))?;
+    let key = SecretKey::parse(&key_text).with_context(|| format!("reading the secret key {}", req.key.display()))?;
+    let update_key = match &req.update_key {
+        Some(path) => pipeline::load_public_key(path)?,
+        None => key.public(),
+    };
+    let layout = pipeline::load_layout(req.layout.as_deref(), &req.profile, None, false)?;
+    let cache = Cache::new(req.cache_dir.as_deref())?;
+    let kernel_pkg = pipeline::kernel_package(&cache, &layout, req.kernel_package.as_deref())?;
+    let planet_init = pipeline::load_planet_init(req.planet_init.as_deref())?;
+    let source = RootfsSource::detect(&req.rootfs)?;
+
+    let work = WorkDir::new(&pipeline::dir_of(&req.output))?;
+    let slot_image = work.path.join("rootfs.sqfs");
+    let (_, slot_bytes) = pipeline::build_slot(&source, &req.rootfs, &slot_image, req.compression, req.epoch)?;
+    if let Some(mib) = layout.slots.size_mib {
+        if slot_bytes > mib << 20 {
+            bail!(
+                "the slot image is {} MiB, larger than the layout's {mib} MiB slots: machines with this \
+                 layout cannot install it",
+                slot_bytes.div_ceil(1 << 20)
+            );
+        }
+    }
+    let (kernel, initramfs) = pipeline::build_host(&kernel_pkg, &layout, &planet_init, Some(&update_key), req.epoch)?;
+    let vmlinuz_path = work.path.join("vmlinuz");
+    let initramfs_path = work.path.join("initramfs.img");
+    std::fs::write(&vmlinuz_path, &kernel.vmlinuz).with_context(|| format!("writing {}", vmlinuz_path.display()))?;
+    std::fs::write(&initramfs_path, &initramfs).with_context(|| format!("writing {}", initramfs_path.display()))?;
+
+    let step = crate::util::progress::Step::start("signing the bundle", 0);
+    let sections: [(&str, &Path); 3] =
+        [("rootfs", &slot_image), ("vmlinuz", &vmlinuz_path), ("initramfs", &initramfs_path)];
+    planet_bundle::write_bundle(&req.output, release, req.epoch, &kernel.version, &sections, &key)
+        .with_context(|| format!("writing the bundle {}", req.output.display()))?;
+    step.finish("");
+
+    // Read back what was written, as a machine will.
+    let (prelude, header) = planet_bundle::verify_file(&req.output, &key.public())?;
+    Ok(BundleResult {
+        bundle: req.output.clone(),
+        release: prelude.release,
+        kernel: header.kernel.clone(),
+        key_id: prelude.key_id,
+        update_key_id: update_key.key_id_hex(),
+        total_bytes: prelude.total_bytes,
+        sections: header.sections.iter().map(SectionInfo::from).collect(),
+    })
+}
+
+/// Whether `path` starts with the bundle magic.
+pub fn is_bundle_file(path: &Path) -> Result<bool> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut magic = Vec::new();
+    Read::by_ref(&mut f).take(planet_bundle::MAGIC.len() as u64).read_to_end(&mut magic)?;
+    Ok(planet_bundle::is_bundle(&magic))
+}
+
+/// What `inspect` prints for a bundle.
+#[derive(Debug, serde::Serialize)]
+pub struct BundleInspection {
+    pub bundle: PathBuf,
+    pub format: u32,
+    pub release: String,
+    pub created: u64,
+    pub kernel: String,
+    /// The key that signed it.
+    pub key_id: String,
+    pub total_bytes: u64,
+    pub sections: Vec<SectionInfo>,
+    /// Signature, size and section digests checked against `--key`; without one, nothing is.
+    pub verified: bool,
+}
+
+/// A bundle's prelude and header; with `key`, everything verified (an error if anything fails).
+pub fn inspect(path: &Path, key: Option<&Path>) -> Result<BundleInspection> {
+    let (prelude, header) = match key {
+        Some(k) => {
+            let key: PublicKey = pipeline::load_public_key(k)?;
+            planet_bundle::verify_file(path, &key)?
+        }
+        None => planet_bundle::read_unverified(path).with_context(|| format!("reading {}", path.display()))?,
+    };
+    Ok(BundleInspection {
+        bundle: path.to_path_buf(),
+        format: prelude.format,
+        release: prelude.release.clone(),
+        created: header.created,
+        kernel: header.kernel.clone(),
+        key_id: prelude.key_id.clone(),
+        total_bytes: prelude.total_bytes,
+        sections: header.sections.iter().map(SectionInfo::from).collect(),
+        verified: prelude.is_verified(),
+    })
+}
