@@ -195,7 +195,7 @@ install_base_files() {
 install_build_deps() {
     ensure_apt squashfs-tools-ng squashfs-tools e2fsprogs dosfstools mtools fdisk gdisk \
         qemu-system-x86 ovmf zstd xz-utils cpio python3 busybox-static mmdebstrap \
-        ca-certificates curl libc6-dev gcc pkg-config
+        ca-certificates curl libc6-dev gcc pkg-config minisign
     ensure_apt qemu-utils
     # cloud-init's own schema validator checks the cloud-init/ examples (tests/datasources.rs).
     ensure_apt cloud-init

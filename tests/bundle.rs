@@ -1,0 +1,320 @@
+//! Signed update bundles end to end: `keygen`, `bundle`, `inspect --key`, `build --update-key`,
+//! checked with the real `minisign` (keys it made sign our bundles; it verifies ours).
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Runs a command expected to fail; returns its stderr.
+fn fails(cmd: &mut Command) -> String {
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    assert!(!out.status.success(), "{cmd:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn minisign() -> Command {
+    let found = Command::new("minisign").arg("-v").output().map(|o| o.status.success()).unwrap_or(false);
+    assert!(found, "minisign is missing: scripts/test installs it (Debian package minisign)");
+    Command::new("minisign")
+}
+
+fn keygen(name: &Path) -> serde_json::Value {
+    json(&ok(planet_image().arg("keygen").arg("-o").arg(name)))
+}
+
+fn bundle(rootfs: &Path, key: &Path, out: &Path, release: &str, extra: &[&str]) -> serde_json::Value {
+    json(&ok(planet_image()
+        .arg("bundle")
+        .arg("--rootfs")
+        .arg(rootfs)
+        .arg("--key")
+        .arg(key)
+        .args(["--release-version", release])
+        .arg("-o")
+        .arg(out)
+        .args(extra)
+        .env("SOURCE_DATE_EPOCH", "1700000000")))
+}
+
+fn inspect(bundle: &Path, key: Option<&Path>) -> serde_json::Value {
+    let mut cmd = planet_image();
+    cmd.arg("inspect").arg(bundle);
+    if let Some(k) = key {
+        cmd.arg("--key").arg(k);
+    }
+    json(&ok(&mut cmd))
+}
+
+/// A small rootfs, quick to squash.
+fn tiny_rootfs(s: &Scratch) -> PathBuf {
+    let tar = s.path("tiny.tar");
+    python_tar(
+        &tar,
+        r##"
+    add(t, "sbin", tarfile.DIRTYPE, mode=0o755)
+    add(t, "sbin/init", data=b"#!/bin/sh\necho release 2\n", mode=0o755)
+"##,
+    );
+    tar
+}
+
+/// Copies `len` bytes at `offset` of `file` out with dd.
+fn dd_range(file: &Path, offset: u64, len: u64, out: &Path) {
+    ok(Command::new("dd")
+        .arg(format!("if={}", file.display()))
+        .arg(format!("of={}", out.display()))
+        .args(["iflag=skip_bytes,count_bytes", "bs=1M", "status=none"])
+        .arg(format!("skip={offset}"))
+        .arg(format!("count={len}")));
+}
+
+/// One file of a zstd-compressed newc initramfs, read with zstd and cpio; `None` when absent.
+fn initramfs_file(initramfs: &Path, name: &str) -> Option<String> {
+    let script = format!(
+        "zstd -dc '{}' | cpio -i --quiet --to-stdout '{name}'; zstd -dc '{}' | cpio -t --quiet | grep -qx '{name}'",
+        initramfs.display(),
+        initramfs.display()
+    );
+    let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The signature text of a bundle's prelude (a .minisig file).
+fn prelude_signature(bundle: &Path) -> Vec<u8> {
+    let bytes = std::fs::read(bundle).unwrap();
+    assert_eq!(&bytes[..8], b"PLBUNDLE");
+    let len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+    bytes[16..16 + len].to_vec()
+}
+
+fn section(info: &serde_json::Value, name: &str) -> (u64, u64) {
+    let s = info["sections"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap();
+    (s["offset"].as_u64().unwrap(), s["size"].as_u64().unwrap())
+}
+
+#[test]
+fn keygen_bundle_and_inspect_and_minisign_agree_and_tampering_is_refused() {
+    let s = Scratch::new("bundle-demo");
+    let name = s.path("update");
+    let key = keygen(&name);
+    let key_id = key["key_id"].as_str().unwrap().to_string();
+    let (secret, public) = (s.path("update.key"), s.path("update.pub"));
+    assert_eq!(key["secret_key"], secret.to_str().unwrap());
+    assert_eq!(std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777, 0o600);
+    let pub_text = std::fs::read_to_string(&public).unwrap();
+    assert_eq!(pub_text.lines().next().unwrap(), format!("untrusted comment: minisign public key {key_id}"));
+    // Keys are never overwritten.
+    let err = fails(planet_image().arg("keygen").arg("-o").arg(&name));
+    assert!(err.contains("refusing to overwrite"), "{err}");
+    assert_eq!(std::fs::read_to_string(&public).unwrap(), pub_text);
+
+    // Bundles must be ordered: no release, no bundle.
+    let out = s.path("update.planet");
+    let err = fails(
+        planet_image()
+            .arg("bundle")
+            .arg("--rootfs")
+            .arg(fixture("demo.tar"))
+            .arg("--key")
+            .arg(&secret)
+            .arg("-o")
+            .arg(&out),
+    );
+    assert!(err.contains("--release-version"), "{err}");
+    assert!(!out.exists());
+
+    let made = bundle(&fixture("demo.tar"), &secret, &out, "2", &[]);
+    assert_eq!(made["release"], "2");
+    assert_eq!(made["key_id"], key_id.as_str());
+    assert_eq!(made["update_key_id"], key_id.as_str());
+
+    let info = inspect(&out, Some(&public));
+    assert_eq!(info["verified"], true);
+    assert_eq!(info["format"], 1);
+    assert_eq!(info["release"], "2");
+    assert_eq!(info["created"], 1700000000);
+    assert_eq!(info["key_id"], key_id.as_str());
+    assert!(info["kernel"].as_str().unwrap().ends_with("-amd64"), "{info}");
+    let total = std::fs::metadata(&out).unwrap().len();
+    assert_eq!(info["total_bytes"], total);
+    let names: Vec<&str> = info["sections"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["rootfs", "vmlinuz", "initramfs"]);
+    // Without a key it shows what the bundle claims, and says it verified nothing.
+    let claimed = inspect(&out, None);
+    assert_eq!(claimed["verified"], false);
+    assert_eq!(claimed["sections"], info["sections"]);
+
+    // The real minisign verifies the signed part (bytes 4096 to the end) with the prelude's text.
+    let body = s.path("body");
+    let tail = Command::new("tail").arg("-c").arg("+4097").arg(&out).output().unwrap();
+    assert!(tail.status.success());
+    std::fs::write(&body, &tail.stdout).unwrap();
+    let sig = s.path("body.minisig");
+    std::fs::write(&sig, prelude_signature(&out)).unwrap();
+    let verified = stdout(minisign().arg("-Vm").arg(&body).arg("-x").arg(&sig).arg("-p").arg(&public));
+    assert!(verified.contains(&format!("planet-bundle format=1 release=2 bytes={total}")), "{verified}");
+    // ... and signs with our secret key file, checked against our public key file.
+    let msg = s.path("msg");
+    std::fs::write(&msg, b"hello\n").unwrap();
+    ok(minisign().arg("-S").arg("-s").arg(&secret).arg("-m").arg(&msg));
+    ok(minisign().arg("-V").arg("-p").arg(&public).arg("-m").arg(&msg));
+
+    // The sections are what they say: a squashfs slot, and an initramfs that trusts the key.
+    let (off, len) = section(&info, "rootfs");
+    let slot = s.path("rootfs.sqfs");
+    dd_range(&out, off, len, &slot);
+    let sb = stdout(Command::new("unsquashfs").arg("-s").arg(&slot));
+    assert!(sb.contains("Compression zstd"), "{sb}");
+    let (off, len) = section(&info, "initramfs");
+    let initramfs = s.path("initramfs.img");
+    dd_range(&out, off, len, &initramfs);
+    assert_eq!(initramfs_file(&initramfs, "etc/planet/update.pub").as_deref(), Some(pub_text.as_str()));
+
+    // Tampering: a flipped byte in a section, a truncated copy, another machine's key.
+    let flipped = s.path("flipped.planet");
+    let mut bytes = std::fs::read(&out).unwrap();
+    let (off, _) = section(&info, "rootfs");
+    bytes[off as usize + 1000] ^= 0x01;
+    std::fs::write(&flipped, &bytes).unwrap();
+    let err = fails(planet_image().arg("inspect").arg(&flipped).arg("--key").arg(&public));
+    assert!(err.contains("signature does not match"), "{err}");
+    bytes[off as usize + 1000] ^= 0x01;
+    let truncated = s.path("truncated.planet");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 5000]).unwrap();
+    let err = fails(planet_image().arg("inspect").arg(&truncated).arg("--key").arg(&public));
+    assert!(err.contains(&format!("truncated: {} bytes, the signature says {total}", total - 5000)), "{err}");
+    let other = keygen(&s.path("other"));
+    let err = fails(planet_image().arg("inspect").arg(&out).arg("--key").arg(s.path("other.pub")));
+    let want =
+        format!("signed by another key (key id {key_id}, this machine trusts {})", other["key_id"].as_str().unwrap());
+    assert!(err.contains(&want), "{err}");
+}
+
+#[test]
+fn minisign_keys_sign_bundles_and_encrypted_ones_are_refused() {
+    let s = Scratch::new("bundle-minisign");
+    let rootfs = tiny_rootfs(&s);
+    let (mpub, mkey) = (s.path("m.pub"), s.path("m.key"));
+    ok(minisign().arg("-G").arg("-W").arg("-p").arg(&mpub).arg("-s").arg(&mkey));
+    // The new release trusts another key for the next updates (--update-key).
+    keygen(&s.path("next"));
+    let out = s.path("update.planet");
+    let made = bundle(&rootfs, &mkey, &out, "1.10", &["--update-key", s.path("next.pub").to_str().unwrap()]);
+    let next_pub = std::fs::read_to_string(s.path("next.pub")).unwrap();
+    assert!(next_pub.contains(made["update_key_id"].as_str().unwrap()), "{made}");
+    assert_ne!(made["update_key_id"], made["key_id"]);
+    let info = inspect(&out, Some(&mpub));
+    assert_eq!(info["verified"], true);
+    assert_eq!(info["release"], "1.10");
+    let mpub_text = std::fs::read_to_string(&mpub).unwrap();
+    assert!(mpub_text.contains(info["key_id"].as_str().unwrap()), "{mpub_text}");
+    let (off, len) = section(&info, "initramfs");
+    let initramfs = s.path("initramfs.img");
+    dd_range(&out, off, len, &initramfs);
+    assert_eq!(initramfs_file(&initramfs, "etc/planet/update.pub"), Some(next_pub));
+
+    // A password-protected key cannot sign unattended: the error says what to make instead.
+    let (epub, ekey) = (s.path("e.pub"), s.path("e.key"));
+    let mut gen = minisign()
+        .arg("-G")
+        .arg("-p")
+        .arg(&epub)
+        .arg("-s")
+        .arg(&ekey)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    gen.stdin.take().unwrap().write_all(b"secret\nsecret\n").unwrap();
+    assert!(gen.wait().unwrap().success());
+    let err = fails(
+        planet_image()
+            .arg("bundle")
+            .arg("--rootfs")
+            .arg(&rootfs)
+            .arg("--key")
+            .arg(&ekey)
+            .args(["--release-version", "3"])
+            .arg("-o")
+            .arg(s.path("e.planet")),
+    );
+    assert!(
+        err.contains("encrypted") && err.contains("minisign -G -W") && err.contains("planet-image keygen"),
+        "{err}"
+    );
+    assert!(!s.path("e.planet").exists());
+    // A disk image is not a bundle: --key is refused there.
+    let err = fails(planet_image().arg("inspect").arg(&rootfs).arg("--key").arg(&mpub));
+    assert!(err.contains("not one"), "{err}");
+}
+
+/// The ESP's files of a raw image, read with mtools.
+fn esp_of(image: &Path, s: &Scratch) -> PathBuf {
+    let esp = s.path(&format!("{}.esp", image.file_name().unwrap().to_string_lossy()));
+    extract_partition(image, "esp", &esp);
+    esp
+}
+
+fn esp_file(esp: &Path, name: &str, out: &Path) {
+    ok(Command::new("mcopy").arg("-n").arg("-i").arg(esp).arg(format!("::/{name}")).arg(out));
+}
+
+#[test]
+fn build_update_key_and_release_version_go_into_the_initramfs_boot_entry_and_manifest() {
+    let s = Scratch::new("bundle-build");
+    let rootfs = tiny_rootfs(&s);
+    let key = keygen(&s.path("k"));
+    let pub_text = std::fs::read_to_string(s.path("k.pub")).unwrap();
+    let image = s.path("keyed.raw");
+    build("raw", &rootfs, &image, &["--update-key", s.path("k.pub").to_str().unwrap(), "--release-version", "7.1"]);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.path("keyed.raw.manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["release"], "7.1");
+    assert_eq!(manifest["update_key_id"], key["key_id"]);
+
+    let esp = esp_of(&image, &s);
+    let initramfs = s.path("keyed-initramfs.img");
+    esp_file(&esp, "planet-a/initramfs.img", &initramfs);
+    assert_eq!(initramfs_file(&initramfs, "etc/planet/update.pub"), Some(pub_text));
+    let files = stdout(Command::new("mdir").args(["-/", "-b", "-i"]).arg(&esp).arg("::/loader/entries"));
+    let entry_name = files.lines().find(|l| l.ends_with(".conf")).unwrap_or_else(|| panic!("no entry: {files}"));
+    let entry = stdout(Command::new("mtype").arg("-i").arg(&esp).arg(entry_name));
+    assert!(entry.lines().any(|l| l == "version 7.1"), "{entry}");
+
+    // Without them: no key (the machine takes no updates), the rootfs digest as the release.
+    let plain = s.path("plain.raw");
+    build("raw", &rootfs, &plain, &[]);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.path("plain.raw.manifest.json")).unwrap()).unwrap();
+    let digest = manifest["rootfs"]["sha256"].as_str().unwrap();
+    assert_eq!(manifest["release"], &digest[..12]);
+    assert!(manifest.get("update_key_id").is_none(), "{manifest}");
+    let esp = esp_of(&plain, &s);
+    let initramfs = s.path("plain-initramfs.img");
+    esp_file(&esp, "planet-a/initramfs.img", &initramfs);
+    assert_eq!(initramfs_file(&initramfs, "etc/planet/update.pub"), None);
+    // Different inputs, different images (the key and the release are in the build's seed).
+    let guid = |m: &serde_json::Value| m["image"]["disk_guid"].as_str().unwrap().to_string();
+    let keyed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.path("keyed.raw.manifest.json")).unwrap()).unwrap();
+    assert_ne!(guid(&keyed), guid(&manifest));
+    let bad = fails(
+        planet_image()
+            .args(["build", "--target", "raw", "--rootfs"])
+            .arg(&rootfs)
+            .arg("-o")
+            .arg(s.path("bad.raw"))
+            .args(["--release-version", "1 2"]),
+    );
+    assert!(bad.contains("release version \"1 2\" is not valid"), "{bad}");
+}
