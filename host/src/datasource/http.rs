@@ -105,6 +105,8 @@ pub struct BodyReader {
     pub status: u16,
     /// Content-Length, when the server sent one.
     pub length: Option<u64>,
+    /// The whole resource's size from a 206's `Content-Range: bytes A-B/TOTAL`.
+    pub range_total: Option<u64>,
     buffered: Vec<u8>,
     pos: usize,
     stream: TcpStream,
@@ -141,12 +143,16 @@ impl Read for BodyReader {
 
 /// A GET whose body is streamed; `timeout` bounds the connect and every read. Chunked bodies
 /// are refused (every static file server sends a Content-Length).
-pub fn get_stream(ep: &Endpoint, path: &str, timeout: Duration) -> Result<BodyReader> {
+pub fn get_stream(ep: &Endpoint, path: &str, range: Option<(u64, u64)>, timeout: Duration) -> Result<BodyReader> {
     let timeout = timeout.max(Duration::from_millis(100));
     let mut s = TcpStream::connect_timeout(&ep.addr, timeout).with_context(|| format!("connecting to {}", ep.addr))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    let req = format!("GET {}{path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", ep.prefix, ep.host_header);
+    let mut req = format!("GET {}{path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", ep.prefix, ep.host_header);
+    if let Some((first, last)) = range {
+        req.push_str(&format!("Range: bytes={first}-{last}\r\n"));
+    }
+    req.push_str("\r\n");
     s.write_all(req.as_bytes()).with_context(|| format!("sending GET {path}"))?;
     let mut raw = Vec::new();
     let mut buf = [0u8; 8192];
@@ -172,7 +178,10 @@ pub fn get_stream(ep: &Endpoint, path: &str, timeout: Duration) -> Result<BodyRe
         Some(v) => Some(v.parse::<u64>().with_context(|| format!("bad Content-Length {v:?}"))?),
         None => None,
     };
-    Ok(BodyReader { status, length, buffered: raw[end..].to_vec(), pos: 0, stream: s, remaining: length })
+    let range_total = header_value(&head, "content-range")
+        .and_then(|v| v.rsplit_once('/'))
+        .and_then(|(_, total)| total.trim().parse().ok());
+    Ok(BodyReader { status, length, range_total, buffered: raw[end..].to_vec(), pos: 0, stream: s, remaining: length })
 }
 
 fn header_end(raw: &[u8]) -> Option<usize> {
@@ -291,7 +300,7 @@ mod tests {
                 }
             });
             let ep = Endpoint::parse(&format!("http://127.0.0.1:{port}"), None).unwrap();
-            let mut r = get_stream(&ep, "/b", Duration::from_secs(5)).unwrap();
+            let mut r = get_stream(&ep, "/b", None, Duration::from_secs(5)).unwrap();
             assert_eq!((r.status, r.length), (200, Some(declared)));
             let mut got = Vec::new();
             let res = r.read_to_end(&mut got);

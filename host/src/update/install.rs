@@ -108,7 +108,10 @@ pub fn receive(
     }
 }
 
-/// Downloads the bundle at `url` into `dest` (see [`receive`]).
+/// Downloads the bundle at `url` into `dest`. The first 4 KiB come first, by a range request:
+/// the key, the release and the size (from `Content-Range`) are checked on them, so a foreign,
+/// unwanted or truncated bundle is refused without fetching it. Then the whole file (see
+/// [`receive`]).
 pub fn download(
     url: &str,
     dest: &Path,
@@ -118,12 +121,30 @@ pub fn download(
 ) -> Result<(Prelude, Header)> {
     let ep = http::Endpoint::parse(url, None)?;
     let path = if ep.prefix.is_empty() { "/" } else { "" };
-    let mut body = http::get_stream(&ep, path, Duration::from_secs(30)).with_context(|| format!("fetching {url}"))?;
+    let timeout = Duration::from_secs(30);
+    let mut head =
+        http::get_stream(&ep, path, Some((0, PRELUDE_LEN - 1)), timeout).with_context(|| format!("fetching {url}"))?;
+    if !matches!(head.status, 200 | 206) {
+        bail!("{url} answered HTTP {}", head.status);
+    }
+    let mut first = vec![0u8; PRELUDE_LEN as usize];
+    let got = read_full(&mut head, &mut first).context("reading the bundle's first 4 KiB")?;
+    first.truncate(got);
+    let server_total = if head.status == 206 { head.range_total } else { head.length };
+    drop(head);
+    let prelude = planet_bundle::read_prelude(&first, key)?;
+    wanted(&prelude)?;
+    if let Some(n) = server_total {
+        if n != prelude.total_bytes {
+            bail!("truncated or padded: {url} holds {n} bytes, the signature says {}", prelude.total_bytes);
+        }
+    }
+    let mut body = http::get_stream(&ep, path, None, timeout).with_context(|| format!("fetching {url}"))?;
     if body.status != 200 {
         bail!("{url} answered HTTP {}", body.status);
     }
     let len = body.length;
-    receive(&mut body, len, dest, key, free_bytes, wanted)
+    receive(&mut body, len, dest, key, free_bytes, |_| Ok(()))
 }
 
 /// Fills `buf` as far as the stream allows; returns the bytes read.
