@@ -31,9 +31,27 @@ pub enum Command {
     /// update bundle (verified with --key).
     Inspect(InspectArgs),
     /// Make a key pair for signing update bundles: NAME.key (secret, mode 0600) and NAME.pub.
+    #[command(long_about = "Make a key pair for signing update bundles.\n\n\
+        Writes NAME.key, the secret key (mode 0600), and NAME.pub, the public key, in minisign's \
+        formats: an unencrypted Ed25519 key as `minisign -G -W` makes it, so `minisign -S` can sign with \
+        it and `minisign -V -p NAME.pub` can check a bundle's signature. Existing files are never \
+        overwritten. Put NAME.pub into images with `build --update-key NAME.pub` and sign bundles with \
+        `bundle --key NAME.key`. The key id and the paths are printed as JSON.")]
     Keygen(KeygenArgs),
     /// Build a signed update bundle: the next release's slot image, kernel and initramfs, for
     /// machines that update themselves.
+    #[command(long_about = "Build a signed update bundle.\n\n\
+        A machine runs its release from slot planet-a or planet-b; a bundle carries the next release \
+        for the other slot: the squashfs of --rootfs, and the kernel and initramfs it boots with, \
+        built exactly as `build` builds them (same layout, kernel package, planet-init, compression \
+        and SOURCE_DATE_EPOCH give the same files). The bundle is signed with --key (minisign's \
+        prehashed Ed25519); machines check the signature against the key in their initramfs and \
+        install only releases newer than their own (natural order: 1.10 > 1.9).\n\n\
+        Format 1: a 4096-byte prelude (magic PLBUNDLE, format, the minisign signature text whose \
+        trusted comment holds the release and the total size), then the signed part: a JSON header \
+        and the sections rootfs, vmlinuz and initramfs at 4096-aligned offsets. `minisign -V` checks \
+        the signed part (bytes 4096 to the end) with the prelude's signature text. The file appears \
+        only when complete; the result is JSON on stdout.")]
     Bundle(BundleArgs),
     /// Boot an image in QEMU with UEFI firmware (or SeaBIOS: --firmware bios).
     Run(RunArgs),
@@ -104,7 +122,7 @@ pub struct BuildArgs {
     /// The static planet-init binary [default: $PLANET_INIT, or next to planet-image].
     #[arg(long, value_name = "FILE")]
     pub planet_init: Option<PathBuf>,
-    /// Squashfs block compression: zstd or zstd:LEVEL (1-22).
+    /// Squashfs block compression: zstd, zstd:LEVEL (1-22) or none.
     #[arg(long, default_value_t = Compression::default())]
     pub compression: Compression,
     /// Timestamp for everything the builder makes up (FAT, ext4, squashfs); same inputs and
@@ -127,12 +145,6 @@ pub struct BuildArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(long_about = "Make a key pair for signing update bundles.\n\n\
-    Writes NAME.key, the secret key (mode 0600), and NAME.pub, the public key, in minisign's \
-    formats: an unencrypted Ed25519 key as `minisign -G -W` makes it, so `minisign -S` can sign with \
-    it and `minisign -V -p NAME.pub` can check a bundle's signature. Existing files are never \
-    overwritten. Put NAME.pub into images with `build --update-key NAME.pub` and sign bundles with \
-    `bundle --key NAME.key`. The key id and the paths are printed as JSON.")]
 pub struct KeygenArgs {
     /// The key pair's name: NAME.key and NAME.pub are written.
     #[arg(short, long, value_name = "NAME")]
@@ -140,18 +152,6 @@ pub struct KeygenArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(long_about = "Build a signed update bundle.\n\n\
-    A machine runs its release from slot planet-a or planet-b; a bundle carries the next release \
-    for the other slot: the squashfs of --rootfs, and the kernel and initramfs it boots with, \
-    built exactly as `build` builds them (same layout, kernel package, planet-init, compression \
-    and SOURCE_DATE_EPOCH give the same files). The bundle is signed with --key (minisign's \
-    prehashed Ed25519); machines check the signature against the key in their initramfs and \
-    install only releases newer than their own (natural order: 1.10 > 1.9).\n\n\
-    Format 1: a 4096-byte prelude (magic PLBUNDLE, format, the minisign signature text whose \
-    trusted comment holds the release and the total size), then the signed part: a JSON header \
-    and the sections rootfs, vmlinuz and initramfs at 4096-aligned offsets. `minisign -V` checks \
-    the signed part (bytes 4096 to the end) with the prelude's signature text. The file appears \
-    only when complete; the result is JSON on stdout.")]
 pub struct BundleArgs {
     /// The new release's Planet rootfs: a directory, a .tar/.tar.gz/.tar.zst/.tar.xz, or a Planet
     /// release tarball.
@@ -184,7 +184,7 @@ pub struct BundleArgs {
     /// The static planet-init binary [default: $PLANET_INIT, or next to planet-image].
     #[arg(long, value_name = "FILE")]
     pub planet_init: Option<PathBuf>,
-    /// Squashfs block compression: zstd or zstd:LEVEL (1-22).
+    /// Squashfs block compression: zstd, zstd:LEVEL (1-22) or none.
     #[arg(long, default_value_t = Compression::default())]
     pub compression: Compression,
     /// Timestamp for everything the builder makes up, and the bundle's `created` [default: now].

@@ -458,7 +458,7 @@ impl Verifier {
             hasher: Blake2b512::new(),
             signature: Signature::from_bytes(&prelude.signature),
             key: prelude.key,
-            expected: prelude.total_bytes - PRELUDE_LEN,
+            expected: prelude.total_bytes.saturating_sub(PRELUDE_LEN),
             fed: 0,
         }
     }
