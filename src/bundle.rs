@@ -151,7 +151,8 @@ pub fn run(req: &BundleRequest) -> Result<BundleResult> {
     step.finish("");
 
     // Read back what was written, as a machine will.
-    let (prelude, header) = planet_bundle::verify_file(&req.output, &key.public())?;
+    let (prelude, header) = planet_bundle::verify_file(&req.output, &key.public())
+        .with_context(|| format!("verifying the bundle just written, {}", req.output.display()))?;
     Ok(BundleResult {
         bundle: req.output.clone(),
         release: prelude.release,
@@ -192,7 +193,8 @@ pub fn inspect(path: &Path, key: Option<&Path>) -> Result<BundleInspection> {
     let (prelude, header) = match key {
         Some(k) => {
             let key: PublicKey = pipeline::load_public_key(k)?;
-            planet_bundle::verify_file(path, &key)?
+            planet_bundle::verify_file(path, &key)
+                .with_context(|| format!("verifying the update bundle {}", path.display()))?
         }
         None => planet_bundle::read_unverified(path).with_context(|| format!("reading {}", path.display()))?,
     };

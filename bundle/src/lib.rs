@@ -618,11 +618,12 @@ fn check_header(h: &Header, prelude: &Prelude, header_end: u64) -> Result<()> {
 // Whole files
 
 /// Whole-file verification of a bundle on disk (streams, constant memory): prelude, size ==
-/// total_bytes, signature, header, and every section's SHA-256.
+/// total_bytes, signature, header, and every section's SHA-256. Returns both.
 pub fn verify_file(path: &Path, key: &PublicKey) -> Result<(Prelude, Header)> {
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let len = f.metadata().with_context(|| format!("reading {}", path.display()))?.len();
-    verify_reader(&mut f, len, key).with_context(|| format!("verifying the update bundle {}", path.display()))
+    // No context of our own: the first line of the error names the problem.
+    verify_reader(&mut f, len, key)
 }
 
 /// `verify_file` over any reader of `len` bytes.
