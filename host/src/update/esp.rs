@@ -121,13 +121,21 @@ impl Esp {
         crate::sys::free_bytes(&self.root)
     }
 
-    /// Bytes the slot's boot files take now (they are replaced by an install).
+    /// Deletes the slot's kernel and initramfs (and temporary files of an interrupted write).
+    pub fn remove_slot_files(&self, slot: char) -> Result<()> {
+        let dir = self.slot_dir(slot);
+        let Ok(list) = std::fs::read_dir(&dir) else { return Ok(()) };
+        for e in list.flatten() {
+            std::fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+        }
+        sync_dir(&dir)
+    }
+
+    /// Bytes the slot's directory takes now (all of it is replaced by an install).
     pub fn slot_files_bytes(&self, slot: char) -> u64 {
-        ["vmlinuz", "initramfs.img"]
-            .iter()
-            .filter_map(|f| std::fs::metadata(self.slot_dir(slot).join(f)).ok())
-            .map(|m| m.len())
-            .sum()
+        std::fs::read_dir(self.slot_dir(slot))
+            .map(|l| l.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+            .unwrap_or(0)
     }
 }
 

@@ -242,6 +242,8 @@ pub fn install(p: &InstallPlan<'_>) -> Result<EntryName> {
     for removed in p.esp.remove_entries_of(slot)? {
         event!("update entry removed", entry = removed);
     }
+    // The slot's old boot files are unused now; removing them first makes the room counted above.
+    p.esp.remove_slot_files(slot)?;
     let generation = p.esp.entries()?.iter().map(|e| e.name.generation).max().unwrap_or(0) + 1;
 
     // 2. The slot.
@@ -342,6 +344,9 @@ mod tests {
         let slot_dev = t.path().join("slot-b");
         std::fs::write(&slot_dev, vec![0xeeu8; 16 << 20]).unwrap();
         let esp = esp(t.path());
+        std::fs::create_dir_all(esp.slot_dir('b')).unwrap();
+        std::fs::write(esp.slot_dir('b').join("vmlinuz.tmp"), b"left by a power cut").unwrap();
+        std::fs::write(esp.slot_dir('b').join("vmlinuz"), b"OLD").unwrap();
         let target = Target { slot: 'b', dev: slot_dev.clone(), bytes: 16 << 20 };
         let marker = t.path().join("installing");
         let name = install(&InstallPlan {
@@ -360,6 +365,7 @@ mod tests {
         assert_eq!(&slot[..rootfs.len()], &rootfs[..]);
         assert_eq!(std::fs::read(esp.slot_dir('b').join("vmlinuz")).unwrap(), b"KERNEL");
         assert_eq!(std::fs::read(esp.slot_dir('b').join("initramfs.img")).unwrap(), b"INITRD");
+        assert!(!esp.slot_dir('b').join("vmlinuz.tmp").exists());
         let entries = esp.entries().unwrap();
         assert_eq!(entries[0].name, name);
         assert_eq!(entries[0].version, "2");
