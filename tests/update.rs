@@ -1,0 +1,395 @@
+//! Self-updating machines, on real boots (OVMF → systemd-boot → planet-init), with reboots inside
+//! one QEMU process so the firmware's variables and the disk are kept across them: a machine of
+//! release 1 takes bundle 2 from a test server on 127.0.0.1 (reached through guestfwd), reboots
+//! into slot b and blesses it; bundle 3, whose init fails, is rolled back by systemd-boot's boot
+//! counting; bad, truncated and foreign bundles are refused without touching the boot path; a
+//! power cut in the middle of a slot write leaves the previous release running.
+
+mod common;
+
+use std::io::{BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BOOT: Duration = Duration::from_secs(300);
+
+/// Serves one bundle (or 404) at any path, with byte ranges, on 127.0.0.1. Requests on one
+/// connection are answered in turn (QEMU's guestfwd carries every guest connection over one
+/// stream).
+struct BundleServer {
+    port: u16,
+    bundle: Arc<Mutex<Option<Arc<Vec<u8>>>>>,
+    log: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl BundleServer {
+    fn start() -> BundleServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = BundleServer {
+            port,
+            bundle: Arc::new(Mutex::new(None)),
+            log: Arc::new(Mutex::new(Vec::new())),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let (bundle, log, stop) = (server.bundle.clone(), server.log.clone(), server.stop.clone());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(1800) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        let (bundle, log, stop) = (bundle.clone(), log.clone(), stop.clone());
+                        std::thread::spawn(move || serve_bundle(s, &bundle, &log, &stop));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        server
+    }
+
+    fn serve(&self, bytes: Option<Vec<u8>>) {
+        *self.bundle.lock().unwrap() = bytes.map(Arc::new);
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for BundleServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve_bundle(s: TcpStream, bundle: &Mutex<Option<Arc<Vec<u8>>>>, log: &Mutex<Vec<String>>, stop: &AtomicBool) {
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    while !stop.load(Ordering::Relaxed) {
+        let head = match read_head(&mut r) {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(_) => return,
+        };
+        let line = head.lines().next().unwrap_or("").to_string();
+        let range = head_field(&head, "range");
+        log.lock().unwrap().push(format!("{line} range={}", range.as_deref().unwrap_or("-")));
+        let current = bundle.lock().unwrap().clone();
+        let res = match current {
+            None => w.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+            Some(b) => match range.as_deref().and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.split_once('-')) {
+                Some((a, z)) => {
+                    let a: usize = a.parse().unwrap();
+                    let z: usize = z.parse::<usize>().unwrap().min(b.len() - 1);
+                    let head = format!(
+                        "HTTP/1.1 206 Partial\r\nContent-Range: bytes {a}-{z}/{}\r\nContent-Length: {}\r\n\r\n",
+                        b.len(),
+                        z + 1 - a
+                    );
+                    w.write_all(head.as_bytes()).and_then(|_| w.write_all(&b[a..=z]))
+                }
+                None => w
+                    .write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len()).as_bytes())
+                    .and_then(|_| w.write_all(&b)),
+            },
+        };
+        if res.is_err() {
+            return;
+        }
+    }
+}
+
+/// The demo rootfs with `/etc/demo-release` (and optionally more files, a replaced init).
+fn demo_release(s: &Scratch, release: &str, extra_py: &str) -> PathBuf {
+    let out = s.path(&format!("demo-{release}.tar"));
+    let script = format!(
+        r#"
+import tarfile, io, sys, os
+src, dst, release = sys.argv[1], sys.argv[2], sys.argv[3]
+def add_file(t, name, data, mode=0o644):
+    ti = tarfile.TarInfo(name); ti.size = len(data); ti.mode = mode; ti.mtime = 1700000000
+    t.addfile(ti, io.BytesIO(data))
+replaced = set()
+{extra_py}
+with tarfile.open(src) as i, tarfile.open(dst, "w", format=tarfile.PAX_FORMAT) as o:
+    for m in i.getmembers():
+        if m.name.lstrip("./") in replaced:
+            continue
+        o.addfile(m, i.extractfile(m) if m.isreg() else None)
+    add_file(o, "etc/demo-release", (release + "\n").encode())
+    extra(o)
+"#
+    );
+    ok(Command::new("python3").arg("-c").arg(script).arg(fixture("demo.tar")).arg(&out).arg(release));
+    out
+}
+
+/// No extra content.
+const PLAIN: &str = "def extra(o):\n    pass\n";
+
+fn keygen(s: &Scratch, name: &str) -> (PathBuf, PathBuf) {
+    let base = s.path(name);
+    ok(planet_image().arg("keygen").arg("-o").arg(&base));
+    (base.with_extension("key"), base.with_extension("pub"))
+}
+
+fn bundle(s: &Scratch, rootfs: &Path, release: &str, key: &Path, extra: &[&str]) -> PathBuf {
+    let out = s.path(&format!("update-{release}-{}.planet", key.file_stem().unwrap().to_string_lossy()));
+    ok(planet_image()
+        .arg("bundle")
+        .arg("--rootfs")
+        .arg(rootfs)
+        .arg("--key")
+        .arg(key)
+        .args(["--release-version", release])
+        .arg("-o")
+        .arg(&out)
+        .args(extra)
+        .env("SOURCE_DATE_EPOCH", "1700000000"));
+    out
+}
+
+/// A raw image of release 1 trusting `pubkey`, with a disk 1 GiB larger than the image so the
+/// state partition (where bundles are staged) grows at first boot.
+fn release_1_image(s: &Scratch, pubkey: &Path, extra: &[&str]) -> PathBuf {
+    let rootfs = demo_release(s, "1", PLAIN);
+    let image = s.path("release-1.raw");
+    let key = pubkey.display().to_string();
+    let mut args = vec!["--update-key", &key, "--release-version", "1"];
+    args.extend_from_slice(extra);
+    build("raw", &rootfs, &image, &args);
+    let len = std::fs::metadata(&image).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&image).unwrap().set_len(len + (1 << 30)).unwrap();
+    image
+}
+
+/// A NoCloud seed (mkfs.vfat + mcopy) pointing the update agent at the test server.
+fn seed(s: &Scratch, extra_update: &str) -> PathBuf {
+    let user_data = format!(
+        "#cloud-config\nhostname: upd-1\nplanet:\n  role: dev\n  update:\n    url: http://10.0.2.100/update.planet\n    \
+         check_every: 3s\n    bless_after: 5s\n    trial_timeout: 240s\n    health_url: http://127.0.0.1:2379/health\n{extra_update}"
+    );
+    std::fs::write(s.path("user-data"), user_data).unwrap();
+    std::fs::write(s.path("meta-data"), "instance-id: iid-update-1\n").unwrap();
+    let img = s.path("seed.img");
+    ok(Command::new("truncate").arg("-s").arg("4M").arg(&img));
+    ok(Command::new("mkfs.vfat").args(["-n", "CIDATA"]).arg(&img));
+    ok(Command::new("mcopy").arg("-i").arg(&img).arg(s.path("user-data")).arg(s.path("meta-data")).arg("::/"));
+    img
+}
+
+fn boot_guest(image: &Path, seed: &Path, server: &BundleServer, etcd_port: u16, s: &Scratch) -> Guest {
+    Guest::start(
+        image,
+        s,
+        &[
+            "--seed",
+            &seed.display().to_string(),
+            "--guestfwd",
+            &format!("10.0.2.100:80={}", server.port),
+            "--forward",
+            &format!("{etcd_port}:2379"),
+        ],
+    )
+}
+
+/// Waits until `needle` has appeared `n` times on the console.
+fn wait_count(g: &mut Guest, needle: &str, n: usize, timeout: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let text = g.console();
+        if text.matches(needle).count() >= n {
+            return text;
+        }
+        if g.wait_exit(Duration::from_millis(0)).is_some() {
+            panic!("the guest exited before {needle:?} appeared {n} times; console:\n{text}");
+        }
+        assert!(start.elapsed() < timeout, "{needle:?} did not appear {n} times within {timeout:?}; console:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn etcd_release(port: u16) -> Option<String> {
+    let body = etcd_range(port, "/release")?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let value = v["kvs"][0]["value"].as_str()?;
+    let decoded = Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .ok()
+        .and_then(|mut c| {
+            c.stdin.take()?.write_all(value.as_bytes()).ok()?;
+            c.wait_with_output().ok()
+        })?;
+    Some(String::from_utf8_lossy(&decoded.stdout).trim().to_string())
+}
+
+fn wait_etcd_release(port: u16, want: &str, g: &Guest) {
+    let got = poll(Duration::from_secs(180), || etcd_release(port).filter(|r| r == want));
+    assert!(
+        got.is_some(),
+        "etcd never showed release {want} (last: {:?}); console:\n{}",
+        etcd_release(port),
+        g.console()
+    );
+}
+
+/// SHA-256 of each boot-path partition: ESP and both slots.
+fn boot_path_digests(image: &Path) -> Vec<(String, String)> {
+    let (ss, parts) = sfdisk(image);
+    let mut out = Vec::new();
+    for p in parts.iter().filter(|p| ["esp", "planet-a", "planet-b"].contains(&p.name.as_str())) {
+        let dd = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "dd if='{}' bs={ss} skip={} count={} status=none | sha256sum",
+                image.display(),
+                p.start,
+                p.size
+            ))
+            .output()
+            .unwrap();
+        out.push((
+            p.name.clone(),
+            String::from_utf8_lossy(&dd.stdout).split_whitespace().next().unwrap_or("").to_string(),
+        ));
+    }
+    out
+}
+
+#[test]
+fn an_update_is_installed_blessed_and_a_failing_one_rolls_back() {
+    let s = Scratch::new("update-flow");
+    let (key, pubkey) = keygen(&s, "release");
+    let image = release_1_image(&s, &pubkey, &[]);
+    let b2 = bundle(&s, &demo_release(&s, "2", PLAIN), "2", &key, &[]);
+    let failing = "replaced.add('sbin/init')\ndef extra(o):\n    add_file(o, 'sbin/init', b'#!/bin/sh\\necho release 3 init fails\\nexit 3\\n', 0o755)\n";
+    let b3 = bundle(&s, &demo_release(&s, "3", failing), "3", &key, &[]);
+    let seed = seed(&s, "");
+    let server = BundleServer::start();
+    server.serve(Some(std::fs::read(&b2).unwrap()));
+    let etcd = free_port();
+    let mut g = boot_guest(&image, &seed, &server, etcd, &s);
+
+    // Release 1 finds bundle 2, installs it into slot b and reboots.
+    g.wait_for("planet-init: release running=1 slot=a entry=planet-0001-a.conf trial=false", BOOT);
+    g.wait_for("planet-init: update installed release=2 slot=b entry=planet-0002-b+3.conf", BOOT);
+    g.wait_for("planet-init: update rebooting", BOOT);
+    // systemd-boot starts the first try (renaming +3 to +2-1) and the trial passes.
+    g.wait_for("planet-init: release running=2 slot=b entry=planet-0002-b+2-1.conf trial=true", BOOT);
+    g.wait_for("planet-init: update blessed release=2 slot=b entry=planet-0002-b.conf", BOOT);
+    wait_etcd_release(etcd, "2", &g);
+    let log = server.log();
+    assert!(log.iter().any(|l| l.contains("range=bytes=0-4095")), "{log:?}");
+
+    // The next boot is release 2 again, without a counter; bundle 2 is not taken twice.
+    g.monitor("system_reset");
+    g.wait_for("planet-init: release running=2 slot=b entry=planet-0002-b.conf trial=false", BOOT);
+    g.wait_for("planet-init: update skipped reason=\"release 2 is already running\"", BOOT);
+
+    // Release 3's init exits at once: each try reboots; once the tries are spent systemd-boot
+    // boots release 2 again, which says so.
+    server.serve(Some(std::fs::read(&b3).unwrap()));
+    g.wait_for("planet-init: update installed release=3 slot=a entry=planet-0003-a+3.conf", BOOT);
+    let text = wait_count(&mut g, "planet-init: update trial failed", 3, BOOT);
+    for entry in ["planet-0003-a+2-1.conf", "planet-0003-a+1-2.conf", "planet-0003-a+0-3.conf"] {
+        assert!(text.contains(&format!("release running=3 slot=a entry={entry} trial=true")), "{entry}:\n{text}");
+    }
+    g.wait_for("planet-init: update rolled back failed=3 running=2", BOOT);
+    let text =
+        wait_count(&mut g, "planet-init: release running=2 slot=b entry=planet-0002-b.conf trial=false", 2, BOOT);
+    assert_eq!(text.matches("release running=3").count(), 3, "exactly three tries:\n{text}");
+    g.wait_for("already failed its trial on this machine", BOOT);
+    wait_etcd_release(etcd, "2", &g);
+
+    // Power off; the ESP holds release 2's blessed entry and no trace of the bad one.
+    g.monitor("system_powerdown");
+    assert!(g.wait_exit(Duration::from_secs(120)).is_some(), "no power-off:\n{}", g.console());
+    let esp = s.path("esp.img");
+    extract_partition(&image, "esp", &esp);
+    ok(Command::new("fsck.vfat").arg("-n").arg(&esp));
+    let entries = stdout(Command::new("mdir").args(["-b", "-i"]).arg(&esp).arg("::/loader/entries"));
+    let mut names: Vec<&str> = entries.lines().filter_map(|l| l.rsplit('/').next()).filter(|n| !n.is_empty()).collect();
+    names.sort();
+    assert_eq!(names, ["planet-0002-b.conf"], "{entries}");
+}
+
+#[test]
+fn bad_bundles_are_refused_and_a_power_cut_keeps_the_previous_release() {
+    let s = Scratch::new("update-faults");
+    let (key, pubkey) = keygen(&s, "release");
+    let (other_key, _) = keygen(&s, "other");
+    // Slots large enough for a bundle whose slot write takes a while.
+    let layout = std::fs::read_to_string(repo().join("image-layouts/default.toml"))
+        .unwrap()
+        .replace("# size_mib = 2048", "size_mib = 192");
+    std::fs::write(s.path("layout.toml"), layout).unwrap();
+    let layout_arg = s.path("layout.toml").display().to_string();
+    let image = release_1_image(&s, &pubkey, &["--layout", &layout_arg]);
+    let big = "def extra(o):\n    add_file(o, 'var/blob', os.urandom(96 << 20))\n";
+    let b2 = std::fs::read(bundle(&s, &demo_release(&s, "2", big), "2", &key, &[])).unwrap();
+    let foreign = std::fs::read(bundle(&s, &demo_release(&s, "2", PLAIN), "2", &other_key, &[])).unwrap();
+    let mut flipped = b2.clone();
+    let at = flipped.len() - 3 * 4096;
+    flipped[at] ^= 0x40;
+    let truncated = b2[..b2.len() - 1 - (1 << 20)].to_vec();
+
+    let before = boot_path_digests(&image);
+    let seed = seed(&s, "");
+    let server = BundleServer::start();
+    let etcd = free_port();
+    let mut g = boot_guest(&image, &seed, &server, etcd, &s);
+    g.wait_for("planet-init: release running=1 slot=a entry=planet-0001-a.conf trial=false", BOOT);
+
+    // Each bad bundle is refused with its reason; the server sees no full download of the
+    // foreign and truncated ones (their first 4 KiB are enough).
+    server.serve(Some(foreign));
+    g.wait_for("signed by another key", BOOT);
+    server.serve(Some(truncated));
+    g.wait_for("truncated", BOOT);
+    server.serve(Some(flipped));
+    g.wait_for("signature does not match", BOOT);
+    let text = g.console();
+    assert!(!text.contains("update writing"), "{text}");
+    server.serve(None);
+    // Let any download in flight finish before reading the disk.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(boot_path_digests(&image), before, "a refused bundle changed the boot path");
+    let full_gets = server.log().iter().filter(|l| l.contains("range=-")).count();
+    assert!(full_gets >= 1, "{:?}", server.log());
+
+    // A good bundle: cut the power as soon as the slot write has started.
+    server.serve(Some(b2));
+    let start = Instant::now();
+    loop {
+        let text = g.console();
+        if text.contains("planet-init: update progress slot=b") {
+            assert!(!text.contains("update installed"), "{text}");
+            break;
+        }
+        assert!(start.elapsed() < BOOT, "no progress line; console:\n{}", g.console());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(g); // SIGKILL to QEMU: the power cut
+    server.serve(None);
+
+    // The next boot runs release 1, reports the interrupted install, and serves release 1.
+    let mut g = boot_guest(&image, &seed, &server, etcd, &s);
+    g.wait_for("planet-init: release running=1 slot=a entry=planet-0001-a.conf trial=false", BOOT);
+    g.wait_for("planet-init: update interrupted install=\"slot=b release=2\"", BOOT);
+    wait_etcd_release(etcd, "1", &g);
+}
