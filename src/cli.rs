@@ -286,6 +286,11 @@ pub struct SeedArgs {
     /// The NIC that gets --address: a name or glob (`eth1`, `e*`, the default) or a MAC address.
     #[arg(long, value_name = "NAME|MAC")]
     pub interface: Option<String>,
+    /// An update agent setting under `planet: update:` (repeatable): url=http://IP/PATH,
+    /// check_every=1h, bless_after=60s, trial_timeout=10m, health_url=http://127.0.0.1:PORT/PATH,
+    /// reboot=now|HH:MM-HH:MM (UTC), allow_downgrade=true|false. See docs/updates.md.
+    #[arg(long = "update", value_name = "KEY=VALUE", value_parser = crate::seed::parse_update)]
+    pub update: Vec<(String, String)>,
     /// With --format config-2: append the config drive as a partition named config-2 at the end
     /// of this raw image (as Ironic does) instead of writing -o; first-boot growth of
     /// planet-state then stops in front of it. The image's manifest no longer matches.

@@ -119,6 +119,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 gateway: a.gateway,
                 dns: a.dns,
                 interface: a.interface,
+                update: a.update,
                 format: a.format,
                 output: a.output,
             };

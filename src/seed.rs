@@ -34,6 +34,8 @@ pub struct SeedRequest {
     pub dns: Vec<Ipv4Addr>,
     /// Which NIC gets the static address: a name (glob, `eth1`, `e*`) or a MAC; default `e*`.
     pub interface: Option<String>,
+    /// `planet: update:` settings, in order.
+    pub update: Vec<(String, String)>,
     pub format: SeedFormat,
     pub output: PathBuf,
 }
@@ -55,6 +57,18 @@ pub fn parse_env(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| "expected KEY=VALUE".to_string())?;
     if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(format!("{k:?} is not a valid variable name (letters, digits, _)"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// Parses an update setting `KEY=VALUE`; the key must be one planet-init knows.
+pub fn parse_update(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| "expected KEY=VALUE".to_string())?;
+    if !planet_config::update::UPDATE_KEYS.contains(&k) {
+        return Err(format!(
+            "{k:?} is not an update setting (known: {})",
+            planet_config::update::UPDATE_KEYS.join(", ")
+        ));
     }
     Ok((k.to_string(), v.to_string()))
 }
@@ -125,6 +139,12 @@ impl SeedRequest {
         if !self.env.is_empty() {
             y.push_str("  env:\n");
             for (k, v) in &self.env {
+                let _ = writeln!(y, "    {k}: {}", quoted(v));
+            }
+        }
+        if !self.update.is_empty() {
+            y.push_str("  update:\n");
+            for (k, v) in &self.update {
                 let _ = writeln!(y, "    {k}: {}", quoted(v));
             }
         }
@@ -373,6 +393,7 @@ mod tests {
             gateway: Some(Ipv4Addr::new(10, 0, 0, 1)),
             dns: vec![Ipv4Addr::new(10, 0, 0, 2)],
             interface: None,
+            update: Vec::new(),
             format: SeedFormat::Nocloud,
             output: "seed.img".into(),
         }
@@ -384,6 +405,21 @@ mod tests {
         assert!(u.starts_with("#cloud-config\n"));
         assert!(u.contains("  master_ip: \"10.0.0.10\"\n"));
         assert!(u.contains("    AWS_SECRET_ACCESS_KEY: \"s3cr\\\"et: x\"\n"), "{u}");
+    }
+
+    #[test]
+    fn update_settings_are_written_and_checked() {
+        let mut r = req();
+        r.update = vec![("url".into(), "http://10.0.2.100/u.planet".into()), ("check_every".into(), "5m".into())];
+        r.validate().unwrap();
+        let (raw, _) = planet_config::cloudconfig::user_data_config(r.user_data().as_bytes()).unwrap();
+        let c = raw.validate(planet_config::Source::NoCloud, "planet.").unwrap();
+        assert_eq!(c.update.url.as_deref(), Some("http://10.0.2.100/u.planet"));
+        assert_eq!(c.update.check_every, std::time::Duration::from_secs(300));
+        r.update = vec![("check_every".into(), "soon".into())];
+        let e = format!("{:#}", r.validate().unwrap_err());
+        assert!(e.contains("planet.update.check_every"), "{e}");
+        assert!(parse_update("urll=x").unwrap_err().contains("not an update setting"));
     }
 
     #[test]

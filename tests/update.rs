@@ -175,18 +175,17 @@ fn release_1_image(s: &Scratch, pubkey: &Path, extra: &[&str]) -> PathBuf {
     image
 }
 
-/// A NoCloud seed (mkfs.vfat + mcopy) pointing the update agent at the test server.
-fn seed(s: &Scratch, extra_update: &str) -> PathBuf {
-    let user_data = format!(
-        "#cloud-config\nhostname: upd-1\nplanet:\n  role: dev\n  update:\n    url: http://10.0.2.100/update.planet\n    \
-         check_every: 3s\n    bless_after: 5s\n    trial_timeout: 240s\n    health_url: http://127.0.0.1:2379/health\n{extra_update}"
-    );
-    std::fs::write(s.path("user-data"), user_data).unwrap();
-    std::fs::write(s.path("meta-data"), "instance-id: iid-update-1\n").unwrap();
+/// A NoCloud seed (`planet-image seed --update …`) pointing the update agent at the test server.
+fn seed(s: &Scratch) -> PathBuf {
     let img = s.path("seed.img");
-    ok(Command::new("truncate").arg("-s").arg("4M").arg(&img));
-    ok(Command::new("mkfs.vfat").args(["-n", "CIDATA"]).arg(&img));
-    ok(Command::new("mcopy").arg("-i").arg(&img).arg(s.path("user-data")).arg(s.path("meta-data")).arg("::/"));
+    ok(planet_image()
+        .args(["seed", "--role", "dev", "--hostname", "upd-1"])
+        .args(["--update", "url=http://10.0.2.100/update.planet", "--update", "check_every=3s"])
+        .args(["--update", "bless_after=5s", "--update", "trial_timeout=240s"])
+        .args(["--update", "health_url=http://127.0.0.1:2379/health"])
+        .arg("-o")
+        .arg(&img)
+        .env("SOURCE_DATE_EPOCH", "1700000000"));
     img
 }
 
@@ -279,7 +278,7 @@ fn an_update_is_installed_blessed_and_a_failing_one_rolls_back() {
     let b2 = bundle(&s, &demo_release(&s, "2", PLAIN), "2", &key, &[]);
     let failing = "replaced.add('sbin/init')\ndef extra(o):\n    add_file(o, 'sbin/init', b'#!/bin/sh\\necho release 3 init fails\\nexit 3\\n', 0o755)\n";
     let b3 = bundle(&s, &demo_release(&s, "3", failing), "3", &key, &[]);
-    let seed = seed(&s, "");
+    let seed = seed(&s);
     let server = BundleServer::start();
     server.serve(Some(std::fs::read(&b2).unwrap()));
     let etcd = free_port();
@@ -349,7 +348,7 @@ fn bad_bundles_are_refused_and_a_power_cut_keeps_the_previous_release() {
     let truncated = b2[..b2.len() - 1 - (1 << 20)].to_vec();
 
     let before = boot_path_digests(&image);
-    let seed = seed(&s, "");
+    let seed = seed(&s);
     let server = BundleServer::start();
     let etcd = free_port();
     let mut g = boot_guest(&image, &seed, &server, etcd, &s);
