@@ -229,7 +229,7 @@ pub fn run(env: &BootEnv) -> Result<supervise::StopReason> {
     // Which release runs, whether it is on trial, what became of the last update.
     let agent = update::prepare(
         update::Paths {
-            esp_dev: PathBuf::new(),
+            esp_dev: None,
             esp_mount: env.run.join("esp"),
             state_dir: env.state_dir().join("update"),
             run_dir: env.run.join("update"),

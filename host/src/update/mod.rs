@@ -79,7 +79,9 @@ fn container_since() -> Option<Instant> {
 /// Where things are on this machine.
 #[derive(Clone, Debug)]
 pub struct Paths {
-    pub esp_dev: PathBuf,
+    /// The ESP's block device, mounted at `esp_mount` while in use; `None`: `esp_mount` is
+    /// already the ESP's directory (tests).
+    pub esp_dev: Option<PathBuf>,
     pub esp_mount: PathBuf,
     /// `<state>/update`: staging, the install marker, the failed-release list.
     pub state_dir: PathBuf,
@@ -105,6 +107,8 @@ pub struct Agent {
     /// Serialises installs, blessing and status writes.
     busy: Mutex<Status>,
     trial_started: Instant,
+    /// How a reboot is asked for ([`request_reboot`]; tests record it instead).
+    reboot: fn(&str),
 }
 
 /// What `status.json` says.
@@ -121,8 +125,9 @@ pub struct Status {
 
 /// Mounts the ESP for the duration of `f`.
 fn with_esp<T>(paths: &Paths, f: impl FnOnce(&Esp) -> Result<T>) -> Result<T> {
+    let Some(dev) = &paths.esp_dev else { return f(&Esp::new(&paths.esp_mount)) };
     std::fs::create_dir_all(&paths.esp_mount)?;
-    Mount::new(&paths.esp_dev.display().to_string(), &paths.esp_mount, "vfat")
+    Mount::new(&dev.display().to_string(), &paths.esp_mount, "vfat")
         .flags(libc::MS_NOATIME | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC)
         .data("umask=0077")
         .perform()
@@ -192,11 +197,12 @@ pub fn prepare(paths: Paths, sysfs: &Path, dev: &Path, bd: &BootDisk, running_sl
         options: std::fs::read_to_string("/proc/cmdline").unwrap_or_default().trim().to_string(),
         busy: Mutex::new(Status::default()),
         trial_started: Instant::now(),
+        reboot: request_reboot,
         paths,
     };
     let located = locate(sysfs, dev, bd, running_slot);
     let r = located.and_then(|(esp_dev, target)| {
-        agent.paths.esp_dev = esp_dev;
+        agent.paths.esp_dev = Some(esp_dev);
         agent.target = Some(target);
         let paths = agent.paths.clone();
         with_esp(&paths, |esp| agent.inspect_boot(esp))
@@ -218,6 +224,30 @@ pub fn prepare(paths: Paths, sysfs: &Path, dev: &Path, bd: &BootDisk, running_sl
 }
 
 impl Agent {
+    /// An agent over directories and files instead of devices (unit tests).
+    #[cfg(test)]
+    pub(crate) fn for_tests(
+        paths: Paths,
+        key: Option<PublicKey>,
+        target: Target,
+        release: &str,
+        reboot: fn(&str),
+    ) -> Agent {
+        Agent {
+            cfg: UpdateConfig::default(),
+            paths,
+            key,
+            running_slot: if target.slot == 'a' { 'b' } else { 'a' },
+            target: Some(target),
+            release: release.into(),
+            entry: None,
+            options: "console=ttyS0 planet.slot=a".into(),
+            busy: Mutex::new(Status::default()),
+            trial_started: Instant::now(),
+            reboot,
+        }
+    }
+
     /// Reads the entries at boot and reports rollbacks and interrupted installs.
     fn inspect_boot(&mut self, esp: &Esp) -> Result<()> {
         let entries = esp.entries()?;
@@ -322,7 +352,7 @@ impl Agent {
                             reason = format!("not healthy within {}s", self.cfg.trial_timeout.as_secs())
                         );
                         self.set_status("trial-failed", "not healthy within the trial timeout");
-                        request_reboot("update trial failed");
+                        (self.reboot)("update trial failed");
                         return;
                     }
                     _ => {}
@@ -470,7 +500,7 @@ impl Agent {
             }
         }
         event!("update rebooting", entry = entry);
-        request_reboot(&format!("update to {entry}"));
+        (self.reboot)(&format!("update to {entry}"));
     }
 }
 
