@@ -12,7 +12,13 @@ START/END are time.monotonic() seconds (request's first byte read, response's la
 written), KIND the EBS operation from the path (StartSnapshot, PutSnapshotBlock, ...) or the
 Query API Action (RegisterImage, DescribeSnapshots, ...), BYTES what the client sent for that
 request (head and body, as read from the socket) and STATUS the upstream's status code.
+
+One correction of moto (5.x) on the way back: its StartSnapshot answer says "BlockSize": 512,
+where the EBS direct APIs always use 524288-byte blocks. Clients that size their blocks from
+that field (coldsnap does) would otherwise send 1024 times as many requests as against AWS.
+The proxy puts the real value there (and fixes Content-Length); nothing else is changed.
 """
+import re
 import socket
 import sys
 import threading
@@ -191,6 +197,11 @@ def serve(client, upstream_port, log):
                 if not no_body and "content-length" not in rfields and "chunked" not in rfields.get("transfer-encoding", ""):
                     # A close-delimited body: give the client a length instead.
                     rhead = rhead[:-2] + b"Content-Length: %d\r\n\r\n" % len(rbody)
+            if kind_of(line, body) == "StartSnapshot" and status < 300:
+                fixed = re.sub(rb'("BlockSize"\s*:\s*)512\b', rb"\g<1>524288", rbody)
+                if fixed != rbody:
+                    rbody = fixed
+                    rhead = re.sub(rb"(?im)^content-length:[^\r\n]*", b"Content-Length: %d" % len(rbody), rhead)
             client.sendall(rhead + rbody)
             end = time.monotonic()
             with LOCK:

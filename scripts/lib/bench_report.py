@@ -1,0 +1,398 @@
+#!/usr/bin/env python3
+"""The report of scripts/bench: medians of its raw results, as Markdown and as an SVG chart.
+
+    bench_report.py RESULTS PAGE.md CHART.svg    write the page and the chart
+    bench_report.py --tables RESULTS             print the tables only
+
+RESULTS holds one fact a line (see scripts/bench): time, step, size, squashfs, boot, upload
+and info lines.
+"""
+import math
+import statistics
+import sys
+from collections import defaultdict
+
+BUILD_ROWS = [
+    ("planet-image-raw", "planet-image → raw (nobody)"),
+    ("planet-image-qcow2", "planet-image → qcow2 (nobody)"),
+    ("planet-image-raw-none", "planet-image → raw, `--compression none`"),
+    ("hand-raw", "hand pipeline → raw (root)"),
+    ("hand-qcow2", "hand pipeline → qcow2 (root)"),
+    ("systemd-repart", "systemd-repart → raw (root)"),
+    ("planet-image-squashfs", "planet-image's squashfs step (its log)"),
+    ("tar2sqfs", "tar2sqfs alone (squashfs only)"),
+    ("zstd-T0", "floor: `zstd -T0` of the tar, same level"),
+    ("copy", "floor: copy of planet-image's raw"),
+]
+
+
+def load(path):
+    r = {"time": defaultdict(list), "step": defaultdict(list), "size": {}, "squashfs": {},
+         "boot": defaultdict(list), "upload": defaultdict(list), "info": {}, "version": {}}
+    for line in open(path):
+        f = line.split()
+        if not f:
+            continue
+        kind = f[0]
+        if kind == "time" and len(f) == 7:
+            r["time"][(f[1], f[2])].append((float(f[3]), float(f[4]) + float(f[5]), int(f[6]) / 1024))
+        elif kind == "step":
+            r["step"][(f[1], f[2])].append(float(f[3]))
+        elif kind == "size":
+            r["size"][(f[1], f[2])] = (int(f[3]), int(f[4]))
+        elif kind == "squashfs":
+            r["squashfs"][(f[1], f[2])] = (int(f[3]), f[4])
+        elif kind == "boot":
+            r["boot"][f[1]].append(tuple(None if x == "-" else float(x) for x in f[2:5]))
+            if len(f) > 5:
+                r["info"]["accel"] = f[5]
+        elif kind == "upload":
+            r["upload"][f[1]].append((float(f[2]), float(f[3]), int(f[4]), int(f[5]), int(f[6]), int(f[7])))
+        elif kind == "info" and len(f) >= 2:
+            if f[1] == "version":
+                r["version"][f[2]] = " ".join(f[3:])
+            else:
+                r["info"][f[1]] = " ".join(f[2:])
+    return r
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def mib(b):
+    return "%.0f MiB" % (b / 1048576) if b >= 10 * 1048576 else "%.1f MiB" % (b / 1048576)
+
+
+def ratio(x, base):
+    if x is None or not base:
+        return "–"
+    return "%.2f×" % (x / base) if x / base >= 0.1 else "%.3f×" % (x / base)
+
+
+def build_table(r, corpus):
+    """Rows of (key, label, wall, cpu, rss) for a corpus, and the Markdown."""
+    base = med(w for w, _, _ in r["time"].get((corpus, "planet-image-raw"), []))
+    out = []
+    out.append("| tool and output | wall s | CPU s | peak RSS MiB | wall vs planet-image raw | output (allocated) | slot squashfs |")
+    out.append("|---|---:|---:|---:|---:|---:|---|")
+    bars = []
+    for key, label in BUILD_ROWS:
+        if key == "planet-image-squashfs":
+            w = med(r["step"].get((corpus, key), []))
+            if w is None:
+                continue
+            out.append("| %s | %.2f | – | – | %s | – | – |" % (label, w, ratio(w, base)))
+            bars.append((label, w / base if base else None))
+            continue
+        runs = r["time"].get((corpus, key))
+        if not runs:
+            if not corpus.endswith("@15") or corpus.startswith("demo"):
+                out.append("| %s | not run | | | | | |" % label)
+            continue
+        w = med(x[0] for x in runs)
+        c = med(x[1] for x in runs)
+        m = med(x[2] for x in runs)
+        size = r["size"].get((corpus, key))
+        sq = r["squashfs"].get((corpus, key))
+        sizetext = mib(size[1]) if size else "–"
+        if key == "copy":
+            sizetext = "(same bytes)"
+        sqtext = "%s, %s" % (sq[1], mib(sq[0])) if sq else ("zstd, %s" % mib(size[0]) if key == "tar2sqfs" and size else "–")
+        out.append("| %s | %.2f | %.2f | %.0f | %s | %s | %s |" % (label, w, c, m, ratio(w, base), sizetext, sqtext))
+        bars.append((label, w / base if base else None))
+    return out, bars
+
+
+def size_table(r, corpora):
+    out = ["| image | " + " | ".join("%s" % c.replace("@", " zstd:") for c in corpora) + " |", "|---|" + "---:|" * len(corpora)]
+    rows = [
+        ("input", "rootfs tar", 0),
+        ("zstd-T0", "tar, `zstd` at the same level", 0),
+        ("tar2sqfs", "tar2sqfs squashfs", 0),
+        ("planet-image-raw", "planet-image raw, apparent (disk size)", 0),
+        ("planet-image-raw", "planet-image raw, allocated", 1),
+        ("planet-image-qcow2", "planet-image qcow2", 0),
+        ("planet-image-raw-none", "planet-image raw `none`, allocated", 1),
+        ("hand-raw", "hand pipeline raw, allocated", 1),
+        ("hand-qcow2", "hand pipeline qcow2", 0),
+        ("systemd-repart", "systemd-repart raw, allocated", 1),
+    ]
+    for key, label, idx in rows:
+        cells = []
+        for c in corpora:
+            s = r["size"].get((c, key))
+            tar = r["size"].get((c, "input"))
+            if not s:
+                cells.append("–")
+            elif key == "input" or not tar:
+                cells.append(mib(s[idx]))
+            else:
+                cells.append("%s (%.2f× tar)" % (mib(s[idx]), s[idx] / tar[0]))
+        out.append("| %s | %s |" % (label, " | ".join(cells)))
+    return out
+
+
+def scaling_table(r):
+    out = ["| input | tar | wall s | CPU s | peak RSS MiB | tar MiB/s | squashfs step s | raw allocated |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    base = None
+    for n in (1, 2, 4):
+        c = "scale-%dx" % n if n > 1 else "planet-like@3"
+        runs = r["time"].get((c, "planet-image-raw"))
+        tar = r["size"].get((c, "input"))
+        if not runs or not tar:
+            continue
+        w = med(x[0] for x in runs)
+        base = base or w
+        step = med(r["step"].get((c, "planet-image-squashfs"), []))
+        raw = r["size"].get((c, "planet-image-raw"))
+        out.append("| Planet-like %d× | %s | %.2f (%s) | %.2f | %.0f | %.1f | %s | %s |" % (
+            n, mib(tar[0]), w, ratio(w, base), med(x[1] for x in runs), med(x[2] for x in runs),
+            tar[0] / 1048576 / w, "%.2f" % step if step else "–", mib(raw[1]) if raw else "–"))
+    return out
+
+
+def boot_table(r):
+    pi = r["boot"].get("planet-image", [])
+    fl = r["boot"].get("floor", [])
+    floor = med(x[0] for x in fl)
+    out = ["| boot (QEMU TCG, OVMF, systemd-boot, same kernel) | median s | min s | max s | vs floor |",
+           "|---|---:|---:|---:|---:|"]
+    bars = []
+
+    def row(label, xs):
+        xs = [x for x in xs if x is not None]
+        if not xs:
+            out.append("| %s | not reached | | | |" % label)
+            return None
+        m = med(xs)
+        out.append("| %s | %.2f | %.2f | %.2f | %s |" % (label, m, min(xs), max(xs), ratio(m, floor)))
+        return m
+
+    f = row("floor: initramfs prints a line (then powers off)", [x[0] for x in fl])
+    row("floor: … QEMU exited after power-off", [x[2] for x in fl])
+    a = row("planet-image demo: `planet-init: launcher started`", [x[0] for x in pi])
+    b = row("planet-image demo: etcd `/health` answers", [x[1] for x in pi])
+    if f:
+        bars = [("boot: floor (line printed)", 1.0)]
+        if a:
+            bars.append(("boot: launcher started", a / f))
+        if b:
+            bars.append(("boot: etcd answering", b / f))
+    return out, bars
+
+
+def upload_table(r):
+    labels = [("planet-image", "planet-image `publish aws` (upload + wait + RegisterImage)"),
+              ("coldsnap", "coldsnap `upload` (default: every block, zeros too)"),
+              ("coldsnap-omit-zero-blocks", "coldsnap `upload --omit-zero-blocks`")]
+    base = med(x[0] for x in r["upload"].get("planet-image", []))
+    base_span = med(x[1] for x in r["upload"].get("planet-image", []))
+    out = ["| uploader | wall s | vs planet-image | EBS upload span s | requests | of which PutSnapshotBlock | bytes sent | errors |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    bars = []
+    for key, label in labels:
+        xs = r["upload"].get(key)
+        if not xs:
+            out.append("| %s | not run | | | | | | |" % label)
+            continue
+        w, span = med(x[0] for x in xs), med(x[1] for x in xs)
+        req, sent, blocks, errs = med(x[2] for x in xs), med(x[3] for x in xs), med(x[4] for x in xs), max(x[5] for x in xs)
+        out.append("| %s | %.2f | %s | %.2f (%s) | %d | %d | %s | %d |" % (
+            label, w, ratio(w, base), span, ratio(span, base_span), req, blocks, mib(sent), errs))
+        bars.append(("upload: " + key, w / base if base else None))
+    return out, bars
+
+
+def svg(bars, title, subtitle):
+    """Horizontal bars of ratios (log scale, 1× = planet-image or the boot floor)."""
+    bars = [(l, v) for l, v in bars if v]
+    lo, hi = 0.01, 10.0
+    width, left, right, row_h, top = 900, 330, 70, 22, 70
+    plot = width - left - right
+    height = top + row_h * len(bars) + 50
+
+    def x(v):
+        v = min(max(v, lo), hi)
+        return left + plot * (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo))
+
+    esc = lambda s: s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("`", "")
+    o = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">' % (width, height, width, height),
+         '<rect width="100%" height="100%" fill="white"/>',
+         '<text x="10" y="22" font-size="15" font-weight="bold">%s</text>' % esc(title),
+         '<text x="10" y="42" fill="#555">%s</text>' % esc(subtitle)]
+    for t in (0.01, 0.1, 1, 10):
+        o.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="%s"/>' % (x(t), top - 8, x(t), height - 40, "#333" if t == 1 else "#ddd"))
+        o.append('<text x="%.1f" y="%d" text-anchor="middle" fill="#555">%g×</text>' % (x(t), height - 25, t))
+    section_color = {"build": "#4e79a7", "boot": "#f28e2b", "upload": "#59a14f"}
+    for i, (label, v) in enumerate(bars):
+        y = top + i * row_h
+        kind = "boot" if label.startswith("boot") else "upload" if label.startswith("upload") else "build"
+        o.append('<text x="%d" y="%d" text-anchor="end">%s</text>' % (left - 8, y + 14, esc(label)))
+        x0, x1 = x(lo), x(v)
+        o.append('<rect x="%.1f" y="%d" width="%.1f" height="%d" fill="%s"/>' % (x0, y + 3, max(x1 - x0, 1), row_h - 6, section_color[kind]))
+        o.append('<text x="%.1f" y="%d" fill="#222">%s</text>' % (x1 + 4, y + 14, "%.2f×" % v if v >= 0.1 else "%.3f×" % v))
+    o.append('<text x="%d" y="%d" fill="#555">log scale; build and upload: wall time ÷ planet-image\'s; boot: ÷ the floor boot</text>' % (left, height - 8))
+    o.append("</svg>")
+    return "\n".join(o) + "\n"
+
+
+def main():
+    if sys.argv[1] == "--tables":
+        r = load(sys.argv[2])
+        page, _ = render(r)
+        print("\n".join(l for l in page if not l.startswith("<!--")))
+        return
+    r = load(sys.argv[1])
+    page, bars = render(r)
+    with open(sys.argv[2], "w") as f:
+        f.write("\n".join(page) + "\n")
+    info = r["info"]
+    with open(sys.argv[3], "w") as f:
+        f.write(svg(bars, "planet-image benchmarks (%s)" % info.get("date", "?"),
+                    "Planet-like rootfs build, demo boot, %s GiB AMI upload; %s" % (info.get("upload_gib", "?"), info.get("machine", ""))))
+
+
+def render(r):
+    info, v = r["info"], r["version"]
+    p = []
+    p.append("# Benchmarks")
+    p.append("")
+    p.append("<!-- Written by scripts/bench (scripts/lib/bench_report.py) from its last run; do not edit by hand. -->")
+    p.append("")
+    total = int(info.get("total_seconds", "0"))
+    p.append("Last run: %s, on %s (%s; QEMU accelerator: %s). `scripts/bench` took %d min %02d s "
+             "(build %s s, scaling %s s, boot %s s, upload %s s; the rest is installing, compiling and corpus making)." % (
+                 info.get("date", "?"), info.get("machine", "?"), info.get("cpu", "?"), info.get("accel", "?"),
+                 total // 60, total % 60, info.get("build_seconds", "?"), info.get("scale_seconds", "?"),
+                 info.get("boot_seconds", "?"), info.get("upload_seconds", "?")))
+    p.append("")
+    p.append("Versions: " + "; ".join("%s %s" % (k, v[k]) for k in sorted(v)) + ".")
+    p.append("")
+    p.append("Medians of %s build runs, %s boots, %s uploads (%s run%s per scaling point). "
+             "Every number below is a run of the named tool on the same input on this machine." % (
+                 info.get("runs"), info.get("boots"), info.get("uploads"), info.get("scale_runs"),
+                 "" if info.get("scale_runs") == "1" else "s"))
+    p.append("")
+    p.append("![ratios to planet-image](benchmarks.svg)")
+    p.append("")
+    bars = []
+    sections = [("planet-like@3", "Planet-like rootfs, zstd level 3, every row", info.get("runs")),
+                ("planet-like@15", "Planet-like rootfs, zstd level 15 (the peers' default and planet-image's)", info.get("runs15")),
+                ("demo@15", "demo rootfs, zstd level 15", info.get("runs"))]
+    for key, title, n in sections:
+        tar = r["size"].get((key, "input"))
+        p.append("## Build: %s (%s tar; median of %s)" % (title, mib(tar[0]) if tar else "?", n))
+        p.append("")
+        t, b = build_table(r, key)
+        p.extend(t)
+        p.append("")
+        if key == "planet-like@15":
+            p.append("At level 15 only these rows run, %s time%s each: compressing 522 MiB at level 15 takes "
+                     "about a minute and a half of both cores, and three runs of every row would not fit the "
+                     "half hour `scripts/bench` has on this machine." % (n, "" if n == "1" else "s"))
+            p.append("")
+        if key.startswith("planet-like"):
+            lvl = key.split("@")[1]
+            bars.extend(("build %s: %s" % (lvl, l.split(" (")[0].replace("`", "")), x) for l, x in b)
+    p.append("## Size")
+    p.append("")
+    p.extend(size_table(r, [k for k, _, _ in sections]))
+    p.append("")
+    p.append("## Scaling: planet-image → raw (zstd:3), the Planet-like rootfs with `/usr` copied 1, 2 and 4 times")
+    p.append("")
+    p.extend(scaling_table(r))
+    p.append("")
+    p.append("## Boot: the demo image to its etcd")
+    p.append("")
+    t, b = boot_table(r)
+    p.extend(t)
+    bars.extend(b)
+    p.append("")
+    img = r["size"].get(("upload", "image"))
+    p.append("## AMI upload: planet-image against coldsnap, to moto (EBS direct APIs)")
+    p.append("")
+    if img:
+        p.append("The image: planet-image's raw build of the Planet-like rootfs on a %s disk (`truncate`, `sgdisk -e`), "
+                 "%s of it allocated. A fresh `moto_server` per run, reached through a counting proxy "
+                 "(`scripts/lib/bench_proxy.py`) on 127.0.0.1; requests and bytes are what the client sent." % (
+                     mib(img[0]).replace("4096 MiB", "4 GiB"), mib(img[1])))
+        p.append("")
+    t, b = upload_table(r)
+    p.extend(t)
+    bars.extend(b)
+    p.append("")
+    p.append(NOTES.rstrip("\n"))
+    return p, bars
+
+
+NOTES = """## What each row is
+
+- **planet-image** runs as `nobody` (no root, no loop devices, no mounts): it streams the tar
+  into `tar2sqfs` (zstd level 15, all cores; planet-image's default), reads the kernel package,
+  computes the module set and compresses the initramfs, writes the FAT32 ESP with its own writer,
+  an empty ext4 state and the GPT disk, and a manifest. `qcow2` writes the same disk as qcow2.
+  `--compression none` makes the slot with `sqfstar -noI -noD -noF -noX` (squashfs-tools), since
+  libsquashfs has no switch for storing blocks uncompressed.
+- **hand pipeline** is what operators script today, as root: `tar -x` with owners and xattrs,
+  `mksquashfs -comp zstd -Xcompression-level 15` on all cores, `mkfs.vfat -F 32` + `mcopy` of the
+  ESP, `mkfs.ext4`, `sgdisk`, `dd` of each partition into place (and `qemu-img convert -O qcow2`).
+  It is given the same partition offsets and sizes as planet-image's image of the same corpus and
+  **reuses planet-image's ESP files** (kernel, initramfs, systemd-boot, loader entries): it does no
+  kernel or initramfs work at all, which planet-image does on every build.
+- **systemd-repart** is Debian 12's (252), the engine under mkosi, from the extracted tree, as
+  root: `Format=squashfs` + `CopyFiles=` for slot A, an empty slot B, `Format=ext4` for the state,
+  the same sizes. Two things 252 cannot do here, so the row does them the nearest way: it
+  populates a vfat ESP only by mounting it (this kernel has no vfat), so the ESP is a
+  `mkfs.vfat` + `mcopy` image (of planet-image's ESP files) given as `CopyBlocks=`; and it runs
+  `mksquashfs` with its defaults, so its slot is **gzip**, not zstd:15 (no compression setting
+  before systemd 254; `Minimize=`, which would size the slot itself, came in 253). Its time
+  includes `tar -x` and the ESP image.
+- **tar2sqfs alone** is the squashfs-tools-ng step planet-image drives, run directly on the tar;
+  **planet-image's squashfs step** is the same step timed by planet-image's own log (the tar is
+  parsed, checked and re-streamed on the way).
+- **Floors**: `zstd -T0 -15` over the tar is the compression work any compressed output needs
+  at that level; the copy is `cp --sparse=always` of planet-image's raw output, the cost of just
+  writing the image's bytes.
+- **Size**: "allocated" is the blocks the sparse file really uses (`stat %b`); qcow2 files are
+  not sparse.
+- **Scaling**: the Planet-like tar with its `/usr` copied to `/usr.copy1`… (2× and 4× the tar).
+  squashfs deduplicates identical files, so the outputs barely grow while the input does: the
+  time shows how reading, hashing and streaming grow with the input.
+- **Boot**: `planet-image run IMAGE --snapshot` (QEMU, OVMF, 2 vCPUs, 1 GiB, TCG since there is
+  no usable KVM), timed from starting the command to the serial console line and to etcd's
+  `/health` answering through a host forward. The floor is an image built by planet-image
+  with `--planet-init` set to a static binary that prints a line and powers off: the same
+  firmware, systemd-boot and kernel, no Planet userspace.
+- **AMI upload**: the same sparse raw image, a fresh moto each run. planet-image reads only the
+  file's data extents (SEEK_DATA), skips all-zero blocks, uploads 512 KiB blocks, waits for the
+  snapshot and registers the AMI (`publish aws` cannot stop after the snapshot, so its wall time
+  includes DescribeRegions/DescribeImages/DescribeSnapshots/RegisterImage; the **EBS upload span**,
+  from the StartSnapshot request to the CompleteSnapshot answer as the proxy saw them, is the
+  comparable snapshot-only part). coldsnap `upload` (without `--wait`) only makes the snapshot;
+  by default it uploads every block of the disk, zeros included; with `--omit-zero-blocks` it
+  still reads every byte but sends only non-zero blocks. moto 5.2.1 answers StartSnapshot with
+  `"BlockSize": 512` where EBS always says 524288; coldsnap cuts the file by that field (planet-image
+  uses the documented 512 KiB), so the proxy corrects that one field in moto's answer — without
+  it coldsnap sends 8 million 512-byte requests for 4 GiB (it had not finished after 10 minutes).
+
+## Peers that could not run as asked, and why
+
+- **systemd-repart 252** cannot populate a vfat ESP without mounting it (no vfat in this kernel:
+  "Failed to mount … (type vfat): No such device"), has no `Minimize=` (253) and no way to choose
+  the squashfs compressor (254); its row uses `CopyBlocks=` for the ESP, fixed slot sizes, and
+  gzip, as described above.
+- **KVM**: `/dev/kvm` exists but cannot run a guest here, so every boot is QEMU TCG (software
+  emulation); boot times are much longer than on hardware with KVM, for the floor as well.
+- **The raw mmdebstrap tree**: systemd puts POSIX ACLs on `/var/log/journal`; planet-image
+  (tar2sqfs) refuses the tar ("squashfs does not support xattr prefix of
+  system.posix_acl_default"), where mksquashfs drops them with a warning.
+  `scripts/make-planet-like-rootfs` removes the ACLs, so every tool gets the same tree.
+- The machine is shared (two other engineers compile and boot VMs on the same 2 cores while
+  the bench runs), so single numbers are noisy; the medians and the min/max of the boots show how much.
+"""
+
+if __name__ == "__main__":
+    main()
