@@ -31,17 +31,7 @@ fn keygen(name: &Path) -> serde_json::Value {
 }
 
 fn bundle(rootfs: &Path, key: &Path, out: &Path, release: &str, extra: &[&str]) -> serde_json::Value {
-    json(&ok(planet_image()
-        .arg("bundle")
-        .arg("--rootfs")
-        .arg(rootfs)
-        .arg("--key")
-        .arg(key)
-        .args(["--release-version", release])
-        .arg("-o")
-        .arg(out)
-        .args(extra)
-        .env("SOURCE_DATE_EPOCH", "1700000000")))
+    json(&make_bundle(rootfs, key, out, release, extra))
 }
 
 fn inspect(bundle: &Path, key: Option<&Path>) -> serde_json::Value {

@@ -145,19 +145,9 @@ fn keygen(s: &Scratch, name: &str) -> (PathBuf, PathBuf) {
     (base.with_extension("key"), base.with_extension("pub"))
 }
 
-fn bundle(s: &Scratch, rootfs: &Path, release: &str, key: &Path, extra: &[&str]) -> PathBuf {
+fn bundle(s: &Scratch, rootfs: &Path, release: &str, key: &Path) -> PathBuf {
     let out = s.path(&format!("update-{release}-{}.planet", key.file_stem().unwrap().to_string_lossy()));
-    ok(planet_image()
-        .arg("bundle")
-        .arg("--rootfs")
-        .arg(rootfs)
-        .arg("--key")
-        .arg(key)
-        .args(["--release-version", release])
-        .arg("-o")
-        .arg(&out)
-        .args(extra)
-        .env("SOURCE_DATE_EPOCH", "1700000000"));
+    make_bundle(rootfs, key, &out, release, &[]);
     out
 }
 
@@ -275,9 +265,9 @@ fn an_update_is_installed_blessed_and_a_failing_one_rolls_back() {
     let s = Scratch::new("update-flow");
     let (key, pubkey) = keygen(&s, "release");
     let image = release_1_image(&s, &pubkey, &[]);
-    let b2 = bundle(&s, &demo_release(&s, "2", PLAIN), "2", &key, &[]);
+    let b2 = bundle(&s, &demo_release(&s, "2", PLAIN), "2", &key);
     let failing = "replaced.add('sbin/init')\ndef extra(o):\n    add_file(o, 'sbin/init', b'#!/bin/sh\\necho release 3 init fails\\nexit 3\\n', 0o755)\n";
-    let b3 = bundle(&s, &demo_release(&s, "3", failing), "3", &key, &[]);
+    let b3 = bundle(&s, &demo_release(&s, "3", failing), "3", &key);
     let seed = seed(&s);
     let server = BundleServer::start();
     server.serve(Some(std::fs::read(&b2).unwrap()));
@@ -340,8 +330,8 @@ fn bad_bundles_are_refused_and_a_power_cut_keeps_the_previous_release() {
     let layout_arg = s.path("layout.toml").display().to_string();
     let image = release_1_image(&s, &pubkey, &["--layout", &layout_arg]);
     let big = "def extra(o):\n    add_file(o, 'var/blob', os.urandom(96 << 20))\n";
-    let b2 = std::fs::read(bundle(&s, &demo_release(&s, "2", big), "2", &key, &[])).unwrap();
-    let foreign = std::fs::read(bundle(&s, &demo_release(&s, "2", PLAIN), "2", &other_key, &[])).unwrap();
+    let b2 = std::fs::read(bundle(&s, &demo_release(&s, "2", big), "2", &key)).unwrap();
+    let foreign = std::fs::read(bundle(&s, &demo_release(&s, "2", PLAIN), "2", &other_key)).unwrap();
     let mut flipped = b2.clone();
     let at = flipped.len() - 3 * 4096;
     flipped[at] ^= 0x40;

@@ -90,6 +90,21 @@ pub fn build(target: &str, rootfs: &Path, out: &Path, extra: &[&str]) -> Output 
         .env("SOURCE_DATE_EPOCH", "1700000000"))
 }
 
+/// Makes an update bundle of release `release` from `rootfs`, signed with `key`.
+pub fn make_bundle(rootfs: &Path, key: &Path, out: &Path, release: &str, extra: &[&str]) -> Output {
+    ok(planet_image()
+        .arg("bundle")
+        .arg("--rootfs")
+        .arg(rootfs)
+        .arg("--key")
+        .arg(key)
+        .args(["--release-version", release])
+        .arg("-o")
+        .arg(out)
+        .args(extra)
+        .env("SOURCE_DATE_EPOCH", "1700000000"))
+}
+
 /// One partition from `sfdisk --json`.
 #[derive(Debug, Clone)]
 pub struct SfPart {

@@ -27,6 +27,30 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))
 }
 
+/// Writes `name` in `dir` from `fill` through a temporary file (`NAME.tmp`, which systemd-boot
+/// ignores), fsynced, then renamed and the directory fsynced; on failure nothing is left.
+pub fn write_durably(dir: &Path, name: &str, fill: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let dest = dir.join(name);
+    let r = (|| -> Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        fill(&mut f)?;
+        f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &dest).with_context(|| format!("renaming {} to {name}", tmp.display()))?;
+        sync_dir(dir)
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
 impl Esp {
     pub fn new(root: impl Into<PathBuf>) -> Esp {
         Esp { root: root.into() }
@@ -71,32 +95,9 @@ impl Esp {
         Ok(removed)
     }
 
-    /// Writes `name` in `dir` from `fill` through a temporary file, fsynced, then renamed.
-    pub fn write_durably(dir: &Path, name: &str, fill: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let tmp = dir.join(format!("{name}.tmp"));
-        let dest = dir.join(name);
-        let r = (|| -> Result<()> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .with_context(|| format!("creating {}", tmp.display()))?;
-            fill(&mut f)?;
-            f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
-            std::fs::rename(&tmp, &dest).with_context(|| format!("renaming {} to {name}", tmp.display()))?;
-            sync_dir(dir)
-        })();
-        if r.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        r
-    }
-
     /// Adds an entry file (a `.tmp` name is ignored by systemd-boot until the rename).
     pub fn add_entry(&self, name: &EntryName, text: &str) -> Result<()> {
-        Self::write_durably(&self.entries_dir(), &name.file_name(), |f| {
+        write_durably(&self.entries_dir(), &name.file_name(), |f| {
             f.write_all(text.as_bytes()).context("writing the entry")
         })
     }
@@ -192,7 +193,7 @@ mod tests {
     fn a_failed_write_leaves_no_temporary_file() {
         let (_t, esp) = esp_with(&[]);
         let dir = esp.slot_dir('b');
-        let r = Esp::write_durably(&dir, "vmlinuz", |_| anyhow::bail!("boom"));
+        let r = write_durably(&dir, "vmlinuz", |_| anyhow::bail!("boom"));
         assert!(r.is_err());
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
     }

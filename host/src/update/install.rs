@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use planet_bundle::{Header, Prelude, PublicKey, PRELUDE_LEN};
 use planet_config::bootentry::{self, EntryName};
 
-use super::esp::{sync_dir, Esp};
+use super::esp::{sync_dir, write_durably, Esp};
 use crate::datasource::http;
 use crate::event;
 
@@ -44,7 +44,7 @@ pub fn check_wanted(candidate: &str, running: &str, allow_downgrade: bool, faile
     Ok(())
 }
 
-/// Reads a bundle from `src` into `dest` (through `dest.part`, renamed when complete and
+/// Reads a bundle from `src` into `dest` (through `dest.tmp`, renamed when complete and
 /// synced). The prelude is checked first — right key, wanted release (`wanted`), size — so an
 /// unwanted or foreign bundle costs 4 KiB, not its whole size. Then the whole file is verified.
 pub fn receive(
@@ -72,17 +72,12 @@ pub fn receive(
             free_bytes >> 20
         );
     }
-    let part = dest.with_extension("part");
-    let r = (|| -> Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&part)
-            .with_context(|| format!("creating {}", part.display()))?;
+    let dir = dest.parent().context("the staging path has no directory")?;
+    let name = dest.file_name().context("the staging path has no file name")?.to_string_lossy();
+    write_durably(dir, &name, |f| {
         f.write_all(&first)?;
         let rest = prelude.total_bytes - first.len() as u64;
-        let copied = std::io::copy(&mut src.take(rest), &mut f).context("receiving the bundle")?;
+        let copied = std::io::copy(&mut src.take(rest), f).context("receiving the bundle")?;
         if copied != rest {
             bail!(
                 "truncated: the bundle ended after {} bytes, the signature says {}",
@@ -90,14 +85,8 @@ pub fn receive(
                 prelude.total_bytes
             );
         }
-        f.sync_all()?;
-        std::fs::rename(&part, dest)?;
         Ok(())
-    })();
-    if let Err(e) = r {
-        let _ = std::fs::remove_file(&part);
-        return Err(e);
-    }
+    })?;
     event!("update verifying", release = prelude.release, bytes = prelude.total_bytes);
     match planet_bundle::verify_file(dest, key) {
         Ok(v) => Ok(v),
@@ -266,10 +255,8 @@ pub fn install(p: &InstallPlan<'_>) -> Result<EntryName> {
     // 3. Kernel and initramfs, each through a temporary name.
     let dir = p.esp.slot_dir(slot);
     for (section, name) in [(vmlinuz, "vmlinuz"), (initramfs, "initramfs.img")] {
-        Esp::write_durably(&dir, name, |f| {
-            copy_section(&mut src, section.offset, section.size, &section.sha256, f, |_| {})
-        })
-        .with_context(|| format!("writing {name} of slot {slot} on the ESP"))?;
+        write_durably(&dir, name, |f| copy_section(&mut src, section.offset, section.size, &section.sha256, f, |_| {}))
+            .with_context(|| format!("writing {name} of slot {slot} on the ESP"))?;
     }
     sync_dir(&p.esp.root)?;
 
@@ -382,7 +369,7 @@ mod tests {
         let staged = t.path().join("incoming.planet");
         let try_bytes = |bytes: &[u8], k: &PublicKey| {
             let r = receive(&mut &bytes[..], None, &staged, k, u64::MAX / 2, |_| Ok(()));
-            assert!(!staged.exists() && !staged.with_extension("part").exists());
+            assert!(!staged.exists() && !t.path().join("incoming.planet.tmp").exists());
             format!("{:#}", r.unwrap_err())
         };
         let mut flipped = good.clone();
