@@ -10,11 +10,20 @@ const BLOCK: usize = 512;
 
 pub struct TarWriter<W: Write> {
     out: W,
+    /// Entries whose POSIX ACLs were left out (squashfs cannot store them).
+    pub acls_dropped: u64,
+}
+
+/// xattrs squashfs has no place for: POSIX ACLs (systemd sets them on /var/log/journal).
+/// mksquashfs drops them with a warning; tar2sqfs refuses the whole image. We drop them and
+/// say so once.
+fn storable_in_squashfs(name: &str) -> bool {
+    !name.starts_with("system.posix_acl_")
 }
 
 impl<W: Write> TarWriter<W> {
     pub fn new(out: W) -> Self {
-        TarWriter { out }
+        TarWriter { out, acls_dropped: 0 }
     }
 
     /// Writes one entry; for regular files exactly `size` bytes are copied from `data`.
@@ -46,8 +55,23 @@ impl<W: Write> TarWriter<W> {
                 pax.push((field.into(), value.to_string().into_bytes()));
             }
         }
+        let mut dropped = false;
         for (k, v) in &e.xattrs {
-            pax.push((format!("SCHILY.xattr.{k}"), v.clone()));
+            if storable_in_squashfs(k) {
+                pax.push((format!("SCHILY.xattr.{k}"), v.clone()));
+            } else {
+                dropped = true;
+            }
+        }
+        if dropped {
+            if self.acls_dropped == 0 {
+                eprintln!(
+                    "planet-image: note: POSIX ACLs cannot be stored in squashfs and are left out \
+                     (as mksquashfs does), first on /{}",
+                    e.path
+                );
+            }
+            self.acls_dropped += 1;
         }
         if !pax.is_empty() {
             let body = pax_body(&pax);
@@ -176,7 +200,10 @@ mod tests {
             uid: 0,
             gid: 0,
             mtime: 1_700_000_000,
-            xattrs: vec![("user.test".into(), b"v\x00bin".to_vec())],
+            xattrs: vec![
+                ("system.posix_acl_default".into(), b"\x02\x00\x00\x00".to_vec()),
+                ("user.test".into(), b"v\x00bin".to_vec()),
+            ],
         };
         w.write_entry(&file, &mut &b"hello"[..]).unwrap();
         let dev = Entry {
@@ -189,6 +216,7 @@ mod tests {
             xattrs: vec![],
         };
         w.write_entry(&dev, &mut std::io::empty()).unwrap();
+        assert_eq!(w.acls_dropped, 1);
         let bytes = w.finish().unwrap();
         let mut ar = tar::Archive::new(&bytes[..]);
         let mut entries = ar.entries().unwrap();
@@ -198,6 +226,7 @@ mod tests {
         let ext: Vec<_> =
             first.pax_extensions().unwrap().unwrap().map(|e| e.unwrap().key().unwrap().to_string()).collect();
         assert!(ext.contains(&"SCHILY.xattr.user.test".to_string()));
+        assert!(!ext.iter().any(|k| k.contains("posix_acl")), "{ext:?}");
         let mut s = String::new();
         first.read_to_string(&mut s).unwrap();
         assert_eq!(s, "hello");
