@@ -70,6 +70,37 @@ pub struct CacheArgs {
     pub cache_dir: Option<PathBuf>,
 }
 
+/// The inputs `build` and `bundle` share: what makes the slot and the host (kernel,
+/// initramfs) of a release, so the same values give the same files from either command.
+#[derive(Debug, Args)]
+pub struct HostInputArgs {
+    /// Kernel package (.deb of linux-image-<version>-…) instead of the cached one.
+    #[arg(long, value_name = "FILE.deb")]
+    pub kernel_package: Option<PathBuf>,
+    /// The static planet-init binary [default: $PLANET_INIT, or next to planet-image].
+    #[arg(long, value_name = "FILE")]
+    pub planet_init: Option<PathBuf>,
+    /// Squashfs block compression: zstd, zstd:LEVEL (1-22) or none.
+    #[arg(long, default_value_t = Compression::default())]
+    pub compression: Compression,
+    /// Timestamp for everything the builder makes up (FAT, ext4, squashfs, a bundle's `created`);
+    /// same inputs and same value give byte-identical output [default: now].
+    #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
+    pub source_date_epoch: Option<u64>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+impl HostInputArgs {
+    /// --source-date-epoch (or SOURCE_DATE_EPOCH), else now.
+    pub fn epoch(&self) -> anyhow::Result<u64> {
+        match self.source_date_epoch {
+            Some(e) => Ok(e),
+            None => Ok(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs()),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct FetchArgs {
     #[command(flatten)]
@@ -113,22 +144,9 @@ pub struct BuildArgs {
     /// and 512-byte sectors.
     #[arg(long)]
     pub bios: bool,
-    /// Kernel package (.deb of linux-image-<version>-…) instead of the cached one.
-    #[arg(long, value_name = "FILE.deb")]
-    pub kernel_package: Option<PathBuf>,
     /// systemd-boot-efi package (.deb) instead of the cached one.
     #[arg(long, value_name = "FILE.deb")]
     pub bootloader_package: Option<PathBuf>,
-    /// The static planet-init binary [default: $PLANET_INIT, or next to planet-image].
-    #[arg(long, value_name = "FILE")]
-    pub planet_init: Option<PathBuf>,
-    /// Squashfs block compression: zstd, zstd:LEVEL (1-22) or none.
-    #[arg(long, default_value_t = Compression::default())]
-    pub compression: Compression,
-    /// Timestamp for everything the builder makes up (FAT, ext4, squashfs); same inputs and
-    /// same value give a byte-identical image [default: now].
-    #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
-    pub source_date_epoch: Option<u64>,
     /// The image's release version, in its boot entry (`version`) and manifest; machines install
     /// only update bundles of a newer release [default: the first 12 hex digits of the rootfs digest].
     #[arg(long, value_name = "VERSION")]
@@ -139,7 +157,7 @@ pub struct BuildArgs {
     #[arg(long, value_name = "NAME.pub")]
     pub update_key: Option<PathBuf>,
     #[command(flatten)]
-    pub cache: CacheArgs,
+    pub host: HostInputArgs,
     #[command(flatten)]
     pub aws: AwsArgs,
 }
@@ -178,20 +196,8 @@ pub struct BundleArgs {
     /// were built with.
     #[arg(long, default_value = "default", value_parser = ["default", "metal"])]
     pub profile: String,
-    /// Kernel package (.deb of linux-image-<version>-…) instead of the cached one.
-    #[arg(long, value_name = "FILE.deb")]
-    pub kernel_package: Option<PathBuf>,
-    /// The static planet-init binary [default: $PLANET_INIT, or next to planet-image].
-    #[arg(long, value_name = "FILE")]
-    pub planet_init: Option<PathBuf>,
-    /// Squashfs block compression: zstd, zstd:LEVEL (1-22) or none.
-    #[arg(long, default_value_t = Compression::default())]
-    pub compression: Compression,
-    /// Timestamp for everything the builder makes up, and the bundle's `created` [default: now].
-    #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
-    pub source_date_epoch: Option<u64>,
     #[command(flatten)]
-    pub cache: CacheArgs,
+    pub host: HostInputArgs,
 }
 
 #[derive(Debug, Args)]

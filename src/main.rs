@@ -28,10 +28,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Build(a) => {
-            let epoch = match a.source_date_epoch {
-                Some(e) => e,
-                None => source_date_epoch()?,
-            };
+            let epoch = a.host.epoch()?;
             let ami = match a.target {
                 Target::Ami => Some(a.aws.options()?),
                 _ if a.aws.name.is_some() => anyhow::bail!("--name and the other AMI options need --target ami"),
@@ -51,11 +48,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 sector_size: a.sector_size,
                 cmdline: a.cmdline,
                 bios: a.bios,
-                kernel_package: a.kernel_package,
+                kernel_package: a.host.kernel_package,
                 bootloader_package: a.bootloader_package,
-                planet_init: a.planet_init,
-                cache_dir: a.cache.cache_dir,
-                compression: a.compression,
+                planet_init: a.host.planet_init,
+                cache_dir: a.host.cache.cache_dir,
+                compression: a.host.compression,
                 epoch,
                 release: a.release_version,
                 update_key: a.update_key,
@@ -87,10 +84,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Bundle(a) => {
-            let epoch = match a.source_date_epoch {
-                Some(e) => e,
-                None => source_date_epoch()?,
-            };
+            let epoch = a.host.epoch()?;
             let result = bundle::run(&bundle::BundleRequest {
                 rootfs: a.rootfs,
                 key: a.key,
@@ -99,10 +93,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 output: a.output,
                 layout: a.layout,
                 profile: a.profile,
-                kernel_package: a.kernel_package,
-                planet_init: a.planet_init,
-                cache_dir: a.cache.cache_dir,
-                compression: a.compression,
+                kernel_package: a.host.kernel_package,
+                planet_init: a.host.planet_init,
+                cache_dir: a.host.cache.cache_dir,
+                compression: a.host.compression,
                 epoch,
             })?;
             println!("{}", serde_json::to_string_pretty(&result)?);
