@@ -877,7 +877,8 @@ fn sha256_file(path: &Path) -> Result<(u64, String)> {
     Ok((n, hex(&digest.finalize())))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex, as digests appear in bundle headers.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

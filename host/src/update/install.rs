@@ -173,15 +173,11 @@ fn copy_section(
         done += want as u64;
         progress(done);
     }
-    let got = hex(&hasher.finalize());
+    let got = planet_bundle::hex(&hasher.finalize());
     if got != sha256 {
         bail!("the staged bundle changed after it was verified (sha256 {got}, expected {sha256})");
     }
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What an install needs to know about the running system.
