@@ -63,30 +63,29 @@ def read_exact(sock, buf, n):
     return b"".join(parts), rest
 
 
+def read_line(sock, buf, inside):
+    """One CRLF-terminated line: returns (line without CRLF, leftover)."""
+    while b"\r\n" not in buf:
+        data = sock.recv(1 << 16)
+        if not data:
+            raise ConnectionError("peer closed inside " + inside)
+        buf += data
+    i = buf.index(b"\r\n")
+    return buf[:i], buf[i + 2 :]
+
+
 def read_chunked(sock, buf):
     """A chunked body including its framing (it is forwarded as is); returns (body, leftover)."""
     out = []
     while True:
-        while b"\r\n" not in buf:
-            data = sock.recv(1 << 16)
-            if not data:
-                raise ConnectionError("peer closed inside a chunked body")
-            buf += data
-        i = buf.index(b"\r\n")
-        size = int(buf[:i].split(b";")[0], 16)
-        out.append(buf[: i + 2])
-        buf = buf[i + 2 :]
+        line, buf = read_line(sock, buf, "a chunked body")
+        size = int(line.split(b";")[0], 16)
+        out.append(line + b"\r\n")
         if size == 0:
             # Trailers, up to an empty line.
             while True:
-                while b"\r\n" not in buf:
-                    data = sock.recv(1 << 16)
-                    if not data:
-                        raise ConnectionError("peer closed inside trailers")
-                    buf += data
-                i = buf.index(b"\r\n")
-                out.append(buf[: i + 2])
-                line, buf = buf[:i], buf[i + 2 :]
+                line, buf = read_line(sock, buf, "trailers")
+                out.append(line + b"\r\n")
                 if not line:
                     return b"".join(out), buf
         chunk, buf = read_exact(sock, buf, size + 2)
