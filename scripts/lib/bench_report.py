@@ -386,12 +386,13 @@ NOTES = """## What each row is
   gzip, as described above.
 - **KVM**: `/dev/kvm` exists but cannot run a guest here, so every boot is QEMU TCG (software
   emulation); boot times are much longer than on hardware with KVM, for the floor as well.
-- **The raw mmdebstrap tree**: systemd puts POSIX ACLs on `/var/log/journal`; planet-image
-  (tar2sqfs) refuses the tar ("squashfs does not support xattr prefix of
-  system.posix_acl_default"), where mksquashfs drops them with a warning.
-  `scripts/make-planet-like-rootfs` removes the ACLs, so every tool gets the same tree.
-- The machine is shared (two other engineers compile and boot VMs on the same 2 cores while
-  the bench runs), so single numbers are noisy; the medians and the min/max of the boots show how much.
+- **The raw mmdebstrap tree**: systemd puts POSIX ACLs on `/var/log/journal`, which squashfs
+  cannot store. mksquashfs drops them with a warning and planet-image leaves them out with one
+  note, but tar2sqfs alone refuses the tar ("squashfs does not support xattr prefix of
+  system.posix_acl_default"). `scripts/make-planet-like-rootfs` removes the ACLs, so every tool
+  gets the same tree.
+- The machine is a shared VM, so single numbers are noisy; the medians and the min/max of the
+  boots show how much.
 """
 
 if __name__ == "__main__":
