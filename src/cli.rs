@@ -91,16 +91,6 @@ pub struct HostInputArgs {
     pub cache: CacheArgs,
 }
 
-impl HostInputArgs {
-    /// --source-date-epoch (or SOURCE_DATE_EPOCH), else now.
-    pub fn epoch(&self) -> anyhow::Result<u64> {
-        match self.source_date_epoch {
-            Some(e) => Ok(e),
-            None => Ok(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs()),
-        }
-    }
-}
-
 #[derive(Debug, Args)]
 pub struct FetchArgs {
     #[command(flatten)]

@@ -28,7 +28,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Build(a) => {
-            let epoch = a.host.epoch()?;
+            let epoch = a.host.source_date_epoch.map_or_else(source_date_epoch, Ok)?;
             let ami = match a.target {
                 Target::Ami => Some(a.aws.options()?),
                 _ if a.aws.name.is_some() => anyhow::bail!("--name and the other AMI options need --target ami"),
@@ -84,7 +84,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Bundle(a) => {
-            let epoch = a.host.epoch()?;
+            let epoch = a.host.source_date_epoch.map_or_else(source_date_epoch, Ok)?;
             let result = bundle::run(&bundle::BundleRequest {
                 rootfs: a.rootfs,
                 key: a.key,
