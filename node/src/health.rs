@@ -1,0 +1,152 @@
+//! `planet-node health`: whether this machine's part of the cluster works — for a master the
+//! API server's `/readyz` (through the admin credentials: anonymous requests are refused), for
+//! a node the kubelet's `/healthz` and its Node object `Ready`. planet-init runs it in the
+//! container to decide whether a new release is healthy; operators run it to see why not.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::cluster::{self, kubeconfig};
+use crate::env::NodeEnv;
+
+/// One check's outcome: its name and `Ok(detail)` or `Err(why)`.
+pub type Check = (&'static str, std::result::Result<String, String>);
+
+/// Runs kubectl with a bounded request time and returns its trimmed stdout.
+fn kubectl(kubeconfig: &str, args: &[&str]) -> std::result::Result<String, String> {
+    let out = Command::new("kubectl")
+        .arg(format!("--kubeconfig={kubeconfig}"))
+        .arg("--request-timeout=5s")
+        .args(args)
+        .output()
+        .map_err(|e| format!("running kubectl: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(err.lines().last().unwrap_or("kubectl failed").trim().to_string());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// A plain HTTP GET on a loopback port (the kubelet's healthz), bounded in time and size.
+pub fn http_get(addr: &str, path: &str) -> std::result::Result<String, String> {
+    let sa = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(3)).map_err(|e| format!("{addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    s.write_all(request.as_bytes()).map_err(|e| format!("{addr}: {e}"))?;
+    let mut buf = Vec::new();
+    s.take(64 * 1024).read_to_end(&mut buf).map_err(|e| format!("{addr}: {e}"))?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).unwrap_or("?");
+    if status != "200" {
+        return Err(format!("{addr}{path} answered {status}: {}", body.trim()));
+    }
+    Ok(body.trim().to_string())
+}
+
+pub fn checks(env: &NodeEnv) -> Vec<Check> {
+    let mut c = Vec::new();
+    if env.role.is_master() {
+        let r = kubectl(&kubeconfig("admin"), &["get", "--raw=/readyz"]);
+        c.push(("apiserver-readyz", r.and_then(|b| if b == "ok" { Ok(b) } else { Err(b) })));
+    }
+    if env.role.is_node() {
+        let r = http_get(cluster::KUBELET_HEALTHZ, "/healthz");
+        c.push(("kubelet-healthz", r));
+        let jsonpath = r#"-o=jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
+        let r = kubectl(&kubeconfig("kubelet"), &["get", "node", &env.node_name, jsonpath]);
+        c.push(("node-ready", r.and_then(|s| if s == "True" { Ok(s) } else { Err(format!("Ready={s}")) })));
+    }
+    c
+}
+
+pub fn run() -> Result<()> {
+    let env = crate::env::load()?;
+    let results = checks(&env);
+    let mut bad = Vec::new();
+    for (name, r) in &results {
+        match r {
+            Ok(d) => println!("{name}: ok ({d})"),
+            Err(e) => {
+                println!("{name}: FAIL ({e})");
+                bad.push(*name);
+            }
+        }
+    }
+    if !bad.is_empty() {
+        bail!("not healthy: {}", bad.join(", "));
+    }
+    Ok(())
+}
+
+/// Waits until [`checks`] all pass, up to `limit`; prints progress every change.
+pub fn wait(limit: Duration) -> Result<()> {
+    let env = crate::env::load()?;
+    let start = std::time::Instant::now();
+    let mut last = String::new();
+    loop {
+        let results = checks(&env);
+        let summary: Vec<String> =
+            results.iter().map(|(n, r)| format!("{n}={}", if r.is_ok() { "ok" } else { "waiting" })).collect();
+        let summary = summary.join(" ");
+        if summary != last {
+            println!("planet-node: health {summary} after={}s", start.elapsed().as_secs());
+            last = summary;
+        }
+        if results.iter().all(|(_, r)| r.is_ok()) {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            let why: Vec<String> =
+                results.iter().filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}"))).collect();
+            bail!("not healthy after {}s: {}", limit.as_secs(), why.join("; "));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// Parses `--timeout SECONDS`.
+pub fn parse_timeout(args: &[String]) -> Result<Duration> {
+    match args {
+        [] => Ok(Duration::from_secs(600)),
+        [flag, v] if flag == "--timeout" => {
+            Ok(Duration::from_secs(v.parse().with_context(|| format!("--timeout {v:?}: expected seconds"))?))
+        }
+        _ => bail!("usage: planet-node wait [--timeout SECONDS]"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_get_reads_status_and_body() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let t = std::thread::spawn(move || {
+            for reply in ["HTTP/1.1 200 OK\r\n\r\nok", "HTTP/1.1 500 Internal\r\n\r\n[-]ping failed"] {
+                let (mut s, _) = l.accept().unwrap();
+                let mut got = Vec::new();
+                let mut b = [0u8; 256];
+                while !got.ends_with(b"\r\n\r\n") {
+                    match s.read(&mut b) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&b[..n]),
+                    }
+                }
+                assert!(got.starts_with(b"GET /healthz HTTP/1.0\r\n"));
+                s.write_all(reply.as_bytes()).unwrap();
+            }
+        });
+        assert_eq!(http_get(&addr, "/healthz").unwrap(), "ok");
+        let e = http_get(&addr, "/healthz").unwrap_err();
+        assert!(e.contains("answered 500") && e.contains("ping failed"), "{e}");
+        t.join().unwrap();
+    }
+}

@@ -1,0 +1,44 @@
+//! planet-node: see the library's documentation. Subcommands are run by the release's systemd
+//! units (`setup`, `load-images`), by planet-init (`health`) and by people (`health`, `wait`).
+
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: planet-node COMMAND
+
+Runs inside the Planet container of a Kubernetes release.
+
+commands:
+  setup          make or renew the cluster PKI and kubeconfigs, write this machine's
+                 configuration for its role (from /etc/container-environment), start the
+                 role's targets (planet-setup.service runs it at every boot)
+  load-images    load the docker archives under /usr/share/planet/images into docker
+  health         check the role's components (API server /readyz; kubelet /healthz and the
+                 Node Ready); exit 0 when healthy, 1 otherwise
+  wait [--timeout SECONDS]
+                 wait until health passes (default 600 s), printing progress
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = match args.first().map(String::as_str) {
+        Some("setup") => planet_node::setup::run(),
+        Some("load-images") => planet_node::images::run(),
+        Some("health") => planet_node::health::run(),
+        Some("wait") => planet_node::health::parse_timeout(&args[1..]).and_then(planet_node::health::wait),
+        Some("-h" | "--help" | "help") => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprint!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("planet-node: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

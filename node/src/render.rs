@@ -1,0 +1,161 @@
+//! The text of the files the components read: kubeconfigs, the environment file the units
+//! expand in their command lines, etcd's defaults, and the kubelet's and kube-proxy's
+//! configuration. Pure functions of the machine's [`NodeEnv`] and the PKI, so they are tested
+//! byte for byte.
+
+use base64::Engine;
+
+use crate::cluster::{self, kubeconfig, pki};
+use crate::env::NodeEnv;
+
+/// A kubeconfig with the client certificate and key embedded, so the file alone is the
+/// credential (mode 0600).
+pub fn kubeconfig_text(server: &str, user: &str, ca_pem: &str, cert_pem: &str, key_pem: &str) -> String {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: planet\n  cluster:\n    server: {server}\n    \
+         certificate-authority-data: {}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {}\n    \
+         client-key-data: {}\ncontexts:\n- name: {user}@planet\n  context:\n    cluster: planet\n    user: {user}\n\
+         current-context: {user}@planet\n",
+        b64(ca_pem),
+        b64(cert_pem),
+        b64(key_pem)
+    )
+}
+
+/// The API server URL this machine's components use: a master talks to itself over loopback,
+/// a node to its master.
+pub fn api_server_url(env: &NodeEnv) -> String {
+    if env.role.is_master() {
+        format!("https://127.0.0.1:{}", cluster::API_PORT)
+    } else {
+        format!("https://{}:{}", env.master_ip, cluster::API_PORT)
+    }
+}
+
+/// `/etc/planet/kube.env`: the values the units put on their command lines.
+pub fn unit_env(env: &NodeEnv) -> String {
+    format!(
+        "# Written by planet-node setup at every boot from /etc/container-environment.\n\
+         PLANET_ROLE={}\nPLANET_NODE_NAME={}\nPLANET_ADVERTISE_IP={}\nPLANET_MASTER_IP={}\n\
+         PLANET_API_SERVER={}\nPLANET_SERVICE_CIDR={}\nPLANET_CLUSTER_CIDR={}\nPLANET_PAUSE_IMAGE={}\n",
+        env.role.as_str(),
+        env.node_name,
+        env.public_ip,
+        env.master_ip,
+        api_server_url(env),
+        cluster::SERVICE_CIDR,
+        cluster::CLUSTER_CIDR,
+        cluster::PAUSE_IMAGE,
+    )
+}
+
+/// `/etc/default/etcd` for Debian's own etcd.service: a single member, TLS for clients and
+/// peers, client certificates required, listening on loopback only.
+pub fn etcd_defaults(env: &NodeEnv) -> String {
+    let p = |n: &str| pki(&format!("etcd/{n}"));
+    format!(
+        "# Written by planet-node setup. Debian's etcd.service reads this file.\n\
+         ETCD_NAME={name}\nETCD_DATA_DIR=/var/lib/etcd/default\n\
+         ETCD_LISTEN_CLIENT_URLS=https://127.0.0.1:2379\nETCD_ADVERTISE_CLIENT_URLS=https://127.0.0.1:2379\n\
+         ETCD_LISTEN_PEER_URLS=https://127.0.0.1:2380\nETCD_INITIAL_ADVERTISE_PEER_URLS=https://127.0.0.1:2380\n\
+         ETCD_INITIAL_CLUSTER={name}=https://127.0.0.1:2380\nETCD_INITIAL_CLUSTER_STATE=new\n\
+         ETCD_CERT_FILE={server_crt}\nETCD_KEY_FILE={server_key}\nETCD_TRUSTED_CA_FILE={ca}\nETCD_CLIENT_CERT_AUTH=true\n\
+         ETCD_PEER_CERT_FILE={peer_crt}\nETCD_PEER_KEY_FILE={peer_key}\nETCD_PEER_TRUSTED_CA_FILE={ca}\n\
+         ETCD_PEER_CLIENT_CERT_AUTH=true\n",
+        name = env.node_name,
+        server_crt = p("server.crt"),
+        server_key = p("server.key"),
+        peer_crt = p("peer.crt"),
+        peer_key = p("peer.key"),
+        ca = p("ca.crt"),
+    )
+}
+
+/// The kubelet's configuration file: no anonymous requests, webhook authorization, its own
+/// serving certificate, the systemd cgroup driver (as docker uses on cgroup v2).
+pub fn kubelet_config(env: &NodeEnv) -> String {
+    format!(
+        "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+         address: {ip}\nport: 10250\nreadOnlyPort: 0\n\
+         healthzBindAddress: 127.0.0.1\nhealthzPort: 10248\n\
+         authentication:\n  anonymous:\n    enabled: false\n  webhook:\n    enabled: true\n  x509:\n    clientCAFile: {ca}\n\
+         authorization:\n  mode: Webhook\n\
+         tlsCertFile: {crt}\ntlsPrivateKeyFile: {key}\n\
+         cgroupDriver: systemd\nfailSwapOn: false\n\
+         clusterDomain: {domain}\nclusterDNS:\n- {dns}\nresolvConf: /etc/resolv.conf\n\
+         evictionHard:\n  memory.available: 64Mi\n  nodefs.available: 5%\n  imagefs.available: 5%\n\
+         imageGCHighThresholdPercent: 95\nimageGCLowThresholdPercent: 90\n\
+         serializeImagePulls: false\n",
+        ip = env.public_ip,
+        ca = pki("ca.crt"),
+        crt = pki("kubelet-server.crt"),
+        key = pki("kubelet-server.key"),
+        domain = cluster::CLUSTER_DOMAIN,
+        dns = cluster::DNS_SERVICE_IP,
+    )
+}
+
+/// kube-proxy in iptables mode. `maxPerCore: 0` leaves the conntrack table size alone: /sys is
+/// read-only in the container, and the host's default is what the kernel chose.
+pub fn kube_proxy_config(env: &NodeEnv) -> String {
+    format!(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
+         clientConnection:\n  kubeconfig: {kc}\n\
+         mode: iptables\nclusterCIDR: {cidr}\nhostnameOverride: {name}\nbindAddress: {ip}\n\
+         healthzBindAddress: 127.0.0.1:10256\nmetricsBindAddress: 127.0.0.1:10249\n\
+         conntrack:\n  maxPerCore: 0\n",
+        kc = kubeconfig("kube-proxy"),
+        cidr = cluster::CLUSTER_CIDR,
+        name = env.node_name,
+        ip = env.public_ip,
+    )
+}
+
+/// The environment `planet-image enter` sessions get: kubectl works at once.
+pub fn enter_env() -> String {
+    format!("KUBECONFIG={}\n", kubeconfig("admin"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::env::parse;
+
+    fn dev() -> NodeEnv {
+        parse("PLANET_ROLE=dev\nPLANET_PUBLIC_IP=10.0.2.15\nPLANET_HOSTNAME=demo-1\n").unwrap()
+    }
+
+    #[test]
+    fn masters_use_loopback_and_nodes_their_master() {
+        assert_eq!(api_server_url(&dev()), "https://127.0.0.1:6443");
+        let node = parse("PLANET_ROLE=node\nPLANET_PUBLIC_IP=10.0.0.3\nPLANET_MASTER_IP=10.0.0.2\n").unwrap();
+        assert_eq!(api_server_url(&node), "https://10.0.0.2:6443");
+        assert!(unit_env(&node).contains("PLANET_ADVERTISE_IP=10.0.0.3\n"));
+    }
+
+    #[test]
+    fn etcd_listens_on_loopback_with_client_certificates() {
+        let t = etcd_defaults(&dev());
+        assert!(t.contains("ETCD_LISTEN_CLIENT_URLS=https://127.0.0.1:2379\n"), "{t}");
+        assert!(t.contains("ETCD_CLIENT_CERT_AUTH=true\n"), "{t}");
+        assert!(t.contains("ETCD_INITIAL_CLUSTER=demo-1=https://127.0.0.1:2380\n"), "{t}");
+        assert!(!t.contains("http://"), "{t}");
+    }
+
+    #[test]
+    fn kubelet_refuses_anonymous_requests() {
+        let t = kubelet_config(&dev());
+        assert!(t.contains("anonymous:\n    enabled: false"), "{t}");
+        assert!(t.contains("readOnlyPort: 0\n"), "{t}");
+        assert!(t.contains("mode: Webhook\n"), "{t}");
+    }
+
+    #[test]
+    fn kubeconfig_embeds_base64() {
+        let t = kubeconfig_text("https://127.0.0.1:6443", "admin", "CA", "CRT", "KEY");
+        assert!(t.contains("certificate-authority-data: Q0E=\n"), "{t}");
+        assert!(t.contains("client-key-data: S0VZ\n"), "{t}");
+        assert!(t.contains("current-context: admin@planet\n"), "{t}");
+    }
+}

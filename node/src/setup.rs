@@ -1,0 +1,237 @@
+//! `planet-node setup`: runs once per boot, before any Kubernetes unit. Makes or renews the PKI,
+//! writes every component's configuration for this machine's role, then starts the role's
+//! systemd targets. Idempotent: a reboot keeps the CA, the keys and the cluster's data.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use time::OffsetDateTime;
+
+use crate::cluster::{self, kubeconfig, KUBE_DIR, PKI_DIR};
+use crate::env::NodeEnv;
+use crate::files;
+use crate::pki::{Issued, LeafSpec, Pki, Usage};
+use crate::render;
+
+/// The leaf certificates a master needs (besides the node's own).
+pub fn master_leaves(env: &NodeEnv, etcd_owner: Option<(u32, u32)>) -> Vec<LeafSpec> {
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let mut api = LeafSpec {
+        name: "apiserver".into(),
+        common_name: "kube-apiserver".into(),
+        organizations: vec![],
+        dns_names: vec![
+            "kubernetes".into(),
+            "kubernetes.default".into(),
+            "kubernetes.default.svc".into(),
+            format!("kubernetes.default.svc.{}", cluster::CLUSTER_DOMAIN),
+            "localhost".into(),
+            env.node_name.clone(),
+        ],
+        ips: vec![IpAddr::V4(cluster::API_SERVICE_IP), loopback, IpAddr::V4(env.public_ip)],
+        usage: Usage::Server,
+        owner: None,
+    };
+    api.ips.dedup();
+    let etcd = |name: &str, usage| LeafSpec {
+        name: format!("etcd/{name}"),
+        common_name: format!("{}-etcd-{name}", env.node_name),
+        organizations: vec![],
+        dns_names: vec!["localhost".into(), env.node_name.clone()],
+        ips: vec![loopback],
+        usage,
+        owner: etcd_owner,
+    };
+    vec![
+        api,
+        LeafSpec::client("apiserver-kubelet-client", "kube-apiserver-kubelet-client", &["system:masters"]),
+        LeafSpec::client("apiserver-etcd-client", "kube-apiserver-etcd-client", &[]),
+        etcd("server", Usage::Server),
+        etcd("peer", Usage::Both),
+        LeafSpec::client("admin", "kubernetes-admin", &["system:masters"]),
+        LeafSpec::client("controller-manager", "system:kube-controller-manager", &[]),
+        LeafSpec::client("scheduler", "system:kube-scheduler", &[]),
+    ]
+}
+
+/// The certificates of a machine that runs a kubelet.
+pub fn node_leaves(env: &NodeEnv) -> Vec<LeafSpec> {
+    vec![
+        LeafSpec::client("kubelet", &format!("system:node:{}", env.node_name), &["system:nodes"]),
+        LeafSpec {
+            name: "kubelet-server".into(),
+            common_name: format!("system:node:{}", env.node_name),
+            organizations: vec!["system:nodes".into()],
+            dns_names: vec![env.node_name.clone()],
+            ips: vec![IpAddr::V4(env.public_ip)],
+            usage: Usage::Server,
+            owner: None,
+        },
+        LeafSpec::client("kube-proxy", "system:kube-proxy", &[]),
+    ]
+}
+
+/// Writes `KUBE_DIR/NAME.kubeconfig` for the client certificate `cert` (mode 0600).
+fn write_kubeconfig(pki: &Pki, kube_dir: &Path, name: &str, cert: &str, server: &str) -> Result<()> {
+    let text = render::kubeconfig_text(
+        server,
+        name,
+        &pki.ca_pem(),
+        &pki.read(&format!("{cert}.crt"))?,
+        &pki.read(&format!("{cert}.key"))?,
+    );
+    files::write_if_changed(kube_dir.join(format!("{name}.kubeconfig")), text.as_bytes(), 0o600)?;
+    Ok(())
+}
+
+/// Everything but starting the targets, rooted at `root` (`/` in the container; a temporary
+/// directory in tests).
+pub fn prepare(env: &NodeEnv, root: &Path, now: OffsetDateTime) -> Result<Vec<String>> {
+    let at = |p: &str| root.join(p.trim_start_matches('/'));
+    let mut made = Vec::new();
+    if env.role == crate::env::Role::Node {
+        bail!(
+            "role node: this release cannot join a master yet (a node needs the cluster's join \
+             secret); run a dev machine, or a master"
+        );
+    }
+    let (pki, ca) = Pki::open_or_create(&at(PKI_DIR), now)?;
+    if ca == Issued::New {
+        made.push("ca".to_string());
+    }
+    let etcd_owner = files::user_ids(&at("/etc"), "etcd").ok();
+    let mut leaves = Vec::new();
+    if env.role.is_master() {
+        leaves.extend(master_leaves(env, etcd_owner));
+    }
+    if env.role.is_node() {
+        leaves.extend(node_leaves(env));
+    }
+    for leaf in &leaves {
+        if pki.ensure_leaf(leaf, now).with_context(|| format!("issuing {}", leaf.name))? == Issued::New {
+            made.push(leaf.name.clone());
+        }
+    }
+    let kube_dir = at(KUBE_DIR);
+    if env.role.is_master() {
+        if pki.ensure_service_account_key()? == Issued::New {
+            made.push("sa".into());
+        }
+        // etcd reads its own copy of the CA from its 0700 directory.
+        let etcd_dir = at(&cluster::pki("etcd"));
+        files::write(etcd_dir.join("ca.crt"), pki.ca_pem().as_bytes(), 0o644, etcd_owner)?;
+        std::fs::set_permissions(&etcd_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        if let Some((uid, gid)) = etcd_owner {
+            std::os::unix::fs::chown(&etcd_dir, Some(uid), Some(gid))
+                .with_context(|| format!("changing the owner of {}", etcd_dir.display()))?;
+        }
+        let local = render::api_server_url(env);
+        for (name, cert) in
+            [("admin", "admin"), ("controller-manager", "controller-manager"), ("scheduler", "scheduler")]
+        {
+            write_kubeconfig(&pki, &kube_dir, name, cert, &local)?;
+        }
+        files::write_if_changed(at(cluster::ETCD_DEFAULTS), render::etcd_defaults(env).as_bytes(), 0o644)?;
+        files::write_if_changed(at(cluster::ENTER_ENV), render::enter_env().as_bytes(), 0o644)?;
+        // kubectl with no flags, in any shell of the container, talks to this cluster as admin.
+        let kube = at("/root/.kube");
+        std::fs::create_dir_all(&kube).with_context(|| format!("creating {}", kube.display()))?;
+        let link = kube.join("config");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(kubeconfig("admin"), &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    if env.role.is_node() {
+        let server = render::api_server_url(env);
+        write_kubeconfig(&pki, &kube_dir, "kubelet", "kubelet", &server)?;
+        write_kubeconfig(&pki, &kube_dir, "kube-proxy", "kube-proxy", &server)?;
+        files::write_if_changed(kube_dir.join("kubelet.yaml"), render::kubelet_config(env).as_bytes(), 0o644)?;
+        files::write_if_changed(kube_dir.join("kube-proxy.yaml"), render::kube_proxy_config(env).as_bytes(), 0o644)?;
+    }
+    files::write_if_changed(at(cluster::UNIT_ENV), render::unit_env(env).as_bytes(), 0o644)?;
+    Ok(made)
+}
+
+/// The whole step, as the unit runs it.
+pub fn run() -> Result<()> {
+    let env = crate::env::load()?;
+    println!(
+        "planet-node: setup role={} node={} ip={} master={}",
+        env.role.as_str(),
+        env.node_name,
+        env.public_ip,
+        env.master_ip
+    );
+    let made = prepare(&env, Path::new("/"), OffsetDateTime::now_utc())?;
+    if made.is_empty() {
+        println!("planet-node: pki kept dir={PKI_DIR}");
+    } else {
+        println!("planet-node: pki issued dir={PKI_DIR} certificates={}", made.join(","));
+    }
+    let targets = env.role.targets();
+    let status = Command::new("systemctl")
+        .arg("start")
+        .arg("--no-block")
+        .args(&targets)
+        .status()
+        .context("running systemctl")?;
+    if !status.success() {
+        bail!("systemctl start {} failed ({status})", targets.join(" "));
+    }
+    println!("planet-node: starting {}", targets.join(" "));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn dev_setup_writes_everything_and_keeps_it_on_the_second_boot() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+        let env = crate::env::parse("PLANET_ROLE=dev\nPLANET_PUBLIC_IP=10.0.2.15\nPLANET_HOSTNAME=demo-1\n").unwrap();
+        let now = OffsetDateTime::now_utc();
+        let made = prepare(&env, root, now).unwrap();
+        for want in ["ca", "apiserver", "etcd/server", "admin", "kubelet", "kube-proxy", "sa"] {
+            assert!(made.iter().any(|m| m == want), "{want} not issued: {made:?}");
+        }
+        for f in [
+            "etc/kubernetes/admin.kubeconfig",
+            "etc/kubernetes/kubelet.kubeconfig",
+            "etc/kubernetes/kubelet.yaml",
+            "etc/kubernetes/pki/etcd/ca.crt",
+            "etc/default/etcd",
+            "etc/planet/kube.env",
+            "etc/planet/enter.env",
+        ] {
+            assert!(root.join(f).exists(), "{f} missing");
+        }
+        let mode = |p: &str| std::fs::metadata(root.join(p)).unwrap().mode() & 0o777;
+        assert_eq!(mode("etc/kubernetes/admin.kubeconfig"), 0o600);
+        assert_eq!(mode("etc/kubernetes/pki/ca.key"), 0o600);
+        assert_eq!(mode("etc/kubernetes/pki/etcd"), 0o700);
+        let admin = std::fs::read(root.join("etc/kubernetes/admin.kubeconfig")).unwrap();
+        assert!(prepare(&env, root, now).unwrap().is_empty(), "a second boot issues nothing");
+        assert_eq!(std::fs::read(root.join("etc/kubernetes/admin.kubeconfig")).unwrap(), admin);
+        assert_eq!(
+            std::fs::read_link(root.join("root/.kube/config")).unwrap(),
+            Path::new("/etc/kubernetes/admin.kubeconfig")
+        );
+    }
+
+    #[test]
+    fn a_node_without_the_cluster_secret_is_refused_clearly() {
+        let d = tempfile::tempdir().unwrap();
+        let env =
+            crate::env::parse("PLANET_ROLE=node\nPLANET_PUBLIC_IP=10.0.0.3\nPLANET_MASTER_IP=10.0.0.2\n").unwrap();
+        let e = prepare(&env, d.path(), OffsetDateTime::now_utc()).unwrap_err();
+        assert!(e.to_string().contains("cannot join a master yet"), "{e}");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0, "nothing half-made");
+    }
+}

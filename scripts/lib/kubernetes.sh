@@ -1,0 +1,104 @@
+# shellcheck shell=bash
+# Kubernetes from Debian's own source package, built with Debian's golang-go: sourced by
+# scripts/make-planet-release. Needs common.sh (log, die, ensure_apt) first.
+#
+# Nothing is downloaded but from the Debian mirror the machine's apt already uses: a private
+# apt configuration (its own lists, deb-src entries for the same mirror) fetches the source
+# package; apt checks it against the signed Sources index, dpkg-source against the .dsc.
+
+# The source package and the binaries a Planet release carries.
+K8S_SOURCE=kubernetes
+K8S_SOURCE_VERSION=1.20.5+really1.20.2-1.1+deb12u1
+K8S_VERSION=v1.20.2
+K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
+
+# k8s_apt_opts CACHE: the apt options of the private configuration under CACHE/apt.
+k8s_apt_opts() {
+    local a=$1/apt
+    printf '%s\n' -o "Dir::Etc::SourceList=$a/sources.sources" -o "Dir::Etc::SourceParts=$a/none" \
+        -o "Dir::State::Lists=$a/lists" -o "Dir::Cache=$a/cache" -o "APT::Sandbox::User=root"
+}
+
+# k8s_mirrors: the Debian mirror and security mirror the host's apt uses (deb822 or one-line).
+k8s_mirrors() {
+    {
+        grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' || true
+        grep -hs '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list | awk '{print $2}' || true
+    } | { grep -E '^https?://[^ ]*/debian(-security)?/?$' || true; } | sed 's,/$,,' | sort -u
+}
+
+# k8s_fetch_source CACHE: downloads (once) the source package into CACHE/src and prints the
+# path of its .dsc.
+k8s_fetch_source() {
+    local cache=$1 a=$1/apt dsc mirror suites opts
+    dsc="$cache/src/${K8S_SOURCE}_${K8S_SOURCE_VERSION}.dsc"
+    if [ -s "$dsc" ]; then
+        printf '%s\n' "$dsc"
+        return 0
+    fi
+    mkdir -p "$a/lists/partial" "$a/cache/archives/partial" "$a/none" "$cache/src"
+    : >"$a/sources.sources"
+    while IFS= read -r mirror; do
+        case $mirror in
+            *-security) suites="bookworm-security" ;;
+            *) suites="bookworm bookworm-updates" ;;
+        esac
+        printf 'Types: deb-src\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n' \
+            "$mirror" "$suites" >>"$a/sources.sources"
+    done < <(k8s_mirrors)
+    [ -s "$a/sources.sources" ] || printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+        >"$a/sources.sources"
+    mapfile -t opts < <(k8s_apt_opts "$cache")
+    log "fetching the source index (deb-src of $(k8s_mirrors | tr '\n' ' '))"
+    apt-get -q "${opts[@]}" update >&2 || die "apt-get update of the deb-src lists failed"
+    log "downloading the $K8S_SOURCE $K8S_SOURCE_VERSION source package"
+    (cd "$cache/src" && apt-get -q "${opts[@]}" source --download-only "$K8S_SOURCE=$K8S_SOURCE_VERSION" >&2) \
+        || die "apt-get source $K8S_SOURCE=$K8S_SOURCE_VERSION failed (is the deb-src index reachable?)"
+    [ -s "$dsc" ] || die "apt-get source did not produce $dsc"
+    printf '%s\n' "$dsc"
+}
+
+# k8s_build CACHE DSC: builds the commands (once per source digest and Go version) and prints
+# the directory holding them. The Go build cache is kept beside, so a rebuild takes seconds.
+k8s_build() {
+    local cache=$1 dsc=$2 key dir tree go_version sde start cmd stamp what=()
+    go_version=$(go version) || die "go is not installed"
+    # Keyed by the source package's digest (the .dsc lists the digests of the rest); the stamp
+    # records the Go version and commands, and a change of either rebuilds in place.
+    key=$(sha256sum "$dsc" | cut -c1-16)
+    dir="$cache/$key"
+    stamp=$(printf '%s\n' "$go_version" "${K8S_COMMANDS[@]}")
+    if [ -f "$dir/bin/.complete" ] && [ "$(cat "$dir/bin/.complete")" = "$stamp" ]; then
+        log "kubernetes $K8S_VERSION: cached build $dir/bin"
+        printf '%s\n' "$dir/bin"
+        return 0
+    fi
+    mkdir -p "$dir" "$cache/gocache"
+    tree="$dir/tree"
+    if [ ! -f "$tree/.planet-extracted" ]; then
+        rm -rf "$tree"
+        log "unpacking $(basename "$dsc") (dpkg-source checks it against the .dsc)"
+        dpkg-source -x "$dsc" "$tree" >&2 || die "dpkg-source -x $dsc failed"
+        touch "$tree/.planet-extracted"
+    fi
+    sde=$(cd "$tree" && dpkg-parsechangelog -STimestamp) || die "reading $tree/debian/changelog"
+    for cmd in "${K8S_COMMANDS[@]}"; do what+=("cmd/$cmd"); done
+    start=$(date +%s)
+    log "building kubernetes $K8S_VERSION (${K8S_COMMANDS[*]}) with $go_version; a cold build takes 15-30 minutes on 2 cores, log in $dir/build.log"
+    # GOPATH mode with the tree's own vendor/, as Debian's rules and upstream's hack/ scripts do.
+    (
+        cd "$tree" && env HOME="$dir/home" GOCACHE="$cache/gocache" GOFLAGS= GO111MODULE=off CGO_ENABLED=0 \
+            SOURCE_DATE_EPOCH="$sde" KUBE_GIT_VERSION="$K8S_VERSION" GOLDFLAGS="-s -w -buildid=" \
+            make WHAT="${what[*]}"
+    ) >"$dir/build.log" 2>&1 || { tail -n 30 "$dir/build.log" >&2; die "building kubernetes failed; see $dir/build.log"; }
+    rm -rf "$dir/bin.tmp"
+    mkdir -p "$dir/bin.tmp"
+    for cmd in "${K8S_COMMANDS[@]}"; do
+        cp "$tree/_output/bin/$cmd" "$dir/bin.tmp/$cmd" || die "the build did not produce $cmd"
+    done
+    printf '%s\n' "$stamp" >"$dir/bin.tmp/.complete"
+    rm -rf "$dir/bin"
+    mv "$dir/bin.tmp" "$dir/bin"
+    log "kubernetes built in $(($(date +%s) - start))s"
+    printf '%s\n' "$dir/bin"
+}
