@@ -55,6 +55,27 @@ pub enum Command {
     Bundle(BundleArgs),
     /// Boot an image in QEMU with UEFI firmware (or SeaBIOS: --firmware bios).
     Run(RunArgs),
+    /// A shell, or one command (`enter VM -- CMD ARGS…`), inside the Planet container of a VM
+    /// started by `planet-image run`; no network port is involved.
+    #[command(long_about = "A shell, or one command, inside the Planet container of a running VM.\n\n\
+        `planet-image enter VM` opens a login shell (/bin/bash -l, else /bin/sh -l) in the container \
+        planet-init runs — its mount, pid, uts, ipc and cgroup namespaces, its root, /root as the working \
+        directory, a clean environment (PATH, HOME=/root, TERM, container=planet, plus the KEY=VALUE lines \
+        of the container's /etc/planet/enter.env). `planet-image enter VM -- CMD ARGS…` runs one command \
+        and exits with its status (128+N when signal N killed it), for scripts and tests.\n\n\
+        A terminal is used when stdin and stdout are terminals (-t forces one, -T never): the local \
+        terminal goes into raw mode, window size changes follow. Without one, stdin, stdout and stderr \
+        are passed separately.\n\n\
+        VM is the name given to `run --name` (by default the image's file name without its extension; \
+        `run` prints it) or the path of the socket given to `run --enter-socket`.\n\n\
+        Transport: `run` gives every VM a virtio-serial port (org.planet-image.enter) backed by a Unix \
+        socket in a private directory, $XDG_RUNTIME_DIR/planet-image/vms/NAME/enter.sock or \
+        /tmp/planet-image-UID/vms/NAME/enter.sock. No network port is opened, on the host or in the \
+        guest, and it works without KVM and whatever the guest's networking does. The channel carries \
+        one session at a time: a second `enter` is refused while one runs.\n\n\
+        Exit status: the command's; 126 or 127 when it cannot be run or is not found; 255 when \
+        planet-image or the machine cannot run it (VM not running, channel busy, no container).")]
+    Enter(EnterArgs),
     /// Publish an image built before to a cloud: `publish aws FILE.raw --name NAME` registers an AMI,
     /// `publish gce FILE.tar.gz --bucket B --project P --name N` creates a GCE image.
     #[command(subcommand)]
@@ -204,6 +225,25 @@ pub struct InspectArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct EnterArgs {
+    /// The VM: its name (`run --name`; by default the image's file stem) or its enter socket's path.
+    #[arg(value_name = "VM")]
+    pub vm: String,
+    /// Use a terminal even when stdin or stdout is not one.
+    #[arg(short = 't', long, conflicts_with = "no_tty")]
+    pub tty: bool,
+    /// Never use a terminal: stdin, stdout and stderr are passed separately.
+    #[arg(short = 'T', long)]
+    pub no_tty: bool,
+    /// How long to wait for the machine to answer (it may still be booting).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub wait: u64,
+    /// The command and its arguments, after `--` [default: a login shell].
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+#[derive(Debug, Args)]
 pub struct RunArgs {
     /// A raw or qcow2 image.
     pub image: PathBuf,
@@ -247,6 +287,15 @@ pub struct RunArgs {
     /// Keep the image unchanged: the guest's writes go to a temporary overlay.
     #[arg(long)]
     pub snapshot: bool,
+    /// The VM's name for `planet-image enter NAME` [default: the image's file stem, with -2, -3…
+    /// when a VM of that name runs already].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Put the VM's enter socket here instead of the per-user directory
+    /// ($XDG_RUNTIME_DIR/planet-image/vms/NAME/enter.sock or /tmp/planet-image-UID/vms/…);
+    /// `planet-image enter PATH` uses it.
+    #[arg(long, value_name = "PATH")]
+    pub enter_socket: Option<PathBuf>,
     #[command(flatten)]
     pub net: crate::run_net::VmNetArgs,
     #[command(flatten)]

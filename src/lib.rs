@@ -12,6 +12,7 @@ pub mod cli;
 pub mod convert;
 pub mod deb;
 pub mod disk;
+pub mod enter;
 pub mod esp;
 pub mod fat32;
 pub mod fetch;

@@ -2,7 +2,7 @@ use anyhow::Result;
 use clap::Parser;
 use planet_image::build::pipeline::{self, BuildRequest, Target};
 use planet_image::cli::{Cli, Command, PublishCommand};
-use planet_image::{bundle, fetch, inspect, publish, run, seed};
+use planet_image::{bundle, enter, fetch, inspect, publish, run, seed};
 use std::time::Duration;
 
 fn main() {
@@ -10,12 +10,16 @@ fn main() {
     match dispatch(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("planet-image: error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
+            print_error(&e);
             std::process::exit(1);
         }
+    }
+}
+
+fn print_error(e: &anyhow::Error) {
+    eprintln!("planet-image: error: {e}");
+    for cause in e.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
     }
 }
 
@@ -148,6 +152,19 @@ fn dispatch(cli: Cli) -> Result<i32> {
             println!("{}", serde_json::to_string_pretty(&result)?);
             Ok(0)
         }
+        Command::Enter(a) => {
+            let req = enter::EnterRequest {
+                vm: a.vm,
+                command: a.command,
+                tty: (a.tty || a.no_tty).then_some(a.tty),
+                wait: Duration::from_secs(a.wait),
+            };
+            // The command's own statuses are passed through; 255 is ours, as with ssh.
+            Ok(enter::run(&req).unwrap_or_else(|e| {
+                print_error(&e);
+                255
+            }))
+        }
         Command::Run(a) => run::run(&run::RunRequest {
             image: a.image,
             seed: a.seed,
@@ -165,6 +182,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
             block_size: a.block_size,
             snapshot: a.snapshot,
             net: a.net,
+            name: a.name,
+            enter_socket: a.enter_socket,
         }),
     }
 }

@@ -1,12 +1,15 @@
 //! `planet-image run`: boots an image in QEMU with UEFI firmware (OVMF from the cache, with a
 //! private copy of its variable store) or QEMU's own SeaBIOS (`--firmware bios`), KVM when it
 //! really works and TCG otherwise, user networking restricted to the host forwards asked for,
-//! and the serial console on the terminal or in a log file.
+//! the serial console on the terminal or in a log file, and a virtio-serial port on a Unix
+//! socket for `planet-image enter` (see [`crate::enter`]: no network port for it).
 
+use crate::enter::Channel;
 use crate::fetch::Cache;
 use crate::image::DiskImage;
 use crate::util::command::require_tool;
 use anyhow::{bail, Context, Result};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,6 +36,10 @@ pub struct RunRequest {
     pub snapshot: bool,
     /// SMBIOS strings, guest-to-host forwards, links to other VMs.
     pub net: crate::run_net::VmNetArgs,
+    /// The VM's name for `planet-image enter` (default: the image's file stem).
+    pub name: Option<String>,
+    /// Where the enter socket goes instead of the per-user directory.
+    pub enter_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -158,6 +165,8 @@ pub fn run(req: &RunRequest) -> Result<i32> {
         bail!("OVMF firmware is not in the cache {}: run `planet-image fetch` first", cache.dir.display());
     }
     let image = DiskImage::open(&req.image)?;
+    // Held until QEMU is gone: names the VM and removes its socket afterwards.
+    let channel = Channel::prepare(req.name.as_deref(), req.enter_socket.as_deref(), &req.image)?;
     let scratch = tempdir("planet-image-run")?;
     let vars = scratch.join("OVMF_VARS.fd");
     if req.firmware == Firmware::Uefi {
@@ -228,7 +237,20 @@ pub fn run(req: &RunRequest) -> Result<i32> {
     if let Some(m) = &req.monitor {
         cmd.arg("-monitor").arg(format!("unix:{},server=on,wait=off", m.display()));
     }
-    eprintln!("planet-image: booting {} ({accel})", req.image.display());
+    // `planet-image enter`: a virtio-serial port on a private Unix socket, never a network port.
+    cmd.args(channel.qemu_args());
+    // SAFETY: umask is async-signal-safe; QEMU's sockets are then 0600.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0o077);
+            Ok(())
+        })
+    };
+    eprintln!(
+        "planet-image: booting {} ({accel}); `{}` opens a shell in it",
+        req.image.display(),
+        channel.enter_hint()
+    );
     forward_termination_signals();
     let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
     let started = Instant::now();

@@ -306,6 +306,7 @@ pub fn run(env: &BootEnv) -> Result<supervise::StopReason> {
     let spec =
         LaunchSpec { root: env.root_dir(), config: cfg, volumes, resolv_conf: network.resolv_conf(), hostname, cgroup };
     let policy = Policy { max_restarts: params.max_restarts, stop_timeout: params.stop_timeout };
+    crate::enter::start(&env.sysfs, &env.dev);
     let reason = supervise::supervise(|| launcher::launch(&spec), policy, &env.dev)?;
     event!("shutdown", reason = reason);
     Ok(reason)

@@ -7,6 +7,7 @@ pub mod boot;
 pub mod coldplug;
 pub mod datasource;
 pub mod disk;
+pub mod enter;
 pub mod launcher;
 pub mod mounts;
 pub mod net;

@@ -61,6 +61,13 @@ fn halt() -> ! {
 
 #[no_mangle]
 pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    // planet-init started by itself to run a command in the Planet container (`planet-image
+    // enter`, health checks; see enter::exec): not PID 1, no console events.
+    if std::env::args_os().nth(1).is_some_and(|a| a == planet_host::enter::HELPER_FLAG) {
+        use std::os::unix::ffi::OsStringExt;
+        let args: Vec<Vec<u8>> = std::env::args_os().map(|a| a.into_vec()).collect();
+        return planet_host::enter::helper_main(&args);
+    }
     ensure_console();
     event!("started", version = VERSION);
     if !sys::is_pid1() {

@@ -225,6 +225,7 @@ pub fn supervise(mut launch: impl FnMut() -> Result<Container>, policy: Policy, 
             state = match state {
                 State::Running { c, since } if c.pid == pid => {
                     crate::update::container_exited();
+                    crate::launcher::set_current(None);
                     crate::console::emit(
                         "container exited",
                         &[
@@ -259,6 +260,7 @@ pub fn supervise(mut launch: impl FnMut() -> Result<Container>, policy: Policy, 
                 }
                 State::Stopping { c, killed, .. } if c.pid == pid => {
                     crate::update::container_exited();
+                    crate::launcher::set_current(None);
                     crate::console::emit("container exited", &[("pid", pid.to_string()), (sk, sv.clone())]);
                     crate::event!("container stopped", pid = pid, how = if killed { "killed" } else { "clean" });
                     return Ok(reason.unwrap_or(StopReason::PowerButton));

@@ -81,5 +81,18 @@ pub fn launch(spec: &LaunchSpec) -> Result<Container> {
         Kind::Builtin => builtin::spawn(spec)?,
     };
     crate::event!("launcher started", kind = c.kind.as_str(), pid = c.pid, root = spec.root.display());
+    set_current(Some(c));
     Ok(c)
+}
+
+/// The container that runs now: set by [`launch`], cleared by the supervisor when it reaps
+/// it. `planet-image enter` and [`crate::enter::run_in_container`] run commands in it.
+static CURRENT: std::sync::Mutex<Option<Container>> = std::sync::Mutex::new(None);
+
+pub fn set_current(c: Option<Container>) {
+    *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = c;
+}
+
+pub fn current() -> Option<Container> {
+    *CURRENT.lock().unwrap_or_else(|e| e.into_inner())
 }
