@@ -252,9 +252,8 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Container> {
         bail!("the rootfs has no {} (set planet.init= to its init)", spec.config.init);
     }
     write_etc(spec)?;
-    for v in &spec.volumes {
-        std::fs::create_dir_all(&v.source).with_context(|| format!("creating {}", v.source.display()))?;
-    }
+    // Here, not in the child: the covered directories are read before anything is mounted.
+    super::prepare_volumes(&spec.root, &spec.volumes)?;
     let steps = plan(&spec.root, &spec.volumes, Path::new("/dev/console"));
     let csteps = steps.iter().map(compile).collect::<Result<Vec<_>>>()?;
     let root = cstr(&spec.root)?;

@@ -78,9 +78,9 @@ pub fn command_for(root: &Path, launcher: &Path) -> (PathBuf, String, Vec<String
 }
 
 pub fn spawn(spec: &LaunchSpec) -> Result<Container> {
-    for v in &spec.volumes {
-        std::fs::create_dir_all(&v.source).with_context(|| format!("creating {}", v.source.display()))?;
-    }
+    // The launcher mounts the `--volume` sources itself; they take the owner and mode of what
+    // they cover, as the built-in launcher's do.
+    super::prepare_volumes(&spec.root, &spec.volumes)?;
     let argv = argv(&spec.root, &spec.config, Some(&spec.hostname), &spec.volumes);
     let (program, arg0, prefix) = command_for(&spec.root, Path::new(&argv[0]));
     let mut cmd = Command::new(&program);
@@ -173,6 +173,37 @@ mod tests {
         assert_eq!(command_for(&root, &launcher), (launcher.clone(), launcher.display().to_string(), vec![]));
         std::fs::write(&launcher, "#!/proc/self/exe\n").unwrap();
         assert_eq!(command_for(&root, &launcher).0, launcher);
+    }
+
+    #[test]
+    fn volume_sources_are_prepared_before_the_launcher_runs() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("rootfs");
+        let state = tmp.path().join("state");
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        std::fs::create_dir_all(root.join("var/lib/etcd")).unwrap();
+        std::fs::set_permissions(root.join("var/lib/etcd"), std::fs::Permissions::from_mode(0o2750)).unwrap();
+        let launcher = root.join("usr/bin/planet");
+        std::fs::write(&launcher, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut config = cfg("dev", None);
+        config.env.clear();
+        let spec = LaunchSpec {
+            root,
+            config,
+            volumes: super::super::volumes(&state),
+            resolv_conf: String::new(),
+            hostname: "planet-1".into(),
+            cgroup: None,
+        };
+        let c = spawn(&spec).unwrap();
+        let mut status = 0;
+        // SAFETY: reaping our own child.
+        assert_eq!(unsafe { libc::waitpid(c.pid, &mut status, 0) }, c.pid);
+        let etcd = std::fs::metadata(state.join("volumes/etcd")).unwrap();
+        assert_eq!(etcd.permissions().mode() & 0o7777, 0o2750);
+        assert!(state.join("volumes/kubelet").is_dir());
     }
 
     #[test]
