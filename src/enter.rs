@@ -275,6 +275,12 @@ fn resolve(vm: &str) -> Result<(String, PathBuf)> {
 }
 
 fn not_running(name: &str, socket: &Path, why: &str) -> anyhow::Error {
+    if name.contains('/') {
+        return anyhow::anyhow!(
+            "no VM is running on {name} ({why} {}): start one with `planet-image run IMAGE --enter-socket {name}`",
+            socket.display()
+        );
+    }
     let running = running_vms();
     let list = if running.is_empty() { "none".to_string() } else { running.join(", ") };
     anyhow::anyhow!(
@@ -628,6 +634,6 @@ mod tests {
             wait: Duration::from_secs(1),
         };
         let e = run(&req).unwrap_err().to_string();
-        assert!(e.contains("is not running") && e.contains("planet-image run IMAGE --name"), "{e}");
+        assert!(e.contains("no VM is running on") && e.contains("planet-image run IMAGE --enter-socket"), "{e}");
     }
 }

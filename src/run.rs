@@ -239,10 +239,10 @@ pub fn run(req: &RunRequest) -> Result<i32> {
     }
     // `planet-image enter`: a virtio-serial port on a private Unix socket, never a network port.
     cmd.args(channel.qemu_args());
-    // SAFETY: umask is async-signal-safe; QEMU's sockets are then 0600.
+    // SAFETY: umask is async-signal-safe; QEMU's sockets (and files) are then 0600.
     unsafe {
         cmd.pre_exec(|| {
-            libc::umask(0o077);
+            libc::umask(0o177);
             Ok(())
         })
     };

@@ -271,10 +271,19 @@ impl Helper {
         }
     }
 
-    /// Reaps the helper if it has exited: (code, signal) as [`Report::Exit`] has them.
+    /// Whether the helper has exited: (code, signal) as [`Report::Exit`] has them, from its
+    /// wait status — or, when it cannot be waited for (the kernel may let another waiter of
+    /// PID 1 take it), the failure status; callers prefer the helper's own `X` report.
     pub fn try_reap(&mut self) -> Option<(i32, i32)> {
         if self.reaped.is_none() {
-            self.reaped = waitid(self.pidfd.as_raw_fd(), libc::WNOHANG);
+            self.reaped = match waitid(self.pidfd.as_raw_fd(), libc::WNOHANG) {
+                Ok(r) => r,
+                // A pidfd polls readable once its process is gone, reaped or not.
+                Err(_) if poll_one(self.pidfd.as_raw_fd(), libc::POLLIN, Duration::ZERO) != 0 => {
+                    Some((STATUS_FAILED.into(), 0))
+                }
+                Err(_) => None,
+            };
         }
         self.reaped
     }
@@ -293,8 +302,19 @@ impl Helper {
             }
             poll_one(self.pidfd.as_raw_fd(), libc::POLLIN, Duration::from_millis(100));
         }
+        self.kill()
+    }
+
+    /// SIGKILL, then waits (at most a few seconds when it cannot be waited for).
+    fn kill(&mut self) -> (i32, i32) {
         self.signal(libc::SIGKILL);
-        let r = waitid(self.pidfd.as_raw_fd(), 0).unwrap_or((STATUS_FAILED.into(), libc::SIGKILL));
+        let r = match waitid(self.pidfd.as_raw_fd(), 0) {
+            Ok(Some(r)) => r,
+            _ => {
+                poll_one(self.pidfd.as_raw_fd(), libc::POLLIN, Duration::from_secs(5));
+                (128 + libc::SIGKILL, libc::SIGKILL)
+            }
+        };
         self.reaped = Some(r);
         r
     }
@@ -303,14 +323,14 @@ impl Helper {
 impl Drop for Helper {
     fn drop(&mut self) {
         if self.try_reap().is_none() {
-            self.signal(libc::SIGKILL);
-            self.reaped = waitid(self.pidfd.as_raw_fd(), 0);
+            self.kill();
         }
     }
 }
 
-/// `waitid(P_PIDFD)` for a clone child: (code, signal), code 128+signal when killed.
-fn waitid(pidfd: RawFd, flags: libc::c_int) -> Option<(i32, i32)> {
+/// `waitid(P_PIDFD)` for a clone child: `Ok(None)` while it runs (WNOHANG); else (code,
+/// signal), code 128+signal when a signal ended it.
+fn waitid(pidfd: RawFd, flags: libc::c_int) -> io::Result<Option<(i32, i32)>> {
     loop {
         // SAFETY: siginfo_t is plain data, filled by waitid.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
@@ -318,17 +338,18 @@ fn waitid(pidfd: RawFd, flags: libc::c_int) -> Option<(i32, i32)> {
             libc::waitid(libc::P_PIDFD, pidfd as libc::id_t, &mut info, libc::WEXITED | libc::__WALL | flags)
         };
         if r < 0 {
-            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
                 continue;
             }
-            return None;
+            return Err(e);
         }
         // SAFETY: waitid filled a SIGCHLD-style siginfo (or left it zeroed under WNOHANG).
         let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
         if pid == 0 {
-            return None;
+            return Ok(None);
         }
-        return Some(if info.si_code == libc::CLD_EXITED { (status, 0) } else { (128 + status, status) });
+        return Ok(Some(if info.si_code == libc::CLD_EXITED { (status, 0) } else { (128 + status, status) }));
     }
 }
 
