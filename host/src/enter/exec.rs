@@ -169,6 +169,11 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 impl Helper {
     /// Starts the helper for the container whose init is `pid`. `argv` empty: a login shell.
     pub fn spawn(pid: libc::pid_t, stdio: Stdio, term: &str, argv: &[Vec<u8>]) -> Result<Helper> {
+        Helper::spawn_exe(c"/proc/self/exe", pid, stdio, term, argv)
+    }
+
+    /// [`Helper::spawn`] with another planet-init binary (tests).
+    fn spawn_exe(exe: &std::ffi::CStr, pid: libc::pid_t, stdio: Stdio, term: &str, argv: &[Vec<u8>]) -> Result<Helper> {
         let mode = match stdio {
             Stdio::Tty(rows, cols) => format!("tty={rows}x{cols}"),
             Stdio::Pipes | Stdio::Capture => "pipe".into(),
@@ -183,7 +188,6 @@ impl Helper {
         }
         let argp: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
         let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-        let exe = c"/proc/self/exe";
 
         let mut fds = [0; 2];
         // SAFETY: socketpair fills two fds, owned below.
@@ -446,11 +450,18 @@ fn send_report(fd: RawFd, msg: &[u8], pass: Option<RawFd>) {
 /// executable) or it has not finished within `timeout` — then it is killed, with its process
 /// group and the helper. For callers inside planet-init, e.g. the update agent's health check.
 pub fn run_in_container(argv: &[&str], timeout: Duration) -> Result<(i32, Vec<u8>)> {
+    if argv.is_empty() {
+        bail!("run_in_container: no command given");
+    }
+    let pid = container_init().map_err(anyhow::Error::msg)?;
+    run_in(c"/proc/self/exe", pid, argv, timeout)
+}
+
+fn run_in(exe: &std::ffi::CStr, pid: libc::pid_t, argv: &[&str], timeout: Duration) -> Result<(i32, Vec<u8>)> {
     const MAX_OUTPUT: usize = 1024 * 1024;
     let Some(name) = argv.first() else { bail!("run_in_container: no command given") };
-    let pid = container_init().map_err(anyhow::Error::msg)?;
     let argv: Vec<Vec<u8>> = argv.iter().map(|a| a.as_bytes().to_vec()).collect();
-    let mut h = Helper::spawn(pid, Stdio::Capture, "dumb", &argv)?;
+    let mut h = Helper::spawn_exe(exe, pid, Stdio::Capture, "dumb", &argv)?;
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     let mut stdout = h.stdout.take();
@@ -1024,6 +1035,98 @@ mod tests {
         assert_eq!(c, ["/a/ls", "./ls", "/b/ls"]);
         assert_eq!(candidates(b"./x", &env), [c"./x".to_owned()]);
         assert!(candidates(b"", &env).is_empty());
+    }
+
+    /// A throw-away "container": `unshare` with the namespaces the built-in launcher makes,
+    /// running `sleep` as its init. Killed when dropped.
+    struct FakeContainer(std::process::Child);
+
+    impl FakeContainer {
+        fn start() -> Option<(FakeContainer, libc::pid_t)> {
+            let child = std::process::Command::new("unshare")
+                .args(["--pid", "--mount", "--uts", "--ipc", "--cgroup", "--fork", "--kill-child", "--mount-proc"])
+                .args(["sh", "-c", "hostname fake-container && exec sleep 120"])
+                .spawn()
+                .ok()?;
+            let c = FakeContainer(child);
+            let children = format!("/proc/{}/task/{}/children", c.0.id(), c.0.id());
+            for _ in 0..100 {
+                let init = std::fs::read_to_string(&children).ok().and_then(|t| t.trim().parse().ok());
+                if let Some(pid) = init {
+                    // Until it has exec'd sleep, hostname may not have run yet.
+                    if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep") {
+                        return Some((c, pid));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            None
+        }
+    }
+
+    impl Drop for FakeContainer {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// Command lines of the processes in `pid`'s pid namespace other than it (zombies have none).
+    fn cmdlines_in_pidns_of(pid: libc::pid_t) -> Vec<String> {
+        let ns = pidns_of(&pid.to_string());
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<libc::pid_t>().ok()))
+            .filter(|p| *p != pid && pidns_of(&p.to_string()) == ns)
+            .filter_map(|p| std::fs::read(format!("/proc/{p}/cmdline")).ok())
+            .filter(|c| !c.is_empty())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .collect()
+    }
+
+    /// run_in_container with the planet-init that scripts/test builds (PLANET_INIT) and an
+    /// unshare'd stand-in for the container; needs root. Skipped otherwise.
+    #[test]
+    fn run_in_container_captures_stdout_and_kills_what_overstays() {
+        let Some(exe) = std::env::var_os("PLANET_INIT") else {
+            eprintln!("skipped: PLANET_INIT (the planet-init binary of this tree) is not set");
+            return;
+        };
+        // SAFETY: plain syscall.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: entering namespaces needs root");
+            return;
+        }
+        let Some((_container, pid)) = FakeContainer::start() else {
+            eprintln!("skipped: unshare could not make a container here");
+            return;
+        };
+        let exe = CString::new(std::os::unix::ffi::OsStrExt::as_bytes(exe.as_os_str())).unwrap();
+        let t = Duration::from_secs(20);
+        assert_eq!(run_in(&exe, pid, &["hostname"], t).unwrap(), (0, b"fake-container\n".to_vec()));
+        assert_eq!(run_in(&exe, pid, &["cat", "/proc/1/comm"], t).unwrap(), (0, b"sleep\n".to_vec()));
+        assert_eq!(
+            run_in(&exe, pid, &["sh", "-c", "echo out; echo err >&2; exit 3"], t).unwrap(),
+            (3, b"out\n".to_vec())
+        );
+        assert_eq!(run_in(&exe, pid, &["sh", "-c", "kill -9 $$"], t).unwrap().0, 128 + 9);
+        let e = run_in(&exe, pid, &["no-such-command"], t).unwrap_err().to_string();
+        assert_eq!(e, "no-such-command: command not found in the container");
+        // A background process holding stdout does not hold the caller for long.
+        let started = Instant::now();
+        assert_eq!(run_in(&exe, pid, &["sh", "-c", "echo a; sleep 30 &"], t).unwrap(), (0, b"a\n".to_vec()));
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        // The timeout kills the command's whole process group.
+        let started = Instant::now();
+        let e = run_in(&exe, pid, &["sh", "-c", "sleep 31 & sleep 32"], Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().contains("did not finish within 1 s"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        std::thread::sleep(Duration::from_millis(300));
+        let left = cmdlines_in_pidns_of(pid);
+        // The background `sleep 30` of the earlier call still runs; the timed-out ones do not.
+        assert!(left.iter().any(|c| c.starts_with("sleep 30")), "{left:?}");
+        assert!(!left.iter().any(|c| c.starts_with("sleep 31") || c.starts_with("sleep 32")), "{left:?}");
     }
 
     #[test]
