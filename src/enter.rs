@@ -79,14 +79,15 @@ fn sibling(socket: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Creates `dir` (and missing parents) with mode 0700; an existing `dir` must be a directory
-/// of ours that nobody else can enter (it is in /tmp without XDG_RUNTIME_DIR).
+/// Creates `dir` with mode 0700 if missing; an existing one must be a directory of ours that
+/// nobody else can enter (without XDG_RUNTIME_DIR these live in /tmp, where anyone could have
+/// made them first).
 fn private_dir(dir: &Path) -> Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))?;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+    }
     let m = std::fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
@@ -98,6 +99,19 @@ fn private_dir(dir: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The per-user directories down to a VM's: `planet-image/`, `vms/`, `vms/NAME/`, each private.
+fn private_vm_dir(vm_dir: &Path) -> Result<()> {
+    let vms = vms_dir();
+    if let Some(base) = vms.parent() {
+        if let Some(top) = base.parent() {
+            std::fs::create_dir_all(top).with_context(|| format!("creating {}", top.display()))?;
+        }
+        private_dir(base)?;
+    }
+    private_dir(&vms)?;
+    private_dir(vm_dir)
 }
 
 fn flock(f: &File, exclusive: bool) -> std::io::Result<bool> {
@@ -148,6 +162,8 @@ fn running_vms() -> Vec<String> {
 pub struct Channel {
     pub name: String,
     pub socket: PathBuf,
+    /// `--enter-socket` was given: `enter` needs the path.
+    by_path: bool,
     _run_lock: File,
 }
 
@@ -194,7 +210,7 @@ impl Channel {
                         .with_context(|| format!("creating {}", dir.display()))?;
                 }
             } else {
-                private_dir(dir)?;
+                private_vm_dir(dir)?;
             }
             let run_lock = open_lock(&sibling(&sock, ".run"))?;
             if !flock(&run_lock, true).with_context(|| format!("locking {}.run", sock.display()))? {
@@ -215,7 +231,7 @@ impl Channel {
             if std::fs::symlink_metadata(&sock).is_ok_and(|m| m.file_type().is_socket()) {
                 std::fs::remove_file(&sock).with_context(|| format!("removing the stale {}", sock.display()))?;
             }
-            return Ok(Channel { name, socket: sock, _run_lock: run_lock });
+            return Ok(Channel { name, socket: sock, by_path: socket.is_some(), _run_lock: run_lock });
         }
         bail!("100 VMs named after {} are running already; give this one a --name", image.display())
     }
@@ -236,7 +252,7 @@ impl Channel {
 
     /// How a user reaches this VM.
     pub fn enter_hint(&self) -> String {
-        if self.name.contains('/') {
+        if self.by_path {
             format!("planet-image enter {}", self.socket.display())
         } else {
             format!("planet-image enter {}", self.name)
@@ -622,6 +638,21 @@ mod tests {
         assert!(Channel::prepare(None, Some(&sock), &image).is_ok());
         let long = tmp.path().join("x".repeat(120));
         assert!(Channel::prepare(None, Some(&long), &image).err().unwrap().to_string().contains("longer than"));
+    }
+
+    #[test]
+    fn per_user_directories_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("vms");
+        private_dir(&d).unwrap();
+        assert_eq!(std::fs::metadata(&d).unwrap().mode() & 0o777, 0o700);
+        private_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(private_dir(&d).unwrap_err().to_string().contains("is not a private directory"));
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(tmp.path(), &link).unwrap();
+        assert!(private_dir(&link).is_err(), "a symlink is not followed");
     }
 
     #[test]
