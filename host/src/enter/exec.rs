@@ -173,7 +173,13 @@ impl Helper {
     }
 
     /// [`Helper::spawn`] with another planet-init binary (tests).
-    fn spawn_exe(exe: &std::ffi::CStr, pid: libc::pid_t, stdio: Stdio, term: &str, argv: &[Vec<u8>]) -> Result<Helper> {
+    pub(crate) fn spawn_exe(
+        exe: &std::ffi::CStr,
+        pid: libc::pid_t,
+        stdio: Stdio,
+        term: &str,
+        argv: &[Vec<u8>],
+    ) -> Result<Helper> {
         let mode = match stdio {
             Stdio::Tty(rows, cols) => format!("tty={rows}x{cols}"),
             Stdio::Pipes | Stdio::Capture => "pipe".into(),
@@ -1037,72 +1043,12 @@ mod tests {
         assert!(candidates(b"", &env).is_empty());
     }
 
-    /// A throw-away "container": `unshare` with the namespaces the built-in launcher makes,
-    /// running `sleep` as its init. Killed when dropped.
-    struct FakeContainer(std::process::Child);
-
-    impl FakeContainer {
-        fn start() -> Option<(FakeContainer, libc::pid_t)> {
-            let child = std::process::Command::new("unshare")
-                .args(["--pid", "--mount", "--uts", "--ipc", "--cgroup", "--fork", "--kill-child", "--mount-proc"])
-                .args(["sh", "-c", "hostname fake-container && exec sleep 120"])
-                .spawn()
-                .ok()?;
-            let c = FakeContainer(child);
-            let children = format!("/proc/{}/task/{}/children", c.0.id(), c.0.id());
-            for _ in 0..100 {
-                let init = std::fs::read_to_string(&children).ok().and_then(|t| t.trim().parse().ok());
-                if let Some(pid) = init {
-                    // Until it has exec'd sleep, hostname may not have run yet.
-                    if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep") {
-                        return Some((c, pid));
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            None
-        }
-    }
-
-    impl Drop for FakeContainer {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
-    /// Command lines of the processes in `pid`'s pid namespace other than it (zombies have none).
-    fn cmdlines_in_pidns_of(pid: libc::pid_t) -> Vec<String> {
-        let ns = pidns_of(&pid.to_string());
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<libc::pid_t>().ok()))
-            .filter(|p| *p != pid && pidns_of(&p.to_string()) == ns)
-            .filter_map(|p| std::fs::read(format!("/proc/{p}/cmdline")).ok())
-            .filter(|c| !c.is_empty())
-            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-            .collect()
-    }
-
     /// run_in_container with the planet-init that scripts/test builds (PLANET_INIT) and an
     /// unshare'd stand-in for the container; needs root. Skipped otherwise.
     #[test]
     fn run_in_container_captures_stdout_and_kills_what_overstays() {
-        let Some(exe) = std::env::var_os("PLANET_INIT") else {
-            eprintln!("skipped: PLANET_INIT (the planet-init binary of this tree) is not set");
-            return;
-        };
-        // SAFETY: plain syscall.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: entering namespaces needs root");
-            return;
-        }
-        let Some((_container, pid)) = FakeContainer::start() else {
-            eprintln!("skipped: unshare could not make a container here");
-            return;
-        };
-        let exe = CString::new(std::os::unix::ffi::OsStrExt::as_bytes(exe.as_os_str())).unwrap();
+        use test_support::cmdlines_in_pidns_of;
+        let Some((exe, _container, pid)) = test_support::setup() else { return };
         let t = Duration::from_secs(20);
         assert_eq!(run_in(&exe, pid, &["hostname"], t).unwrap(), (0, b"fake-container\n".to_vec()));
         assert_eq!(run_in(&exe, pid, &["cat", "/proc/1/comm"], t).unwrap(), (0, b"sleep\n".to_vec()));
@@ -1157,5 +1103,79 @@ mod tests {
         assert!(recv_report(b.as_raw_fd()).unwrap().is_none());
         drop(a);
         assert_eq!(recv_report(b.as_raw_fd()).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+}
+
+/// A stand-in container and this tree's planet-init for tests that run real helpers.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// A throw-away "container": `unshare` with the namespaces the built-in launcher makes,
+    /// running `sleep` as its init. Killed when dropped.
+    pub(crate) struct FakeContainer(std::process::Child);
+
+    impl FakeContainer {
+        fn start() -> Option<(FakeContainer, libc::pid_t)> {
+            let child = std::process::Command::new("unshare")
+                .args(["--pid", "--mount", "--uts", "--ipc", "--cgroup", "--fork", "--kill-child", "--mount-proc"])
+                .args(["sh", "-c", "hostname fake-container && exec sleep 120"])
+                .spawn()
+                .ok()?;
+            let c = FakeContainer(child);
+            let children = format!("/proc/{}/task/{}/children", c.0.id(), c.0.id());
+            for _ in 0..100 {
+                let init = std::fs::read_to_string(&children).ok().and_then(|t| t.trim().parse().ok());
+                if let Some(pid) = init {
+                    // Until it has exec'd sleep, hostname may not have run yet.
+                    if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep") {
+                        return Some((c, pid));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            None
+        }
+    }
+
+    impl Drop for FakeContainer {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// Command lines of the processes in `pid`'s pid namespace other than it (zombies have none).
+    pub(crate) fn cmdlines_in_pidns_of(pid: libc::pid_t) -> Vec<String> {
+        let ns = pidns_of(&pid.to_string());
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<libc::pid_t>().ok()))
+            .filter(|p| *p != pid && pidns_of(&p.to_string()) == ns)
+            .filter_map(|p| std::fs::read(format!("/proc/{p}/cmdline")).ok())
+            .filter(|c| !c.is_empty())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .collect()
+    }
+
+    /// PLANET_INIT as a C string, a stand-in container and its init's pid; `None` (with a
+    /// note) without PLANET_INIT, root or unshare.
+    pub(crate) fn setup() -> Option<(CString, FakeContainer, libc::pid_t)> {
+        let Some(exe) = std::env::var_os("PLANET_INIT") else {
+            eprintln!("skipped: PLANET_INIT (the planet-init binary of this tree) is not set");
+            return None;
+        };
+        // SAFETY: plain syscall.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: entering namespaces needs root");
+            return None;
+        }
+        let Some((container, pid)) = FakeContainer::start() else {
+            eprintln!("skipped: unshare could not make a container here");
+            return None;
+        };
+        let exe = CString::new(std::os::unix::ffi::OsStrExt::as_bytes(exe.as_os_str())).ok()?;
+        Some((exe, container, pid))
     }
 }

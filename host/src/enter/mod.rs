@@ -18,6 +18,7 @@
 pub mod exec;
 pub mod protocol;
 
+use std::ffi::CStr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -118,6 +119,11 @@ fn run_server(sysfs: &Path, dev: &Path) {
 /// Serves sessions on `port` (non-blocking) until reading it fails for good. `target` names
 /// the container's init or says why there is none.
 pub fn serve(port: RawFd, target: &dyn Fn() -> Result<libc::pid_t, String>) -> std::io::Error {
+    serve_with(port, target, c"/proc/self/exe")
+}
+
+/// [`serve`] with another planet-init binary for the helper (tests).
+fn serve_with(port: RawFd, target: &dyn Fn() -> Result<libc::pid_t, String>, exe: &CStr) -> std::io::Error {
     let mut dec = Decoder::new();
     let mut next: Option<Hello> = None;
     loop {
@@ -128,7 +134,7 @@ pub fn serve(port: RawFd, target: &dyn Fn() -> Result<libc::pid_t, String>) -> s
                 Err(e) => return e,
             },
         };
-        next = session(port, &mut dec, hello, target);
+        next = session(port, &mut dec, hello, target, exe);
     }
 }
 
@@ -228,6 +234,7 @@ fn session(
     dec: &mut Decoder,
     hello: Hello,
     target: &dyn Fn() -> Result<libc::pid_t, String>,
+    exe: &CStr,
 ) -> Option<Hello> {
     let mut out = Out::new(port);
     out.queue(&Frame::Welcome { version: VERSION, nonce: hello.nonce });
@@ -251,7 +258,7 @@ fn session(
                 } else {
                     Stdio::Pipes
                 };
-                match Helper::spawn(pid, stdio, &hello.term, &hello.argv) {
+                match Helper::spawn_exe(exe, pid, stdio, &hello.term, &hello.argv) {
                     Err(e) => End::Failed(STATUS_FAILED, format!("starting the command in the container: {e:#}")),
                     Ok(mut h) => {
                         event!("enter session", command = what, tty = hello.tty);
@@ -314,6 +321,30 @@ fn relay(out: &mut Out, dec: &mut Decoder, h: &mut Helper, tty: bool) -> End {
     let mut exited: Option<((i32, i32), Instant)> = None;
     let mut buf = [0u8; DATA_CHUNK];
     loop {
+        // Frames read so far (the HELLO may have come with its first STDIN frames).
+        loop {
+            match dec.next_frame() {
+                Ok(None) => break,
+                Ok(Some(Frame::Stdin(d))) if d.is_empty() => stdin_eof = true,
+                Ok(Some(Frame::Stdin(d))) => {
+                    // After end of input, or once the command closed its stdin, data is dropped.
+                    if (tty || !stdin_eof) && (child_in.is_some() || !ready) {
+                        to_child.extend_from_slice(&d);
+                    }
+                }
+                Ok(Some(Frame::Resize { rows, cols })) => {
+                    winsize = Some((rows, cols));
+                    if let (true, Some(m)) = (tty, &child_out) {
+                        set_winsize(m.as_raw_fd(), rows, cols);
+                    }
+                }
+                Ok(Some(Frame::Hello(next))) => return End::NextHello(next),
+                Ok(Some(f)) => {
+                    return End::Protocol(format!("unexpected frame type 0x{:02x} from the client", f.kind()))
+                }
+                Err(e) => return End::Protocol(e.to_string()),
+            }
+        }
         while control_open {
             match h.report() {
                 Ok(Some(Report::Ready(master))) => {
@@ -389,29 +420,6 @@ fn relay(out: &mut Out, dec: &mut Decoder, h: &mut Helper, tty: bool) -> End {
                 Ok(n) => dec.push(buf.get(..n).unwrap_or_default()),
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
                 Err(_) => return End::ClientGone,
-            }
-            loop {
-                match dec.next_frame() {
-                    Ok(None) => break,
-                    Ok(Some(Frame::Stdin(d))) if d.is_empty() => stdin_eof = true,
-                    Ok(Some(Frame::Stdin(d))) => {
-                        // After end of input, or once the command closed its stdin, data is dropped.
-                        if (tty || !stdin_eof) && (child_in.is_some() || !ready) {
-                            to_child.extend_from_slice(&d);
-                        }
-                    }
-                    Ok(Some(Frame::Resize { rows, cols })) => {
-                        winsize = Some((rows, cols));
-                        if let (true, Some(m)) = (tty, &child_out) {
-                            set_winsize(m.as_raw_fd(), rows, cols);
-                        }
-                    }
-                    Ok(Some(Frame::Hello(next))) => return End::NextHello(next),
-                    Ok(Some(f)) => {
-                        return End::Protocol(format!("unexpected frame type 0x{:02x} from the client", f.kind()))
-                    }
-                    Err(e) => return End::Protocol(e.to_string()),
-                }
             }
         }
         if port_rev & libc::POLLOUT != 0 {
@@ -550,6 +558,96 @@ mod tests {
         // The server keeps waiting for the next client (a virtio port reads 0 meanwhile).
         std::thread::sleep(Duration::from_millis(300));
         assert!(!t.is_finished());
+    }
+
+    /// Frames until an EXIT or ERROR (or 20 s), with STDOUT data joined.
+    fn session_frames(fd: RawFd) -> (Vec<Frame>, Vec<u8>) {
+        let mut d = Decoder::new();
+        let (mut frames, mut out) = (Vec::new(), Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            poll_one(fd, libc::POLLIN, Duration::from_millis(100));
+            if let Ok(k) = read_fd(fd, &mut buf) {
+                d.push(&buf[..k]);
+            }
+            while let Ok(Some(f)) = d.next_frame() {
+                match f {
+                    Frame::Stdout(b) => out.extend_from_slice(&b),
+                    f @ (Frame::Exit { .. } | Frame::Error { .. }) => {
+                        frames.push(f);
+                        return (frames, out);
+                    }
+                    f => frames.push(f),
+                }
+            }
+        }
+        (frames, out)
+    }
+
+    fn cmd(nonce: u8, argv: &[&str]) -> Hello {
+        Hello { argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(), ..hello(nonce) }
+    }
+
+    /// Whole sessions with real helpers (this tree's planet-init, PLANET_INIT) in an unshare'd
+    /// stand-in container; needs root. Skipped otherwise.
+    #[test]
+    fn sessions_relay_and_survive_garbage_and_a_new_hello_mid_session() {
+        let Some((exe, _container, pid)) = exec::test_support::setup() else { return };
+        let (server, client) = pair();
+        set_nonblocking(server.as_raw_fd()).unwrap();
+        let sfd = server.as_raw_fd();
+        std::thread::spawn(move || {
+            let _keep = server;
+            serve_with(sfd, &move || Ok(pid), &exe)
+        });
+        let c = client.as_raw_fd();
+        let welcome = |n: u8| Frame::Welcome { version: VERSION, nonce: [n; 8] };
+
+        // stdin in, its end, stdout and stderr out, the exit status.
+        let mut wire = Frame::Hello(cmd(1, &["sh", "-c", "cat; echo done; echo e >&2; exit 4"])).to_bytes();
+        Frame::Stdin(b"abc".to_vec()).encode(&mut wire);
+        Frame::Stdin(Vec::new()).encode(&mut wire);
+        write_fd(c, &wire).unwrap();
+        let (frames, out) = session_frames(c);
+        assert_eq!(out, b"abcdone\n");
+        assert_eq!(frames, [welcome(1), Frame::Stderr(b"e\n".to_vec()), Frame::Exit { code: 4, signal: 0 }]);
+
+        // Garbage mid-session ends it with an error, and the command is hung up.
+        write_fd(c, &Frame::Hello(cmd(2, &["sleep", "600"])).to_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        write_fd(c, b"\x7fgarbage").unwrap();
+        let (frames, _) = session_frames(c);
+        assert_eq!(frames.first(), Some(&welcome(2)));
+        assert!(
+            matches!(frames.last(), Some(Frame::Error { message, .. }) if message.contains("unknown frame type 0x7f")),
+            "{frames:?}"
+        );
+
+        // A new HELLO mid-session replaces the session.
+        write_fd(c, &Frame::Hello(cmd(3, &["sleep", "600"])).to_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        write_fd(c, &Frame::Hello(cmd(4, &["echo", "again"])).to_bytes()).unwrap();
+        let (frames, out) = session_frames(c);
+        assert_eq!(out, b"again\n");
+        assert_eq!(frames, [welcome(3), welcome(4), Frame::Exit { code: 0, signal: 0 }]);
+        std::thread::sleep(Duration::from_millis(500));
+        let left = exec::test_support::cmdlines_in_pidns_of(pid);
+        assert!(!left.iter().any(|c| c.starts_with("sleep 600")), "hung-up commands still run: {left:?}");
+
+        // A terminal of the container's devpts, with the window size asked for.
+        let h = Hello {
+            tty: true,
+            rows: 10,
+            cols: 33,
+            term: "vt100".into(),
+            ..cmd(5, &["sh", "-c", "stty size; tty; echo $TERM"])
+        };
+        write_fd(c, &Frame::Hello(h).to_bytes()).unwrap();
+        let (frames, out) = session_frames(c);
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("10 33\r\n/dev/pts/") && out.ends_with("vt100\r\n"), "{out:?}");
+        assert_eq!(frames.last(), Some(&Frame::Exit { code: 0, signal: 0 }));
     }
 
     #[test]
