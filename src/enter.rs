@@ -212,8 +212,7 @@ impl Channel {
             } else {
                 private_vm_dir(dir)?;
             }
-            let run_lock = open_lock(&sibling(&sock, ".run"))?;
-            if !flock(&run_lock, true).with_context(|| format!("locking {}.run", sock.display()))? {
+            let Some(run_lock) = lock_run_file(&sibling(&sock, ".run"))? else {
                 if explicit {
                     let pid = std::fs::read_to_string(sibling(&sock, ".run")).unwrap_or_default();
                     bail!(
@@ -224,7 +223,7 @@ impl Channel {
                     );
                 }
                 continue;
-            }
+            };
             let _ = run_lock.set_len(0);
             let _ = (&run_lock).write_all(format!("{}\n", std::process::id()).as_bytes());
             // A socket left by a VM that was killed.
@@ -260,9 +259,37 @@ impl Channel {
     }
 }
 
+/// Takes the VM lock at `path`: `None` when another `run` holds it. A lock taken on a file that
+/// its holder removed meanwhile (a VM that just ended) is taken again on the new file.
+fn lock_run_file(path: &Path) -> Result<Option<File>> {
+    for _ in 0..10 {
+        let f = open_lock(path)?;
+        if !flock(&f, true).with_context(|| format!("locking {}", path.display()))? {
+            return Ok(None);
+        }
+        let same = match (f.metadata(), std::fs::symlink_metadata(path)) {
+            (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+            _ => false,
+        };
+        if same {
+            return Ok(Some(f));
+        }
+    }
+    bail!("{} keeps being replaced while it is locked", path.display())
+}
+
 impl Drop for Channel {
+    /// The VM is gone: its socket, lock files and (when named) its empty directory go too.
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(sibling(&self.socket, ".lock"));
+        // While still holding it: whoever opened it meanwhile notices the replacement.
+        let _ = std::fs::remove_file(sibling(&self.socket, ".run"));
+        if !self.by_path {
+            if let Some(dir) = self.socket.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
     }
 }
 
@@ -635,6 +662,7 @@ mod tests {
         assert!(args.contains(&format!("path={},server=on,wait=off", sock.display())), "{args}");
         assert!(args.contains("name=org.planet-image.enter"), "{args}");
         drop(a);
+        assert!(!sock.exists() && !sibling(&sock, ".run").exists(), "cleaned up");
         assert!(Channel::prepare(None, Some(&sock), &image).is_ok());
         let long = tmp.path().join("x".repeat(120));
         assert!(Channel::prepare(None, Some(&long), &image).err().unwrap().to_string().contains("longer than"));
