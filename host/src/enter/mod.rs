@@ -325,10 +325,15 @@ fn relay(out: &mut Out, dec: &mut Decoder, h: &mut Helper, tty: bool) -> End {
         loop {
             match dec.next_frame() {
                 Ok(None) => break,
+                // A terminal has no end of input: its EOF character (^D) stands for it.
+                Ok(Some(Frame::Stdin(d))) if d.is_empty() && tty && !stdin_eof => {
+                    stdin_eof = true;
+                    to_child.push(0x04);
+                }
                 Ok(Some(Frame::Stdin(d))) if d.is_empty() => stdin_eof = true,
                 Ok(Some(Frame::Stdin(d))) => {
                     // After end of input, or once the command closed its stdin, data is dropped.
-                    if (tty || !stdin_eof) && (child_in.is_some() || !ready) {
+                    if !stdin_eof && (child_in.is_some() || !ready) {
                         to_child.extend_from_slice(&d);
                     }
                 }
@@ -641,12 +646,20 @@ mod tests {
             rows: 10,
             cols: 33,
             term: "vt100".into(),
-            ..cmd(5, &["sh", "-c", "stty size; tty; echo $TERM"])
+            ..cmd(5, &["sh", "-c", "stty size; tty; echo $TERM; cat"])
         };
         write_fd(c, &Frame::Hello(h).to_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        // The end of input ends `cat` on a terminal too.
+        let mut wire = Frame::Stdin(b"typed\n".to_vec()).to_bytes();
+        Frame::Stdin(Vec::new()).encode(&mut wire);
+        write_fd(c, &wire).unwrap();
         let (frames, out) = session_frames(c);
         let out = String::from_utf8_lossy(&out);
-        assert!(out.starts_with("10 33\r\n/dev/pts/") && out.ends_with("vt100\r\n"), "{out:?}");
+        assert!(
+            out.starts_with("10 33\r\n/dev/pts/") && out.contains("vt100\r\n") && out.ends_with("typed\r\n"),
+            "{out:?}"
+        );
         assert_eq!(frames.last(), Some(&Frame::Exit { code: 0, signal: 0 }));
     }
 
