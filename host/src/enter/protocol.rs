@@ -16,7 +16,7 @@
 //! |---|---|---|---|
 //! | 0x01 | HELLO | c→s | version:u16 nonce:[8] flags:u16 (bit 0: tty) rows:u16 cols:u16 term:str16 argc:u16 argv:str16… |
 //! | 0x02 | WELCOME | s→c | version:u16 nonce:[8] |
-//! | 0x10 | STDIN | c→s | bytes; empty: end of input |
+//! | 0x10 | STDIN | c→s | bytes; empty: end of input (on a terminal: its EOF character, ^D) |
 //! | 0x11 | STDOUT | s→c | bytes (the terminal's output in tty mode) |
 //! | 0x12 | STDERR | s→c | bytes |
 //! | 0x20 | RESIZE | c→s | rows:u16 cols:u16 |
@@ -28,7 +28,9 @@
 //! nonce it can read with a WELCOME carrying its own version, then either an ERROR (wrong
 //! version, malformed request, no container, the command cannot run) or the command's output
 //! followed by EXIT. Nothing else is accepted: an unknown type, an oversized length or a
-//! malformed payload ends the session with an ERROR, and the server hunts for the next MAGIC.
+//! malformed payload ends the session with an ERROR, and the server hunts for the next MAGIC
+//! (a MAGIC between frames is a new session's and is read as such). A client that goes away
+//! ends its session: the command is hung up (SIGHUP, then SIGKILL a few seconds later).
 //! A version change bumps [`VERSION`]; the HELLO and WELCOME keep version and nonce first.
 
 use std::fmt;
@@ -221,7 +223,7 @@ impl Hello {
     }
 }
 
-/// A little-endian-free cursor over a payload; every read is bounds-checked.
+/// A cursor over a payload; every read is bounds-checked.
 struct Cursor<'a> {
     b: &'a [u8],
 }
