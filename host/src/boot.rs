@@ -12,7 +12,7 @@ use crate::disk::{self, BootDisk};
 use crate::launcher::{self, LaunchSpec};
 use crate::mounts::{self, Mount};
 use crate::supervise::{self, Policy};
-use crate::{datasource, event, net, sys, update};
+use crate::{container_kernel, datasource, event, net, sys, update};
 
 /// Where planet-init finds and puts things.
 #[derive(Clone, Debug)]
@@ -235,6 +235,7 @@ pub fn run(env: &BootEnv) -> Result<supervise::StopReason> {
             run_dir: env.run.join("update"),
             key: env.root.join(update::KEY_PATH.trim_start_matches('/')),
             uefi: env.sysfs.join("firmware/efi").exists(),
+            container_root: env.root_dir(),
         },
         &env.sysfs,
         &env.dev,
@@ -293,6 +294,7 @@ pub fn run(env: &BootEnv) -> Result<supervise::StopReason> {
     event!("hostname", name = hostname);
     crate::console::emit("config", &cfg.log_fields());
 
+    container_kernel::prepare(&mut cp, &env.root.join("proc/sys"));
     let cgroup = match launcher::builtin::prepare_cgroup(&env.cgroup, "planet") {
         Ok(d) => Some(d),
         Err(e) => {

@@ -263,11 +263,13 @@ pub struct Coldplug<L: Loader> {
     pub loader: L,
     loaded: HashSet<String>,
     failed: HashSet<String>,
+    /// No console events (the kernel's module helper has no console to write to).
+    pub quiet: bool,
 }
 
 impl<L: Loader> Coldplug<L> {
     pub fn new(index: ModuleIndex, loader: L) -> Self {
-        Coldplug { index, loader, loaded: HashSet::new(), failed: HashSet::new() }
+        Coldplug { index, loader, loaded: HashSet::new(), failed: HashSet::new(), quiet: false }
     }
 
     /// Loads `module` (a name or an alias like `fs-squashfs`) with its dependencies; returns how
@@ -282,7 +284,9 @@ impl<L: Loader> Coldplug<L> {
             let order = match self.index.load_order(&module) {
                 Ok(o) => o,
                 Err(e) => {
-                    crate::event!("module failed", name = module, error = format!("{e:#}"));
+                    if !self.quiet {
+                        crate::event!("module failed", name = module, error = format!("{e:#}"));
+                    }
                     self.failed.insert(module);
                     continue;
                 }
@@ -295,12 +299,16 @@ impl<L: Loader> Coldplug<L> {
                 }
                 match self.loader.insert(&self.index.dir.join(&path)) {
                     Ok(()) => {
-                        crate::event!("module loaded", name = name);
+                        if !self.quiet {
+                            crate::event!("module loaded", name = name);
+                        }
                         self.loaded.insert(name);
                         inserted += 1;
                     }
                     Err(e) => {
-                        crate::event!("module failed", name = name, error = e);
+                        if !self.quiet {
+                            crate::event!("module failed", name = name, error = e);
+                        }
                         self.failed.insert(name);
                         ok = false;
                         break;

@@ -5,6 +5,7 @@ pub mod console;
 
 pub mod boot;
 pub mod coldplug;
+pub mod container_kernel;
 pub mod datasource;
 pub mod disk;
 pub mod enter;

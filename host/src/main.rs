@@ -4,7 +4,7 @@
 #![no_main]
 
 use planet_host::supervise::StopReason;
-use planet_host::{boot, console, event, sys, update, VERSION};
+use planet_host::{boot, console, container_kernel, event, sys, update, VERSION};
 
 /// Gives PID 1 the console on fds 0-2 if the kernel could not (no /dev/console in the cpio).
 fn ensure_console() {
@@ -67,6 +67,14 @@ pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) ->
         use std::os::unix::ffi::OsStringExt;
         let args: Vec<Vec<u8>> = std::env::args_os().map(|a| a.into_vec()).collect();
         return planet_host::enter::helper_main(&args);
+    }
+    // The kernel runs planet-init as its module helper (`/init -q -- NAME`) when the container
+    // asks for a module: see container_kernel. No console, no PID-1 duties in that role.
+    if !sys::is_pid1() {
+        let args: Vec<String> = std::env::args().collect();
+        if let Some(name) = container_kernel::is_modprobe_call(&args) {
+            return container_kernel::modprobe_main(name, std::path::Path::new("/lib/modules"));
+        }
     }
     ensure_console();
     event!("started", version = VERSION);
