@@ -34,6 +34,30 @@ use crate::disk::{self, BootDisk};
 use crate::event;
 use crate::mounts::Mount;
 
+/// Runs the release's [`HEALTH_COMMAND`] in the container under `root`: `None` when the release
+/// has none, else whether it exited 0. The first line of its output says why not, on the console
+/// once per change.
+pub fn release_health(root: &Path) -> Option<bool> {
+    static LAST: Mutex<String> = Mutex::new(String::new());
+    let host_path = root.join(HEALTH_COMMAND.trim_start_matches('/'));
+    std::fs::symlink_metadata(&host_path).ok()?;
+    let (ok, detail) = match crate::enter::run_in_container(&[HEALTH_COMMAND], HEALTH_TIMEOUT) {
+        Ok((0, _)) => (true, "ok".to_string()),
+        Ok((code, out)) => {
+            let text = String::from_utf8_lossy(&out);
+            let why = text.lines().find(|l| l.contains("FAIL")).or(text.lines().last()).unwrap_or("").trim();
+            (false, format!("exit {code}: {why}"))
+        }
+        Err(e) => (false, format!("{e:#}")),
+    };
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if *last != detail {
+        event!("health", healthy = ok, detail = detail);
+        *last = detail;
+    }
+    Some(ok)
+}
+
 /// Where the image puts the key bundles must be signed with.
 pub const KEY_PATH: &str = "/etc/planet/update.pub";
 /// The directory holding the socket and status file, as the container sees it.
@@ -90,7 +114,17 @@ pub struct Paths {
     pub key: PathBuf,
     /// `/sys/firmware/efi` exists: booted through UEFI (systemd-boot counts tries).
     pub uefi: bool,
+    /// The composed Planet root, where the release's health command is looked for.
+    pub container_root: PathBuf,
 }
+
+/// A release that knows what "healthy" means for it ships this command: exit status 0 when
+/// the machine is healthy. The Kubernetes release's checks the role's components (the API
+/// server's `/readyz`; the kubelet's `/healthz` and its Node `Ready`).
+pub const HEALTH_COMMAND: &str = "/usr/libexec/planet/health";
+/// How long one run of the health command may take.
+/// kubectl alone takes seconds to start on an emulated CPU.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The agent's view of the machine after [`prepare`].
 pub struct Agent {
@@ -330,6 +364,7 @@ impl Agent {
         let mut next_check = Instant::now();
         let mut healthy_since: Option<Instant> = None;
         let mut last_probe = Instant::now() - Duration::from_secs(60);
+        let mut health_interval = Duration::from_secs(15);
         loop {
             if on_trial() {
                 let since = container_since();
@@ -357,10 +392,20 @@ impl Agent {
                     }
                     _ => {}
                 }
-            } else if let Some(url) = self.cfg.url.clone() {
-                if Instant::now() >= next_check {
-                    next_check = Instant::now() + self.cfg.check_every;
-                    self.check_url(&url);
+            } else {
+                // Outside a trial the health is only reported (a console line when it changes):
+                // often until the machine is first healthy, then once a minute.
+                if container_since().is_some() && last_probe.elapsed() >= health_interval {
+                    last_probe = Instant::now();
+                    if self.healthy() {
+                        health_interval = Duration::from_secs(60);
+                    }
+                }
+                if let Some(url) = self.cfg.url.clone() {
+                    if Instant::now() >= next_check {
+                        next_check = Instant::now() + self.cfg.check_every;
+                        self.check_url(&url);
+                    }
                 }
             }
             if reboot_requested().is_some() {
@@ -370,9 +415,16 @@ impl Agent {
         }
     }
 
-    /// The health check: the configured URL answers 2xx, or (without one) the container runs.
+    /// The health check: the configured URL answers 2xx; without one, the release's
+    /// [`HEALTH_COMMAND`] run inside the container exits 0; for a release without one, the
+    /// container runs.
     fn healthy(&self) -> bool {
-        let Some(url) = &self.cfg.health_url else { return container_since().is_some() };
+        let Some(url) = &self.cfg.health_url else {
+            if container_since().is_none() {
+                return false;
+            }
+            return release_health(&self.paths.container_root).unwrap_or(true);
+        };
         let Ok(ep) = crate::datasource::http::Endpoint::parse(url, None) else { return false };
         let path = if ep.prefix.is_empty() { "/" } else { "" };
         matches!(

@@ -135,6 +135,7 @@ mod tests {
             run_dir: t.join("run"),
             key: PathBuf::new(),
             uefi: true,
+            container_root: t.join("rootfs"),
         };
         let target = Target { slot: 'b', dev: t.join("slot-b"), bytes: 8 << 20 };
         Agent::for_tests(paths, Some(key.public()), target, "1", record_reboot)
