@@ -26,9 +26,19 @@ fn kubectl(kubeconfig: &str, args: &[&str]) -> std::result::Result<String, Strin
         .map_err(|e| format!("running kubectl: {e}"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        return Err(err.lines().last().unwrap_or("kubectl failed").trim().to_string());
+        return Err(first_words(err.lines().next().unwrap_or("kubectl failed")));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// A failure reason short enough for one console line (the API server's readyz answer lists
+/// every check).
+fn first_words(s: &str) -> String {
+    let s = s.trim();
+    match s.char_indices().nth(120) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
 }
 
 /// A plain HTTP GET on a loopback port (the kubelet's healthz), bounded in time and size.
@@ -44,7 +54,7 @@ pub fn http_get(addr: &str, path: &str) -> std::result::Result<String, String> {
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split_whitespace().nth(1).unwrap_or("?");
     if status != "200" {
-        return Err(format!("{addr}{path} answered {status}: {}", body.trim()));
+        return Err(first_words(&format!("{addr}{path} answered {status}: {}", body.trim())));
     }
     Ok(body.trim().to_string())
 }

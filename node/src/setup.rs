@@ -48,7 +48,8 @@ pub fn master_leaves(env: &NodeEnv, etcd_owner: Option<(u32, u32)>) -> Vec<LeafS
         api,
         LeafSpec::client("apiserver-kubelet-client", "kube-apiserver-kubelet-client", &["system:masters"]),
         LeafSpec::client("apiserver-etcd-client", "kube-apiserver-etcd-client", &[]),
-        etcd("server", Usage::Server),
+        // etcd's gRPC gateway dials its own client port with the server certificate.
+        etcd("server", Usage::Both),
         etcd("peer", Usage::Both),
         LeafSpec::client("admin", "kubernetes-admin", &["system:masters"]),
         LeafSpec::client("controller-manager", "system:kube-controller-manager", &[]),

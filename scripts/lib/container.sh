@@ -152,6 +152,8 @@ Restart=always
 RestartSec=5
 LimitNOFILE=65536
 EOF
+    # One master per cluster: no leader election, which on a slow (emulated) machine made the
+    # controller manager and scheduler exit whenever a lease renewal took over 10 s.
     unit "$s" kube-controller-manager.service <<EOF
 [Unit]
 Description=Kubernetes controller manager
@@ -163,7 +165,7 @@ ExecStart=/usr/bin/kube-controller-manager \\
   --kubeconfig=$kube/controller-manager.kubeconfig \\
   --authentication-kubeconfig=$kube/controller-manager.kubeconfig \\
   --authorization-kubeconfig=$kube/controller-manager.kubeconfig \\
-  --bind-address=127.0.0.1 --port=0 --leader-elect=true --profiling=false \\
+  --bind-address=127.0.0.1 --port=0 --leader-elect=false --profiling=false \\
   --use-service-account-credentials=true --service-account-private-key-file=$pki/sa.key \\
   --root-ca-file=$pki/ca.crt --cluster-signing-cert-file=$pki/ca.crt --cluster-signing-key-file=$pki/ca.key \\
   --allocate-node-cidrs=true --cluster-cidr=\${PLANET_CLUSTER_CIDR} --node-cidr-mask-size=24 \\
@@ -179,7 +181,7 @@ PartOf=planet-master.target
 [Service]
 ExecStart=/usr/bin/kube-scheduler --kubeconfig=$kube/scheduler.kubeconfig \\
   --authentication-kubeconfig=$kube/scheduler.kubeconfig --authorization-kubeconfig=$kube/scheduler.kubeconfig \\
-  --bind-address=127.0.0.1 --port=0 --leader-elect=true --profiling=false
+  --bind-address=127.0.0.1 --port=0 --leader-elect=false --profiling=false
 Restart=always
 RestartSec=5
 EOF

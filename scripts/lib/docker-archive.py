@@ -3,7 +3,7 @@
 manifest.json, the image config named by its sha256, and the layer tar. Reproducible: sorted
 entries, owner 0, mtimes from SOURCE_DATE_EPOCH, no wall-clock time anywhere.
 
-  docker-archive.py --tag NAME:TAG --entrypoint PATH [--file SRC:DEST]... [--busybox DEST] -o OUT.tar
+  docker-archive.py --tag NAME:TAG (--entrypoint PATH | --cmd PATH) [--file SRC:DEST]... [--busybox DEST] -o OUT.tar
 
 --busybox DEST puts Debian's static busybox (/bin/busybox on this machine, from busybox-static)
 at DEST with a link per applet under /bin, so `sh`, `echo`, `sleep`… exist in the image.
@@ -21,7 +21,9 @@ import tarfile
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tag", required=True)
-    ap.add_argument("--entrypoint", required=True)
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--entrypoint", help="the image's Entrypoint (arguments follow it)")
+    what.add_argument("--cmd", help="the image's Cmd (replaced by a pod's command)")
     ap.add_argument("--file", action="append", default=[], metavar="SRC:DEST")
     ap.add_argument("--busybox", metavar="DEST")
     ap.add_argument("-o", "--output", required=True)
@@ -71,7 +73,10 @@ def main():
         "architecture": "amd64",
         "os": "linux",
         "created": created,
-        "config": {"Entrypoint": [a.entrypoint], "Env": ["PATH=/bin:/usr/bin:/sbin:/usr/sbin"]},
+        "config": dict(
+            [("Entrypoint", [a.entrypoint])] if a.entrypoint else [("Cmd", [a.cmd])],
+            Env=["PATH=/bin:/usr/bin:/sbin:/usr/sbin"],
+        ),
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         "history": [{"created": created, "created_by": "planet-image scripts/lib/docker-archive.py"}],
     }
