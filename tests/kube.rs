@@ -22,6 +22,8 @@ fn enter(sock: &Path, args: &[&str]) -> (i32, String, String) {
     let out = planet_image()
         .arg("enter")
         .arg(sock)
+        // A loaded CI machine may take a while to start the command in the guest.
+        .args(["--wait", "300"])
         .arg("--")
         .args(args)
         .stdin(Stdio::null())
@@ -176,4 +178,50 @@ fn dev_machine_runs_kubernetes_and_keeps_the_cluster_across_a_reboot() {
         &["kubectl", "-n", "keep", "get", "configmap", "marker", "-o", "jsonpath={.data.boot}"],
     );
     assert_eq!(cm.trim(), "first");
+}
+
+/// A second make-planet-release of unchanged inputs reuses the cache and gives the same bytes;
+/// its manifest lists every Debian package of the rootfs and the Kubernetes source digest.
+#[test]
+fn release_rebuild_is_cached_and_identical() {
+    let s = Scratch::new("release-again");
+    let first = std::fs::canonicalize(fixture("planet-release.tar.gz")).unwrap();
+    let out = ok(Command::new(repo().join("scripts/make-planet-release")).arg("-o").arg(s.path("")));
+    let again = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("cached build") && log.contains("cached release for these inputs"), "{log}");
+    let digest = |p: &Path| stdout(Command::new("sha256sum").arg(p)).split_whitespace().next().unwrap().to_string();
+    assert_eq!(digest(&again), digest(&first), "{} and {} differ", again.display(), first.display());
+
+    let manifest_path = again.with_extension("").with_extension("json");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    let dsc = m["kubernetes"]["dsc_sha256"].as_str().unwrap();
+    assert_eq!(dsc.len(), 64, "{m}");
+    assert_eq!(m["kubernetes"]["version"], "v1.20.2");
+    // The manifest's package list is the rootfs's own dpkg database, checked with dpkg-query.
+    let listed: Vec<String> = m["debian"]["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| format!("{} {}", p["name"].as_str().unwrap(), p["version"].as_str().unwrap()))
+        .collect();
+    let root = s.path("root");
+    std::fs::create_dir_all(&root).unwrap();
+    ok(Command::new("tar").arg("-xzf").arg(&again).arg("-C").arg(&root).arg("rootfs/var/lib/dpkg"));
+    let mut installed: Vec<String> =
+        stdout(Command::new("dpkg-query").arg("--admindir").arg(root.join("rootfs/var/lib/dpkg")).args([
+            "-W",
+            "-f",
+            "${Package} ${Version}\n",
+        ]))
+        .lines()
+        .map(String::from)
+        .collect();
+    installed.sort();
+    let mut listed_sorted = listed.clone();
+    listed_sorted.sort();
+    assert_eq!(listed_sorted, installed);
+    for want in ["etcd-server", "docker.io", "systemd", "containernetworking-plugins", "iptables"] {
+        assert!(listed.iter().any(|l| l.starts_with(&format!("{want} "))), "{want} missing from the manifest");
+    }
 }

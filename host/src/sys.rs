@@ -143,3 +143,20 @@ pub fn describe_status(status: libc::c_int) -> (&'static str, String) {
         ("status", status.to_string())
     }
 }
+
+/// `struct clone_args` of `clone3(2)` (the kernel's layout, version 2 with `cgroup`): used by
+/// the launcher and by the enter helper.
+#[repr(C)]
+pub struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+    pub cgroup: u64,
+}

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::launcher::Kind;
-use crate::sys::check;
+use crate::sys::{check, CloneArgs};
 
 /// argv[1] that makes planet-init the helper instead of PID 1.
 pub const HELPER_FLAG: &str = "--exec-in-container";
@@ -122,21 +122,6 @@ pub struct Helper {
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
     reaped: Option<(i32, i32)>,
-}
-
-#[repr(C)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {

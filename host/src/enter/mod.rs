@@ -238,6 +238,9 @@ fn session(
 ) -> Option<Hello> {
     let mut out = Out::new(port);
     out.queue(&Frame::Welcome { version: VERSION, nonce: hello.nonce });
+    // At once: starting the command can take long on a loaded machine, and the client gives up
+    // on a channel that does not answer.
+    out.flush(Duration::from_secs(2));
     let what = hello.argv.first().map_or("login shell".into(), |a| String::from_utf8_lossy(a).into_owned());
     let end = if hello.version != VERSION {
         End::Failed(

@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 
 use super::{Container, Kind, LaunchSpec, Volume};
 use crate::mounts::Mount;
-use crate::sys::{check, cstr};
+use crate::sys::{check, cstr, CloneArgs};
 
 /// One setup action inside the container's mount namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -226,21 +226,6 @@ pub fn write_etc(spec: &LaunchSpec) -> Result<()> {
     write("resolv.conf", &spec.resolv_conf)?;
     write("hostname", &format!("{}\n", spec.hostname))?;
     Ok(())
-}
-
-#[repr(C)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
 }
 
 const SYS_CLONE3: libc::c_long = 435;
