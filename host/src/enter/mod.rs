@@ -178,11 +178,19 @@ struct Out {
     sent: usize,
     /// The client went away (or the port failed).
     gone: bool,
+    /// Since when the port has looked hung up without a break (see [`HUP_GRACE`]).
+    hup_since: Option<Instant>,
 }
+
+/// How long the port must look hung up before the client counts as gone. virtio-serial tells
+/// the guest that the host side connected on its control queue and delivers the client's bytes
+/// on the data queue, in no fixed order: a session that follows another at once can see its
+/// HELLO while the port still polls as hung up from the last client's goodbye.
+const HUP_GRACE: Duration = Duration::from_secs(3);
 
 impl Out {
     fn new(port: RawFd) -> Out {
-        Out { port, buf: Vec::new(), sent: 0, gone: false }
+        Out { port, buf: Vec::new(), sent: 0, gone: false, hup_since: None }
     }
     fn queue(&mut self, f: &Frame) {
         f.encode(&mut self.buf);
@@ -204,12 +212,29 @@ impl Out {
             self.sent = 0;
         }
     }
+    /// Records whether the port looks hung up now; true once it has for [`HUP_GRACE`]. While
+    /// it does, waits a little, since poll reports a hang-up at once and would spin.
+    fn hung_up(&mut self, now: bool) -> bool {
+        if !now {
+            self.hup_since = None;
+            return false;
+        }
+        let since = *self.hup_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= HUP_GRACE {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        false
+    }
+
     /// Writes what is queued, for at most `limit`.
     fn flush(&mut self, limit: Duration) {
         let deadline = Instant::now() + limit;
         while self.pending() > 0 && !self.gone && Instant::now() < deadline {
             let r = poll_one(self.port, libc::POLLOUT, Duration::from_millis(100));
-            if r & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            if r & (libc::POLLERR | libc::POLLNVAL) != 0 {
+                self.gone = true;
+            } else if self.hung_up(r & libc::POLLHUP != 0) {
                 self.gone = true;
             } else if r & libc::POLLOUT != 0 {
                 self.write_some();
@@ -419,12 +444,17 @@ fn relay(out: &mut Out, dec: &mut Decoder, h: &mut Helper, tty: bool) -> End {
         let rev = |i: Option<usize>| i.and_then(|i| pfds.get(i)).map_or(0, |p| p.revents);
 
         let port_rev = rev(Some(0));
-        if port_rev & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+        if port_rev & (libc::POLLERR | libc::POLLNVAL) != 0 || out.hung_up(port_rev & libc::POLLHUP != 0) {
             return End::ClientGone;
         }
         if port_rev & libc::POLLIN != 0 {
             match read_fd(out.port, &mut buf) {
-                Ok(0) => return End::ClientGone,
+                // No host side connected right now; gone only if it stays so (see HUP_GRACE).
+                Ok(0) => {
+                    if out.hung_up(true) {
+                        return End::ClientGone;
+                    }
+                }
                 Ok(n) => dec.push(buf.get(..n).unwrap_or_default()),
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
                 Err(_) => return End::ClientGone,
