@@ -232,9 +232,7 @@ impl Out {
         let deadline = Instant::now() + limit;
         while self.pending() > 0 && !self.gone && Instant::now() < deadline {
             let r = poll_one(self.port, libc::POLLOUT, Duration::from_millis(100));
-            if r & (libc::POLLERR | libc::POLLNVAL) != 0 {
-                self.gone = true;
-            } else if self.hung_up(r & libc::POLLHUP != 0) {
+            if r & (libc::POLLERR | libc::POLLNVAL) != 0 || self.hung_up(r & libc::POLLHUP != 0) {
                 self.gone = true;
             } else if r & libc::POLLOUT != 0 {
                 self.write_some();
