@@ -145,8 +145,9 @@ pub fn describe_status(status: libc::c_int) -> (&'static str, String) {
 }
 
 /// `struct clone_args` of `clone3(2)` (the kernel's layout, version 2 with `cgroup`): used by
-/// the launcher and by the enter helper.
+/// the launcher and by the enter helper. Unused fields stay zero (`..Default::default()`).
 #[repr(C)]
+#[derive(Default)]
 pub struct CloneArgs {
     pub flags: u64,
     pub pidfd: u64,

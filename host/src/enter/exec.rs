@@ -211,16 +211,8 @@ impl Helper {
         let mut ca = CloneArgs {
             flags: libc::CLONE_PIDFD as u64,
             pidfd: &mut pidfd as *mut libc::c_int as u64,
-            child_tid: 0,
-            parent_tid: 0,
-            // No SIGCHLD: the supervisor's waitpid(-1) must not reap it.
-            exit_signal: 0,
-            stack: 0,
-            stack_size: 0,
-            tls: 0,
-            set_tid: 0,
-            set_tid_size: 0,
-            cgroup: 0,
+            // No SIGCHLD (exit_signal 0): the supervisor's waitpid(-1) must not reap it.
+            ..Default::default()
         };
         // SAFETY: a fork-like clone3; the child only makes async-signal-safe syscalls on data
         // prepared above and ends in execve or _exit.

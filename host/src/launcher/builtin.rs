@@ -228,7 +228,6 @@ pub fn write_etc(spec: &LaunchSpec) -> Result<()> {
     Ok(())
 }
 
-const SYS_CLONE3: libc::c_long = 435;
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 pub fn spawn(spec: &LaunchSpec) -> Result<Container> {
@@ -264,19 +263,7 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Container> {
 
     let ns = (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWCGROUP)
         as u64;
-    let mut args = CloneArgs {
-        flags: ns,
-        pidfd: 0,
-        child_tid: 0,
-        parent_tid: 0,
-        exit_signal: libc::SIGCHLD as u64,
-        stack: 0,
-        stack_size: 0,
-        tls: 0,
-        set_tid: 0,
-        set_tid_size: 0,
-        cgroup: 0,
-    };
+    let mut args = CloneArgs { flags: ns, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
     if let Some(f) = &cgroup_fd {
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = f.as_raw_fd() as u64;
@@ -284,7 +271,8 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Container> {
     let pid = loop {
         // SAFETY: a fork-like clone3 (no new stack). The child below only makes syscalls on
         // data prepared above and ends in execve or _exit.
-        let pid = unsafe { libc::syscall(SYS_CLONE3, &mut args as *mut CloneArgs, std::mem::size_of::<CloneArgs>()) };
+        let pid =
+            unsafe { libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, std::mem::size_of::<CloneArgs>()) };
         if pid < 0 && args.flags & CLONE_INTO_CGROUP != 0 {
             // Without the cgroup the container still runs, just without its own subtree.
             let e = std::io::Error::last_os_error();
