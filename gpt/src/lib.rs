@@ -13,6 +13,8 @@ pub const ENTRY_COUNT: u32 = 128;
 /// Size of one partition entry.
 pub const ENTRY_SIZE: u32 = 128;
 const HEADER_SIZE: u32 = 92;
+/// Largest partition entry array a reader accepts (32 times what [`ENTRY_COUNT`] entries take).
+pub const MAX_ENTRY_ARRAY_BYTES: u64 = 512 * 1024;
 const SIGNATURE: &[u8; 8] = b"EFI PART";
 const REVISION: u32 = 0x0001_0000;
 
@@ -30,6 +32,32 @@ pub enum GptError {
     Unsupported(String),
     #[error("partitions do not fit: {0}")]
     Layout(String),
+}
+
+/// A device that can make the writes issued so far durable before later ones (a barrier).
+/// `write_grown` needs it: `Write::flush` is a no-op for a `File`, so it orders nothing.
+pub trait SyncData: Write + Seek {
+    /// Returns once every earlier write is on stable storage.
+    fn sync_data(&mut self) -> io::Result<()>;
+}
+
+impl SyncData for std::fs::File {
+    fn sync_data(&mut self) -> io::Result<()> {
+        std::fs::File::sync_data(self)
+    }
+}
+
+/// In-memory images (tests, the builder) have nothing to make durable.
+impl SyncData for io::Cursor<Vec<u8>> {
+    fn sync_data(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SyncData for io::Cursor<&mut Vec<u8>> {
+    fn sync_data(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A GUID as stored on disk (first three fields little-endian).
@@ -132,7 +160,8 @@ pub struct Partition {
 
 impl Partition {
     pub fn sectors(&self) -> u64 {
-        self.last_lba + 1 - self.first_lba
+        // Saturating: entries come from disks that may be hostile.
+        self.last_lba.checked_sub(self.first_lba).map_or(0, |d| d.saturating_add(1))
     }
 }
 
@@ -292,19 +321,21 @@ impl Gpt {
     /// Rewrites a table for a disk that has grown, in an order that survives power loss at any
     /// point: the new backup copy (at the new end, unused space until now) goes first, then the
     /// primary entries, then the primary header. Until the primary header lands, firmware and
-    /// readers still see the old, valid primary; after it, the new one.
-    pub fn write_grown<W: Write + Seek>(&self, w: &mut W) -> Result<(), GptError> {
+    /// readers still see the old, valid primary; after it, the new one. A barrier
+    /// ([`SyncData::sync_data`]) separates the steps: without one, writeback reaches the disk
+    /// roughly in offset order, i.e. the primary header first.
+    pub fn write_grown<W: SyncData>(&self, w: &mut W) -> Result<(), GptError> {
         self.validate()?;
         let entries = self.entry_array();
         let crc = crc32fast::hash(&entries);
         self.write_backup(w, &entries, crc)?;
-        w.flush()?;
+        w.sync_data()?;
         w.seek(SeekFrom::Start(2 * self.sector_size))?;
         w.write_all(&entries)?;
-        w.flush()?;
+        w.sync_data()?;
         w.seek(SeekFrom::Start(self.sector_size))?;
         w.write_all(&self.header(true, crc))?;
-        w.flush()?;
+        w.sync_data()?;
         Ok(())
     }
 
@@ -338,11 +369,17 @@ impl Gpt {
         let count = u32_at(80);
         let size = u32_at(84);
         let entries_crc = u32_at(88);
-        if size < ENTRY_SIZE || count > 4096 {
+        // The spec allows entries of 128 * 2^n bytes; any table a real tool writes is 16 KiB.
+        // The cap keeps a hostile header from making a reader allocate gigabytes.
+        let array_bytes = u64::from(count) * u64::from(size);
+        if size < ENTRY_SIZE || !size.is_power_of_two() || array_bytes > MAX_ENTRY_ARRAY_BYTES {
             return Err(GptError::Unsupported(format!("{count} entries of {size} bytes")));
         }
-        let mut entries = vec![0u8; (count * size) as usize];
-        r.seek(SeekFrom::Start(entries_lba * sector_size))?;
+        let entries_at = entries_lba
+            .checked_mul(sector_size)
+            .ok_or_else(|| GptError::Unsupported(format!("entry array at LBA {entries_lba}")))?;
+        let mut entries = vec![0u8; array_bytes as usize];
+        r.seek(SeekFrom::Start(entries_at))?;
         r.read_exact(&mut entries)?;
         if crc32fast::hash(&entries) != entries_crc {
             return Err(GptError::EntriesCrc);
@@ -371,7 +408,7 @@ impl Gpt {
             sector_size,
             disk_guid,
             // The size the table was written for; `grow_to` moves it to the real end.
-            total_sectors: (alt_lba + 1).min(total_sectors.max(alt_lba + 1)),
+            total_sectors: alt_lba.saturating_add(1).min(total_sectors.max(alt_lba.saturating_add(1))),
             first_usable_lba,
             last_usable_lba,
             partitions,
@@ -396,7 +433,10 @@ impl Gpt {
             )));
         }
         let array = entry_array_sectors(self.sector_size);
-        let new_last_usable = new_total_sectors - 2 - array;
+        let new_last_usable = new_total_sectors
+            .checked_sub(2 + array)
+            .filter(|l| *l >= self.first_usable_lba)
+            .ok_or_else(|| GptError::Layout(format!("disk of {new_total_sectors} sectors is too small for a GPT")))?;
         let mut changed = new_total_sectors != self.total_sectors;
         self.total_sectors = new_total_sectors;
         self.last_usable_lba = new_last_usable;
@@ -415,7 +455,7 @@ impl Gpt {
             let limit = after.iter().map(|p| p.first_lba.saturating_sub(1)).min().unwrap_or(new_last_usable);
             let p = self.partitions.iter_mut().find(|p| p.name == name).expect("found above");
             let align = align_sectors.max(1);
-            let end_exclusive = (limit + 1) / align * align;
+            let end_exclusive = limit.saturating_add(1) / align * align;
             let new_last = end_exclusive.saturating_sub(1).max(p.last_lba);
             if new_last != p.last_lba {
                 p.last_lba = new_last;
@@ -538,5 +578,157 @@ mod tests {
         let mut g = sample(512, 32768);
         g.partitions[1].first_lba = 3000;
         assert!(matches!(g.validate(), Err(GptError::Layout(_))));
+    }
+    /// A primary header at LBA 1 with the given entry fields and a valid header CRC.
+    fn hostile_header(ss: u64, entries_lba: u64, count: u32, size: u32, alt_lba: u64) -> Vec<u8> {
+        let g = sample(ss, 32768);
+        let mut disk = vec![0u8; (4 * ss) as usize];
+        let mut h = g.header(true, 0);
+        h[32..40].copy_from_slice(&alt_lba.to_le_bytes());
+        h[72..80].copy_from_slice(&entries_lba.to_le_bytes());
+        h[80..84].copy_from_slice(&count.to_le_bytes());
+        h[84..88].copy_from_slice(&size.to_le_bytes());
+        h[16..20].fill(0);
+        let crc = crc32fast::hash(&h[0..HEADER_SIZE as usize]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        disk[ss as usize..2 * ss as usize].copy_from_slice(&h);
+        disk
+    }
+
+    #[test]
+    fn hostile_headers_are_refused_without_panic_or_huge_allocation() {
+        // count * size overflows u32; a 4 GiB array; an entry size that is not 128 * 2^n.
+        for (count, size) in [(4096, 1_048_575), (4096, 1 << 20), (u32::MAX, u32::MAX), (128, 129), (8192, 128)] {
+            let disk = hostile_header(512, 2, count, size, 32767);
+            let r = Gpt::read_from(&mut Cursor::new(disk), 512, 32768);
+            assert!(matches!(r, Err(GptError::Unsupported(_))), "{count} x {size}: {r:?}");
+        }
+        // entries_lba * sector_size overflows u64.
+        let disk = hostile_header(4096, u64::MAX / 2, 128, 128, 1000);
+        assert!(Gpt::read_from(&mut Cursor::new(disk), 4096, 1 << 20).is_err());
+        // alt_lba + 1 overflows: the entries are valid, the size must not wrap.
+        let g = sample(512, 32768);
+        let mut disk = Cursor::new(vec![0u8; 32768 * 512]);
+        g.write_to(&mut disk).unwrap();
+        let entries = g.entry_array();
+        let mut h = g.header(true, crc32fast::hash(&entries));
+        h[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+        h[16..20].fill(0);
+        let crc = crc32fast::hash(&h[0..HEADER_SIZE as usize]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        disk.get_mut()[512..1024].copy_from_slice(&h);
+        let _ = Gpt::read_from(&mut disk, 512, 32768);
+        // A partition whose last LBA is below its first has no sectors rather than wrapping.
+        let p = Partition { last_lba: u64::MAX, first_lba: 0, ..g.partitions[0].clone() };
+        assert_eq!(p.sectors(), u64::MAX);
+        let p = Partition { last_lba: 1, first_lba: 5, ..g.partitions[0].clone() };
+        assert_eq!(p.sectors(), 0);
+    }
+
+    /// A disk that keeps writes in a volatile cache until a barrier, as a real disk's write
+    /// cache and the page cache do; `epochs[i]` holds the sector writes issued after barrier i.
+    struct CachedDisk {
+        ss: u64,
+        pos: u64,
+        epochs: Vec<Vec<(u64, Vec<u8>)>>,
+    }
+
+    impl Write for CachedDisk {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            // Split into sectors: each sector may or may not reach the platter on power loss.
+            let mut done = 0;
+            while done < buf.len() {
+                let at = self.pos + done as u64;
+                let n = ((self.ss - at % self.ss) as usize).min(buf.len() - done);
+                self.epochs.last_mut().unwrap().push((at, buf[done..done + n].to_vec()));
+                done += n;
+            }
+            self.pos += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(()) // as for std::fs::File: orders nothing
+        }
+    }
+
+    impl Seek for CachedDisk {
+        fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+            let SeekFrom::Start(p) = to else { unreachable!("write_grown seeks absolutely") };
+            self.pos = p;
+            Ok(p)
+        }
+    }
+
+    impl SyncData for CachedDisk {
+        fn sync_data(&mut self) -> io::Result<()> {
+            if !self.epochs.last().unwrap().is_empty() {
+                self.epochs.push(Vec::new());
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn growth_survives_power_loss_with_any_unsynced_writes_dropped() {
+        // 4Kn: the header and the entries sit in different sectors; 4 sectors of entries.
+        let (ss, small, big) = (4096u64, 256u64, 512u64);
+        let mut g = Gpt::new(Guid::from_random_bytes([5; 16]), ss, small).unwrap();
+        g.partitions.push(Partition {
+            type_guid: types::parse("linux").unwrap(),
+            unique_guid: Guid::from_random_bytes([9; 16]),
+            first_lba: 16,
+            last_lba: 200,
+            attributes: 0,
+            name: "planet-state".into(),
+        });
+        let mut base = Cursor::new(vec![0u8; (big * ss) as usize]);
+        g.write_to(&mut base).unwrap();
+        let base = base.into_inner();
+        let mut grown = Gpt::read_from(&mut Cursor::new(&base), ss, big).unwrap();
+        assert!(grown.grow_to(big, Some("planet-state"), 1).unwrap());
+        let mut dev = CachedDisk { ss, pos: 0, epochs: vec![Vec::new()] };
+        grown.write_grown(&mut dev).unwrap();
+        let epochs: Vec<_> = dev.epochs.into_iter().filter(|e| !e.is_empty()).collect();
+
+        // Power is lost during epoch k: earlier epochs are durable, any subset of epoch k's
+        // sectors made it, later epochs never started.
+        let mut durable = base;
+        let mut checked = 0;
+        for epoch in &epochs {
+            assert!(epoch.len() <= 12, "too many sectors in one epoch to enumerate: {}", epoch.len());
+            for subset in 0u32..(1 << epoch.len()) {
+                let mut disk = durable.clone();
+                for (i, (at, data)) in epoch.iter().enumerate() {
+                    if subset & (1 << i) != 0 {
+                        disk[*at as usize..*at as usize + data.len()].copy_from_slice(data);
+                    }
+                }
+                // What firmware, the kernel and planet-init read: the primary, else the backup
+                // at the disk's (new) end.
+                let primary = Gpt::read_from(&mut Cursor::new(&disk), ss, big);
+                let backup_hdr = ((big - 1) * ss) as usize;
+                let mut view = disk[..2 * ss as usize].to_vec();
+                view[ss as usize..].copy_from_slice(&disk[backup_hdr..backup_hdr + ss as usize]);
+                view.resize(disk.len(), 0);
+                let entries_at = ((big - 1 - entry_array_sectors(ss)) * ss) as usize;
+                view[entries_at..backup_hdr].copy_from_slice(&disk[entries_at..backup_hdr]);
+                let backup = Gpt::read_from(&mut Cursor::new(&view), ss, big);
+                let ok = |t: &Result<Gpt, GptError>| {
+                    t.as_ref().is_ok_and(|t| t.partitions == g.partitions || t.partitions == grown.partitions)
+                };
+                assert!(
+                    ok(&primary) || ok(&backup),
+                    "no valid table after losing power with sectors {subset:b} of {:?} written: \
+                     primary {primary:?}, backup {backup:?}",
+                    epoch.iter().map(|(a, _)| a / ss).collect::<Vec<_>>()
+                );
+                checked += 1;
+            }
+            for (at, data) in epoch {
+                durable[*at as usize..*at as usize + data.len()].copy_from_slice(data);
+            }
+        }
+        assert!(checked > 3);
+        assert_eq!(Gpt::read_from(&mut Cursor::new(&durable), ss, big).unwrap(), grown);
     }
 }
