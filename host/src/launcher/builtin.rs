@@ -209,23 +209,103 @@ pub fn init_env() -> Vec<String> {
     ]
 }
 
-/// Writes the files the container reads at start: `/etc/container-environment`,
-/// `/etc/resolv.conf`, `/etc/hostname`.
+/// Writes the files the container reads at start: `/etc/container-environment` (0600: it holds
+/// the env values, which are credentials), `/etc/resolv.conf`, `/etc/hostname`.
+///
+/// `etc` is in the overlay the container writes, and this runs as PID 1 outside every
+/// namespace: nothing the container left there is followed. A symlinked `etc` is refused, each
+/// file is written under a temporary name created with `O_EXCL | O_NOFOLLOW` and renamed over
+/// whatever was there (a symlink, such as resolv.conf's usual one to systemd-resolved's file,
+/// is replaced, never written through), and its mode is set with `fchmod`, so the umask does
+/// not matter.
 pub fn write_etc(spec: &LaunchSpec) -> Result<()> {
-    let etc = spec.root.join("etc");
-    std::fs::create_dir_all(&etc).with_context(|| format!("creating {}", etc.display()))?;
-    let write = |name: &str, text: &str| -> Result<()> {
-        let p = etc.join(name);
-        // resolv.conf is often a dangling symlink to systemd-resolved's file; replace it.
-        if p.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
-            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
-        }
-        std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
-    };
-    write("container-environment", &spec.config.container_environment())?;
-    write("resolv.conf", &spec.resolv_conf)?;
-    write("hostname", &format!("{}\n", spec.hostname))?;
+    let etc_path = spec.root.join("etc");
+    let etc = open_etc(&spec.root).with_context(|| format!("opening {}", etc_path.display()))?;
+    let files = [
+        ("container-environment", spec.config.container_environment(), 0o600),
+        ("resolv.conf", spec.resolv_conf.clone(), 0o644),
+        ("hostname", format!("{}\n", spec.hostname), 0o644),
+    ];
+    for (name, text, mode) in files {
+        write_at(&etc, name, text.as_bytes(), mode)
+            .with_context(|| format!("writing {}", etc_path.join(name).display()))?;
+    }
     Ok(())
+}
+
+/// Opens (creating it if missing) the directory `etc` of the trusted `root` without following
+/// a symlink there.
+fn open_etc(root: &Path) -> Result<OwnedFd> {
+    let root_fd = std::fs::File::open(root).with_context(|| format!("opening {}", root.display()))?;
+    let name = c"etc";
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    for _ in 0..2 {
+        // SAFETY: a valid directory fd and C string.
+        let fd = unsafe { libc::openat(root_fd.as_raw_fd(), name.as_ptr(), flags) };
+        if fd >= 0 {
+            // SAFETY: a fresh fd we own.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENOENT) => {
+                // SAFETY: as above.
+                if unsafe { libc::mkdirat(root_fd.as_raw_fd(), name.as_ptr(), 0o755) } != 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::AlreadyExists {
+                        return Err(e).context("creating /etc in the rootfs");
+                    }
+                }
+            }
+            // O_DIRECTORY | O_NOFOLLOW on a symlink gives ENOTDIR (or ELOOP); the lookup below
+            // only picks the message, nothing is opened through it.
+            Some(libc::ELOOP | libc::ENOTDIR) => match std::fs::read_link(root.join("etc")) {
+                Ok(t) => bail!(
+                    "/etc in the rootfs is a symlink (to {}); planet-init does not write through it: \
+                     make /etc a real directory in the image (or remove the link from the state partition's overlay)",
+                    t.display()
+                ),
+                Err(_) => bail!("/etc in the rootfs is not a directory"),
+            },
+            _ => return Err(e.into()),
+        }
+    }
+    bail!("/etc in the rootfs keeps changing")
+}
+
+/// Writes `name` in the directory `dir` as a new file of `mode`: a temporary name, then a
+/// rename over the old entry.
+fn write_at(dir: &OwnedFd, name: &str, data: &[u8], mode: libc::mode_t) -> Result<()> {
+    use std::io::Write;
+    let tmp = cstr(format!(".{name}.planet-init"))?;
+    let target = cstr(name)?;
+    let d = dir.as_raw_fd();
+    // A leftover of an interrupted write (or anything the container put there) goes first.
+    // SAFETY: valid fd and C string.
+    unsafe { libc::unlinkat(d, tmp.as_ptr(), 0) };
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: valid fd and C string; the mode is passed as the variadic argument.
+    let fd = unsafe { libc::openat(d, tmp.as_ptr(), flags, mode as libc::c_uint) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("creating a temporary file");
+    }
+    // SAFETY: a fresh fd we own.
+    let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let result = (|| -> std::io::Result<()> {
+        // The umask may have taken bits away; never more than `mode`.
+        // SAFETY: an fd we own.
+        check(unsafe { libc::fchmod(f.as_raw_fd(), mode) })?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        // SAFETY: valid fd and C strings.
+        check(unsafe { libc::renameat(d, tmp.as_ptr(), d, target.as_ptr()) })?;
+        Ok(())
+    })();
+    if result.is_err() {
+        // SAFETY: as above.
+        unsafe { libc::unlinkat(d, tmp.as_ptr(), 0) };
+    }
+    result.map_err(Into::into)
 }
 
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
@@ -496,6 +576,72 @@ mod tests {
         assert!(std::fs::read_to_string(root.join("etc/container-environment"))
             .unwrap()
             .starts_with("PLANET_ROLE=dev\n"));
+        assert_eq!(std::fs::read_to_string(root.join("etc/hostname")).unwrap(), "planet-1\n");
+    }
+
+    fn etc_spec(root: &Path) -> LaunchSpec {
+        let config = planet_config::RawConfig {
+            role: Some("dev".into()),
+            env: vec![("TOKEN".into(), "s3cret".into())],
+            ..Default::default()
+        }
+        .validate(planet_config::Source::Cmdline, "planet.")
+        .unwrap();
+        LaunchSpec {
+            root: root.to_path_buf(),
+            config,
+            volumes: vec![],
+            resolv_conf: "nameserver 10.0.2.3\n".into(),
+            hostname: "planet-1".into(),
+            cgroup: None,
+        }
+    }
+
+    /// The env values are credentials: 0600 whatever PID 1's umask, also when an older
+    /// world-readable file is already there (it persists in the overlay's upper layer).
+    #[test]
+    fn container_environment_is_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("rootfs");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        let spec = etc_spec(&root);
+        // SAFETY: umask only changes this process's file creation mask.
+        let old = unsafe { libc::umask(0o022) };
+        let first = write_etc(&spec);
+        std::fs::set_permissions(root.join("etc/container-environment"), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        let second = write_etc(&spec);
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        first.unwrap();
+        second.unwrap();
+        let m = std::fs::metadata(root.join("etc/container-environment")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+        assert!(std::fs::read_to_string(root.join("etc/container-environment")).unwrap().contains("TOKEN=s3cret\n"));
+        // The others stay readable: resolvers and hostname(1) run as any user.
+        let m = std::fs::metadata(root.join("etc/resolv.conf")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o644);
+    }
+
+    /// `etc` lives in the overlay the container writes: PID 1 must not follow it elsewhere.
+    #[test]
+    fn a_symlinked_etc_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("rootfs");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(tmp.path().join("outside")).unwrap();
+        std::os::unix::fs::symlink("../outside", root.join("etc")).unwrap();
+        let err = format!("{:#}", write_etc(&etc_spec(&root)).unwrap_err());
+        assert!(err.contains("symlink") && err.contains("/etc"), "{err}");
+        assert!(!tmp.path().join("outside/hostname").exists());
+        assert!(!tmp.path().join("outside/container-environment").exists());
+        // A symlinked file inside a real etc is replaced, never written through.
+        std::fs::remove_file(root.join("etc")).unwrap();
+        std::fs::create_dir(root.join("etc")).unwrap();
+        std::os::unix::fs::symlink("../../outside/hostname", root.join("etc/hostname")).unwrap();
+        write_etc(&etc_spec(&root)).unwrap();
+        assert!(!tmp.path().join("outside/hostname").exists());
         assert_eq!(std::fs::read_to_string(root.join("etc/hostname")).unwrap(), "planet-1\n");
     }
 }

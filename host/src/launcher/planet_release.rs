@@ -12,7 +12,8 @@ use planet_config::{CloudProvider, PlanetConfig, Role};
 use super::{Container, Kind, LaunchSpec, Volume};
 
 /// The exact argv. `dev` becomes `--role=master --role=node` (the launcher's roles are a list);
-/// `--cloud-provider` is left out for `none`; optional values only when known.
+/// `--cloud-provider` is left out for `none`; optional values only when known. The env values
+/// are not here: see [`launcher_env`].
 pub fn argv(root: &Path, cfg: &PlanetConfig, hostname: Option<&str>, volumes: &[Volume]) -> Vec<String> {
     let mut a = vec![root.join("usr/bin/planet").display().to_string(), "start".to_string()];
     match cfg.role {
@@ -28,10 +29,6 @@ pub fn argv(root: &Path, cfg: &PlanetConfig, hostname: Option<&str>, volumes: &[
     if cfg.cloud_provider != CloudProvider::None {
         a.push(format!("--cloud-provider={}", cfg.cloud_provider));
     }
-    if !cfg.env.is_empty() {
-        let env: Vec<String> = cfg.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        a.push(format!("--env={}", env.join(",")));
-    }
     if let Some(ip) = cfg.public_ip {
         a.push(format!("--public-ip={ip}"));
     }
@@ -45,6 +42,18 @@ pub fn argv(root: &Path, cfg: &PlanetConfig, hostname: Option<&str>, volumes: &[
         a.push(format!("--volume={}:{}", v.source.display(), v.target));
     }
     a
+}
+
+/// Variables added to the launcher's environment. The env values are credentials: on argv
+/// they would sit in the world-readable `/proc/PID/cmdline` for the machine's whole life,
+/// while `/proc/PID/environ` is readable only by the process's owner. Planet's `start` takes
+/// `--env`'s default from `$PLANET_ENV` (the same comma-separated `K=V` list).
+pub fn launcher_env(cfg: &PlanetConfig) -> Vec<(String, String)> {
+    if cfg.env.is_empty() {
+        return Vec::new();
+    }
+    let env: Vec<String> = cfg.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    vec![("PLANET_ENV".to_string(), env.join(","))]
 }
 
 /// How to execute the launcher: `(program, argv[0], arguments before the launcher's own)`.
@@ -102,6 +111,7 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Container> {
         .env_clear()
         .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .env("HOME", "/root")
+        .envs(launcher_env(&spec.config))
         .current_dir(&spec.root)
         .process_group(0)
         .spawn()
@@ -141,7 +151,6 @@ mod tests {
                 "--role=node",
                 "--master-ip=10.0.0.10",
                 "--cloud-provider=aws",
-                "--env=AWS_REGION=us-east-1,X=y",
                 "--public-ip=10.0.2.15",
                 "--hostname=planet-123456",
                 "--node-name=node-1",
@@ -152,6 +161,19 @@ mod tests {
             ]
         );
         assert!(a[0].contains("/rootfs/"));
+    }
+
+    /// `/proc/PID/cmdline` is world-readable for the launcher's whole life; its environment
+    /// is not. Planet reads `--env`'s default from `$PLANET_ENV`.
+    #[test]
+    fn env_values_go_through_the_environment_not_argv() {
+        let c = cfg("node", Some("10.0.0.10"));
+        let a = argv(Path::new("/r/rootfs"), &c, None, &[]);
+        assert!(!a.iter().any(|f| f.contains("us-east-1") || f.starts_with("--env")), "{a:?}");
+        assert_eq!(launcher_env(&c), [("PLANET_ENV".to_string(), "AWS_REGION=us-east-1,X=y".to_string())]);
+        let mut none = c.clone();
+        none.env.clear();
+        assert!(launcher_env(&none).is_empty());
     }
 
     #[test]
@@ -204,6 +226,35 @@ mod tests {
         let etcd = std::fs::metadata(state.join("volumes/etcd")).unwrap();
         assert_eq!(etcd.permissions().mode() & 0o7777, 0o2750);
         assert!(state.join("volumes/kubelet").is_dir());
+    }
+
+    #[test]
+    fn the_launcher_gets_planet_env_in_its_environment() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("rootfs");
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        let out = tmp.path().join("seen");
+        let launcher = root.join("usr/bin/planet");
+        std::fs::write(&launcher, format!("#!/bin/sh\nprintf '%s|%s' \"$PLANET_ENV\" \"$*\" >{}\n", out.display()))
+            .unwrap();
+        std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let spec = LaunchSpec {
+            root,
+            config: cfg("node", Some("10.0.0.10")),
+            volumes: vec![],
+            resolv_conf: String::new(),
+            hostname: "planet-1".into(),
+            cgroup: None,
+        };
+        let c = spawn(&spec).unwrap();
+        let mut status = 0;
+        // SAFETY: reaping our own child.
+        assert_eq!(unsafe { libc::waitpid(c.pid, &mut status, 0) }, c.pid);
+        let seen = std::fs::read_to_string(&out).unwrap();
+        let (env, args) = seen.split_once('|').unwrap();
+        assert_eq!(env, "AWS_REGION=us-east-1,X=y");
+        assert!(!args.contains("us-east-1"), "{args}");
     }
 
     #[test]
