@@ -12,8 +12,11 @@
 //!   sections (rootfs, vmlinuz, initramfs) at 4096-aligned absolute offsets, zero padding
 //!   between them, the file ending right after the last one.
 //!
-//! The trusted comment, `planet-bundle format=1 release=R bytes=N`, tells a verifier the release
-//! and the total size from the first 4096 bytes alone, authenticated by the global signature.
+//! The trusted comment, `planet-bundle format=1 release=R bytes=N[ expires=T][ revokes=ID,…]`,
+//! tells a verifier the release, the total size, when the bundle stops being valid (Unix
+//! seconds) and which older keys it revokes, from the first 4096 bytes alone, authenticated by
+//! the global signature. (A machine older than the optional fields refuses bundles that carry
+//! them: it parses the comment exactly.)
 //! Verification streams: nothing is held in memory but the header.
 
 use anyhow::{bail, ensure, Context, Result};
@@ -131,6 +134,73 @@ impl PublicKey {
 
 fn key_id_hex(id: &[u8; 8]) -> String {
     format!("{:016X}", u64::from_le_bytes(*id))
+}
+
+/// The keys a machine trusts, oldest first: one or more minisign public keys in one file (the
+/// `.pub` files concatenated). Two keys are the overlap window of a key rotation: bundles signed
+/// by either are accepted while machines move to a release that trusts only the new one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRing {
+    keys: Vec<PublicKey>,
+}
+
+/// More keys than this in one file is a mistake, not a rotation.
+const MAX_KEYS: usize = 16;
+
+impl KeyRing {
+    /// Parses one or more public keys, each an optional `untrusted comment:` line and its base64
+    /// line; duplicates are refused.
+    pub fn parse(text: &str) -> Result<KeyRing> {
+        let mut keys: Vec<PublicKey> = Vec::new();
+        let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty()).peekable();
+        while let Some(line) = lines.next() {
+            let b64 = if line.starts_with("untrusted comment:") {
+                lines
+                    .next()
+                    .context("not a minisign public key: an `untrusted comment:` line without a key after it")?
+            } else {
+                line
+            };
+            let key = PublicKey::from_base64(b64).with_context(|| format!("key {} of the file", keys.len() + 1))?;
+            ensure!(!keys.iter().any(|k| k.key_id == key.key_id), "key {} appears twice", key.key_id_hex());
+            keys.push(key);
+            ensure!(keys.len() <= MAX_KEYS, "more than {MAX_KEYS} keys in one file");
+        }
+        ensure!(!keys.is_empty(), "not a minisign public key: the file is empty");
+        Ok(KeyRing { keys })
+    }
+
+    pub fn keys(&self) -> &[PublicKey] {
+        &self.keys
+    }
+
+    /// The key with this id (16 hex digits as minisign prints them) and its age rank (0 =
+    /// oldest).
+    pub fn find(&self, key_id_hex: &str) -> Option<(usize, &PublicKey)> {
+        self.keys.iter().enumerate().find(|(_, k)| k.key_id_hex().eq_ignore_ascii_case(key_id_hex))
+    }
+
+    /// The ring without the keys whose ids are listed (revoked keys).
+    pub fn without(&self, revoked: &[String]) -> KeyRing {
+        let keys = self.keys.iter().filter(|k| !revoked.iter().any(|r| r.eq_ignore_ascii_case(&k.key_id_hex())));
+        KeyRing { keys: keys.cloned().collect() }
+    }
+
+    /// The key ids, comma-separated, oldest first.
+    pub fn key_id_hex(&self) -> String {
+        self.keys.iter().map(PublicKey::key_id_hex).collect::<Vec<_>>().join(",")
+    }
+
+    /// The file: each key as `minisign -G` writes it, oldest first.
+    pub fn to_text(&self) -> String {
+        self.keys.iter().map(PublicKey::to_text).collect()
+    }
+}
+
+impl From<PublicKey> for KeyRing {
+    fn from(key: PublicKey) -> KeyRing {
+        KeyRing { keys: vec![key] }
+    }
 }
 
 /// An unencrypted minisign secret key.
@@ -309,6 +379,11 @@ pub struct Prelude {
     pub total_bytes: u64,
     /// The id of the key that signed the bundle (16 hex digits, as minisign prints it).
     pub key_id: String,
+    /// Unix seconds after which machines refuse the bundle (`bundle --expires`).
+    pub expires: Option<u64>,
+    /// Key ids (16 hex digits) the signer revokes: machines that trust the signer and see this
+    /// stop trusting those keys for good (only keys older than the signer in their key ring).
+    pub revokes: Vec<String>,
     /// The minisign signature text: a `.minisig` file for the bytes from `PRELUDE_LEN` on.
     pub signature_text: String,
     signature: [u8; 64],
@@ -336,6 +411,22 @@ pub fn read_prelude(first: &[u8], key: &PublicKey) -> Result<Prelude> {
     if sig.key_id != key.key_id {
         bail!("signed by another key (key id {}, this machine trusts {})", key_id_hex(&sig.key_id), key.key_id_hex());
     }
+    verify_prelude(format, text, sig, key)
+}
+
+/// `read_prelude` against whichever key of `ring` signed the bundle.
+pub fn read_prelude_ring(first: &[u8], ring: &KeyRing) -> Result<Prelude> {
+    let (format, text, sig) = read_envelope(first)?;
+    let Some(key) = ring.keys.iter().find(|k| k.key_id == sig.key_id) else {
+        if ring.keys.is_empty() {
+            bail!("signed by key {}, and this machine trusts no key any more (all revoked)", key_id_hex(&sig.key_id));
+        }
+        bail!("signed by another key (key id {}, this machine trusts {})", key_id_hex(&sig.key_id), ring.key_id_hex());
+    };
+    verify_prelude(format, text, sig, key)
+}
+
+fn verify_prelude(format: u32, text: String, sig: Minisig, key: &PublicKey) -> Result<Prelude> {
     let mut global_message = sig.signature.to_vec();
     global_message.extend_from_slice(sig.trusted_comment.as_bytes());
     key.key.verify_strict(&global_message, &Signature::from_bytes(&sig.global_signature)).map_err(|_| {
@@ -382,7 +473,7 @@ fn read_envelope(first: &[u8]) -> Result<(u32, String, Minisig)> {
 
 /// The trusted comment's fields, cross-checked with the rest of the prelude.
 fn finish_prelude(format: u32, text: String, sig: Minisig, key: Option<VerifyingKey>) -> Result<Prelude> {
-    let (tc_format, release, total_bytes) = parse_trusted_comment(&sig.trusted_comment)?;
+    let (tc_format, release, total_bytes, claims) = parse_trusted_comment(&sig.trusted_comment)?;
     ensure!(tc_format == format, "the prelude says format {format}, its signed comment format {tc_format}");
     ensure!(
         sig.untrusted_comment == untrusted_comment(&release),
@@ -398,32 +489,80 @@ fn finish_prelude(format: u32, text: String, sig: Minisig, key: Option<Verifying
         release,
         total_bytes,
         key_id: key_id_hex(&sig.key_id),
+        expires: claims.expires,
+        revokes: claims.revokes,
         signature_text: text,
         signature: sig.signature,
         key,
     })
 }
 
-fn trusted_comment(release: &str, total_bytes: u64) -> String {
-    format!("planet-bundle format={FORMAT} release={release} bytes={total_bytes}")
+/// The optional signed claims of a bundle, beyond its release and size.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Claims {
+    /// Unix seconds after which machines refuse the bundle.
+    pub expires: Option<u64>,
+    /// Ids (16 hex digits) of older keys the signing key revokes.
+    pub revokes: Vec<String>,
+}
+
+/// At most this many revoked key ids in one bundle (they share the prelude with the signature).
+pub const MAX_REVOKES: usize = 16;
+
+fn trusted_comment(release: &str, total_bytes: u64, claims: &Claims) -> String {
+    let mut tc = format!("planet-bundle format={FORMAT} release={release} bytes={total_bytes}");
+    if let Some(t) = claims.expires {
+        tc.push_str(&format!(" expires={t}"));
+    }
+    if !claims.revokes.is_empty() {
+        tc.push_str(&format!(" revokes={}", claims.revokes.join(",")));
+    }
+    tc
 }
 
 fn untrusted_comment(release: &str) -> String {
     format!("planet update bundle, release {release}")
 }
 
-/// `planet-bundle format=F release=R bytes=N`, exactly (it is re-made and compared).
-fn parse_trusted_comment(tc: &str) -> Result<(u32, String, u64)> {
+/// `planet-bundle format=F release=R bytes=N[ expires=T][ revokes=ID,…]`, exactly (it is
+/// re-made and compared).
+fn parse_trusted_comment(tc: &str) -> Result<(u32, String, u64, Claims)> {
     let bad = || format!("the signature's trusted comment {tc:?} is not a planet bundle's");
     let rest = tc.strip_prefix("planet-bundle ").with_context(bad)?;
     let fields: Vec<&str> = rest.split(' ').collect();
-    let [f, r, b] = fields.as_slice() else { bail!(bad()) };
+    let [f, r, b, optional @ ..] = fields.as_slice() else { bail!(bad()) };
     let format: u32 = f.strip_prefix("format=").and_then(|v| v.parse().ok()).with_context(bad)?;
     let release = r.strip_prefix("release=").with_context(bad)?.to_string();
     let bytes: u64 = b.strip_prefix("bytes=").and_then(|v| v.parse().ok()).with_context(bad)?;
     check_release(&release).with_context(bad)?;
-    ensure!(format!("planet-bundle format={format} release={release} bytes={bytes}") == tc, bad());
-    Ok((format, release, bytes))
+    let mut claims = Claims::default();
+    for field in optional {
+        if let Some(v) = field.strip_prefix("expires=") {
+            ensure!(claims.expires.is_none() && claims.revokes.is_empty(), bad());
+            claims.expires = Some(v.parse().ok().with_context(bad)?);
+        } else if let Some(v) = field.strip_prefix("revokes=") {
+            ensure!(claims.revokes.is_empty(), bad());
+            claims.revokes = v.split(',').map(str::to_string).collect();
+            check_revokes(&claims.revokes).with_context(bad)?;
+        } else {
+            bail!(bad());
+        }
+    }
+    ensure!(trusted_comment(&release, bytes, &claims) == tc, bad());
+    Ok((format, release, bytes, claims))
+}
+
+/// Revoked key ids: 1 to `MAX_REVOKES` of them, 16 upper-case hex digits each, no repeats.
+fn check_revokes(ids: &[String]) -> Result<()> {
+    ensure!((1..=MAX_REVOKES).contains(&ids.len()), "1 to {MAX_REVOKES} revoked keys, not {}", ids.len());
+    for (i, id) in ids.iter().enumerate() {
+        ensure!(
+            id.len() == 16 && id.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)),
+            "bad key id {id:?}: 16 hex digits (A-F upper case), as minisign prints it"
+        );
+        ensure!(!ids[..i].contains(id), "key id {id} appears twice");
+    }
+    Ok(())
 }
 
 /// A release version: 1-64 characters of `A-Z a-z 0-9 . - _ + ~`, starting with a letter or a
@@ -626,11 +765,23 @@ pub fn verify_file(path: &Path, key: &PublicKey) -> Result<(Prelude, Header)> {
     verify_reader(&mut f, len, key)
 }
 
+/// `verify_file` against whichever key of `ring` signed the bundle.
+pub fn verify_file_ring(path: &Path, ring: &KeyRing) -> Result<(Prelude, Header)> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let len = f.metadata().with_context(|| format!("reading {}", path.display()))?.len();
+    verify_reader_ring(&mut f, len, ring)
+}
+
 /// `verify_file` over any reader of `len` bytes.
 pub fn verify_reader(r: &mut impl Read, len: u64, key: &PublicKey) -> Result<(Prelude, Header)> {
+    verify_reader_ring(r, len, &KeyRing::from(key.clone()))
+}
+
+/// `verify_reader` against whichever key of `ring` signed the bundle.
+pub fn verify_reader_ring(r: &mut impl Read, len: u64, ring: &KeyRing) -> Result<(Prelude, Header)> {
     let mut first = vec![0; PRELUDE_LEN.min(len) as usize];
     r.read_exact(&mut first)?;
-    let prelude = read_prelude(&first, key)?;
+    let prelude = read_prelude_ring(&first, ring)?;
     if len < prelude.total_bytes {
         bail!("truncated: {len} bytes, the signature says {}", prelude.total_bytes);
     }
@@ -710,7 +861,28 @@ pub fn write_bundle(
     sections: &[(&str, &Path)],
     key: &SecretKey,
 ) -> Result<()> {
+    write_bundle_with(out, release, created, kernel, sections, key, &Claims::default())
+}
+
+/// `write_bundle` with an expiry and revoked keys in the signed trusted comment.
+pub fn write_bundle_with(
+    out: &Path,
+    release: &str,
+    created: u64,
+    kernel: &str,
+    sections: &[(&str, &Path)],
+    key: &SecretKey,
+    claims: &Claims,
+) -> Result<()> {
     check_release(release)?;
+    if !claims.revokes.is_empty() {
+        check_revokes(&claims.revokes)?;
+        ensure!(
+            !claims.revokes.contains(&key.key_id_hex()),
+            "the bundle cannot revoke the key that signs it ({})",
+            key.key_id_hex()
+        );
+    }
     ensure!(!kernel.trim().is_empty(), "the bundle needs the kernel release");
     let mut header =
         Header { format: FORMAT, release: release.to_string(), created, kernel: kernel.into(), sections: vec![] };
@@ -742,6 +914,8 @@ pub fn write_bundle(
         release: release.into(),
         total_bytes,
         key_id: String::new(),
+        expires: None,
+        revokes: Vec::new(),
         signature_text: String::new(),
         signature: [0; 64],
         key: None,
@@ -781,7 +955,7 @@ pub fn write_bundle(
         );
     }
     let hash: [u8; 64] = w.hash.finalize().into();
-    let text = key.sign_prehashed(&hash, &untrusted_comment(release), &trusted_comment(release, total_bytes));
+    let text = key.sign_prehashed(&hash, &untrusted_comment(release), &trusted_comment(release, total_bytes, claims));
     let prelude_bytes = prelude_bytes(&text)?;
     let mut file = w.out.into_inner().map_err(|e| e.into_error()).context("writing the bundle")?;
     file.seek(SeekFrom::Start(0))?;
@@ -885,14 +1059,39 @@ pub fn hex(bytes: &[u8]) -> String {
 // ---------------------------------------------------------------------------------------------
 // Release order
 
-/// Release ordering for the downgrade check: natural order, digit runs compared as numbers and
-/// other runs bytewise (`"1.10" > "1.9"`, `"2" > "1.9.9"`); a prefix sorts first. Only equal
-/// strings are `Equal`: releases equal as numbers (`"1.01"`, `"1.1"`) are ordered bytewise.
+/// Release ordering for the downgrade check. A release is `MAIN[-PRE]` or `MAIN[~PRE]`: the
+/// first `-` or `~` starts a pre-release, which sorts before its release (`1.2.0-rc1` <
+/// `1.2.0`, as in semver and Debian; use `+` for a later build of a release: `1.2.0+1` >
+/// `1.2.0`). Each part is in natural order, digit runs compared as numbers and other runs
+/// bytewise (`"1.10" > "1.9"`, `"2" > "1.9.9"`); a prefix sorts first. Only equal strings are
+/// `Equal`: releases equal as numbers (`"1.01"`, `"1.1"`) are ordered bytewise.
 pub fn compare_releases(a: &str, b: &str) -> Ordering {
+    let (am, ap) = split_pre_release(a);
+    let (bm, bp) = split_pre_release(b);
+    natural_order(am, bm)
+        .then_with(|| match (ap, bp) {
+            (None, None) => Ordering::Equal,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(x), Some(y)) => natural_order(x, y),
+        })
+        .then_with(|| a.as_bytes().cmp(b.as_bytes()))
+}
+
+/// The release before its first `-` or `~`, and the pre-release after it.
+fn split_pre_release(r: &str) -> (&str, Option<&str>) {
+    match r.find(['-', '~']) {
+        Some(i) => (&r[..i], Some(&r[i + 1..])),
+        None => (r, None),
+    }
+}
+
+/// Natural order of run sequences; `Equal` when every run compares equal.
+fn natural_order(a: &str, b: &str) -> Ordering {
     let (mut x, mut y) = (a.as_bytes(), b.as_bytes());
     loop {
         match (x.is_empty(), y.is_empty()) {
-            (true, true) => return a.as_bytes().cmp(b.as_bytes()),
+            (true, true) => return Ordering::Equal,
             (true, false) => return Ordering::Less,
             (false, true) => return Ordering::Greater,
             _ => {}

@@ -292,6 +292,15 @@ fn releases_are_ordered_naturally() {
         ("1.2a", "1.2b", Less),
         ("abc", "abd", Less),
         ("1.2-rc2", "1.2-rc10", Less),
+        // A pre-release (after `-` or `~`) comes before its release, as in semver and Debian.
+        ("1.2.0-rc1", "1.2.0", Less),
+        ("1.2.0~rc1", "1.2.0", Less),
+        ("2.0.0-beta", "2.0.0", Less),
+        ("2.0.0-beta", "1.9", Greater),
+        ("1.2.0-rc1", "1.2.0.1", Less),
+        ("1.2.0-rc1", "1.2.0~rc1", Less),
+        ("1.2.0+1", "1.2.0", Greater),
+        ("1.2.0-rc1", "1.2.0-rc1.1", Less),
     ];
     for (a, b, want) in cases {
         assert_eq!(compare_releases(a, b), want, "{a} vs {b}");
@@ -313,7 +322,8 @@ fn release_names_are_checked() {
 fn signed(body: &[u8], release: &str, key: &SecretKey) -> Vec<u8> {
     let total = PRELUDE_LEN + body.len() as u64;
     let hash = blake2b(body);
-    let text = key.sign_prehashed(&hash, &untrusted_comment(release), &trusted_comment(release, total));
+    let text =
+        key.sign_prehashed(&hash, &untrusted_comment(release), &trusted_comment(release, total, &Claims::default()));
     let mut out = prelude_bytes(&text).unwrap();
     out.extend_from_slice(body);
     out
@@ -425,4 +435,87 @@ fn write_bundle_refuses_bad_input() {
     assert!(format!("{:#}", e.unwrap_err()).contains("section rootfs is empty"));
     assert!(!out.exists());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "nothing left behind");
+}
+
+#[test]
+fn expiry_and_revocations_are_signed_claims() {
+    let f = fixture();
+    let dir = f.dir.path();
+    let sections: Vec<(&str, PathBuf)> = f.parts.iter().map(|(n, _)| (*n, dir.join(n))).collect();
+    let sections: Vec<(&str, &Path)> = sections.iter().map(|(n, p)| (*n, p.as_path())).collect();
+    let old = test_key(8);
+    let claims = Claims { expires: Some(1_800_000_000), revokes: vec![old.key_id_hex()] };
+    let out = dir.join("claims.planet");
+    write_bundle_with(&out, "3", 1, "6.1", &sections, &f.key, &claims).unwrap();
+    let (prelude, _) = verify_file(&out, &f.key.public()).unwrap();
+    assert_eq!(prelude.expires, Some(1_800_000_000));
+    assert_eq!(prelude.revokes, vec![old.key_id_hex()]);
+    let text = &prelude.signature_text;
+    assert!(text.contains(&format!("release=3 bytes={} expires=1800000000 revokes=", prelude.total_bytes)), "{text}");
+    // A bundle without claims has none.
+    let (plain, _) = verify_file(&dir.join("update.planet"), &f.key.public()).unwrap();
+    assert_eq!((plain.expires, plain.revokes.len()), (None, 0));
+
+    // The claims are covered by the global signature: moving the expiry breaks it.
+    let mut bytes = std::fs::read(&out).unwrap();
+    let at = bytes.windows(10).position(|w| w == b"1800000000").unwrap();
+    bytes[at] = b'9';
+    let e = read_prelude(&bytes, &f.key.public()).unwrap_err().to_string();
+    assert!(e.contains("does not match"), "{e}");
+
+    // Malformed claims are refused, even when signed.
+    for tc in [
+        "planet-bundle format=1 release=3 bytes=9000 expires=",
+        "planet-bundle format=1 release=3 bytes=9000 expires=x",
+        "planet-bundle format=1 release=3 bytes=9000 revokes=abc",
+        "planet-bundle format=1 release=3 bytes=9000 revokes=0102030405060708 expires=5",
+        "planet-bundle format=1 release=3 bytes=9000 expires=5 expires=6",
+        "planet-bundle format=1 release=3 bytes=9000 revokes=0102030405060708,0102030405060708",
+        "planet-bundle format=1 release=3 bytes=9000 color=red",
+    ] {
+        assert!(parse_trusted_comment(tc).is_err(), "{tc}");
+    }
+    let tc = "planet-bundle format=1 release=3 bytes=9000 expires=5 revokes=0102030405060708,A1B2C3D4E5F60708";
+    assert_eq!(parse_trusted_comment(tc).unwrap().3.revokes.len(), 2);
+
+    // A bundle cannot revoke its own key.
+    let own = Claims { expires: None, revokes: vec![f.key.key_id_hex()] };
+    let e = write_bundle_with(&dir.join("x.planet"), "3", 1, "6.1", &sections, &f.key, &own).unwrap_err();
+    assert!(e.to_string().contains("cannot revoke the key that signs it"), "{e}");
+}
+
+#[test]
+fn a_key_ring_holds_the_overlap_of_a_rotation() {
+    let (old, new, other) = (test_key(1), test_key(2), test_key(3));
+    let text = old.public().to_text() + &new.public().to_text();
+    let ring = KeyRing::parse(&text).unwrap();
+    assert_eq!(ring.keys(), &[old.public(), new.public()]);
+    assert_eq!(ring.find(&new.key_id_hex()).map(|(i, _)| i), Some(1));
+    assert_eq!(KeyRing::parse(&ring.to_text()).unwrap(), ring);
+    // Base64 lines alone, as minisign -P takes them.
+    let bare = format!("{}\n{}\n", old.public().to_base64(), new.public().to_base64());
+    assert_eq!(KeyRing::parse(&bare).unwrap(), ring);
+    assert!(KeyRing::parse(&(text.clone() + &old.public().to_text())).unwrap_err().to_string().contains("twice"));
+    assert!(KeyRing::parse("").is_err());
+
+    // A bundle signed by either key verifies; by a third, not; by a revoked one, not.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x");
+    std::fs::write(&p, b"data").unwrap();
+    let sections: [(&str, &Path); 3] = [("rootfs", &p), ("vmlinuz", &p), ("initramfs", &p)];
+    for (k, ok) in [(&old, true), (&new, true), (&other, false)] {
+        let out = dir.path().join(format!("{}.planet", k.key_id_hex()));
+        write_bundle(&out, "2", 1, "6.1", &sections, k).unwrap();
+        let r = verify_file_ring(&out, &ring);
+        assert_eq!(r.is_ok(), ok, "{r:?}");
+        if !ok {
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains("another key") && e.contains(&ring.key_id_hex()), "{e}");
+        }
+    }
+    let out = dir.path().join(format!("{}.planet", old.key_id_hex()));
+    let e = verify_file_ring(&out, &ring.without(&[old.key_id_hex()])).unwrap_err().to_string();
+    assert!(e.contains("another key"), "{e}");
+    let e = verify_file_ring(&out, &ring.without(&[old.key_id_hex(), new.key_id_hex()])).unwrap_err().to_string();
+    assert!(e.contains("trusts no key"), "{e}");
 }
