@@ -6,10 +6,10 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use planet_bundle::{Header, Prelude, PublicKey, PRELUDE_LEN};
+use anyhow::{bail, ensure, Context, Result};
+use planet_bundle::{Header, KeyRing, Prelude, PRELUDE_LEN};
 use planet_config::bootentry::{self, EntryName};
 
 use super::esp::{sync_dir, write_durably, Esp};
@@ -29,12 +29,13 @@ const PROGRESS_EVERY: u64 = 4 << 20;
 const COPY_CHUNK: usize = 1 << 20;
 
 /// Whether a bundle of release `candidate` may replace `running`; the error says why not.
+/// `allow_downgrade` comes only from an operator's explicit socket request.
 pub fn check_wanted(candidate: &str, running: &str, allow_downgrade: bool, failed: &[String]) -> Result<()> {
     match planet_bundle::compare_releases(candidate, running) {
         std::cmp::Ordering::Equal => bail!("release {candidate} is already running"),
         std::cmp::Ordering::Less if !allow_downgrade => bail!(
             "release {candidate} is older than the running release {running}: a downgrade \
-             (set planet.update.allow_downgrade: true to allow it)"
+             (only an explicit `install --allow-downgrade` on the update socket allows one)"
         ),
         _ => {}
     }
@@ -44,6 +45,73 @@ pub fn check_wanted(candidate: &str, running: &str, allow_downgrade: bool, faile
     Ok(())
 }
 
+/// Refuses a bundle whose signed expiry (Unix seconds) has passed by `now`.
+pub fn check_fresh(release: &str, expires: Option<u64>, now: u64) -> Result<()> {
+    if let Some(t) = expires {
+        ensure!(
+            now < t,
+            "the bundle of release {release} expired at {} (this machine's clock says {}): publish a fresh \
+             bundle (planet-image bundle --expires), or fix the clock",
+            planet_bundle::format_utc(t),
+            planet_bundle::format_utc(now)
+        );
+    }
+    Ok(())
+}
+
+/// The part of the state filesystem a download must leave free, for etcd, the container runtime
+/// and the kubelet that share it: a tenth of it, at least 64 MiB.
+pub fn reserve_bytes(fs_bytes: u64) -> u64 {
+    (fs_bytes / 10).max(64 << 20)
+}
+
+/// Room for staging: free bytes above the reserve.
+#[derive(Clone, Copy, Debug)]
+pub struct Room {
+    pub free: u64,
+    pub reserve: u64,
+}
+
+impl Room {
+    /// Unlimited (tests, and callers that checked already).
+    pub const ANY: Room = Room { free: u64::MAX, reserve: 0 };
+
+    pub fn check(&self, bundle_bytes: u64) -> Result<()> {
+        let fits = matches!(bundle_bytes.checked_add(self.reserve), Some(need) if need <= self.free);
+        if !fits {
+            bail!(
+                "the bundle ({} MiB) does not fit on the state partition: {} MiB free, of which {} MiB stay \
+                 free for etcd and the container runtime (a tenth of the partition, at least 64 MiB)",
+                bundle_bytes.div_ceil(1 << 20),
+                self.free >> 20,
+                self.reserve >> 20
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A reader that fails once `until` has passed (checked before each read; each read is itself
+/// bounded by the source's own timeout), so no peer can hold an install open for ever.
+pub struct Deadline<R> {
+    pub inner: R,
+    pub until: Instant,
+}
+
+impl<R: Read> Read for Deadline<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if Instant::now() >= self.until {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the transfer took too long"));
+        }
+        self.inner.read(buf)
+    }
+}
+
+/// How long a transfer of `bytes` may take: 5 minutes, plus a second for every 256 KiB.
+pub fn transfer_time(bytes: u64) -> Duration {
+    Duration::from_secs(300u64.saturating_add(bytes / (256 << 10)))
+}
+
 /// Reads a bundle from `src` into `dest` (through `dest.tmp`, renamed when complete and
 /// synced). The prelude is checked first — right key, wanted release (`wanted`), size — so an
 /// unwanted or foreign bundle costs 4 KiB, not its whole size. Then the whole file is verified.
@@ -51,27 +119,21 @@ pub fn receive(
     src: &mut impl Read,
     announced_len: Option<u64>,
     dest: &Path,
-    key: &PublicKey,
-    free_bytes: u64,
+    keys: &KeyRing,
+    room: Room,
     wanted: impl FnOnce(&Prelude) -> Result<()>,
 ) -> Result<(Prelude, Header)> {
     let mut first = vec![0u8; PRELUDE_LEN as usize];
     let got = read_full(src, &mut first).context("reading the bundle's first 4 KiB")?;
     first.truncate(got);
-    let prelude = planet_bundle::read_prelude(&first, key)?;
+    let prelude = planet_bundle::read_prelude_ring(&first, keys)?;
     wanted(&prelude)?;
     if let Some(n) = announced_len {
         if n != prelude.total_bytes {
             bail!("truncated or padded: the server sends {n} bytes, the signature says {}", prelude.total_bytes);
         }
     }
-    if prelude.total_bytes + (16 << 20) > free_bytes {
-        bail!(
-            "the bundle ({} MiB) does not fit on the state partition ({} MiB free)",
-            prelude.total_bytes >> 20,
-            free_bytes >> 20
-        );
-    }
+    room.check(prelude.total_bytes)?;
     let dir = dest.parent().context("the staging path has no directory")?;
     let name = dest.file_name().context("the staging path has no file name")?.to_string_lossy();
     write_durably(dir, &name, |f| {
@@ -88,7 +150,7 @@ pub fn receive(
         Ok(())
     })?;
     event!("update verifying", release = prelude.release, bytes = prelude.total_bytes);
-    match planet_bundle::verify_file(dest, key) {
+    match planet_bundle::verify_file_ring(dest, keys) {
         Ok(v) => Ok(v),
         Err(e) => {
             let _ = std::fs::remove_file(dest);
@@ -100,12 +162,13 @@ pub fn receive(
 /// Downloads the bundle at `url` into `dest`. The first 4 KiB come first, by a range request:
 /// the key, the release and the size (from `Content-Range`) are checked on them, so a foreign,
 /// unwanted or truncated bundle is refused without fetching it. Then the whole file (see
-/// [`receive`]).
+/// [`receive`]), whose prelude must be byte for byte the one checked: a server (or a man in the
+/// middle) that answers the two requests with different bundles gets nothing installed.
 pub fn download(
     url: &str,
     dest: &Path,
-    key: &PublicKey,
-    free_bytes: u64,
+    keys: &KeyRing,
+    room: Room,
     wanted: impl FnOnce(&Prelude) -> Result<()>,
 ) -> Result<(Prelude, Header)> {
     let ep = http::Endpoint::parse(url, None)?;
@@ -121,19 +184,32 @@ pub fn download(
     first.truncate(got);
     let server_total = if head.status == 206 { head.range_total } else { head.length };
     drop(head);
-    let prelude = planet_bundle::read_prelude(&first, key)?;
+    let prelude = planet_bundle::read_prelude_ring(&first, keys)?;
     wanted(&prelude)?;
     if let Some(n) = server_total {
         if n != prelude.total_bytes {
             bail!("truncated or padded: {url} holds {n} bytes, the signature says {}", prelude.total_bytes);
         }
     }
-    let mut body = http::get_stream(&ep, path, None, timeout).with_context(|| format!("fetching {url}"))?;
+    let until = Instant::now() + transfer_time(prelude.total_bytes);
+    let body = http::get_stream(&ep, path, None, timeout).with_context(|| format!("fetching {url}"))?;
     if body.status != 200 {
         bail!("{url} answered HTTP {}", body.status);
     }
     let len = body.length;
-    receive(&mut body, len, dest, key, free_bytes, |_| Ok(()))
+    let mut body = Deadline { inner: body, until };
+    receive(&mut body, len, dest, keys, room, |second| {
+        // Both preludes verified against the same keys: equal texts mean the same signed bytes.
+        ensure!(
+            second.signature_text == prelude.signature_text,
+            "{url} sent release {} in full, not the bundle whose first 4 KiB were checked (release {}): \
+             the file changed between the two requests, or someone on the way swapped it",
+            second.release,
+            prelude.release
+        );
+        Ok(())
+    })
+    .with_context(|| format!("downloading {url}"))
 }
 
 /// Fills `buf` as far as the stream allows; returns the bytes read.
@@ -229,7 +305,15 @@ pub fn install(p: &InstallPlan<'_>) -> Result<EntryName> {
     }
     // The slot's old boot files are unused now; removing them first makes the room counted above.
     p.esp.remove_slot_files(slot)?;
-    let generation = p.esp.entries()?.iter().map(|e| e.name.generation).max().unwrap_or(0) + 1;
+    let generation = p
+        .esp
+        .entries()?
+        .iter()
+        .map(|e| e.name.generation)
+        .max()
+        .unwrap_or(0)
+        .checked_add(1)
+        .context("the boot entries' generation numbers are used up")?;
 
     // 2. The slot.
     event!("update writing", slot = slot, release = p.header.release, bytes = rootfs.size);
@@ -261,7 +345,12 @@ pub fn install(p: &InstallPlan<'_>) -> Result<EntryName> {
     let title = format!("Planet {} (slot {slot})", p.header.release);
     let options = bootentry::options_for_slot(p.options, slot);
     p.esp.add_entry(&name, &bootentry::entry_conf(&title, &p.header.release, slot, &options))?;
-    let _ = std::fs::remove_file(p.marker);
+    // Durably gone, or the new release would report this finished install as interrupted.
+    if std::fs::remove_file(p.marker).is_ok() {
+        if let Some(dir) = p.marker.parent() {
+            let _ = sync_dir(dir);
+        }
+    }
     Ok(name)
 }
 
@@ -318,7 +407,7 @@ mod tests {
         let staged = t.path().join("incoming.planet");
         let mut src = File::open(&b).unwrap();
         let len = src.metadata().unwrap().len();
-        let (pre, header) = receive(&mut src, Some(len), &staged, &sk.public(), u64::MAX / 2, |p| {
+        let (pre, header) = receive(&mut src, Some(len), &staged, &sk.public().into(), Room::ANY, |p| {
             check_wanted(&p.release, "1", false, &[])
         })
         .unwrap();
@@ -363,8 +452,8 @@ mod tests {
         let b = bundle(t.path(), "2", &[5u8; 100_000], &sk);
         let good = std::fs::read(&b).unwrap();
         let staged = t.path().join("incoming.planet");
-        let try_bytes = |bytes: &[u8], k: &PublicKey| {
-            let r = receive(&mut &bytes[..], None, &staged, k, u64::MAX / 2, |_| Ok(()));
+        let try_bytes = |bytes: &[u8], k: &planet_bundle::PublicKey| {
+            let r = receive(&mut &bytes[..], None, &staged, &k.clone().into(), Room::ANY, |_| Ok(()));
             assert!(!staged.exists() && !t.path().join("incoming.planet.tmp").exists());
             format!("{:#}", r.unwrap_err())
         };
@@ -380,12 +469,13 @@ mod tests {
         let e = try_bytes(b"GET / HTTP/1.0\r\n\r\n", &sk.public());
         assert!(!e.is_empty());
         // The release check runs on the prelude, before anything is stored.
-        let r = receive(&mut &good[..], None, &staged, &sk.public(), u64::MAX / 2, |p| {
+        let r = receive(&mut &good[..], None, &staged, &sk.public().into(), Room::ANY, |p| {
             check_wanted(&p.release, "2", false, &[])
         });
         assert!(r.unwrap_err().to_string().contains("already running"));
         // Too big for the state partition.
-        let r = receive(&mut &good[..], None, &staged, &sk.public(), 1000, |_| Ok(()));
+        let r =
+            receive(&mut &good[..], None, &staged, &sk.public().into(), Room { free: 1000, reserve: 0 }, |_| Ok(()));
         assert!(r.unwrap_err().to_string().contains("does not fit"));
         assert!(!staged.exists());
     }

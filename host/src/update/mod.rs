@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use planet_bundle::PublicKey;
+use planet_bundle::KeyRing;
 use planet_config::bootentry::{EntryName, DEFAULT_TRIES};
 use planet_config::UpdateConfig;
 
@@ -130,7 +130,8 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(90);
 pub struct Agent {
     cfg: UpdateConfig,
     paths: Paths,
-    key: Option<PublicKey>,
+    /// The keys the running release trusts (its initramfs's key file), before revocations.
+    key: Option<KeyRing>,
     running_slot: char,
     target: Option<Target>,
     /// The running release (its entry's `version`).
@@ -198,19 +199,103 @@ fn read_failed(state_dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Adds `release` to the failed list durably (temporary file, fsync, rename, directory fsync):
+/// the list must survive a power cut that the rollback's entry removal survives.
 fn record_failed(state_dir: &Path, release: &str) -> Result<()> {
     let mut failed = read_failed(state_dir);
     if !failed.iter().any(|f| f == release) {
         failed.push(release.to_string());
     }
-    std::fs::write(state_dir.join("failed"), failed.join("\n") + "\n").context("recording the failed release")
+    write_list(state_dir, "failed", &failed).context("recording the failed release")
+}
+
+/// Writes one item per line to `state_dir/name`, durably.
+fn write_list(state_dir: &Path, name: &str, items: &[String]) -> Result<()> {
+    use std::io::Write as _;
+    let text = items.join("\n") + "\n";
+    esp::write_durably(state_dir, name, |f| f.write_all(text.as_bytes()).map_err(Into::into))
+}
+
+/// Key ids revoked by bundles this machine verified (`revoked-keys` on the state partition): they
+/// stay revoked across releases and reboots.
+fn read_revoked(state_dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(state_dir.join("revoked-keys"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.trim().to_ascii_uppercase())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// Applies the revocations a verified prelude carries: a key may revoke only keys older than
+/// itself in `ring` (listed before it), so a stolen old key cannot lock out its successor. Returns
+/// the ids newly revoked.
+fn apply_revocations(state_dir: &Path, ring: &KeyRing, prelude: &planet_bundle::Prelude) -> Result<Vec<String>> {
+    if prelude.revokes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some((signer, _)) = ring.find(&prelude.key_id) else { return Ok(Vec::new()) };
+    let mut revoked = read_revoked(state_dir);
+    let mut new = Vec::new();
+    for id in &prelude.revokes {
+        match ring.find(id) {
+            Some((rank, _)) if rank < signer => {
+                if !revoked.contains(id) {
+                    revoked.push(id.clone());
+                    new.push(id.clone());
+                }
+            }
+            _ => event!(
+                "update revocation ignored",
+                key = id,
+                by = prelude.key_id,
+                reason = "a key revokes only keys older than itself in this machine's key file"
+            ),
+        }
+    }
+    if !new.is_empty() {
+        write_list(state_dir, "revoked-keys", &revoked).context("recording revoked keys")?;
+        for id in &new {
+            event!("update key revoked", key = id, by = prelude.key_id);
+        }
+    }
+    Ok(new)
+}
+
+/// Removes staging files a power cut or crash left (`incoming.planet`, `incoming.planet.tmp`):
+/// they would hold space the next download's check counts as used.
+fn remove_staging_leftovers(state_dir: &Path) {
+    let Ok(dir) = std::fs::read_dir(state_dir) else { return };
+    for e in dir.flatten() {
+        if e.file_name().to_string_lossy().starts_with("incoming.planet") {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => event!("update staging removed", file = e.path().display()),
+                Err(err) => event!("update staging not removed", file = e.path().display(), error = err),
+            }
+        }
+    }
+}
+
+/// Free bytes of the state filesystem and the reserve a download must leave.
+fn staging_room(state_dir: &Path) -> Result<install::Room> {
+    let c = std::ffi::CString::new(state_dir.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statvfs fills the zeroed struct; c is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        bail!("statvfs {}: {}", state_dir.display(), std::io::Error::last_os_error());
+    }
+    let frsize = st.f_frsize as u64;
+    Ok(install::Room {
+        free: (st.f_bavail as u64).saturating_mul(frsize),
+        reserve: install::reserve_bytes((st.f_blocks as u64).saturating_mul(frsize)),
+    })
 }
 
 /// The boot-time part: what runs, what happened to the last update. Never fatal to the boot: a
 /// machine whose ESP cannot be read still runs its release (the agent is then off).
 pub fn prepare(paths: Paths, sysfs: &Path, dev: &Path, bd: &BootDisk, running_slot: char) -> Agent {
     let key = match std::fs::read_to_string(&paths.key) {
-        Ok(text) => match PublicKey::parse(&text) {
+        Ok(text) => match KeyRing::parse(&text) {
             Ok(k) => Some(k),
             Err(e) => {
                 event!("update key invalid", path = paths.key.display(), error = format!("{e:#}"));
@@ -221,6 +306,7 @@ pub fn prepare(paths: Paths, sysfs: &Path, dev: &Path, bd: &BootDisk, running_sl
     };
     let _ = std::fs::create_dir_all(&paths.state_dir);
     let _ = std::fs::create_dir_all(&paths.run_dir);
+    remove_staging_leftovers(&paths.state_dir);
     let mut agent = Agent {
         cfg: UpdateConfig::default(),
         key,
@@ -262,7 +348,7 @@ impl Agent {
     #[cfg(test)]
     pub(crate) fn for_tests(
         paths: Paths,
-        key: Option<PublicKey>,
+        key: Option<KeyRing>,
         target: Target,
         release: &str,
         reboot: fn(&str),
@@ -315,13 +401,20 @@ impl Agent {
                 running = self.release,
                 note = "the other slot was left without a boot entry"
             );
-            let _ = std::fs::remove_file(&marker);
+            if std::fs::remove_file(&marker).is_ok() {
+                let _ = esp::sync_dir(&self.paths.state_dir);
+            }
         }
         Ok(())
     }
 
+    /// Writes the status unless an install holds the lock (it writes its own): never waits.
     fn set_status(&self, state: &str, message: &str) {
-        let mut s = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = match self.busy.try_lock() {
+            Ok(s) => s,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
         self.write_status(&mut s, state, message);
     }
 
@@ -348,12 +441,22 @@ impl Agent {
         self.cfg = cfg.clone();
         self.trial_started = Instant::now();
         let agent = Arc::new(self);
+        if agent.cfg.allow_downgrade {
+            event!(
+                "update setting ignored",
+                key = "planet.update.allow_downgrade",
+                reason = "cloud-init data can come from anyone on the network path; a downgrade needs an \
+                          explicit `install --allow-downgrade` on the update socket"
+            );
+        }
         let a = agent.clone();
-        let _ = std::thread::Builder::new().name("update".into()).spawn(move || a.run_loop());
+        let _ = std::thread::Builder::new().name("update".into()).spawn(move || contained("update", || a.run_loop()));
         match socket::listen(&agent.paths.run_dir) {
             Ok(listener) => {
                 let a = agent.clone();
-                let _ = std::thread::Builder::new().name("update-socket".into()).spawn(move || a.serve(listener));
+                let _ = std::thread::Builder::new()
+                    .name("update-socket".into())
+                    .spawn(move || contained("update-socket", || a.serve(listener)));
             }
             Err(e) => event!("update socket unavailable", error = format!("{e:#}")),
         }
@@ -361,9 +464,10 @@ impl Agent {
     }
 
     fn run_loop(&self) {
-        let mut next_check = Instant::now();
+        // `None`: no more checks (`check_every` reaches past what the clock can count).
+        let mut next_check = Some(Instant::now());
         let mut healthy_since: Option<Instant> = None;
-        let mut last_probe = Instant::now() - Duration::from_secs(60);
+        let mut last_probe = Instant::now().checked_sub(Duration::from_secs(60)).unwrap_or_else(Instant::now);
         let mut health_interval = Duration::from_secs(15);
         loop {
             if on_trial() {
@@ -402,8 +506,8 @@ impl Agent {
                     }
                 }
                 if let Some(url) = self.cfg.url.clone() {
-                    if Instant::now() >= next_check {
-                        next_check = Instant::now() + self.cfg.check_every;
+                    if next_check.is_some_and(|t| Instant::now() >= t) {
+                        next_check = Instant::now().checked_add(self.cfg.check_every);
                         self.check_url(&url);
                     }
                 }
@@ -463,7 +567,7 @@ impl Agent {
 
     fn check_url(&self, url: &str) {
         event!("update check", url = url);
-        match self.install_from(|dest, key, free, wanted| install::download(url, dest, key, free, wanted)) {
+        match self.install_from(false, |dest, keys, room, wanted| install::download(url, dest, keys, room, wanted)) {
             Ok(Some(entry)) => self.reboot_into(&entry),
             Ok(None) => {}
             Err(e) => {
@@ -475,16 +579,19 @@ impl Agent {
 
     /// Takes a bundle through `fetch` (download or socket), installs it; `None` when the
     /// bundle is not wanted (same or older release: not an error worth a status change).
+    /// `allow_downgrade` only from an explicit socket request (the operator's channel). Never
+    /// waits for another install: a second one at the same time is refused.
     pub fn install_from(
         &self,
+        allow_downgrade: bool,
         fetch: impl FnOnce(
             &Path,
-            &PublicKey,
-            u64,
+            &KeyRing,
+            install::Room,
             &mut dyn FnMut(&planet_bundle::Prelude) -> Result<()>,
         ) -> Result<(planet_bundle::Prelude, planet_bundle::Header)>,
     ) -> Result<Option<EntryName>> {
-        let Some(key) = &self.key else {
+        let Some(ring) = &self.key else {
             bail!("this image was built without --update-key: it trusts no bundle");
         };
         if !self.paths.uefi {
@@ -494,13 +601,22 @@ impl Agent {
             bail!("release {} is still on trial; updates wait until it is blessed", self.release);
         }
         let target = self.target.clone().context("the other slot was not found at boot")?;
-        let mut st = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = match self.busy.try_lock() {
+            Ok(st) => st,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => bail!("another update is in progress"),
+        };
         let dest = self.paths.state_dir.join("incoming.planet");
-        let free = crate::sys::free_bytes(&self.paths.state_dir)?;
+        let room = staging_room(&self.paths.state_dir)?;
         let failed = read_failed(&self.paths.state_dir);
+        let keys = ring.without(&read_revoked(&self.paths.state_dir));
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let mut not_wanted = false;
         let mut wanted = |p: &planet_bundle::Prelude| -> Result<()> {
-            if let Err(e) = install::check_wanted(&p.release, &self.release, self.cfg.allow_downgrade, &failed) {
+            // Signed by a trusted key: its revocations hold whether or not the bundle is wanted.
+            apply_revocations(&self.paths.state_dir, ring, p)?;
+            install::check_fresh(&p.release, p.expires, now)?;
+            if let Err(e) = install::check_wanted(&p.release, &self.release, allow_downgrade, &failed) {
                 not_wanted = true;
                 return Err(e);
             }
@@ -508,7 +624,7 @@ impl Agent {
             self.write_status(&mut Status::default(), "downloading", &format!("release {}", p.release));
             Ok(())
         };
-        let fetched = fetch(&dest, key, free, &mut wanted);
+        let fetched = fetch(&dest, &keys, room, &mut wanted);
         let (_, header) = match fetched {
             Ok(v) => v,
             Err(e) if not_wanted => {
@@ -553,6 +669,25 @@ impl Agent {
         }
         event!("update rebooting", entry = entry);
         (self.reboot)(&format!("update to {entry}"));
+    }
+}
+
+/// Runs an update thread's body; a panic in it is reported and ends only that thread (updates
+/// stop until the next boot), never the machine. (PID 1's panic hook, in main.rs, must leave
+/// threads other than the main one to this.)
+fn contained(thread: &str, body: impl FnOnce()) {
+    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        let why = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        event!(
+            "update agent stopped",
+            thread = thread,
+            error = format!("panic: {why}"),
+            note = "updates are off until the next boot; the machine keeps running"
+        );
     }
 }
 

@@ -3,16 +3,24 @@
 //!
 //! One request per connection, a line, answered with one line `ok …` or `error …`:
 //! * `status` — the status file's JSON;
-//! * `install-url http://IP[:PORT]/PATH` — fetch and install that bundle;
-//! * `install` — the bundle's bytes follow the line, to the end of the stream.
+//! * `install-url [--allow-downgrade] http://IP[:PORT]/PATH` — fetch and install that bundle;
+//! * `install [--allow-downgrade]` — the bundle's bytes follow the line, to the end of the stream.
 //!
 //! An install that succeeds answers `ok installed ENTRY; rebooting` and the machine reboots.
+//! `--allow-downgrade` is the only way to install an older release: this socket (root in the
+//! container, or whoever the operator lets in) is the operator's channel; cloud-init data is not.
+//!
+//! A connection has an overall deadline (the request line within [`LINE_DEADLINE`], a bundle
+//! within [`install::transfer_time`] of its size), so a stalled client cannot hold the install
+//! lock. An `install-url` that finds no valid bundle answers one fixed error (the details go to
+//! the console): the socket does not tell a client which addresses answer, so it is no port
+//! scanner.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -20,6 +28,10 @@ use super::{install, Agent};
 use crate::event;
 
 pub const SOCKET_NAME: &str = "update.sock";
+/// How long a client has to send its request line.
+pub const LINE_DEADLINE: Duration = Duration::from_secs(10);
+/// Each read of a bundle from the socket waits at most this long.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds the socket (root only: the container's root may use it).
 pub fn listen(dir: &Path) -> Result<UnixListener> {
@@ -34,19 +46,52 @@ pub fn listen(dir: &Path) -> Result<UnixListener> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request {
     Status,
-    InstallUrl(String),
-    Install,
+    InstallUrl { url: String, allow_downgrade: bool },
+    Install { allow_downgrade: bool },
 }
 
 pub fn parse_request(line: &str) -> Result<Request, String> {
-    let line = line.trim();
-    match line.split_once(' ') {
-        None if line == "status" => Ok(Request::Status),
-        None if line == "install" => Ok(Request::Install),
-        Some(("install-url", url)) if !url.trim().is_empty() => Ok(Request::InstallUrl(url.trim().to_string())),
-        _ => Err(format!(
-            "unknown request {line:?}: expected status, install-url URL, or install followed by the bundle"
-        )),
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let downgrade = |w: &[&str]| -> Option<bool> {
+        match w {
+            [] => Some(false),
+            ["--allow-downgrade"] => Some(true),
+            _ => None,
+        }
+    };
+    let req = match words.as_slice() {
+        ["status"] => Some(Request::Status),
+        ["install", rest @ ..] => downgrade(rest).map(|allow_downgrade| Request::Install { allow_downgrade }),
+        ["install-url", rest @ .., url] if !url.starts_with("--") => {
+            downgrade(rest).map(|allow_downgrade| Request::InstallUrl { url: url.to_string(), allow_downgrade })
+        }
+        _ => None,
+    };
+    req.ok_or_else(|| {
+        format!(
+            "unknown request {:?}: expected status, install-url [--allow-downgrade] URL, or install \
+             [--allow-downgrade] followed by the bundle",
+            line.trim()
+        )
+    })
+}
+
+/// The socket side of a connection, read within an overall deadline: each read waits at most
+/// the time left (and at most `READ_TIMEOUT`).
+struct Timed {
+    conn: UnixStream,
+    /// Shared with the handler, which extends it once the bundle's size is known.
+    until: std::rc::Rc<std::cell::Cell<Instant>>,
+}
+
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.until.get().saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client took too long"));
+        }
+        self.conn.set_read_timeout(Some(left.min(READ_TIMEOUT)))?;
+        self.conn.read(buf)
     }
 }
 
@@ -64,9 +109,16 @@ impl Agent {
     }
 
     fn handle(&self, conn: UnixStream) -> Result<()> {
-        conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+        self.handle_within(conn, LINE_DEADLINE, install::transfer_time)
+    }
+
+    /// `handle` with the deadlines given (tests shorten them): `line` for the request line,
+    /// `transfer(bytes)` for a bundle of that size, counted from when its prelude is read.
+    fn handle_within(&self, conn: UnixStream, line_time: Duration, transfer: fn(u64) -> Duration) -> Result<()> {
+        conn.set_write_timeout(Some(READ_TIMEOUT))?;
         let mut w = conn.try_clone()?;
-        let mut r = BufReader::new(conn);
+        let until = std::rc::Rc::new(std::cell::Cell::new(Instant::now() + line_time));
+        let mut r = BufReader::new(Timed { conn, until: until.clone() });
         let mut line = String::new();
         r.by_ref().take(4096).read_line(&mut line)?;
         let req = match parse_request(&line) {
@@ -79,12 +131,34 @@ impl Agent {
                 let text = std::fs::read_to_string(self.paths.run_dir.join("status.json")).unwrap_or_default();
                 return writeln!(w, "ok {}", text.split_whitespace().collect::<Vec<_>>().join(" ")).map_err(Into::into);
             }
-            Request::InstallUrl(url) => {
-                self.install_from(|dest, key, free, wanted| install::download(&url, dest, key, free, wanted))
+            Request::InstallUrl { url, allow_downgrade } => {
+                let mut found = false;
+                let r = self.install_from(allow_downgrade, |dest, keys, room, wanted| {
+                    install::download(&url, dest, keys, room, |p| {
+                        found = true;
+                        wanted(p)
+                    })
+                });
+                match r {
+                    Err(e) if !found => {
+                        // What went wrong (refused, HTTP status, not a bundle) is for the console only.
+                        event!("update refused", source = "socket", url = url, error = format!("{e:#}"));
+                        return writeln!(
+                            w,
+                            "error no bundle signed by a trusted key at {url} (details on the console)"
+                        )
+                        .map_err(Into::into);
+                    }
+                    r => r,
+                }
             }
-            Request::Install => {
-                self.install_from(|dest, key, free, wanted| install::receive(&mut r, None, dest, key, free, wanted))
-            }
+            Request::Install { allow_downgrade } => self.install_from(allow_downgrade, |dest, keys, room, wanted| {
+                install::receive(&mut r, None, dest, keys, room, |p| {
+                    // From here the whole bundle must arrive within its transfer time.
+                    until.set(Instant::now() + transfer(p.total_bytes));
+                    wanted(p)
+                })
+            }),
         };
         match result {
             Ok(Some(entry)) => {
@@ -138,7 +212,7 @@ mod tests {
             container_root: t.join("rootfs"),
         };
         let target = Target { slot: 'b', dev: t.join("slot-b"), bytes: 8 << 20 };
-        Agent::for_tests(paths, Some(key.public()), target, "1", record_reboot)
+        Agent::for_tests(paths, Some(key.public().into()), target, "1", record_reboot)
     }
 
     fn bundle(t: &Path, release: &str, key: &SecretKey) -> Vec<u8> {
@@ -202,14 +276,67 @@ mod tests {
         assert!(!t.path().join("state/incoming.planet").exists());
     }
 
+    /// An HTTP server on loopback answering each request in turn with the next of `answers`
+    /// (status line and headers made here), then closing; returns the URL.
+    fn serve(answers: Vec<(u16, Vec<u8>, Option<u64>)>) -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/current.planet", l.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for (status, body, range_total) in answers {
+                let Ok((mut c, _)) = l.accept() else { return };
+                let mut req = Vec::new();
+                let mut b = [0u8; 1];
+                while !req.ends_with(b"\r\n\r\n") && c.read(&mut b).map(|n| n == 1).unwrap_or(false) {
+                    req.push(b[0]);
+                }
+                let mut head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
+                if let Some(t) = range_total {
+                    head += &format!("Content-Range: bytes 0-{}/{t}\r\n", body.len() - 1);
+                }
+                let _ = c.write_all((head + "Connection: close\r\n\r\n").as_bytes());
+                let _ = c.write_all(&body);
+            }
+        });
+        url
+    }
+
+    /// The review's finding 1: the range request sees release 2, the full GET gets release 0.5.
+    #[test]
+    fn the_release_checked_is_the_release_installed() {
+        let t = tempfile::tempdir().unwrap();
+        let key = SecretKey::from_seed([9; 32], [9; 8]);
+        let agent = machine(t.path(), &key);
+        let newer = bundle(t.path(), "2", &key);
+        let older = bundle(t.path(), "0.5", &key);
+        let url = serve(vec![(206, newer[..4096].to_vec(), Some(newer.len() as u64)), (200, older.clone(), None)]);
+        let r = agent.install_from(false, |d, k, f, w| install::download(&url, d, k, f, w));
+        let e = format!("{:#}", r.unwrap_err());
+        assert!(e.contains("not the bundle whose first 4 KiB were checked"), "{e}");
+        assert_eq!(std::fs::read(t.path().join("slot-b")).unwrap(), vec![0u8; 8 << 20]);
+        assert_eq!(std::fs::read_dir(t.path().join("esp/loader/entries")).unwrap().count(), 1);
+        assert!(!t.path().join("state/incoming.planet").exists());
+
+        // The same bundle both times installs.
+        let url = serve(vec![(206, newer[..4096].to_vec(), Some(newer.len() as u64)), (200, newer.clone(), None)]);
+        let entry = agent.install_from(false, |d, k, f, w| install::download(&url, d, k, f, w)).unwrap();
+        assert_eq!(entry.unwrap().file_name(), "planet-0002-b+3.conf");
+    }
+
     #[test]
     fn requests_parse() {
         assert_eq!(parse_request("status\n"), Ok(Request::Status));
-        assert_eq!(parse_request("install\n"), Ok(Request::Install));
+        assert_eq!(parse_request("install\n"), Ok(Request::Install { allow_downgrade: false }));
         assert_eq!(
             parse_request("install-url http://10.0.0.1/u.planet\n"),
-            Ok(Request::InstallUrl("http://10.0.0.1/u.planet".into()))
+            Ok(Request::InstallUrl { url: "http://10.0.0.1/u.planet".into(), allow_downgrade: false })
         );
+        assert_eq!(
+            parse_request("install-url --allow-downgrade http://10.0.0.1/u.planet\n"),
+            Ok(Request::InstallUrl { url: "http://10.0.0.1/u.planet".into(), allow_downgrade: true })
+        );
+        assert_eq!(parse_request("install --allow-downgrade\n"), Ok(Request::Install { allow_downgrade: true }));
+        assert!(parse_request("install --force\n").is_err());
+        assert!(parse_request("install-url --allow-downgrade\n").is_err());
         assert!(parse_request("install-url \n").is_err());
         assert!(parse_request("reboot\n").unwrap_err().contains("unknown request"));
     }
