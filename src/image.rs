@@ -33,7 +33,10 @@ impl DiskImage {
         let mut magic = [0u8; 4];
         let n = f.read(&mut magic)?;
         let format = if n == 4 && &magic == b"QFI\xfb" { Format::Qcow2 } else { Format::Raw };
-        Ok(DiskImage { path: path.to_path_buf(), format })
+        let image = DiskImage { path: path.to_path_buf(), format };
+        // QEMU (run) and qemu-img (inspect) would read through a file the image names.
+        crate::run::check_self_contained(&image)?;
+        Ok(image)
     }
 
     pub fn format_name(&self) -> &'static str {

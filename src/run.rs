@@ -72,12 +72,61 @@ pub enum DiskBus {
     Ahci,
 }
 
+/// A path as a value in QEMU's comma-separated option syntax: a comma in it is doubled, so a
+/// file name cannot add options (`x,file=/etc/shadow`).
+fn qemu_path(p: &std::path::Path) -> String {
+    p.display().to_string().replace(',', ",,")
+}
+
+/// Refuses a qcow2 that names another file (a backing file or an external data file): QEMU
+/// would open that file and hand its contents to the guest, so an untrusted image could read
+/// e.g. `~/.aws/credentials`. Raw images are always opened with `format=raw`.
+/// The header is read here rather than through `qemu-img info`, which would itself open the
+/// named files.
+pub fn check_self_contained(image: &DiskImage) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    if image.format != crate::image::Format::Qcow2 {
+        return Ok(());
+    }
+    let path = &image.path;
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = [0u8; 80];
+    f.read_exact(&mut h[..72]).with_context(|| format!("{}: truncated qcow2 header", path.display()))?;
+    let be64 = |h: &[u8; 80], o: usize| u64::from_be_bytes(h[o..o + 8].try_into().expect("8 bytes"));
+    let version = u32::from_be_bytes(h[4..8].try_into().expect("4 bytes"));
+    let (backing_offset, backing_len) = (be64(&h, 8), u32::from_be_bytes(h[16..20].try_into().expect("4 bytes")));
+    if backing_offset != 0 {
+        let mut name = vec![0u8; backing_len.min(1023) as usize];
+        let shown = match f.seek(SeekFrom::Start(backing_offset)).and_then(|_| f.read_exact(&mut name)) {
+            Ok(()) => format!("{:?}", String::from_utf8_lossy(&name)),
+            Err(_) => "(unreadable)".into(),
+        };
+        bail!(
+            "{} names a backing file {shown}: `run` boots only self-contained images (QEMU would give the \
+             guest that file); flatten it first with `qemu-img convert -O qcow2 IN OUT`",
+            path.display()
+        );
+    }
+    if version >= 3 {
+        f.read_exact(&mut h[72..80]).with_context(|| format!("{}: truncated qcow2 header", path.display()))?;
+        // Incompatible feature bit 2: the guest data lives in an external data file.
+        if be64(&h, 72) & (1 << 2) != 0 {
+            bail!(
+                "{} keeps its data in an external data file: `run` boots only self-contained images \
+                 (QEMU would give the guest that file); flatten it first with `qemu-img convert -O qcow2 IN OUT`",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn add_boot_disk(cmd: &mut Command, req: &RunRequest, image: &DiskImage) {
     let snapshot = if req.snapshot { ",snapshot=on" } else { "" };
     cmd.arg("-drive").arg(format!(
         "if=none,id=disk0,format={},file={}{snapshot}",
         image.format_name(),
-        req.image.display()
+        qemu_path(&req.image)
     ));
     let blocks = req.block_size.map(|b| format!(",logical_block_size={b},physical_block_size={b}")).unwrap_or_default();
     let device = match req.disk_bus {
@@ -164,6 +213,7 @@ pub fn run(req: &RunRequest) -> Result<i32> {
     if req.firmware == Firmware::Uefi && (!code.is_file() || !vars_template.is_file()) {
         bail!("OVMF firmware is not in the cache {}: run `planet-image fetch` first", cache.dir.display());
     }
+    // Refuses a qcow2 naming another file (check_self_contained).
     let image = DiskImage::open(&req.image)?;
     // Held until QEMU is gone: names the VM and removes its socket afterwards.
     let channel = Channel::prepare(req.name.as_deref(), req.enter_socket.as_deref(), &req.image)?;
@@ -191,9 +241,9 @@ pub fn run(req: &RunRequest) -> Result<i32> {
     .args(["-display", "none", "-no-user-config", "-nodefaults"]);
     if req.firmware == Firmware::Uefi {
         cmd.arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()))
+            .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", qemu_path(&code)))
             .arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+            .arg(format!("if=pflash,format=raw,unit=1,file={}", qemu_path(&vars)));
     }
     add_boot_disk(&mut cmd, req, &image);
     if accel == "kvm" {
@@ -205,7 +255,7 @@ pub fn run(req: &RunRequest) -> Result<i32> {
         if !seed.is_file() {
             bail!("the seed image {} does not exist; make one with `planet-image seed`", seed.display());
         }
-        cmd.arg("-drive").arg(format!("if=virtio,format=raw,readonly=on,file={}", seed.display()));
+        cmd.arg("-drive").arg(format!("if=virtio,format=raw,readonly=on,file={}", qemu_path(seed)));
     }
     let mut netdev = "user,id=net0,restrict=on".to_string();
     for (h, g) in &req.forwards {
@@ -227,7 +277,7 @@ pub fn run(req: &RunRequest) -> Result<i32> {
     }
     match &req.serial_log {
         Some(log) => {
-            cmd.arg("-chardev").arg(format!("file,id=ser0,path={}", log.display())).args(["-serial", "chardev:ser0"]);
+            cmd.arg("-chardev").arg(format!("file,id=ser0,path={}", qemu_path(log))).args(["-serial", "chardev:ser0"]);
             cmd.stdin(Stdio::null());
         }
         None => {
@@ -235,7 +285,7 @@ pub fn run(req: &RunRequest) -> Result<i32> {
         }
     }
     if let Some(m) = &req.monitor {
-        cmd.arg("-monitor").arg(format!("unix:{},server=on,wait=off", m.display()));
+        cmd.arg("-monitor").arg(format!("unix:{},server=on,wait=off", qemu_path(m)));
     }
     // `planet-image enter`: a virtio-serial port on a private Unix socket, never a network port.
     cmd.args(channel.qemu_args());
@@ -306,4 +356,45 @@ pub fn tempdir(prefix: &str) -> Result<PathBuf> {
         }
     }
     bail!("could not create a scratch directory in {}", base.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::util::command::CommandExt;
+
+    #[test]
+    fn commas_in_paths_cannot_add_qemu_options() {
+        assert_eq!(qemu_path(std::path::Path::new("/tmp/a,file=/etc/shadow")), "/tmp/a,,file=/etc/shadow");
+        assert_eq!(qemu_path(std::path::Path::new("/tmp/plain.qcow2")), "/tmp/plain.qcow2");
+    }
+
+    #[test]
+    fn a_qcow2_naming_another_file_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backed = tmp.path().join("e.qcow2");
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw"])
+            .arg(&backed)
+            .run_checked()
+            .unwrap();
+        let err = format!("{:#}", DiskImage::open(&backed).err().expect("refused"));
+        assert!(err.contains("backing file") && err.contains("/etc/hostname"), "{err}");
+
+        let data = tmp.path().join("data.raw");
+        let external = tmp.path().join("x.qcow2");
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-o"])
+            .arg(format!("data_file={}", data.display()))
+            .arg(&external)
+            .arg("1M")
+            .run_checked()
+            .unwrap();
+        let err = format!("{:#}", DiskImage::open(&external).err().expect("refused"));
+        assert!(err.contains("data file"), "{err}");
+
+        let plain = tmp.path().join("ok.qcow2");
+        Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&plain).arg("1M").run_checked().unwrap();
+        DiskImage::open(&plain).unwrap();
+    }
 }
