@@ -1057,6 +1057,89 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Expiry dates
+
+/// Days since 1970-01-01 of a proleptic Gregorian date.
+fn days_from_date(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m as i64 + 9) % 12; // March = 0
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date of a day count since 1970-01-01.
+fn date_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn format_utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = date_from_days(days);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// `bundle --expires`: a UTC date `YYYY-MM-DD` (its midnight), a time `YYYY-MM-DDTHH:MM[:SS][Z]`,
+/// or a duration from `now` such as `90d`, `12h`, `2w`; Unix seconds, which must lie after `now`.
+pub fn parse_expiry(text: &str, now: u64) -> Result<u64> {
+    let t = text.trim();
+    let usage = "expected a UTC date (2027-01-31), a time (2027-01-31T12:00Z) or a duration (90d, 12h, 2w)";
+    let at = if t.len() >= 10 && t.as_bytes()[4] == b'-' {
+        let (date, time) = t.split_once(['T', ' ']).unwrap_or((t, ""));
+        let num = |s: &str| -> Result<u32> {
+            ensure!(!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()), "{t:?}: {usage}");
+            s.parse().with_context(|| format!("{t:?}: {usage}"))
+        };
+        let parts: Vec<&str> = date.split('-').collect();
+        let [y, m, d] = parts.as_slice() else { bail!("{t:?}: {usage}") };
+        let (y, m, d) = (num(y)?, num(m)?, num(d)?);
+        ensure!((1970..=9999).contains(&y) && (1..=12).contains(&m) && d >= 1, "{t:?} is not a valid date");
+        let days = days_from_date(y.into(), m, d);
+        ensure!(date_from_days(days) == (y.into(), m, d), "{t:?} is not a valid date");
+        let time = time.strip_suffix('Z').unwrap_or(time);
+        let secs = if time.is_empty() {
+            0
+        } else {
+            let hms: Vec<&str> = time.split(':').collect();
+            let (h, mi, s) = match hms.as_slice() {
+                [h, mi] => (num(h)?, num(mi)?, 0),
+                [h, mi, s] => (num(h)?, num(mi)?, num(s)?),
+                _ => bail!("{t:?}: {usage}"),
+            };
+            ensure!(h < 24 && mi < 60 && s < 60, "{t:?} is not a valid time");
+            u64::from(h * 3600 + mi * 60 + s)
+        };
+        days as u64 * 86_400 + secs
+    } else {
+        let (n, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+        let n: u64 = n.parse().with_context(|| format!("{t:?}: {usage}"))?;
+        let unit = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            "w" => 7 * 86_400,
+            _ => bail!("{t:?}: {usage}"),
+        };
+        n.checked_mul(unit).and_then(|s| now.checked_add(s)).with_context(|| format!("{t:?} is too far ahead"))?
+    };
+    ensure!(at > now, "{t:?} ({}) is not in the future", format_utc(at));
+    Ok(at)
+}
+
+// ---------------------------------------------------------------------------------------------
 // Release order
 
 /// Release ordering for the downgrade check. A release is `MAIN[-PRE]` or `MAIN[~PRE]`: the

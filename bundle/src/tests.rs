@@ -519,3 +519,22 @@ fn a_key_ring_holds_the_overlap_of_a_rotation() {
     let e = verify_file_ring(&out, &ring.without(&[old.key_id_hex(), new.key_id_hex()])).unwrap_err().to_string();
     assert!(e.contains("trusts no key"), "{e}");
 }
+
+#[test]
+fn expiry_dates_parse_and_print() {
+    let now = 1_764_000_000; // 2025-11-24 16:00:00 UTC
+    assert_eq!(format_utc(now), "2025-11-24 16:00:00 UTC");
+    assert_eq!(format_utc(0), "1970-01-01 00:00:00 UTC");
+    assert_eq!(format_utc(951_782_400), "2000-02-29 00:00:00 UTC");
+    assert_eq!(parse_expiry("2027-01-31", now).unwrap(), 1_801_353_600);
+    assert_eq!(parse_expiry("2027-01-31T12:30Z", now).unwrap(), 1_801_353_600 + 45_000);
+    assert_eq!(parse_expiry("2027-01-31T12:30:15", now).unwrap(), 1_801_353_600 + 45_015);
+    assert_eq!(parse_expiry("90d", now).unwrap(), now + 90 * 86_400);
+    assert_eq!(parse_expiry("2w", now).unwrap(), now + 14 * 86_400);
+    for bad in ["", "soon", "2027-02-30", "2027-13-01", "2027-01-31T25:00", "1d2h", "2020-01-01", "0d", "x2027-01-01"]
+    {
+        assert!(parse_expiry(bad, now).is_err(), "{bad:?}");
+    }
+    assert!(parse_expiry("99999999999999999999d", now).is_err());
+    assert!(parse_expiry(&format!("{}w", u64::MAX / 1000), now).unwrap_err().to_string().contains("too far"));
+}

@@ -33,6 +33,9 @@ pub struct UpdateConfig {
     /// Reboot into an installed update only between these minutes of the day (UTC); none: at
     /// once.
     pub reboot_window: Option<(u32, u32)>,
+    /// Read from cloud-init data only to say it is ignored: anyone on the path of a metadata or
+    /// NoCloud-net fetch could set it. A downgrade needs `install --allow-downgrade` on the
+    /// update socket.
     pub allow_downgrade: bool,
 }
 
@@ -128,14 +131,27 @@ impl RawUpdate {
     }
 }
 
-/// `90`, `90s`, `15m`, `1h`, `1h30m`.
+/// The longest duration accepted (ten years): anything longer is a typo, and a deadline
+/// `Instant::now() + d` must not overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86400);
+
+/// `90`, `90s`, `15m`, `1h`, `1h30m`; at most [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = parse_duration_unbounded(text)?;
+    if d > MAX_DURATION {
+        return Err(format!("too long: at most {}d (ten years)", MAX_DURATION.as_secs() / 86400));
+    }
+    Ok(d)
+}
+
+fn parse_duration_unbounded(text: &str) -> Result<Duration, String> {
+    let too_long = || format!("too long: at most {}d (ten years)", MAX_DURATION.as_secs() / 86400);
     let t = text.trim();
     if t.is_empty() {
         return Err("expected a duration like 30s, 15m or 1h".into());
     }
     if t.bytes().all(|b| b.is_ascii_digit()) {
-        return t.parse().map(Duration::from_secs).map_err(|_| "too large".to_string());
+        return t.parse().map(Duration::from_secs).map_err(|_| too_long());
     }
     let mut total = 0u64;
     let mut digits = String::new();
@@ -151,8 +167,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             'd' => 86400,
             _ => return Err(format!("unknown unit {c:?}: expected s, m, h or d")),
         };
-        let n: u64 = digits.parse().map_err(|_| "expected a number before each unit".to_string())?;
-        total = total.checked_add(n.checked_mul(unit).ok_or("too large")?).ok_or("too large")?;
+        if digits.is_empty() {
+            return Err("expected a number before each unit".to_string());
+        }
+        let n: u64 = digits.parse().map_err(|_| too_long())?;
+        total = n.checked_mul(unit).and_then(|s| total.checked_add(s)).ok_or_else(too_long)?;
         digits.clear();
     }
     if !digits.is_empty() {
@@ -204,6 +223,23 @@ mod tests {
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("1h5").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    /// Finding 6: a huge duration is a clear error, not a panic when a deadline is computed.
+    #[test]
+    fn durations_are_capped() {
+        assert_eq!(parse_duration("3650d"), Ok(MAX_DURATION));
+        for huge in ["18446744073709551615", "3651d", "99999999999999999999h", "18446744073709551615d", "87601h"] {
+            let e = parse_duration(huge).unwrap_err();
+            assert!(e.contains("at most 3650d"), "{huge}: {e}");
+        }
+        let r = RawUpdate { check_every: Some("18446744073709551615".into()), ..Default::default() };
+        let e = r.validate("planet.").unwrap_err().to_string();
+        assert!(e.starts_with("planet.update.check_every=") && e.contains("at most 3650d"), "{e}");
+        let r =
+            RawUpdate { check_every: Some("3650d".into()), trial_timeout: Some("3650d".into()), ..Default::default() };
+        let c = r.validate("planet.").unwrap();
+        let _ = std::time::Instant::now() + c.check_every + c.trial_timeout;
     }
 
     #[test]

@@ -504,4 +504,59 @@ mod tests {
         assert_eq!(std::fs::read(&slot_dev).unwrap(), vec![0u8; 1 << 20]);
         assert_eq!(esp.entries().unwrap().len(), 1);
     }
+
+    /// Finding 12: a download must leave a tenth of the state filesystem free, not 16 MiB.
+    #[test]
+    fn a_download_leaves_a_tenth_of_the_state_filesystem_free() {
+        assert_eq!(reserve_bytes(10 << 30), 1 << 30);
+        assert_eq!(reserve_bytes(100 << 20), 64 << 20);
+        let t = tempfile::tempdir().unwrap();
+        let sk = key(4);
+        let good = std::fs::read(bundle(t.path(), "2", &[5u8; 100_000], &sk)).unwrap();
+        let staged = t.path().join("incoming.planet");
+        let total = good.len() as u64;
+        let room = Room { free: total + (16 << 20) + 1, reserve: reserve_bytes(10 << 30) };
+        let e = receive(&mut &good[..], None, &staged, &sk.public().into(), room, |_| Ok(())).unwrap_err();
+        assert!(e.to_string().contains("1024 MiB stay free for etcd"), "{e}");
+        assert!(!staged.exists());
+        let room = Room { free: total + (1 << 30), reserve: reserve_bytes(10 << 30) };
+        receive(&mut &good[..], None, &staged, &sk.public().into(), room, |_| Ok(())).unwrap();
+        // Sums that overflow are refused, not wrapped.
+        let room = Room { free: u64::MAX, reserve: u64::MAX };
+        assert!(receive(&mut &good[..], None, &staged, &sk.public().into(), room, |_| Ok(())).is_err());
+    }
+
+    #[test]
+    fn expired_bundles_are_refused() {
+        assert!(check_fresh("2", None, 5).is_ok());
+        assert!(check_fresh("2", Some(6), 5).is_ok());
+        let e = check_fresh("2", Some(1_764_000_000), 1_764_000_000).unwrap_err().to_string();
+        assert!(e.contains("release 2 expired at 2025-11-24 16:00:00 UTC"), "{e}");
+    }
+
+    /// Finding 6: generation numbers at their end are an error, not an overflow panic.
+    #[test]
+    fn the_last_generation_number_is_an_error() {
+        let t = tempfile::tempdir().unwrap();
+        let sk = key(3);
+        let b = bundle(t.path(), "2", &[1u8; 1000], &sk);
+        let (_, header) = planet_bundle::verify_file(&b, &sk.public()).unwrap();
+        let esp = esp(t.path());
+        let text = bootentry::entry_conf("Planet 1", "1", 'a', "planet.slot=a");
+        std::fs::write(esp.entries_dir().join(format!("planet-{}-a.conf", u32::MAX)), text).unwrap();
+        let slot_dev = t.path().join("slot-b");
+        std::fs::write(&slot_dev, vec![0u8; 1 << 20]).unwrap();
+        let target = Target { slot: 'b', dev: slot_dev, bytes: 1 << 20 };
+        let e = install(&InstallPlan {
+            staged: &b,
+            header: &header,
+            target: &target,
+            esp: &esp,
+            options: "planet.slot=a",
+            tries: 3,
+            marker: &t.path().join("m"),
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("generation numbers are used up"), "{e}");
+    }
 }

@@ -694,3 +694,75 @@ fn contained(thread: &str, body: impl FnOnce()) {
 fn fmt_hm(m: u32) -> String {
     format!("{:02}:{:02}", m / 60, m % 60)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Finding 13: the failed list is replaced through a new file (then renamed), never
+    /// rewritten in place: here `failed` is a symlink, which an in-place write would follow.
+    #[test]
+    fn the_failed_list_is_replaced_by_rename() {
+        let t = tempfile::tempdir().unwrap();
+        let elsewhere = t.path().join("elsewhere");
+        std::fs::write(&elsewhere, "untouched\n").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, t.path().join("failed")).unwrap();
+        record_failed(t.path(), "3").unwrap();
+        assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "untouched\n");
+        assert!(std::fs::symlink_metadata(t.path().join("failed")).unwrap().is_file());
+        record_failed(t.path(), "4").unwrap();
+        record_failed(t.path(), "3").unwrap();
+        assert_eq!(read_failed(t.path()), ["untouched", "3", "4"]);
+        assert!(!t.path().join("failed.tmp").exists());
+    }
+
+    /// Finding 12: staging files a power cut left are removed at boot; nothing else is.
+    #[test]
+    fn staging_leftovers_are_removed() {
+        let t = tempfile::tempdir().unwrap();
+        for f in ["incoming.planet", "incoming.planet.tmp", "failed", "revoked-keys", "installing"] {
+            std::fs::write(t.path().join(f), "x").unwrap();
+        }
+        remove_staging_leftovers(t.path());
+        let mut left: Vec<String> =
+            std::fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        left.sort();
+        assert_eq!(left, ["failed", "installing", "revoked-keys"]);
+    }
+
+    /// Finding 8: revocations apply only to keys older than the signer, and last.
+    #[test]
+    fn only_newer_keys_revoke_older_ones() {
+        let t = tempfile::tempdir().unwrap();
+        let keys: Vec<planet_bundle::SecretKey> =
+            (1..=3).map(|n| planet_bundle::SecretKey::from_seed([n; 32], [n; 8])).collect();
+        let ring = KeyRing::parse(&keys.iter().map(|k| k.public().to_text()).collect::<String>()).unwrap();
+        let part = t.path().join("part");
+        std::fs::write(&part, b"x").unwrap();
+        let prelude = |signer: usize, revokes: Vec<String>| {
+            let out = t.path().join("b.planet");
+            let sections: [(&str, &Path); 3] = [("rootfs", &part), ("vmlinuz", &part), ("initramfs", &part)];
+            let claims = planet_bundle::Claims { expires: None, revokes };
+            planet_bundle::write_bundle_with(&out, "9", 1, "6.1", &sections, &keys[signer], &claims).unwrap();
+            planet_bundle::verify_file_ring(&out, &ring).unwrap().0
+        };
+        let state = t.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let id = |i: usize| keys[i].key_id_hex();
+        // Key 2 (the middle one) revokes key 3 (newer: ignored) and key 1 (older: revoked).
+        assert_eq!(apply_revocations(&state, &ring, &prelude(1, vec![id(2), id(0)])).unwrap(), [id(0)]);
+        assert_eq!(read_revoked(&state), [id(0)]);
+        // Again: nothing new. Then key 3 revokes key 2.
+        assert!(apply_revocations(&state, &ring, &prelude(1, vec![id(0)])).unwrap().is_empty());
+        assert_eq!(apply_revocations(&state, &ring, &prelude(2, vec![id(1)])).unwrap(), [id(1)]);
+        assert_eq!(read_revoked(&state), [id(0), id(1)]);
+        assert_eq!(ring.without(&read_revoked(&state)).keys(), &[keys[2].public()]);
+    }
+
+    /// The update threads' panics end only that thread.
+    #[test]
+    fn a_panicking_update_thread_is_contained() {
+        let h = std::thread::spawn(|| contained("update", || panic!("boom")));
+        assert!(h.join().is_ok());
+    }
+}

@@ -91,7 +91,16 @@ impl Read for Timed {
             return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client took too long"));
         }
         self.conn.set_read_timeout(Some(left.min(READ_TIMEOUT)))?;
-        self.conn.read(buf)
+        self.conn.read(buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut if Instant::now() >= self.until.get() => {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "the client took too long")
+            }
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client sent nothing for {} s", READ_TIMEOUT.as_secs()),
+            ),
+            _ => e,
+        })
     }
 }
 
@@ -184,12 +193,14 @@ mod tests {
     use crate::update::Paths;
     use planet_bundle::SecretKey;
     use std::path::PathBuf;
-    use std::sync::Mutex;
 
-    static REBOOTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    thread_local! {
+        /// Reboots asked for on this thread (each test its own).
+        static REBOOTS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
 
     fn record_reboot(why: &str) {
-        REBOOTS.lock().unwrap().push(why.to_string());
+        REBOOTS.with(|r| r.borrow_mut().push(why.to_string()));
     }
 
     /// An agent of release 1 in slot a, over a temporary ESP directory and a slot file.
@@ -237,8 +248,10 @@ mod tests {
             // A refused bundle is not read to the end: the write may fail, the answer is there.
             let _ = c.write_all(&request);
             let _ = c.shutdown(std::net::Shutdown::Write);
+            // One line; the server may close before reading all of a refused bundle, which
+            // resets the connection after the answer.
             let mut answer = String::new();
-            c.read_to_string(&mut answer).unwrap();
+            let _ = BufReader::new(c).read_line(&mut answer);
             answer
         });
         let (conn, _) = listener.accept().unwrap();
@@ -267,7 +280,7 @@ mod tests {
         req.extend(bundle(t.path(), "2", &key));
         let answer = exchange(&agent, &listener, req);
         assert_eq!(answer, "ok installed planet-0002-b+3.conf; rebooting\n");
-        assert_eq!(REBOOTS.lock().unwrap().as_slice(), ["update to planet-0002-b+3.conf"]);
+        assert_eq!(REBOOTS.with(|r| r.borrow().clone()), ["update to planet-0002-b+3.conf"]);
         assert_eq!(&std::fs::read(t.path().join("slot-b")).unwrap()[..300_000], &[7u8; 300_000][..]);
         assert!(t.path().join("esp/loader/entries/planet-0002-b+3.conf").exists());
 
@@ -320,6 +333,127 @@ mod tests {
         let url = serve(vec![(206, newer[..4096].to_vec(), Some(newer.len() as u64)), (200, newer.clone(), None)]);
         let entry = agent.install_from(false, |d, k, f, w| install::download(&url, d, k, f, w)).unwrap();
         assert_eq!(entry.unwrap().file_name(), "planet-0002-b+3.conf");
+    }
+
+    /// Finding 20: a client that stalls in the middle of a bundle holds nothing for long: another
+    /// install is refused at once (not queued behind it), and the stalled one ends at its deadline.
+    #[test]
+    fn a_stalled_client_blocks_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let key = SecretKey::from_seed([9; 32], [9; 8]);
+        let agent = machine(t.path(), &key);
+        let listener = listen(&t.path().join("run")).unwrap();
+        let path = listener.local_addr().unwrap().as_pathname().unwrap().to_path_buf();
+        let b2 = bundle(t.path(), "2", &key);
+        let mut c = UnixStream::connect(path).unwrap();
+        c.write_all(b"install\n").unwrap();
+        c.write_all(&b2[..5000]).unwrap(); // a valid prelude, then nothing
+        let (conn, _) = listener.accept().unwrap();
+        std::thread::scope(|scope| {
+            let started = Instant::now();
+            let server = scope.spawn(|| agent.handle_within(conn, Duration::from_secs(5), |_| Duration::from_secs(2)));
+            std::thread::sleep(Duration::from_millis(500));
+            let url = serve(vec![(206, b2[..4096].to_vec(), Some(b2.len() as u64)), (200, b2.clone(), None)]);
+            let other = Instant::now();
+            let e = agent.install_from(false, |d, k, f, w| install::download(&url, d, k, f, w)).unwrap_err();
+            assert!(e.to_string().contains("another update is in progress"), "{e}");
+            assert!(other.elapsed() < Duration::from_secs(1), "{:?}", other.elapsed());
+            server.join().unwrap().unwrap();
+            assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        });
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("error ") && answer.contains("took too long"), "{answer}");
+        assert!(
+            !t.path().join("state/incoming.planet").exists() && !t.path().join("state/incoming.planet.tmp").exists()
+        );
+        // The lock is free again.
+        let mut req = b"install\n".to_vec();
+        req.extend(b2);
+        assert_eq!(exchange(&agent, &listener, req), "ok installed planet-0002-b+3.conf; rebooting\n");
+    }
+
+    /// Finding 20: what `install-url` answers does not tell a closed port from an open one.
+    #[test]
+    fn install_url_does_not_scan_ports() {
+        let t = tempfile::tempdir().unwrap();
+        let key = SecretKey::from_seed([9; 32], [9; 8]);
+        let agent = machine(t.path(), &key);
+        let listener = listen(&t.path().join("run")).unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap(); // dropped: closed
+        let not_found = serve(vec![(404, b"nope".to_vec(), None)]);
+        let not_a_bundle = serve(vec![(200, b"<html>hello</html>".to_vec(), None)]);
+        let mut answers = Vec::new();
+        for url in [format!("http://{closed}/x"), not_found, not_a_bundle] {
+            let a = exchange(&agent, &listener, format!("install-url {url}\n").into_bytes());
+            answers.push(a.replace(&url, "URL"));
+        }
+        assert_eq!(answers[0], "error no bundle signed by a trusted key at URL (details on the console)\n");
+        assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+        // A bundle that was found says why it is refused.
+        let b1 = bundle(t.path(), "1", &key);
+        let url = serve(vec![(206, b1[..4096].to_vec(), Some(b1.len() as u64))]);
+        let a = exchange(&agent, &listener, format!("install-url {url}\n").into_bytes());
+        assert_eq!(a, "ok nothing to do (same or older release)\n");
+    }
+
+    /// Finding 8: a downgrade only by an explicit socket request; `allow_downgrade` from
+    /// cloud-init data is ignored.
+    #[test]
+    fn a_downgrade_needs_an_explicit_socket_request() {
+        let t = tempfile::tempdir().unwrap();
+        let key = SecretKey::from_seed([9; 32], [9; 8]);
+        let mut agent = machine(t.path(), &key);
+        agent.cfg.allow_downgrade = true; // as if user-data said so
+        let listener = listen(&t.path().join("run")).unwrap();
+        let old = bundle(t.path(), "0.5", &key);
+        let mut req = b"install\n".to_vec();
+        req.extend(&old);
+        assert_eq!(exchange(&agent, &listener, req), "ok nothing to do (same or older release)\n");
+        let mut req = b"install --allow-downgrade\n".to_vec();
+        req.extend(&old);
+        assert_eq!(exchange(&agent, &listener, req), "ok installed planet-0002-b+3.conf; rebooting\n");
+    }
+
+    /// Finding 8: an expired bundle is refused with the date; a key revoked by a newer key's
+    /// bundle stays refused; an older key cannot revoke a newer one.
+    #[test]
+    fn expired_bundles_and_revoked_keys_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let (old, new) = (SecretKey::from_seed([1; 32], [1; 8]), SecretKey::from_seed([2; 32], [2; 8]));
+        let mut agent = machine(t.path(), &old);
+        agent.key = Some(planet_bundle::KeyRing::parse(&(old.public().to_text() + &new.public().to_text())).unwrap());
+        let listener = listen(&t.path().join("run")).unwrap();
+        let make = |release: &str, key: &SecretKey, claims: planet_bundle::Claims| {
+            let p = t.path().join("part");
+            std::fs::write(&p, b"x").unwrap();
+            let out = t.path().join(format!("{release}-{}.planet", key.key_id_hex()));
+            let sections: [(&str, &Path); 3] = [("rootfs", &p), ("vmlinuz", &p), ("initramfs", &p)];
+            planet_bundle::write_bundle_with(&out, release, 1, "6.1", &sections, key, &claims).unwrap();
+            let mut req = b"install\n".to_vec();
+            req.extend(std::fs::read(out).unwrap());
+            req
+        };
+        let expired = planet_bundle::Claims { expires: Some(1_700_000_000), revokes: vec![] };
+        let a = exchange(&agent, &listener, make("2", &new, expired));
+        assert!(a.starts_with("error the bundle of release 2 expired at 2023-11-14 22:13:20 UTC"), "{a}");
+
+        // The old key tries to revoke the new one: ignored (and release 1 is not wanted anyway).
+        let coup = planet_bundle::Claims { expires: None, revokes: vec![new.key_id_hex()] };
+        let a = exchange(&agent, &listener, make("1", &old, coup));
+        assert_eq!(a, "ok nothing to do (same or older release)\n");
+        assert!(!t.path().join("state/revoked-keys").exists());
+
+        // The new key revokes the old one, in a bundle that is not even installed.
+        let revoke = planet_bundle::Claims { expires: None, revokes: vec![old.key_id_hex()] };
+        let a = exchange(&agent, &listener, make("1", &new, revoke));
+        assert_eq!(a, "ok nothing to do (same or older release)\n");
+        let revoked = std::fs::read_to_string(t.path().join("state/revoked-keys")).unwrap();
+        assert_eq!(revoked, format!("{}\n", old.key_id_hex()));
+        let a = exchange(&agent, &listener, make("3", &old, planet_bundle::Claims::default()));
+        assert!(a.starts_with("error signed by another key") && a.contains(&new.key_id_hex()), "{a}");
+        let a = exchange(&agent, &listener, make("3", &new, planet_bundle::Claims::default()));
+        assert_eq!(a, "ok installed planet-0002-b+3.conf; rebooting\n");
     }
 
     #[test]
