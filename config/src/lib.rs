@@ -13,7 +13,7 @@ pub mod bootentry;
 pub mod cloudconfig;
 mod cmdline;
 pub mod update;
-pub use cmdline::{split_cmdline, CmdlineConfig};
+pub use cmdline::{split_cmdline, CmdlineConfig, DISK_GUID_PARAM};
 pub use update::{RawUpdate, UpdateConfig};
 
 /// Why a configuration was rejected; each variant names the key so the console message points

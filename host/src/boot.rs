@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use planet_config::{CmdlineConfig, PlanetConfig, Source};
+use planet_config::{CmdlineConfig, PlanetConfig, Source, DISK_GUID_PARAM};
+use planet_gpt::Guid;
 
 use crate::coldplug::{Coldplug, KernelLoader, ModuleIndex};
 use crate::disk::{self, BootDisk};
@@ -61,6 +62,8 @@ pub struct HostParams {
     pub disk_timeout: Duration,
     pub stop_timeout: Duration,
     pub max_restarts: u32,
+    /// `planet.disk_guid`: the GPT disk GUID of the image's own disk (see [`disk::find_boot_disk`]).
+    pub disk_guid: Option<Guid>,
 }
 
 impl HostParams {
@@ -85,11 +88,18 @@ impl HostParams {
                 v.parse().map_err(|_| anyhow::anyhow!("planet.max_restarts={v:?} is invalid: expected a number"))?
             }
         };
+        let disk_guid = match c.param(DISK_GUID_PARAM) {
+            None => None,
+            Some(v) => Some(v.parse::<Guid>().map_err(|_| {
+                anyhow::anyhow!("planet.{DISK_GUID_PARAM}={v:?} is invalid: expected a GUID like 01234567-89AB-4CDE-8F01-23456789ABCD")
+            })?),
+        };
         Ok(HostParams {
             slot,
             disk_timeout: secs("disk_timeout", 30)?,
             stop_timeout: secs("stop_timeout", 30)?,
             max_restarts,
+            disk_guid,
         })
     }
 
@@ -217,10 +227,17 @@ pub fn run(env: &BootEnv) -> Result<supervise::StopReason> {
     let n = coldplug_settle(&mut cp, &env.sysfs);
     event!("coldplug done", kernel = kver, loaded = n);
 
-    let bd = disk::wait_for_boot_disk(&env.sysfs, &params.slot_label(), params.disk_timeout, || {
-        cp.round(&env.sysfs);
-        disk::repair_interrupted_growth(&env.sysfs, &env.dev);
-    })?;
+    let bd = disk::wait_for_boot_disk(
+        &env.sysfs,
+        &env.dev,
+        &params.slot_label(),
+        params.disk_guid,
+        params.disk_timeout,
+        || {
+            cp.round(&env.sysfs);
+            disk::repair_interrupted_growth(&env.sysfs, &env.dev, params.disk_guid);
+        },
+    )?;
     event!("disk found", disk = bd.disk, slot = bd.slot.name, state = bd.state.name);
     if let Err(e) = disk::grow_boot_disk(&env.dev, &bd) {
         event!("state growth failed", error = format!("{e:#}"));
@@ -255,7 +272,7 @@ pub fn run(env: &BootEnv) -> Result<supervise::StopReason> {
         metadata_url: ds_params.metadata_url.clone(),
         nocloud_url: ds_params.nocloud_url.clone(),
         nics: datasource::nic_info(&env.sysfs),
-        deadline: std::time::Instant::now() + ds_params.timeout,
+        deadline: supervise::deadline_after(ds_params.timeout),
     };
     let sources = datasource::plan(&ds_params, &cmd, &ctx);
     let (remote, local): (Vec<&dyn datasource::Datasource>, Vec<&dyn datasource::Datasource>) =
@@ -270,7 +287,7 @@ pub fn run(env: &BootEnv) -> Result<supervise::StopReason> {
     }
     let network = net::bring_up(&env.sysfs, &network_cfg).context("bringing up the network")?;
     if found.is_none() && !remote.is_empty() {
-        ctx.deadline = std::time::Instant::now() + ds_params.timeout;
+        ctx.deadline = supervise::deadline_after(ds_params.timeout);
         found = datasource::try_sources(&remote, &ctx, &mut why);
     }
     if found.is_none() && !sources.is_empty() {
@@ -348,9 +365,17 @@ mod tests {
                 slot: 'a',
                 disk_timeout: Duration::from_secs(30),
                 stop_timeout: Duration::from_secs(30),
-                max_restarts: 5
+                max_restarts: 5,
+                disk_guid: None,
             }
         );
+        let p = HostParams::from_cmdline(
+            &CmdlineConfig::parse("planet.disk_guid=11111111-2222-4333-8444-555555555555").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(p.disk_guid.unwrap().to_string(), "11111111-2222-4333-8444-555555555555");
+        let e = HostParams::from_cmdline(&CmdlineConfig::parse("planet.disk_guid=nope").unwrap()).unwrap_err();
+        assert!(e.to_string().starts_with("planet.disk_guid=\"nope\" is invalid"), "{e}");
         let p =
             HostParams::from_cmdline(&CmdlineConfig::parse("planet.slot=b planet.stop_timeout=5").unwrap()).unwrap();
         assert_eq!(p.slot_label(), "planet-b");
@@ -371,6 +396,20 @@ mod tests {
         let (_, p, c) = read_config(&env).unwrap();
         assert_eq!(p.slot, 'a');
         assert_eq!(c.env, vec![("A".to_string(), "1".to_string())]);
+    }
+
+    #[test]
+    fn huge_timeouts_do_not_overflow() {
+        // planet.datasource_timeout / planet.stop_timeout of u64::MAX seconds.
+        let far = supervise::deadline_after(Duration::from_secs(u64::MAX));
+        assert!(far > std::time::Instant::now() + Duration::from_secs(365 * 86400));
+        let ds = datasource::Params::from_cmdline(
+            "planet.datasource_timeout=18446744073709551615",
+            &CmdlineConfig::parse("planet.datasource_timeout=18446744073709551615").unwrap(),
+        );
+        if let Ok(p) = ds {
+            let _ = supervise::deadline_after(p.timeout);
+        }
     }
 
     #[test]

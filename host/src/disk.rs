@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use planet_gpt::Gpt;
+use planet_gpt::{Gpt, Guid};
 
 pub const STATE_LABEL: &str = "planet-state";
 /// Growth keeps the state partition's end 1 MiB aligned (in 512-byte sectors).
@@ -81,8 +81,12 @@ pub struct BootDisk {
     pub state: BlockDev,
 }
 
-/// Picks the disk holding both `slot_label` and the state partition.
-pub fn find_boot_disk(devs: &[BlockDev], slot_label: &str) -> Result<BootDisk> {
+/// Picks the disk holding both `slot_label` and the state partition. With `pin` (the image's
+/// GPT disk GUID, `planet.disk_guid`), only a disk whose GPT carries that GUID qualifies, so
+/// another planet disk attached (an installer stick, a volume of another node) is ignored; the
+/// GUID is read from the disk under `dev_root`. Without it (images built before the pin), the
+/// labels alone decide and several candidates are an error.
+pub fn find_boot_disk(devs: &[BlockDev], slot_label: &str, pin: Option<Guid>, dev_root: &Path) -> Result<BootDisk> {
     fn labelled<'a>(devs: &'a [BlockDev], label: &'a str) -> impl Iterator<Item = &'a BlockDev> + 'a {
         devs.iter().filter(move |d| d.partname.as_deref() == Some(label))
     }
@@ -96,27 +100,72 @@ pub fn find_boot_disk(devs: &[BlockDev], slot_label: &str) -> Result<BootDisk> {
             });
         }
     }
+    if let Some(pin) = pin {
+        let (mine, others): (Vec<BootDisk>, Vec<BootDisk>) =
+            found.into_iter().partition(|f| disk_guid(&dev_root.join(&f.disk)) == Some(pin));
+        if mine.is_empty() && !others.is_empty() {
+            bail!(
+                "no disk with partitions labelled {slot_label:?} and {STATE_LABEL:?} has the GPT disk GUID {pin} \
+                 (planet.{}); other planet disks: {}",
+                planet_config::DISK_GUID_PARAM,
+                others
+                    .iter()
+                    .map(|f| match disk_guid(&dev_root.join(&f.disk)) {
+                        Some(g) => format!("{} ({g})", f.disk),
+                        None => format!("{} (GPT unreadable)", f.disk),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if !others.is_empty() && mine.len() == 1 {
+            crate::event!(
+                "other planet disks ignored",
+                disk_guid = pin,
+                disks = others.iter().map(|f| f.disk.as_str()).collect::<Vec<_>>().join(",")
+            );
+        }
+        found = mine;
+    }
     match found.len() {
         0 => bail!("no disk has partitions labelled {slot_label:?} and {STATE_LABEL:?}"),
         1 => Ok(found.remove(0)),
         _ => bail!(
-            "several disks have partitions labelled {slot_label:?} and {STATE_LABEL:?}: {}",
+            "several disks have partitions labelled {slot_label:?} and {STATE_LABEL:?}{}: {}",
+            if pin.is_some() { " and the same disk GUID (copies of one image)" } else { "" },
             found.iter().map(|f| f.disk.as_str()).collect::<Vec<_>>().join(", ")
         ),
     }
 }
 
+/// The GPT disk GUID of a disk: from the primary table, else from the backup at the end.
+pub fn disk_guid(path: &Path) -> Option<Guid> {
+    let mut f = File::open(path).ok()?;
+    let (bytes, ss) = device_geometry(&f).ok()?;
+    let total = bytes / ss;
+    if total < 64 {
+        return None;
+    }
+    if let Ok(g) = Gpt::read_from(&mut f, ss, total) {
+        return Some(g.disk_guid);
+    }
+    let mut view = BackupAsPrimary { f: &mut f, ss, backup_lba: total - 1, pos: 0 };
+    Gpt::read_from(&mut view, ss, total).ok().map(|g| g.disk_guid)
+}
+
 /// Polls for the boot disk until `timeout`, calling `between` (a coldplug round) while waiting.
 pub fn wait_for_boot_disk(
     sysfs: &Path,
+    dev_root: &Path,
     slot_label: &str,
+    pin: Option<Guid>,
     timeout: Duration,
     mut between: impl FnMut(),
 ) -> Result<BootDisk> {
     let start = Instant::now();
     loop {
         let devs = scan(sysfs)?;
-        match find_boot_disk(&devs, slot_label) {
+        match find_boot_disk(&devs, slot_label, pin, dev_root) {
             Ok(d) => return Ok(d),
             Err(e) if start.elapsed() >= timeout => {
                 let seen: Vec<String> = devs
@@ -142,11 +191,19 @@ pub fn wait_for_boot_disk(
     }
 }
 
-/// Repairs disks on which the kernel found no partitions because the primary GPT was lost in
-/// the middle of a growth (the kernel does not fall back to the backup without `gpt` on the
-/// command line). Only a disk whose backup table is valid and holds the state partition is
-/// touched. Returns how many were repaired; the kernel is told to re-read them.
-pub fn repair_interrupted_growth(sysfs: &Path, dev_root: &Path) -> usize {
+/// Repairs the boot disk when the kernel found no partitions on it because the primary GPT was
+/// lost in the middle of a growth (the kernel does not fall back to the backup without `gpt` on
+/// the command line). A disk is touched only when all of this holds, so a disk planet-init does
+/// not own (a whole-disk filesystem laid over an old planet disk, whose backup GPT survives at
+/// the end) is never written:
+/// - its backup table is valid and holds the state partition;
+/// - with `pin`, the backup carries that disk GUID; without, it also holds both slots;
+/// - the primary area still looks like an interrupted growth: LBA 1 carries the GPT signature
+///   (power was lost while the entries were written) or the primary entries are exactly the
+///   backup's (lost while the header was written). Anything else there is someone's data.
+///
+/// Returns how many were repaired; the kernel is told to re-read them.
+pub fn repair_interrupted_growth(sysfs: &Path, dev_root: &Path, pin: Option<Guid>) -> usize {
     let Ok(devs) = scan(sysfs) else { return 0 };
     let mut repaired = 0;
     for d in devs.iter().filter(|d| d.partn.is_none() && !devs.iter().any(|p| p.parent.as_ref() == Some(&d.name))) {
@@ -162,6 +219,18 @@ pub fn repair_interrupted_growth(sysfs: &Path, dev_root: &Path) -> usize {
             let mut view = BackupAsPrimary { f: &mut ro, ss, backup_lba: total - 1, pos: 0 };
             let mut gpt = Gpt::read_from(&mut view, ss, total).ok()?;
             gpt.find(STATE_LABEL)?;
+            match pin {
+                Some(pin) if gpt.disk_guid != pin => return None,
+                Some(_) => {}
+                None => {
+                    gpt.find("planet-a")?;
+                    gpt.find("planet-b")?;
+                }
+            }
+            if !looks_like_interrupted_growth(&mut ro, ss, &gpt) {
+                crate::event!("gpt repair refused", disk = d.name, reason = "the primary area holds other data");
+                return None;
+            }
             gpt.total_sectors = total;
             Some((gpt, ss))
         })();
@@ -188,6 +257,19 @@ pub fn repair_interrupted_growth(sysfs: &Path, dev_root: &Path) -> usize {
         }
     }
     repaired
+}
+
+/// Whether LBA 1.. holds what a growth interrupted by power loss leaves there (see
+/// [`repair_interrupted_growth`]): the GPT signature at LBA 1, or the backup's entry array at
+/// LBA 2.
+fn looks_like_interrupted_growth(f: &mut File, ss: u64, backup: &Gpt) -> bool {
+    let mut sig = [0u8; 8];
+    if f.seek(SeekFrom::Start(ss)).is_ok() && f.read_exact(&mut sig).is_ok() && &sig == b"EFI PART" {
+        return true;
+    }
+    let want = backup.entry_array();
+    let mut have = vec![0u8; want.len()];
+    f.seek(SeekFrom::Start(2 * ss)).is_ok() && f.read_exact(&mut have).is_ok() && have == want
 }
 
 /// Size in bytes and logical sector size of a block device, or of a regular file (tests).
@@ -485,14 +567,14 @@ mod tests {
         );
         let devs = scan(tmp.path()).unwrap();
         assert_eq!(devs.len(), 7);
-        let d = find_boot_disk(&devs, "planet-a").unwrap();
+        let d = find_boot_disk(&devs, "planet-a", None, tmp.path()).unwrap();
         assert_eq!(d.disk, "vda");
         assert_eq!(d.slot.name, "vda2");
         assert_eq!(d.state.name, "vda4");
         assert_eq!(d.state.partn, Some(4));
         assert_eq!(d.state.size_bytes(), 4096 * 512);
-        assert_eq!(find_boot_disk(&devs, "planet-b").unwrap().slot.name, "vda3");
-        let err = find_boot_disk(&devs, "planet-c").unwrap_err().to_string();
+        assert_eq!(find_boot_disk(&devs, "planet-b", None, tmp.path()).unwrap().slot.name, "vda3");
+        let err = find_boot_disk(&devs, "planet-c", None, tmp.path()).unwrap_err().to_string();
         assert!(err.contains("planet-c"), "{err}");
     }
 
@@ -508,7 +590,43 @@ mod tests {
                 ("sda", "sda4", 4, "planet-state"),
             ],
         );
-        let err = find_boot_disk(&scan(tmp.path()).unwrap(), "planet-a").unwrap_err().to_string();
+        let err = find_boot_disk(&scan(tmp.path()).unwrap(), "planet-a", None, tmp.path()).unwrap_err().to_string();
+        assert!(err.contains("several disks"), "{err}");
+    }
+
+    #[test]
+    fn the_pinned_disk_guid_picks_the_boot_disk_among_planet_disks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (sys, dev) = (tmp.path().join("sys"), tmp.path().join("dev"));
+        std::fs::create_dir_all(&dev).unwrap();
+        // sda (an installer stick, enumerated first) and vda (this machine's disk) both carry
+        // the planet labels; only the GPT disk GUID tells them apart.
+        fake_sysfs(
+            &sys,
+            &[
+                ("sda", "sda2", 2, "planet-a"),
+                ("sda", "sda4", 4, "planet-state"),
+                ("vda", "vda2", 2, "planet-a"),
+                ("vda", "vda4", 4, "planet-state"),
+            ],
+        );
+        let (mine, stick) = (Guid::from_random_bytes([0xaa; 16]), Guid::from_random_bytes([0x55; 16]));
+        image_with_guid(&dev.join("vda"), 32768, 32768, mine);
+        image_with_guid(&dev.join("sda"), 32768, 32768, stick);
+        let devs = scan(&sys).unwrap();
+        let d = find_boot_disk(&devs, "planet-a", Some(mine), &dev).unwrap();
+        assert_eq!((d.disk.as_str(), d.slot.name.as_str(), d.state.name.as_str()), ("vda", "vda2", "vda4"));
+        assert_eq!(find_boot_disk(&devs, "planet-a", Some(stick), &dev).unwrap().disk, "sda");
+        // A pin no disk carries: an error naming what was found, never another disk.
+        let other = Guid::from_random_bytes([0x11; 16]);
+        let err = find_boot_disk(&devs, "planet-a", Some(other), &dev).unwrap_err().to_string();
+        assert!(err.contains(&other.to_string()) && err.contains(&format!("vda ({mine})")), "{err}");
+        // Copies of one image share the GUID: still ambiguous, as without a pin.
+        image_with_guid(&dev.join("sda"), 32768, 32768, mine);
+        let err = find_boot_disk(&devs, "planet-a", Some(mine), &dev).unwrap_err().to_string();
+        assert!(err.contains("several disks") && err.contains("same disk GUID"), "{err}");
+        // Old images (no pin): the label rule of before.
+        let err = find_boot_disk(&devs, "planet-a", None, &dev).unwrap_err().to_string();
         assert!(err.contains("several disks"), "{err}");
     }
 
@@ -517,14 +635,20 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         fake_sysfs(tmp.path(), &[("vda", "vda1", 1, "esp")]);
         let mut rounds = 0;
-        let err = wait_for_boot_disk(tmp.path(), "planet-a", Duration::from_millis(300), || rounds += 1).unwrap_err();
+        let err =
+            wait_for_boot_disk(tmp.path(), tmp.path(), "planet-a", None, Duration::from_millis(300), || rounds += 1)
+                .unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("waiting 0s for the boot disk (block devices seen: vda vda1(esp))"), "{text}");
         assert!(rounds >= 1);
     }
 
     fn image(path: &Path, small_sectors: u64, big_sectors: u64) {
-        let mut g = Gpt::new(Guid::from_random_bytes([1; 16]), 512, small_sectors).unwrap();
+        image_with_guid(path, small_sectors, big_sectors, Guid::from_random_bytes([1; 16]))
+    }
+
+    fn image_with_guid(path: &Path, small_sectors: u64, big_sectors: u64, guid: Guid) {
+        let mut g = Gpt::new(guid, 512, small_sectors).unwrap();
         let mut add = |name: &str, first: u64, last: u64| {
             g.partitions.push(Partition {
                 type_guid: types::parse("linux").unwrap(),
@@ -612,9 +736,73 @@ mod tests {
         f.seek(SeekFrom::Start(512)).unwrap();
         std::io::Write::write_all(&mut f, &[0u8; 512]).unwrap();
         assert!(Gpt::read_from(&mut f, 512, 32768).is_err());
-        assert_eq!(repair_interrupted_growth(&sys, &dev), 1);
+        assert_eq!(repair_interrupted_growth(&sys, &dev, Some(Guid::from_random_bytes([9; 16]))), 0, "not our GUID");
+        assert_eq!(repair_interrupted_growth(&sys, &dev, Some(good.disk_guid)), 1);
         assert_eq!(Gpt::read_from(&mut f, 512, 32768).unwrap(), good);
-        assert_eq!(repair_interrupted_growth(&sys, &dev), 0, "a valid primary is not rewritten");
+        assert_eq!(repair_interrupted_growth(&sys, &dev, None), 0, "a valid primary is not rewritten");
+        // Without a pin (old images), the label rule still repairs.
+        f.seek(SeekFrom::Start(512)).unwrap();
+        std::io::Write::write_all(&mut f, &[0u8; 512]).unwrap();
+        assert_eq!(repair_interrupted_growth(&sys, &dev, None), 1);
+        assert_eq!(Gpt::read_from(&mut f, 512, 32768).unwrap(), good);
+    }
+
+    /// One whole disk without partitions in sysfs, `vdb`, whose content is `img`.
+    fn partitionless_disk(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        let (sys, dev) = (root.join("sys"), root.join("dev"));
+        std::fs::create_dir_all(&dev).unwrap();
+        let d = sys.join("devices/virtio/block/vdb");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("uevent"), "DEVNAME=vdb\nDEVTYPE=disk\n").unwrap();
+        std::fs::create_dir_all(sys.join("class/block")).unwrap();
+        symlink(&d, sys.join("class/block/vdb")).unwrap();
+        let img = dev.join("vdb");
+        (sys, dev, img)
+    }
+
+    #[test]
+    fn a_filesystem_laid_over_an_old_planet_disk_is_never_repaired() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (sys, dev, img) = partitionless_disk(tmp.path());
+        image(&img, 32768, 32768);
+        let guid = Gpt::read_from(&mut File::open(&img).unwrap(), 512, 32768).unwrap().disk_guid;
+        // A whole-disk ext4 made over it: LBA 1 is zero, the superblock (magic 0xEF53 at
+        // 1024 + 0x38) sits where the primary entries were; the old backup GPT survives.
+        let mut f = OpenOptions::new().read(true).write(true).open(&img).unwrap();
+        f.seek(SeekFrom::Start(512)).unwrap();
+        std::io::Write::write_all(&mut f, &[0u8; 1536]).unwrap();
+        f.seek(SeekFrom::Start(1024 + 0x38)).unwrap();
+        std::io::Write::write_all(&mut f, &0xEF53u16.to_le_bytes()).unwrap();
+        let before = std::fs::read(&img).unwrap();
+        for pin in [None, Some(guid)] {
+            assert_eq!(repair_interrupted_growth(&sys, &dev, pin), 0, "pin {pin:?}");
+            let after = std::fs::read(&img).unwrap();
+            assert_eq!(after[1024..2048], before[1024..2048], "the superblock was overwritten (pin {pin:?})");
+            assert!(after == before, "the disk was written (pin {pin:?})");
+        }
+    }
+
+    #[test]
+    fn a_disk_without_both_slots_is_not_repaired_without_a_pin() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (sys, dev, img) = partitionless_disk(tmp.path());
+        // A backup GPT naming only planet-state (not an image this tool makes).
+        let mut g = Gpt::new(Guid::from_random_bytes([3; 16]), 512, 32768).unwrap();
+        g.partitions.push(Partition {
+            type_guid: types::parse("linux").unwrap(),
+            unique_guid: Guid::from_random_bytes([4; 16]),
+            first_lba: 2048,
+            last_lba: 30000,
+            attributes: 0,
+            name: STATE_LABEL.into(),
+        });
+        let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&img).unwrap();
+        f.set_len(32768 * 512).unwrap();
+        g.write_to(&mut f).unwrap();
+        f.seek(SeekFrom::Start(512)).unwrap();
+        std::io::Write::write_all(&mut f, &[0u8; 512]).unwrap();
+        assert_eq!(repair_interrupted_growth(&sys, &dev, None), 0);
+        assert_eq!(repair_interrupted_growth(&sys, &dev, Some(g.disk_guid)), 1, "the pin names it");
     }
 
     /// CRC-32 (IEEE), as the GPT uses, without another dependency.

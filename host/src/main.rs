@@ -82,7 +82,8 @@ pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) ->
         event!("fatal", error = "planet-init must run as PID 1 (it mounts, partitions and powers off the machine)");
         return 2;
     }
-    std::panic::set_hook(Box::new(|info| fatal(&format!("panic: {info}"))));
+    // Only the main thread's panic is fatal; a helper thread's is logged and stops that thread.
+    planet_host::supervise::install_panic_hook(|message| fatal(message));
     match boot::run(&boot::BootEnv::system()) {
         Ok(StopReason::Reboot(_)) => restart(),
         Ok(_) => halt(),

@@ -115,6 +115,31 @@ pub struct Policy {
     pub stop_timeout: Duration,
 }
 
+/// PID 1's panic hook, installed from the main thread. A panic there is `fatal` (power off, or
+/// reboot on trial): the boot cannot go on. A panic in a helper thread (the update agent, its
+/// socket, the enter server, a DHCP renewal) is only logged on the console: that thread unwinds
+/// and stops, and the cluster keeps running; the next boot starts the helper again.
+pub fn install_panic_hook(fatal: fn(&str)) {
+    let main = std::thread::current().id();
+    std::panic::set_hook(Box::new(move |info| {
+        let me = std::thread::current();
+        if me.id() == main {
+            fatal(&format!("panic: {info}"));
+        } else {
+            crate::event!("thread stopped", thread = me.name().unwrap_or("unnamed"), error = format!("panic: {info}"));
+        }
+    }));
+}
+
+/// `now + d`, saturating at about ten years instead of panicking: timeouts come from the
+/// command line (`planet.stop_timeout`, `planet.datasource_timeout`), and `Instant + Duration`
+/// panics on overflow in every build profile.
+pub fn deadline_after(d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(10 * 365 * 86400);
+    let now = Instant::now();
+    now.checked_add(d.min(FAR)).unwrap_or(now)
+}
+
 /// Delay before restart number `n` (1-based): 1, 2, 4, 8, 16, then 30 s.
 pub fn backoff(n: u32) -> Duration {
     Duration::from_secs(1u64.checked_shl(n.saturating_sub(1)).unwrap_or(u64::MAX).min(30))
@@ -202,7 +227,7 @@ pub fn supervise(mut launch: impl FnMut() -> Result<Container>, policy: Policy, 
                         );
                         // SAFETY: signalling our child.
                         unsafe { libc::kill(c.pid, c.stop_signal) };
-                        State::Stopping { c, deadline: Instant::now() + policy.stop_timeout, killed: false }
+                        State::Stopping { c, deadline: deadline_after(policy.stop_timeout), killed: false }
                     }
                     State::Backoff { .. } => {
                         crate::event!("container stopped", how = "not-running");
@@ -300,7 +325,7 @@ pub fn supervise(mut launch: impl FnMut() -> Result<Container>, policy: Policy, 
 pub fn kill_everything(grace: Duration) {
     // SAFETY: kill(-1) from PID 1 signals every process but itself.
     unsafe { libc::kill(-1, libc::SIGTERM) };
-    let until = Instant::now() + grace;
+    let until = deadline_after(grace);
     loop {
         let mut status = 0;
         // SAFETY: non-blocking reap.

@@ -153,6 +153,10 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
         seed_text.push_str(&format!("update-key={}\n", k.to_base64()));
     }
     let seed = sha256_hex(seed_text.as_bytes());
+    // The boot entries pin the disk by its GPT GUID (derived from the seed, as plan() does), so
+    // planet-init boots only from this disk even when another planet disk is attached.
+    let disk_guid = plan::derive_guid(&seed, "disk");
+    options.push_str(&format!(" planet.{}={disk_guid}", planet_config::DISK_GUID_PARAM));
     let release = req.release.clone().unwrap_or_else(|| rootfs.sha256[..12].to_string());
     let slots = [SlotBoot {
         slot: "a",
@@ -167,6 +171,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
     let esp_content = esp::content_bytes(&bootloader, &slots);
     let plan =
         plan::plan(&layout, esp_content, slot_bytes, &seed, if req.target == Target::Gce { 1 << 30 } else { 1 })?;
+    anyhow::ensure!(plan.disk_guid == disk_guid, "the disk GUID on the command line is not the table's");
 
     // 4. ESP and state filesystems.
     let step = Step::start("ESP + state", 0);
