@@ -134,8 +134,10 @@ pub fn entry_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     })
 }
 
-/// `options` with `planet.slot=` pointing at `slot` (added when missing).
+/// `options` with `planet.slot=` pointing at `slot` (added when missing), and without
+/// `planet.env=` (refused on the command line: it would carry secrets into every new entry).
 pub fn options_for_slot(options: &str, slot: char) -> String {
+    let options = crate::CmdlineConfig::without_env(options);
     let mut words: Vec<String> =
         options.split_whitespace().filter(|w| !w.starts_with("planet.slot=")).map(str::to_string).collect();
     let at = options.split_whitespace().position(|w| w.starts_with("planet.slot=")).unwrap_or(words.len());
@@ -157,6 +159,14 @@ pub fn default_entry(entries: &[EntryName]) -> Option<&EntryName> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copied_options_lose_planet_env() {
+        assert_eq!(
+            options_for_slot("console=ttyS0 planet.slot=a planet.env=PW=hunter2 planet.role=dev", 'b'),
+            "console=ttyS0 planet.slot=b planet.role=dev"
+        );
+    }
 
     #[test]
     fn names_round_trip() {

@@ -6,6 +6,7 @@
 //! message points at the line to fix. Values are never quoted in errors for `env`, which holds
 //! credentials.
 
+use std::borrow::Cow;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -28,8 +29,20 @@ pub const PLANET_KEYS: &[&str] = &[
     "update",
 ];
 
-/// Largest user-data accepted after decompression (EC2 allows 16 KiB raw; be generous).
-const MAX_USER_DATA: u64 = 4 << 20;
+/// The whole user-data decode's allowance: the input plus every byte gzip and base64 produce,
+/// at every level of nesting together. Clouds allow far less (EC2 16 KiB, OpenStack 64 KiB,
+/// GCE 256 KiB); parsing 1 MiB of the worst YAML costs PID 1 about 70 MiB.
+pub const MAX_USER_DATA: u64 = 1 << 20;
+
+/// How deep `application/gzip` parts may nest MIME documents inside each other.
+const MAX_NESTING: u32 = 4;
+
+/// Most YAML nodes one document may expand to, counting an anchor's nodes each time an alias
+/// repeats them (serde_yaml bounds alias jumps, not what they replay).
+const MAX_YAML_NODES: u64 = 200_000;
+
+/// Most scalar bytes one YAML document may expand to, aliases counted each time.
+const MAX_YAML_BYTES: u64 = 2 * MAX_USER_DATA;
 
 /// User-data decoded to the `#cloud-config` text it carries, with notices about what was
 /// skipped (MIME parts of other types).
@@ -45,42 +58,149 @@ fn err(key: &str, reason: impl Into<String>) -> ConfigError {
 
 /// Decodes raw user-data bytes: gzip (by magic), then MIME multipart or plain text.
 pub fn decode_user_data(bytes: &[u8]) -> Result<UserData, ConfigError> {
-    let bytes = gunzip_if_compressed(bytes)?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| err("user-data", "is not UTF-8 text"))?;
-    let trimmed = text.trim_start();
-    if trimmed.is_empty() {
-        return Ok(UserData::default());
+    let mut d = Decoder { budget: MAX_USER_DATA };
+    d.charge(bytes.len())?;
+    d.decode(bytes, 0)
+}
+
+/// One decode's state: what is left of the byte budget, shared by every layer.
+struct Decoder {
+    budget: u64,
+}
+
+impl Decoder {
+    fn charge(&mut self, n: usize) -> Result<(), ConfigError> {
+        self.budget = self.budget.checked_sub(n as u64).ok_or_else(|| {
+            err(
+                "user-data",
+                format!(
+                    "is larger than {MAX_USER_DATA} bytes once decoded (gzip, base64 and every MIME part count \
+                     together)"
+                ),
+            )
+        })?;
+        Ok(())
     }
-    if looks_like_mime(trimmed) {
-        return decode_multipart(trimmed);
+
+    fn decode(&mut self, bytes: &[u8], depth: u32) -> Result<UserData, ConfigError> {
+        if depth > MAX_NESTING {
+            return Err(err("user-data", format!("has MIME documents nested more than {MAX_NESTING} levels deep")));
+        }
+        let bytes = self.gunzip_if_compressed(bytes)?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| err("user-data", "is not UTF-8 text"))?;
+        let trimmed = text.trim_start();
+        if trimmed.is_empty() {
+            return Ok(UserData::default());
+        }
+        if looks_like_mime(trimmed) {
+            return self.decode_multipart(trimmed, depth);
+        }
+        if trimmed.starts_with("#cloud-config") {
+            return Ok(UserData { cloud_config: Some(trimmed.to_string()), notices: Vec::new() });
+        }
+        let first = trimmed.lines().next().unwrap_or("");
+        Ok(UserData {
+            cloud_config: None,
+            notices: vec![format!("user-data ignored: not #cloud-config (starts with {:?})", short(first))],
+        })
     }
-    if trimmed.starts_with("#cloud-config") {
-        return Ok(UserData { cloud_config: Some(trimmed.to_string()), notices: Vec::new() });
+
+    fn gunzip_if_compressed<'a>(&mut self, bytes: &'a [u8]) -> Result<Cow<'a, [u8]>, ConfigError> {
+        if !bytes.starts_with(&[0x1f, 0x8b]) {
+            return Ok(Cow::Borrowed(bytes));
+        }
+        self.gunzip(bytes).map(Cow::Owned)
     }
-    let first = trimmed.lines().next().unwrap_or("");
-    Ok(UserData {
-        cloud_config: None,
-        notices: vec![format!("user-data ignored: not #cloud-config (starts with {:?})", short(first))],
-    })
+
+    fn gunzip(&mut self, bytes: &[u8]) -> Result<Vec<u8>, ConfigError> {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(bytes)
+            .take(self.budget.saturating_add(1))
+            .read_to_end(&mut out)
+            .map_err(|e| err("user-data", format!("is gzip-compressed but does not decompress: {e}")))?;
+        self.charge(out.len())?;
+        Ok(out)
+    }
+
+    /// Decodes parts up to the first `text/cloud-config` one (directly or inside an
+    /// `application/gzip` part); later parts are named in a notice, never decoded.
+    fn decode_multipart(&mut self, text: &str, depth: u32) -> Result<UserData, ConfigError> {
+        let (headers, body) = split_entity(text);
+        let ctype = header(&headers, "content-type").unwrap_or_default();
+        let boundary = header_param(ctype, "boundary")
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| err("user-data", "is MIME multipart without a boundary"))?;
+        let delim = format!("--{boundary}");
+        let close = format!("{delim}--");
+        let mut out = UserData::default();
+        let mut parts: Vec<&str> = Vec::new();
+        let mut start: Option<usize> = None;
+        let mut closed = false;
+        let mut offset = 0;
+        for line in body.split_inclusive('\n') {
+            let line_start = offset;
+            offset += line.len();
+            let bare = line.trim_end_matches(['\r', '\n']);
+            if bare == delim || bare == close {
+                if let Some(s) = start.take() {
+                    parts.push(&body[s..line_start]);
+                }
+                if bare == close {
+                    closed = true;
+                    break;
+                }
+                start = Some(offset);
+            }
+        }
+        if !closed {
+            return Err(err("user-data", format!("MIME multipart has no closing boundary {close}")));
+        }
+        for (i, part) in parts.iter().enumerate() {
+            let (h, body) = split_entity(part);
+            let ptype = header(&h, "content-type").unwrap_or("text/plain").to_ascii_lowercase();
+            let ptype = ptype.split(';').next().unwrap_or("").trim().to_string();
+            let wanted = matches!(ptype.as_str(), "text/cloud-config" | "application/gzip" | "application/x-gzip");
+            if out.cloud_config.is_some() {
+                let why = if wanted { ": the first text/cloud-config part is used" } else { "" };
+                out.notices.push(format!("user-data MIME part {} of type {ptype} ignored{why}", i + 1));
+                continue;
+            }
+            if !wanted {
+                out.notices.push(format!("user-data MIME part {} of type {ptype} ignored", i + 1));
+                continue;
+            }
+            let body: Cow<[u8]> = match header(&h, "content-transfer-encoding").map(|e| e.to_ascii_lowercase()) {
+                None => Cow::Borrowed(body.as_bytes()),
+                Some(e) if e == "7bit" || e == "8bit" || e == "binary" => Cow::Borrowed(body.as_bytes()),
+                Some(e) if e == "base64" => {
+                    let b = base64_decode(body)
+                        .ok_or_else(|| err("user-data", format!("MIME part {} is not valid base64", i + 1)))?;
+                    self.charge(b.len())?;
+                    Cow::Owned(b)
+                }
+                Some(e) => return Err(err("user-data", format!("MIME part {} has unsupported encoding {e:?}", i + 1))),
+            };
+            if ptype == "text/cloud-config" {
+                let body = self.gunzip_if_compressed(&body)?.into_owned();
+                let text = String::from_utf8(body)
+                    .map_err(|_| err("user-data", format!("MIME part {} is not UTF-8 text", i + 1)))?;
+                out.cloud_config = Some(text);
+            } else {
+                if !body.starts_with(&[0x1f, 0x8b]) {
+                    return Err(err("user-data", format!("MIME part {} is {ptype} but not gzip data", i + 1)));
+                }
+                let inner = self.gunzip(&body)?;
+                let inner = self.decode(&inner, depth + 1)?;
+                out.cloud_config = inner.cloud_config;
+                out.notices.extend(inner.notices);
+            }
+        }
+        Ok(out)
+    }
 }
 
 fn short(s: &str) -> String {
     s.chars().take(40).collect()
-}
-
-fn gunzip_if_compressed(bytes: &[u8]) -> Result<Vec<u8>, ConfigError> {
-    if !bytes.starts_with(&[0x1f, 0x8b]) {
-        return Ok(bytes.to_vec());
-    }
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(bytes)
-        .take(MAX_USER_DATA + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| err("user-data", format!("is gzip-compressed but does not decompress: {e}")))?;
-    if out.len() as u64 > MAX_USER_DATA {
-        return Err(err("user-data", format!("is larger than {MAX_USER_DATA} bytes once decompressed")));
-    }
-    Ok(out)
 }
 
 fn looks_like_mime(text: &str) -> bool {
@@ -126,73 +246,6 @@ fn header_param(value: &str, name: &str) -> Option<String> {
     })
 }
 
-fn decode_multipart(text: &str) -> Result<UserData, ConfigError> {
-    let (headers, body) = split_entity(text);
-    let ctype = header(&headers, "content-type").unwrap_or_default();
-    let boundary = header_param(ctype, "boundary")
-        .filter(|b| !b.is_empty())
-        .ok_or_else(|| err("user-data", "is MIME multipart without a boundary"))?;
-    let delim = format!("--{boundary}");
-    let mut out = UserData::default();
-    let mut parts = Vec::new();
-    let mut current: Option<String> = None;
-    let mut closed = false;
-    for line in body.split_inclusive('\n') {
-        let bare = line.trim_end_matches(['\r', '\n']);
-        if bare == delim || bare == format!("{delim}--") {
-            if let Some(p) = current.take() {
-                parts.push(p);
-            }
-            if bare.ends_with("--") && bare != delim {
-                closed = true;
-                break;
-            }
-            current = Some(String::new());
-        } else if let Some(p) = current.as_mut() {
-            p.push_str(line);
-        }
-    }
-    if !closed {
-        return Err(err("user-data", format!("MIME multipart has no closing boundary {delim}--")));
-    }
-    let mut configs = Vec::new();
-    for (i, part) in parts.iter().enumerate() {
-        let (h, body) = split_entity(part);
-        let ptype = header(&h, "content-type").unwrap_or("text/plain").to_ascii_lowercase();
-        let ptype = ptype.split(';').next().unwrap_or("").trim().to_string();
-        let body = match header(&h, "content-transfer-encoding").map(|e| e.to_ascii_lowercase()) {
-            None => body.as_bytes().to_vec(),
-            Some(e) if e == "7bit" || e == "8bit" || e == "binary" => body.as_bytes().to_vec(),
-            Some(e) if e == "base64" => base64_decode(body)
-                .ok_or_else(|| err("user-data", format!("MIME part {} is not valid base64", i + 1)))?,
-            Some(e) => return Err(err("user-data", format!("MIME part {} has unsupported encoding {e:?}", i + 1))),
-        };
-        match ptype.as_str() {
-            "text/cloud-config" => {
-                let body = gunzip_if_compressed(&body)?;
-                let text = String::from_utf8(body)
-                    .map_err(|_| err("user-data", format!("MIME part {} is not UTF-8 text", i + 1)))?;
-                configs.push(text);
-            }
-            "application/gzip" | "application/x-gzip" => {
-                let inner = decode_user_data(&body)?;
-                configs.extend(inner.cloud_config);
-                out.notices.extend(inner.notices);
-            }
-            other => out.notices.push(format!("user-data MIME part {} of type {other} ignored", i + 1)),
-        }
-    }
-    match configs.len() {
-        0 => {}
-        1 => out.cloud_config = configs.pop(),
-        _ => {
-            out.notices.push(format!("user-data has {} text/cloud-config parts; the first is used", configs.len()));
-            out.cloud_config = Some(configs.swap_remove(0));
-        }
-    }
-    Ok(out)
-}
-
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     let mut acc = 0u32;
@@ -217,8 +270,107 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Parses YAML after a counting pass that stops as soon as the document, aliases expanded,
+/// passes [`MAX_YAML_NODES`] or [`MAX_YAML_BYTES`]: a few KiB of anchors and aliases would
+/// otherwise expand to more memory than the machine has.
 fn parse_yaml(what: &str, text: &str) -> Result<Value, ConfigError> {
+    let mut tally = Tally::default();
+    let counted = serde::de::DeserializeSeed::deserialize(Count(&mut tally), serde_yaml::Deserializer::from_str(text));
+    if tally.over {
+        return Err(err(
+            what,
+            format!(
+                "has more than {MAX_YAML_NODES} YAML nodes or {MAX_YAML_BYTES} bytes of values once anchors and \
+                 aliases are expanded"
+            ),
+        ));
+    }
+    counted.map_err(|e| err(what, format!("is not valid YAML: {e}")))?;
     serde_yaml::from_str(text).map_err(|e| err(what, format!("is not valid YAML: {e}")))
+}
+
+/// What a YAML document expands to so far.
+#[derive(Default)]
+struct Tally {
+    nodes: u64,
+    bytes: u64,
+    over: bool,
+}
+
+/// Visits every node (aliases replayed, as serde_yaml does) without keeping any of them.
+struct Count<'a>(&'a mut Tally);
+
+impl Count<'_> {
+    fn tick<E: serde::de::Error>(&mut self, bytes: usize) -> Result<(), E> {
+        let t = &mut *self.0;
+        t.nodes += 1;
+        t.bytes = t.bytes.saturating_add(bytes as u64);
+        if t.nodes > MAX_YAML_NODES || t.bytes > MAX_YAML_BYTES {
+            t.over = true;
+            return Err(E::custom("the document expands too far"));
+        }
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Count<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Count<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any YAML")
+    }
+    fn visit_bool<E: serde::de::Error>(mut self, _: bool) -> Result<(), E> {
+        self.tick(1)
+    }
+    fn visit_i64<E: serde::de::Error>(mut self, _: i64) -> Result<(), E> {
+        self.tick(8)
+    }
+    fn visit_u64<E: serde::de::Error>(mut self, _: u64) -> Result<(), E> {
+        self.tick(8)
+    }
+    fn visit_f64<E: serde::de::Error>(mut self, _: f64) -> Result<(), E> {
+        self.tick(8)
+    }
+    fn visit_str<E: serde::de::Error>(mut self, v: &str) -> Result<(), E> {
+        self.tick(v.len())
+    }
+    fn visit_bytes<E: serde::de::Error>(mut self, v: &[u8]) -> Result<(), E> {
+        self.tick(v.len())
+    }
+    fn visit_unit<E: serde::de::Error>(mut self) -> Result<(), E> {
+        self.tick(1)
+    }
+    fn visit_none<E: serde::de::Error>(mut self) -> Result<(), E> {
+        self.tick(1)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(mut self, d: D) -> Result<(), D::Error> {
+        self.tick(1)?;
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        self.tick(1)?;
+        while seq.next_element_seed(Count(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        self.tick(1)?;
+        while map.next_key_seed(Count(&mut *self.0))?.is_some() {
+            map.next_value_seed(Count(&mut *self.0))?;
+        }
+        Ok(())
+    }
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(mut self, data: A) -> Result<(), A::Error> {
+        use serde::de::VariantAccess;
+        self.tick(1)?;
+        let (_, variant) = data.variant::<serde::de::IgnoredAny>()?;
+        variant.newtype_variant_seed(Count(&mut *self.0))
+    }
 }
 
 /// A scalar as text (strings, numbers and booleans; YAML reads `10` and `true` as non-strings).
@@ -398,16 +550,7 @@ impl Ethernet {
 
 /// Shell-style `*` and `?` matching, as netplan's `match: name:`.
 fn glob(pattern: &str, name: &str) -> bool {
-    fn go(p: &[u8], n: &[u8]) -> bool {
-        match (p.first(), n.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
-            (Some(b'?'), Some(_)) => go(&p[1..], &n[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
-            _ => false,
-        }
-    }
-    go(pattern.as_bytes(), name.as_bytes())
+    crate::glob::glob_match(pattern.as_bytes(), name.as_bytes())
 }
 
 /// network-config version 2 (the `ethernets:` subset), not yet matched to NICs.
@@ -719,6 +862,132 @@ mod tests {
         let m = parse_meta_data("instance-id: iid-1\nlocal-hostname: m1\n").unwrap();
         assert_eq!(m.instance_id.as_deref(), Some("iid-1"));
         assert_eq!(m.local_hostname.as_deref(), Some("m1"));
+    }
+
+    /// `a: &a [x,…]` then `b: [*a,…]`: a few KiB that serde_yaml would expand into billions of
+    /// nodes. Run under `ulimit -v` so a regression fails instead of taking the machine down.
+    fn alias_bomb(n: usize) -> String {
+        let xs = vec!["x"; n].join(",");
+        let refs = vec!["*a"; n].join(",");
+        format!("#cloud-config\na: &a [{xs}]\nb: [{refs}]\nplanet:\n  role: dev\n")
+    }
+
+    #[test]
+    fn yaml_alias_fan_out_is_refused_quickly() {
+        let started = std::time::Instant::now();
+        let e = user_data_config(&gzip(alias_bomb(200_000).as_bytes())).unwrap_err().to_string();
+        assert!(e.contains("YAML nodes"), "{e}");
+        let e = user_data_config(alias_bomb(2_000).as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("YAML nodes"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+        // One long string repeated through aliases counts its bytes each time.
+        let big = "y".repeat(512 << 10);
+        let doc = format!("#cloud-config\ns: &s \"{big}\"\nt: [{}]\n", vec!["*s"; 64].join(","));
+        let e = user_data_config(doc.as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("YAML nodes"), "{e}");
+        // Ordinary anchors still work.
+        let ok = "#cloud-config\nx: &x {a: 1}\ny: *x\nplanet:\n  role: dev\n";
+        assert_eq!(user_data_config(ok.as_bytes()).unwrap().0.role.as_deref(), Some("dev"));
+    }
+
+    fn b64(data: &[u8]) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for c in data.chunks(3) {
+            let n = (u32::from(c[0]) << 16)
+                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+                | u32::from(*c.get(2).unwrap_or(&0));
+            for i in 0..4 {
+                out.push(if i <= c.len() { A[(n >> (18 - 6 * i)) as usize & 63] as char } else { '=' });
+            }
+        }
+        out
+    }
+
+    /// A gzip'd MIME part, base64 as MIME tools write it.
+    fn gz_part(data: &[u8]) -> (&'static str, &'static str, Vec<u8>) {
+        ("application/gzip", "base64", b64(&gzip(data)).into_bytes())
+    }
+
+    fn mime(parts: &[(&str, &str, Vec<u8>)]) -> Vec<u8> {
+        let mut out = b"Content-Type: multipart/mixed; boundary=\"B\"\nMIME-Version: 1.0\n\n".to_vec();
+        for (ctype, encoding, body) in parts {
+            out.extend_from_slice(format!("--B\nContent-Type: {ctype}\n").as_bytes());
+            if !encoding.is_empty() {
+                out.extend_from_slice(format!("Content-Transfer-Encoding: {encoding}\n").as_bytes());
+            }
+            out.push(b'\n');
+            out.extend_from_slice(body);
+            out.push(b'\n');
+        }
+        out.extend_from_slice(b"--B--\n");
+        out
+    }
+
+    #[test]
+    fn nesting_is_limited_and_one_budget_covers_every_layer() {
+        // application/gzip parts nest MIME documents; depth is bounded.
+        let mut doc = NODE.as_bytes().to_vec();
+        for _ in 0..40 {
+            doc = mime(&[gz_part(&doc)]);
+        }
+        let e = user_data_config(&doc).unwrap_err().to_string();
+        assert!(e.contains("nested more than"), "{e}");
+        let mut doc = NODE.as_bytes().to_vec();
+        for _ in 0..3 {
+            doc = mime(&[gz_part(&doc)]);
+        }
+        assert_eq!(user_data_config(&doc).unwrap().0.role.as_deref(), Some("node"));
+        // Not gzip in an application/gzip part: refused, not passed through.
+        let e = user_data_config(&mime(&[("application/gzip", "", NODE.as_bytes().to_vec())])).unwrap_err().to_string();
+        assert!(e.contains("MIME part 1") && e.contains("not gzip"), "{e}");
+        // Each part fits the old per-layer cap, together they do not.
+        let filler = mime(&[(
+            "text/x-shellscript",
+            "",
+            format!("#!/bin/sh\n#{}\n", "z".repeat(MAX_USER_DATA as usize * 3 / 4)).into_bytes(),
+        )]);
+        let e = user_data_config(&gzip(&mime(&[
+            gz_part(&filler),
+            gz_part(&filler),
+            ("text/cloud-config", "", NODE.as_bytes().to_vec()),
+        ])))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("once decoded"), "{e}");
+        // Decoding stops at the first cloud-config part: later parts are not even decoded.
+        let (raw, notices) = user_data_config(&mime(&[
+            ("text/cloud-config", "", NODE.as_bytes().to_vec()),
+            ("application/gzip", "", b"not gzip at all".to_vec()),
+            ("text/cloud-config", "base64", b"!!! not base64 !!!".to_vec()),
+        ]))
+        .unwrap();
+        assert_eq!(raw.role.as_deref(), Some("node"));
+        assert!(notices.iter().any(|n| n.contains("MIME part 2") && n.contains("first")), "{notices:?}");
+    }
+
+    #[test]
+    fn user_data_over_the_budget_is_refused() {
+        let big = format!("#cloud-config\nz: \"{}\"\n", "z".repeat((MAX_USER_DATA as usize) + 10));
+        let e = user_data_config(&gzip(big.as_bytes())).unwrap_err().to_string();
+        assert!(e.contains("once decoded"), "{e}");
+    }
+
+    #[test]
+    fn name_globs_do_not_backtrack_exponentially() {
+        let started = std::time::Instant::now();
+        let pattern = format!("{}x", "*".repeat(100));
+        let n = NetworkV2 {
+            ethernets: vec![Ethernet {
+                id: "p".into(),
+                match_name: Some(pattern),
+                addresses: vec![(Ipv4Addr::new(10, 0, 0, 1), 24)],
+                ..Default::default()
+            }],
+        };
+        let nics = [NicInfo { name: "enp0s31f6".into(), mac: "52:54:00:12:34:56".into() }];
+        assert!(n.resolve(&nics).addresses.is_empty());
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
     }
 
     #[test]

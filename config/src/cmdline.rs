@@ -1,11 +1,9 @@
-//! The kernel command line as a configuration source: `planet.role=dev planet.env=K=V,K2=V2 …`.
+//! The kernel command line as a configuration source: `planet.role=dev planet.master_ip=… …`.
+//! `planet.env` is refused here: the command line is readable by every pod (`/proc/cmdline`),
+//! printed by the kernel on the console and copied into every later boot entry, so it must
+//! never carry the credentials `env` holds. Env comes from user-data (`planet: env:`).
 
-use crate::{set_env, ConfigError, RawConfig};
-
-/// The host parameter pinning the boot disk: `planet.disk_guid=<GPT disk GUID>`. The builder
-/// puts it on every boot entry of an image (the GUID its manifest records as `disk_guid`);
-/// planet-init then boots only from the disk carrying that GUID, whatever else is attached.
-pub const DISK_GUID_PARAM: &str = "disk_guid";
+use crate::{ConfigError, RawConfig};
 
 /// Splits a command line as the kernel does: on whitespace, with double quotes grouping (the
 /// quotes themselves are dropped).
@@ -67,14 +65,7 @@ impl CmdlineConfig {
                 "hostname" => c.hostname = Some(value),
                 "node_name" => c.node_name = Some(value),
                 "init" => c.init = Some(value),
-                "env" => {
-                    for item in value.split(',').filter(|i| !i.is_empty()) {
-                        let (k, v) = item
-                            .split_once('=')
-                            .ok_or_else(|| ConfigError::invalid("planet.env", item, "expected K=V[,K2=V2…]"))?;
-                        set_env(&mut c.env, k.to_string(), v.to_string());
-                    }
-                }
+                "env" => return Err(env_refused()),
                 "ip" => {
                     let a = value.parse().map_err(|e: String| ConfigError::invalid("planet.ip", &value, e))?;
                     c.network.addresses.push(a);
@@ -93,9 +84,32 @@ impl CmdlineConfig {
         Ok(out)
     }
 
+    /// The command line with every `planet.env=` word removed (the rest as the kernel split
+    /// it, quotes kept where a word needs them), for options copied into a new boot entry or
+    /// image.
+    pub fn without_env(line: &str) -> String {
+        split_cmdline(line)
+            .into_iter()
+            .filter(|w| !w.starts_with("planet.env=") && w != "planet.env")
+            .map(|w| if w.contains(char::is_whitespace) { format!("\"{w}\"") } else { w })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// The last value of a host parameter (`param("slot")`).
     pub fn param(&self, key: &str) -> Option<&str> {
         self.params.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+/// The error for `planet.env` on the command line; it never quotes the values.
+pub fn env_refused() -> ConfigError {
+    ConfigError::Data {
+        key: "planet.env".into(),
+        reason: "is not accepted on the kernel command line: every pod can read /proc/cmdline and the kernel prints \
+                 it on the console; put the variables in user-data (planet: env:, or planet-image seed --env) and \
+                 remove planet.env= from the command line"
+            .into(),
     }
 }
 
@@ -117,7 +131,7 @@ mod tests {
     fn parses_every_key() {
         let c = CmdlineConfig::parse(
             "BOOT_IMAGE=/vmlinuz console=ttyS0 planet.slot=a planet.role=node planet.master_ip=10.0.0.10 \
-             planet.cloud_provider=aws planet.env=K=V,K2=x=y planet.hostname=n1 planet.node_name=node-1 \
+             planet.cloud_provider=aws planet.hostname=n1 planet.node_name=node-1 \
              planet.init=/bin/systemd planet.public_ip=10.0.0.11 planet.ip=eth0:10.0.0.11/24:10.0.0.1 \
              planet.dns=1.1.1.1 planet.debug",
         )
@@ -127,7 +141,6 @@ mod tests {
         let v = c.config.validate(Source::Cmdline, "planet.").unwrap();
         assert_eq!(v.role, Role::Node);
         assert_eq!(v.master_ip.unwrap().to_string(), "10.0.0.10");
-        assert_eq!(v.env, vec![("K".into(), "V".into()), ("K2".into(), "x=y".into())]);
         assert_eq!(v.node_name.as_deref(), Some("node-1"));
         assert_eq!(v.init, "/bin/systemd");
         assert_eq!(v.network.addresses[0].iface, "eth0");
@@ -135,8 +148,22 @@ mod tests {
     }
 
     #[test]
-    fn bad_env_names_the_key() {
-        let err = CmdlineConfig::parse("planet.env=novalue").unwrap_err();
-        assert_eq!(err.to_string(), "planet.env=\"novalue\" is invalid: expected K=V[,K2=V2…]");
+    fn env_on_the_command_line_is_refused_without_echoing_it() {
+        for line in ["planet.role=dev planet.env=PW=hunter2", "planet.env=PW=a,hunter2", "planet.env=\"PW=hunter2 x\""]
+        {
+            let err = CmdlineConfig::parse(line).unwrap_err().to_string();
+            assert!(err.starts_with("planet.env is not accepted on the kernel command line"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
+
+    #[test]
+    fn env_is_stripped_from_copied_options() {
+        assert_eq!(
+            CmdlineConfig::without_env(
+                "console=ttyS0 planet.env=PW=hunter2 planet.slot=a \"planet.env=A=b c\" x=\"y z\""
+            ),
+            "console=ttyS0 planet.slot=a \"x=y z\""
+        );
     }
 }

@@ -12,8 +12,9 @@ use std::str::FromStr;
 pub mod bootentry;
 pub mod cloudconfig;
 mod cmdline;
+pub mod glob;
 pub mod update;
-pub use cmdline::{split_cmdline, CmdlineConfig, DISK_GUID_PARAM};
+pub use cmdline::{env_refused, split_cmdline, CmdlineConfig};
 pub use update::{RawUpdate, UpdateConfig};
 
 /// Why a configuration was rejected; each variant names the key so the console message points
@@ -288,9 +289,33 @@ impl RawConfig {
             None => CloudProvider::None,
             Some(t) => t.parse().map_err(|e: String| ConfigError::invalid(&key("cloud_provider"), t, e))?,
         };
-        for (k, _) in &self.env {
+        for (k, v) in &self.env {
             if !valid_env_key(k) {
                 return Err(ConfigError::invalid(&key("env"), k, "variable names are [A-Za-z_][A-Za-z0-9_]*"));
+            }
+            // One line per variable in /etc/container-environment, and `K=V,K2=V2` for Planet:
+            // either separator inside a value would add a variable. The value is not quoted.
+            if v.contains(LIST_BREAKERS) {
+                return Err(ConfigError::Data {
+                    key: key(&format!("env.{k}")),
+                    reason: "has a newline, carriage return, NUL or comma in its value, which would split it into \
+                             more variables; encode it (base64, say)"
+                        .into(),
+                });
+            }
+        }
+        for (k, v) in &self.labels {
+            if v.contains(LIST_BREAKERS) {
+                return Err(ConfigError::invalid(
+                    &key(&format!("labels.{k}")),
+                    v,
+                    "a newline or comma in a label value",
+                ));
+            }
+        }
+        for t in &self.taints {
+            if t.contains(LIST_BREAKERS) {
+                return Err(ConfigError::invalid(&key("taints"), t, "a newline or comma in a taint"));
             }
         }
         for (name, v) in [("hostname", &self.hostname), ("node_name", &self.node_name)] {
@@ -352,6 +377,10 @@ pub fn set_env(env: &mut Vec<(String, String)>, k: String, v: String) {
         None => env.push((k, v)),
     }
 }
+
+/// Characters that would split an entry of the newline- and comma-separated lists planet-init
+/// hands on (`/etc/container-environment`, `PLANET_ENV`, `PLANET_NODE_LABELS`).
+const LIST_BREAKERS: [char; 4] = ['\n', '\r', '\0', ','];
 
 fn valid_env_key(k: &str) -> bool {
     let mut chars = k.chars();
@@ -500,6 +529,26 @@ mod tests {
         let mut r = raw("master");
         r.init = Some("sbin/init".into());
         assert!(r.validate(Source::Cmdline, "planet.").unwrap_err().to_string().contains("planet.init"));
+    }
+
+    #[test]
+    fn env_values_cannot_add_variables() {
+        for bad in ["x\nPLANET_ROLE=master", "a,B=c", "x\r", "x\0y"] {
+            let mut r = raw("dev");
+            r.env = vec![("TOKEN".into(), format!("hunter2{bad}"))];
+            let e = r.validate(Source::NoCloud, "planet.").unwrap_err().to_string();
+            assert!(e.starts_with("planet.env.TOKEN has a newline"), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        let mut r = raw("dev");
+        r.labels = vec![("zone".into(), "a,b".into())];
+        assert!(r.validate(Source::NoCloud, "planet.").unwrap_err().to_string().contains("planet.labels.zone"));
+        let mut r = raw("dev");
+        r.taints = vec!["a=b:NoSchedule\nc=d:NoExecute".into()];
+        assert!(r.validate(Source::NoCloud, "planet.").unwrap_err().to_string().contains("planet.taints"));
+        let mut r = raw("dev");
+        r.env = vec![("K".into(), "a=b c;d'e\"f".into())];
+        assert!(r.validate(Source::NoCloud, "planet.").is_ok());
     }
 
     #[test]

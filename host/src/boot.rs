@@ -392,10 +392,14 @@ mod tests {
         std::fs::write(&env.cmdline, "console=ttyS0 planet.slot=a planet.role=node\n").unwrap();
         let e = read_config(&env).unwrap_err();
         assert_eq!(format!("{e:#}"), "validating the configuration: planet.master_ip is required for role node");
-        std::fs::write(&env.cmdline, "console=ttyS0 planet.slot=a planet.role=dev planet.env=A=1\n").unwrap();
+        std::fs::write(&env.cmdline, "console=ttyS0 planet.slot=a planet.role=dev\n").unwrap();
         let (_, p, c) = read_config(&env).unwrap();
         assert_eq!(p.slot, 'a');
-        assert_eq!(c.env, vec![("A".to_string(), "1".to_string())]);
+        assert!(c.env.is_empty());
+        // Secrets never belong on the command line: refused, the value not repeated.
+        std::fs::write(&env.cmdline, "console=ttyS0 planet.slot=a planet.role=dev planet.env=A=hunter2\n").unwrap();
+        let e = format!("{:#}", read_config(&env).unwrap_err());
+        assert!(e.contains("planet.env is not accepted on the kernel command line") && !e.contains("hunter2"), "{e}");
     }
 
     #[test]
