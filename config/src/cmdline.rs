@@ -5,6 +5,11 @@
 
 use crate::{ConfigError, RawConfig};
 
+/// The host parameter pinning the boot disk: `planet.disk_guid=<GPT disk GUID>`. The builder
+/// puts it on every boot entry of an image (the GUID its manifest records as `disk_guid`);
+/// planet-init then boots only from the disk carrying that GUID, whatever else is attached.
+pub const DISK_GUID_PARAM: &str = "disk_guid";
+
 /// Splits a command line as the kernel does: on whitespace, with double quotes grouping (the
 /// quotes themselves are dropped).
 pub fn split_cmdline(line: &str) -> Vec<String> {

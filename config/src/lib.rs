@@ -14,7 +14,7 @@ pub mod cloudconfig;
 mod cmdline;
 pub mod glob;
 pub mod update;
-pub use cmdline::{env_refused, split_cmdline, CmdlineConfig};
+pub use cmdline::{env_refused, split_cmdline, CmdlineConfig, DISK_GUID_PARAM};
 pub use update::{RawUpdate, UpdateConfig};
 
 /// Why a configuration was rejected; each variant names the key so the console message points
