@@ -1,15 +1,19 @@
 //! A small HTTP/1.1 client over `std::net::TcpStream` for metadata servers: plain HTTP to an
 //! IP address (there is no resolver in the initramfs), one request per connection, bounded
-//! connect/read timeouts and body size.
+//! body size, and an overall deadline on every exchange: a peer that sends one byte just
+//! inside each read timeout must not hold PID 1 for ever.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 /// Largest body read (user-data is at most a few MiB).
 const MAX_BODY: usize = 16 << 20;
+
+/// Slowest average a streamed body may arrive at once its first `timeout` has passed.
+const MIN_STREAM_RATE: u64 = 16 << 10;
 
 /// Where a metadata server is: the address connected to and the `Host` header sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,7 +62,7 @@ impl Response {
     }
 }
 
-/// One request; `timeout` bounds the connect and every read and write.
+/// One request; `timeout` bounds the whole exchange, from connect to the last byte.
 pub fn request(
     ep: &Endpoint,
     method: &str,
@@ -67,6 +71,7 @@ pub fn request(
     timeout: Duration,
 ) -> Result<Response> {
     let timeout = timeout.max(Duration::from_millis(100));
+    let deadline = Instant::now() + timeout;
     let mut s = TcpStream::connect_timeout(&ep.addr, timeout).with_context(|| format!("connecting to {}", ep.addr))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
@@ -81,7 +86,13 @@ pub fn request(
     s.write_all(req.as_bytes()).with_context(|| format!("sending {method} {path}"))?;
     let mut raw = Vec::new();
     let mut buf = [0u8; 8192];
+    let late = || anyhow::anyhow!("no complete response to {method} {path} within {timeout:?}");
     loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(late());
+        }
+        s.set_read_timeout(Some(left))?;
         match s.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
@@ -89,10 +100,15 @@ pub fn request(
                 if raw.len() > MAX_BODY + 65536 {
                     bail!("the response to {method} {path} is larger than {MAX_BODY} bytes");
                 }
-                if let Some(done) = complete(&raw) {
+                if let Some(done) =
+                    complete(&raw).with_context(|| format!("reading the response to {method} {path}"))?
+                {
                     raw.truncate(done);
                     break;
                 }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Err(late())
             }
             Err(e) => return Err(e).with_context(|| format!("reading the response to {method} {path}")),
         }
@@ -111,6 +127,11 @@ pub struct BodyReader {
     pos: usize,
     stream: TcpStream,
     remaining: Option<u64>,
+    /// When the body started and how many bytes came since: after `grace`, the average must
+    /// stay above [`MIN_STREAM_RATE`].
+    started: Instant,
+    grace: Duration,
+    received: u64,
 }
 
 impl Read for BodyReader {
@@ -126,7 +147,22 @@ impl Read for BodyReader {
             self.pos += n;
             n
         } else {
-            self.stream.read(&mut out[..limit])?
+            if let Some(over) = self.started.elapsed().checked_sub(self.grace) {
+                if self.received < over.as_secs().saturating_mul(MIN_STREAM_RATE) {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "the download is slower than {} KiB/s ({} bytes in {:?})",
+                            MIN_STREAM_RATE >> 10,
+                            self.received,
+                            self.started.elapsed()
+                        ),
+                    ));
+                }
+            }
+            let n = self.stream.read(&mut out[..limit])?;
+            self.received = self.received.saturating_add(n as u64);
+            n
         };
         if let Some(r) = &mut self.remaining {
             if n == 0 && *r > 0 {
@@ -141,10 +177,12 @@ impl Read for BodyReader {
     }
 }
 
-/// A GET whose body is streamed; `timeout` bounds the connect and every read. Chunked bodies
-/// are refused (every static file server sends a Content-Length).
+/// A GET whose body is streamed; `timeout` bounds the connect, every read and the whole of the
+/// headers; after that the body must average [`MIN_STREAM_RATE`]. Chunked bodies are refused
+/// (every static file server sends a Content-Length).
 pub fn get_stream(ep: &Endpoint, path: &str, range: Option<(u64, u64)>, timeout: Duration) -> Result<BodyReader> {
     let timeout = timeout.max(Duration::from_millis(100));
+    let deadline = Instant::now() + timeout;
     let mut s = TcpStream::connect_timeout(&ep.addr, timeout).with_context(|| format!("connecting to {}", ep.addr))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
@@ -163,7 +201,18 @@ pub fn get_stream(ep: &Endpoint, path: &str, range: Option<(u64, u64)>, timeout:
         if raw.len() > 65536 {
             bail!("the response headers for GET {path} are larger than 64 KiB");
         }
-        let n = s.read(&mut buf).with_context(|| format!("reading the response to GET {path}"))?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let late = || anyhow::anyhow!("no response headers to GET {path} within {timeout:?}");
+        if left.is_zero() {
+            return Err(late());
+        }
+        s.set_read_timeout(Some(left))?;
+        let n = match s.read(&mut buf) {
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Err(late())
+            }
+            r => r.with_context(|| format!("reading the response to GET {path}"))?,
+        };
         if n == 0 {
             bail!("the server closed the connection before the end of the headers");
         }
@@ -181,7 +230,19 @@ pub fn get_stream(ep: &Endpoint, path: &str, range: Option<(u64, u64)>, timeout:
     let range_total = header_value(&head, "content-range")
         .and_then(|v| v.rsplit_once('/'))
         .and_then(|(_, total)| total.trim().parse().ok());
-    Ok(BodyReader { status, length, range_total, buffered: raw[end..].to_vec(), pos: 0, stream: s, remaining: length })
+    s.set_read_timeout(Some(timeout))?;
+    Ok(BodyReader {
+        status,
+        length,
+        range_total,
+        buffered: raw[end..].to_vec(),
+        pos: 0,
+        stream: s,
+        remaining: length,
+        started: Instant::now(),
+        grace: timeout,
+        received: 0,
+    })
 }
 
 fn header_end(raw: &[u8]) -> Option<usize> {
@@ -195,13 +256,24 @@ fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// Whether a Content-Length response is complete (chunked and close-delimited bodies are
-/// read to the end of the connection).
-fn complete(raw: &[u8]) -> Option<usize> {
-    let end = header_end(raw)?;
-    let head = std::str::from_utf8(&raw[..end]).ok()?;
-    let len: usize = header_value(head, "content-length")?.parse().ok()?;
-    (raw.len() >= end + len).then_some(end + len)
+/// Where a Content-Length response ends once it is all here (chunked and close-delimited
+/// bodies are read to the end of the connection); an error for a length past [`MAX_BODY`].
+fn complete(raw: &[u8]) -> Result<Option<usize>> {
+    let Some(end) = header_end(raw) else { return Ok(None) };
+    let Ok(head) = std::str::from_utf8(&raw[..end]) else { return Ok(None) };
+    let Some(len) = content_length(head)? else { return Ok(None) };
+    // Both terms are bounded (headers by the read loop, `len` by MAX_BODY).
+    Ok((raw.len() - end >= len).then_some(end + len))
+}
+
+/// The Content-Length of a response we keep in memory, refused past [`MAX_BODY`].
+fn content_length(head: &str) -> Result<Option<usize>> {
+    let Some(v) = header_value(head, "content-length") else { return Ok(None) };
+    let n: u64 = v.parse().with_context(|| format!("bad Content-Length {v:?}"))?;
+    if n > MAX_BODY as u64 {
+        bail!("the server announces a body of {n} bytes, larger than the {MAX_BODY}-byte limit");
+    }
+    Ok(Some(n as usize))
 }
 
 /// The code of a response head's status line.
@@ -223,8 +295,7 @@ pub fn parse_response(raw: &[u8]) -> Result<Response> {
     let body = &raw[end..];
     let body = if header_value(head, "transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
         dechunk(body)?
-    } else if let Some(len) = header_value(head, "content-length") {
-        let len: usize = len.parse().with_context(|| format!("bad Content-Length {len:?}"))?;
+    } else if let Some(len) = content_length(head)? {
         if body.len() < len {
             bail!("the body ended after {} of {len} bytes", body.len());
         }
@@ -313,6 +384,70 @@ mod tests {
                 assert!(e.to_string().contains("5 bytes of the body missing"), "{e}");
             }
         }
+    }
+
+    /// A server that answers the first request with `head`, then sends `drip` one byte every
+    /// `every` until the client goes away.
+    fn dripping_server(head: &'static [u8], drip: &'static [u8], every: Duration) -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            if s.write_all(head).is_err() {
+                return;
+            }
+            for b in drip.iter().cycle() {
+                std::thread::sleep(every);
+                if s.write_all(&[*b]).is_err() {
+                    return;
+                }
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn a_dripping_server_meets_the_overall_deadline() {
+        let ep = |port| Endpoint::parse(&format!("http://127.0.0.1:{port}"), None).unwrap();
+        // Headers that never end, and a body that never ends, each byte well inside the
+        // per-read timeout.
+        for (head, drip) in [
+            (&b"HTTP/1.1 200 OK\r\n"[..], &b"X-A: b\r\n"[..]),
+            (&b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"[..], &b"x"[..]),
+        ] {
+            let port = dripping_server(head, drip, Duration::from_millis(50));
+            let started = std::time::Instant::now();
+            let e = request(&ep(port), "GET", "/user-data", &[], Duration::from_millis(500)).unwrap_err();
+            assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+            assert!(format!("{e:#}").contains("no complete response to GET /user-data within"), "{e:#}");
+        }
+        // Streams: headers under the deadline, the body at a minimum rate.
+        let port = dripping_server(b"HTTP/1.1 200 OK\r\n", b"X-A: b\r\n", Duration::from_millis(50));
+        let started = std::time::Instant::now();
+        let e = get_stream(&ep(port), "/b", None, Duration::from_millis(500)).err().expect("an error");
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(format!("{e:#}").contains("no response headers to GET /b within"), "{e:#}");
+        let port =
+            dripping_server(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n", b"x", Duration::from_millis(50));
+        let started = std::time::Instant::now();
+        let mut r = get_stream(&ep(port), "/b", None, Duration::from_millis(500)).unwrap();
+        let e = r.read_to_end(&mut Vec::new()).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+        assert!(e.to_string().contains("slower than"), "{e}");
+    }
+
+    #[test]
+    fn a_huge_content_length_is_a_clear_error() {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\n";
+        assert!(complete(head).is_err());
+        let e = parse_response(head).unwrap_err();
+        assert!(format!("{e:#}").contains("larger than"), "{e:#}");
+        let port = dripping_server(head, b"x", Duration::from_millis(10));
+        let ep = Endpoint::parse(&format!("http://127.0.0.1:{port}"), None).unwrap();
+        let e = request(&ep, "GET", "/user-data", &[], Duration::from_secs(5)).unwrap_err();
+        assert!(format!("{e:#}").contains("announces a body of 18446744073709551615 bytes"), "{e:#}");
     }
 
     #[test]

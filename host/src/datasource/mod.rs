@@ -123,9 +123,14 @@ impl Params {
     }
 }
 
-/// Which sources to try: the one named on the command line; else the one detected; else,
-/// when the command line already has a role, none (the command line is the configuration);
-/// else all of them in order.
+/// The order sources are detected in: the platforms DMI identifies first, so that a volume
+/// labelled `cidata` or `config-2` (which anyone who can attach a disk, or a pod with a raw
+/// block volume, can make) never overrides an EC2 or GCE machine's metadata server.
+const DETECT_ORDER: [&str; 4] = ["ec2", "gce", "nocloud", "configdrive"];
+
+/// Which sources to try: the one named on the command line; else the one detected (a platform
+/// DMI names before a labelled filesystem); else, when the command line already has a role,
+/// none (the command line is the configuration); else all of them in order.
 pub fn plan(params: &Params, cmd: &CmdlineConfig, ctx: &Context) -> Vec<Box<dyn Datasource>> {
     let mut sources = all();
     match params.choice.as_deref() {
@@ -140,8 +145,10 @@ pub fn plan(params: &Params, cmd: &CmdlineConfig, ctx: &Context) -> Vec<Box<dyn 
         sources.retain(|s| s.name() == "nocloud");
         return sources;
     }
-    if let Some(i) = sources.iter().position(|s| s.detect(ctx)) {
-        return vec![sources.swap_remove(i)];
+    for name in DETECT_ORDER {
+        if let Some(i) = sources.iter().position(|s| s.name() == name && s.detect(ctx)) {
+            return vec![sources.swap_remove(i)];
+        }
     }
     if cmd.config.role.is_some() {
         return Vec::new();
@@ -282,13 +289,40 @@ pub fn with_mounted<T>(ctx: &Context, fs: &Labelled, f: impl FnOnce(&Path) -> Re
     r
 }
 
-/// Reads an optional file: `Ok(None)` when it does not exist.
+/// Largest seed file read (user-data is decoded within 1 MiB; JSON and YAML files are small).
+const MAX_SEED_FILE: u64 = 4 << 20;
+
+/// Reads an optional seed file: `Ok(None)` when it does not exist. The seed is a filesystem
+/// anyone may have made: a symlink (to `/dev/zero`, say) is refused rather than followed, only
+/// a regular file is read, and at most [`MAX_SEED_FILE`] bytes of it.
 pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
-    match std::fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            bail!("{} is a symbolic link; seed files must be regular files", path.display())
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let meta = f.metadata().with_context(|| format!("reading {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", path.display());
     }
+    if meta.len() > MAX_SEED_FILE {
+        bail!("{} is {} bytes, more than the {MAX_SEED_FILE} a seed file may have", path.display(), meta.len());
+    }
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(&f, MAX_SEED_FILE + 1), &mut out)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if out.len() as u64 > MAX_SEED_FILE {
+        bail!("{} grew past {MAX_SEED_FILE} bytes while being read", path.display());
+    }
+    Ok(Some(out))
 }
 
 #[cfg(test)]
@@ -346,6 +380,59 @@ mod tests {
         assert_eq!(names(plan(&p, &cmd, &ctx(tmp.path()))), ["gce"]);
         let cmd = CmdlineConfig::parse("planet.datasource=bogus").unwrap();
         assert!(Params::from_cmdline("", &cmd).is_err());
+    }
+
+    #[test]
+    fn seed_files_are_regular_files_of_bounded_size() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        assert_eq!(read_optional(&d.join("missing")).unwrap(), None);
+        std::fs::write(d.join("user-data"), "#cloud-config\n").unwrap();
+        assert_eq!(read_optional(&d.join("user-data")).unwrap().unwrap(), b"#cloud-config\n");
+        std::os::unix::fs::symlink("/dev/zero", d.join("zero")).unwrap();
+        let e = read_optional(&d.join("zero")).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        let e = read_optional(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        std::fs::create_dir(d.join("dir")).unwrap();
+        assert!(read_optional(&d.join("dir")).is_err());
+        let big = std::fs::File::create(d.join("big")).unwrap();
+        big.set_len(50 << 30).unwrap();
+        let e = read_optional(&d.join("big")).unwrap_err().to_string();
+        assert!(e.contains("more than"), "{e}");
+    }
+
+    #[test]
+    fn a_platform_named_by_dmi_wins_over_a_labelled_volume() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        // A disk vdb carrying a vfat filesystem labelled CIDATA.
+        let block = root.join("class/block/vdb");
+        std::fs::create_dir_all(&block).unwrap();
+        std::fs::write(block.join("size"), "2048\n").unwrap();
+        std::fs::write(block.join("uevent"), "MAJOR=254\nMINOR=16\nDEVNAME=vdb\nDEVTYPE=disk\n").unwrap();
+        std::fs::create_dir_all(root.join("dev")).unwrap();
+        let mut fat = vec![0u8; 34816];
+        fat[0x42] = 0x29;
+        fat[0x47..0x52].copy_from_slice(b"CIDATA     ");
+        fat[0x52..0x5A].copy_from_slice(b"FAT32   ");
+        fat[510] = 0x55;
+        fat[511] = 0xAA;
+        std::fs::write(root.join("dev/vdb"), &fat).unwrap();
+        let cmd = CmdlineConfig::parse("").unwrap();
+        let p = Params::from_cmdline("", &cmd).unwrap();
+        let names = |v: Vec<Box<dyn Datasource>>| v.iter().map(|s| s.name()).collect::<Vec<_>>();
+        let c = ctx(root);
+        assert!(!find_labelled(&c, &["CIDATA"]).is_empty(), "the fake disk is not seen");
+        assert_eq!(names(plan(&p, &cmd, &c)), ["nocloud"]);
+        let dmi = root.join("class/dmi/id");
+        std::fs::create_dir_all(&dmi).unwrap();
+        std::fs::write(dmi.join("sys_vendor"), "Amazon EC2\n").unwrap();
+        assert_eq!(names(plan(&p, &cmd, &c)), ["ec2"]);
+        // The operator can still choose NoCloud explicitly.
+        let cmd = CmdlineConfig::parse("planet.datasource=nocloud").unwrap();
+        let p = Params::from_cmdline("", &cmd).unwrap();
+        assert_eq!(names(plan(&p, &cmd, &c)), ["nocloud"]);
     }
 
     #[test]

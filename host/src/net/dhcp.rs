@@ -221,12 +221,22 @@ impl Lease {
                 .option(opt::DNS)
                 .map(|v| v.chunks_exact(4).map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3])).collect())
                 .unwrap_or_default(),
-            domain: ack.option(opt::DOMAIN).map(|v| String::from_utf8_lossy(v).trim_end_matches('\0').to_string()),
+            domain: ack.option(opt::DOMAIN).and_then(domain_name),
             server: ack.ip_option(opt::SERVER_ID),
             lease_secs,
             renew_secs: ack.u32_option(opt::RENEWAL_T1).unwrap_or(lease_secs / 2),
         }
     }
+}
+
+/// The DOMAIN option as a DNS name, or None when it is not one: it goes into resolv.conf's
+/// `search` line, where a newline or a space would add lines or names the server chose.
+fn domain_name(v: &[u8]) -> Option<String> {
+    let v = v.strip_suffix(b"\0").unwrap_or(v);
+    let ok = !v.is_empty()
+        && v.len() <= 253
+        && v.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'));
+    ok.then(|| String::from_utf8_lossy(v).into_owned())
 }
 
 /// How DHCP messages travel; a UDP socket in production, a script in tests.
@@ -437,6 +447,32 @@ mod tests {
         assert_eq!(l.router, Some(Ipv4Addr::new(10, 0, 2, 2)));
         assert_eq!(l.dns, vec![Ipv4Addr::new(10, 0, 2, 3), Ipv4Addr::new(1, 1, 1, 1)]);
         assert_eq!(l.renew_secs, 43200);
+    }
+
+    #[test]
+    fn a_domain_that_is_not_a_dns_name_is_dropped() {
+        let mut ack = reply(&Packet::discover(7, MAC), msg::ACK);
+        ack.options.push((opt::DOMAIN, b"a\nnameserver 6.6.6.6".to_vec()));
+        let l = Lease::from_ack(&ack);
+        assert_eq!(l.domain, None);
+        let net = crate::net::Network {
+            interfaces: vec![crate::net::Configured {
+                iface: "eth0".into(),
+                address: l.address,
+                prefix: l.prefix,
+                gateway: l.router,
+                dns: vec![],
+                domain: l.domain,
+                source: "dhcp",
+            }],
+            dns: vec![],
+        };
+        assert!(!net.resolv_conf().contains("6.6.6.6"), "{}", net.resolv_conf());
+        for (raw, want) in [(&b"example.internal\0"[..], Some("example.internal")), (b"a b", None), (b"", None)] {
+            let mut ack = reply(&Packet::discover(7, MAC), msg::ACK);
+            ack.options.push((opt::DOMAIN, raw.to_vec()));
+            assert_eq!(Lease::from_ack(&ack).domain.as_deref(), want);
+        }
     }
 
     /// A server that answers every DISCOVER with an OFFER and every REQUEST with an ACK, after
