@@ -79,7 +79,7 @@ pub fn check_static(elf: &[u8]) -> Result<()> {
         if p_type == 3 {
             bail!(
                 "the planet-init binary is dynamically linked (it has an ELF interpreter); build it static with \
-                 `RUSTFLAGS='-C target-feature=+crt-static' cargo build -p planet-host --target x86_64-unknown-linux-gnu`"
+                 `RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p planet-host --target x86_64-unknown-linux-gnu`"
             );
         }
     }

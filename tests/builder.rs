@@ -122,7 +122,7 @@ fn unprivileged_raw_build_preserves_owners_modes_devices_links_and_xattrs() {
 fn planet_image_init() -> std::path::PathBuf {
     std::env::var_os("PLANET_INIT")
         .map(Into::into)
-        .unwrap_or_else(|| repo().join("target/x86_64-unknown-linux-gnu/debug/planet-init"))
+        .unwrap_or_else(|| repo().join("target/x86_64-unknown-linux-gnu/release/planet-init"))
 }
 
 #[test]

@@ -213,8 +213,10 @@ install_build_deps() {
 
 # build_all: the CLI (debug) and planet-init as a static executable (it is PID 1 of an
 # initramfs with no libc). There is no musl target here, so glibc is linked statically.
+# planet-init is built with the profile it ships in: release, whose overflow behaviour the
+# workspace Cargo.toml sets on purpose (see [profile.release] there).
 build_all() {
     cargo build --workspace --quiet
     RUSTFLAGS="-C target-feature=+crt-static -C strip=debuginfo" \
-        cargo build --quiet -p planet-host --target x86_64-unknown-linux-gnu
+        cargo build --quiet --release -p planet-host --target x86_64-unknown-linux-gnu
 }

@@ -449,7 +449,12 @@ pub fn find_planet_init(explicit: Option<&Path>) -> Result<PathBuf> {
     let dir = exe.parent().context("the executable has no directory")?;
     let mut candidates = vec![dir.join("planet-init")];
     if let (Some(profile), Some(target)) = (dir.file_name(), dir.parent()) {
-        candidates.push(target.join("x86_64-unknown-linux-gnu").join(profile).join("planet-init"));
+        // planet-init ships as a release build (build_all); a same-profile one is a fallback.
+        let static_dir = target.join("x86_64-unknown-linux-gnu");
+        candidates.push(static_dir.join("release").join("planet-init"));
+        if profile != "release" {
+            candidates.push(static_dir.join(profile).join("planet-init"));
+        }
     }
     for c in &candidates {
         if c.is_file() && std::fs::read(c).map(|b| initramfs::check_static(&b).is_ok()).unwrap_or(false) {
