@@ -7,7 +7,7 @@ use crate::fetch::Cache;
 use crate::rootfs::RootfsSource;
 use crate::squashfs::Compression;
 use anyhow::{bail, Context, Result};
-use planet_bundle::{PublicKey, SecretKey};
+use planet_bundle::{Claims, KeyRing, SecretKey};
 use rand::RngCore;
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -74,6 +74,10 @@ pub struct BundleRequest {
     pub cache_dir: Option<PathBuf>,
     pub compression: Compression,
     pub epoch: u64,
+    /// `--expires` as given (a date, a time or a duration from now).
+    pub expires: Option<String>,
+    /// `--revoke`: key ids the bundle revokes on machines that trust its signer.
+    pub revokes: Vec<String>,
 }
 
 /// The result of `bundle`, printed on stdout as JSON.
@@ -84,8 +88,14 @@ pub struct BundleResult {
     pub kernel: String,
     /// The key that signed the bundle.
     pub key_id: String,
-    /// The key the new release's initramfs trusts for later bundles.
+    /// The keys the new release's initramfs trusts for later bundles (comma-separated).
     pub update_key_id: String,
+    /// When machines start refusing the bundle (Unix seconds), if ever.
+    pub expires: Option<u64>,
+    /// The same, as a UTC date.
+    pub expires_utc: Option<String>,
+    /// Key ids this bundle revokes.
+    pub revokes: Vec<String>,
     pub total_bytes: u64,
     pub sections: Vec<SectionInfo>,
 }
@@ -115,10 +125,11 @@ pub fn run(req: &BundleRequest) -> Result<BundleResult> {
     let key_text =
         std::fs::read_to_string(&req.key).with_context(|| format!("reading the secret key {}", req.key.display()))?;
     let key = SecretKey::parse(&key_text).with_context(|| format!("reading the secret key {}", req.key.display()))?;
-    let update_key = match &req.update_key {
+    let update_key: KeyRing = match &req.update_key {
         Some(path) => pipeline::load_public_key(path)?,
-        None => key.public(),
+        None => key.public().into(),
     };
+    let claims = claims(req.expires.as_deref(), &req.revokes, &update_key, &key)?;
     let layout = pipeline::load_layout(req.layout.as_deref(), &req.profile, None, false)?;
     let cache = Cache::new(req.cache_dir.as_deref())?;
     let kernel_pkg = pipeline::kernel_package(&cache, &layout, req.kernel_package.as_deref())?;
@@ -146,7 +157,7 @@ pub fn run(req: &BundleRequest) -> Result<BundleResult> {
     let step = crate::util::progress::Step::start("signing the bundle", 0);
     let sections: [(&str, &Path); 3] =
         [("rootfs", &slot_image), ("vmlinuz", &vmlinuz_path), ("initramfs", &initramfs_path)];
-    planet_bundle::write_bundle(&req.output, release, req.epoch, &kernel.version, &sections, &key)
+    planet_bundle::write_bundle_with(&req.output, release, req.epoch, &kernel.version, &sections, &key, &claims)
         .with_context(|| format!("writing the bundle {}", req.output.display()))?;
     step.finish("");
 
@@ -159,9 +170,38 @@ pub fn run(req: &BundleRequest) -> Result<BundleResult> {
         kernel: header.kernel.clone(),
         key_id: prelude.key_id,
         update_key_id: update_key.key_id_hex(),
+        expires: prelude.expires,
+        expires_utc: prelude.expires.map(planet_bundle::format_utc),
+        revokes: prelude.revokes,
         total_bytes: prelude.total_bytes,
         sections: header.sections.iter().map(SectionInfo::from).collect(),
     })
+}
+
+/// The signed claims from `--expires` and `--revoke`, checked before anything is built.
+fn claims(expires: Option<&str>, revokes: &[String], update_key: &KeyRing, key: &SecretKey) -> Result<Claims> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let expires = expires.map(|t| planet_bundle::parse_expiry(t, now)).transpose().context("--expires")?;
+    let mut ids = Vec::new();
+    for r in revokes {
+        let id = r.trim().to_ascii_uppercase();
+        if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("--revoke {r:?}: expected a key id, 16 hex digits as keygen and minisign print it");
+        }
+        if id == key.key_id_hex() {
+            bail!("--revoke {id}: that is the key signing this bundle (--key)");
+        }
+        if update_key.find(&id).is_some() {
+            bail!("--revoke {id}: the new release's --update-key file still trusts that key; drop it from the file");
+        }
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    if ids.len() > planet_bundle::MAX_REVOKES {
+        bail!("--revoke: at most {} keys per bundle", planet_bundle::MAX_REVOKES);
+    }
+    Ok(Claims { expires, revokes: ids })
 }
 
 /// Whether `path` starts with the bundle magic.
@@ -182,6 +222,14 @@ pub struct BundleInspection {
     pub kernel: String,
     /// The key that signed it.
     pub key_id: String,
+    /// When machines start refusing the bundle (Unix seconds); `null`: never.
+    pub expires: Option<u64>,
+    /// The same as a UTC date.
+    pub expires_utc: Option<String>,
+    /// Whether that time has passed by this computer's clock.
+    pub expired: bool,
+    /// Key ids the bundle revokes on machines that trust its signer.
+    pub revokes: Vec<String>,
     pub total_bytes: u64,
     pub sections: Vec<SectionInfo>,
     /// Signature, size and section digests checked against `--key`; without one, nothing is.
@@ -192,8 +240,8 @@ pub struct BundleInspection {
 pub fn inspect(path: &Path, key: Option<&Path>) -> Result<BundleInspection> {
     let (prelude, header) = match key {
         Some(k) => {
-            let key: PublicKey = pipeline::load_public_key(k)?;
-            planet_bundle::verify_file(path, &key)
+            let keys: KeyRing = pipeline::load_public_key(k)?;
+            planet_bundle::verify_file_ring(path, &keys)
                 .with_context(|| format!("verifying the update bundle {}", path.display()))?
         }
         None => planet_bundle::read_unverified(path).with_context(|| format!("reading {}", path.display()))?,
@@ -205,6 +253,12 @@ pub fn inspect(path: &Path, key: Option<&Path>) -> Result<BundleInspection> {
         created: header.created,
         kernel: header.kernel.clone(),
         key_id: prelude.key_id.clone(),
+        expires: prelude.expires,
+        expires_utc: prelude.expires.map(planet_bundle::format_utc),
+        expired: prelude.expires.is_some_and(|t| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) >= t
+        }),
+        revokes: prelude.revokes.clone(),
         total_bytes: prelude.total_bytes,
         sections: header.sections.iter().map(SectionInfo::from).collect(),
         verified: prelude.is_verified(),

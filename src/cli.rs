@@ -164,7 +164,8 @@ pub struct BuildArgs {
     pub release_version: Option<String>,
     /// Public key (keygen's NAME.pub, or minisign's) that update bundles must be signed with:
     /// placed into the initramfs at /etc/planet/update.pub, its key id recorded in the manifest.
-    /// Without it the machine accepts no updates.
+    /// Several NAME.pub files concatenated (oldest first) are trusted together, for a key
+    /// rotation. Without it the machine accepts no updates.
     #[arg(long, value_name = "NAME.pub")]
     pub update_key: Option<PathBuf>,
     #[command(flatten)]
@@ -192,10 +193,21 @@ pub struct BundleArgs {
     /// The release version of the bundle (required): machines install only newer releases.
     #[arg(long, value_name = "VERSION")]
     pub release_version: Option<String>,
-    /// Public key that later bundles must be signed with, put into the new release's initramfs
-    /// [default: the public half of --key, so the machine keeps trusting the same key].
+    /// Public key(s) that later bundles must be signed with, put into the new release's initramfs
+    /// [default: the public half of --key, so the machine keeps trusting the same key]. Several
+    /// NAME.pub files concatenated, oldest first, are a key rotation's overlap: bundles signed by
+    /// any of them are accepted. See docs/updates.md.
     #[arg(long, value_name = "NAME.pub")]
     pub update_key: Option<PathBuf>,
+    /// When machines start refusing the bundle: a UTC date (2027-01-31), a time
+    /// (2027-01-31T12:00Z) or a duration from now (90d, 12h, 2w). Signed, so a man in the middle
+    /// cannot hold back newer releases past it [default: never expires].
+    #[arg(long, value_name = "DATE|DURATION")]
+    pub expires: Option<String>,
+    /// Key id (16 hex digits) that machines must stop trusting; repeatable. Honoured only by
+    /// machines whose key file lists that key before (older than) the key signing this bundle.
+    #[arg(long = "revoke", value_name = "KEY_ID")]
+    pub revokes: Vec<String>,
     /// The bundle to write.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
@@ -333,7 +345,8 @@ pub struct SeedArgs {
     pub interface: Option<String>,
     /// An update agent setting under `planet: update:` (repeatable): url=http://IP/PATH,
     /// check_every=1h, bless_after=60s, trial_timeout=10m, health_url=http://127.0.0.1:PORT/PATH,
-    /// reboot=now|HH:MM-HH:MM (UTC), allow_downgrade=true|false. See docs/updates.md.
+    /// reboot=now|HH:MM-HH:MM (UTC). (allow_downgrade is ignored: downgrades only through the
+    /// update socket.) See docs/updates.md.
     #[arg(long = "update", value_name = "KEY=VALUE", value_parser = crate::seed::parse_update)]
     pub update: Vec<(String, String)>,
     /// With --format config-2: append the config drive as a partition named config-2 at the end

@@ -102,6 +102,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 cache_dir: a.host.cache.cache_dir,
                 compression: a.host.compression,
                 epoch,
+                expires: a.expires,
+                revokes: a.revokes,
             })?;
             println!("{}", serde_json::to_string_pretty(&result)?);
             Ok(0)

@@ -312,3 +312,75 @@ fn build_update_key_and_release_version_go_into_the_initramfs_boot_entry_and_man
     );
     assert!(bad.contains("release version \"1 2\" is not valid"), "{bad}");
 }
+
+/// Finding 8 from the command line: `--expires` and `--revoke` are signed into the bundle and
+/// shown by `inspect`; a two-key `--update-key` file goes into the initramfs whole.
+#[test]
+fn bundles_carry_an_expiry_and_revocations_and_rotate_keys() {
+    let s = Scratch::new("bundle-expiry");
+    let rootfs = tiny_rootfs(&s);
+    let (old, new) = (keygen(&s.path("old")), keygen(&s.path("new")));
+    let ring = s.path("ring.pub");
+    let ring_text =
+        std::fs::read_to_string(s.path("old.pub")).unwrap() + &std::fs::read_to_string(s.path("new.pub")).unwrap();
+    std::fs::write(&ring, &ring_text).unwrap();
+    let (old_id, new_id) = (old["key_id"].as_str().unwrap(), new["key_id"].as_str().unwrap());
+
+    // Signed by the old key, the new release trusts both: the overlap of a rotation.
+    let out = s.path("overlap.planet");
+    let made = bundle(
+        &rootfs,
+        &s.path("old.key"),
+        &out,
+        "2",
+        &["--update-key", ring.to_str().unwrap(), "--expires", "2099-12-31"],
+    );
+    assert_eq!(made["update_key_id"], format!("{old_id},{new_id}"));
+    assert_eq!(made["expires"], 4_102_358_400u64);
+    let info = inspect(&out, Some(&ring));
+    assert_eq!(info["verified"], true);
+    assert_eq!(info["expires_utc"], "2099-12-31 00:00:00 UTC");
+    assert_eq!(info["expired"], false);
+    let (off, len) = section(&info, "initramfs");
+    let initramfs = s.path("initramfs.img");
+    dd_range(&out, off, len, &initramfs);
+    assert_eq!(initramfs_file(&initramfs, "etc/planet/update.pub"), Some(ring_text));
+    // The expiry is in the signed comment, so minisign sees it too.
+    let sig = String::from_utf8(prelude_signature(&out)).unwrap();
+    assert!(sig.contains(" expires=4102358400\n"), "{sig}");
+
+    // Signed by the new key, trusting only it, revoking the old one, valid 30 days.
+    let out = s.path("revoke.planet");
+    let args = ["--update-key", "new.pub", "--revoke", old_id, "--expires", "30d"];
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| if *a == "new.pub" { s.path("new.pub").display().to_string() } else { a.to_string() })
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let made = bundle(&rootfs, &s.path("new.key"), &out, "3", &args);
+    assert_eq!(made["revokes"], serde_json::json!([old_id]));
+    let info = inspect(&out, None);
+    assert_eq!(info["revokes"], serde_json::json!([old_id]));
+    assert_eq!(info["verified"], false);
+    let days = (info["expires"].as_u64().unwrap() - 1_700_000_000) / 86_400;
+    assert!(days > 30, "30 days from now, not from SOURCE_DATE_EPOCH: {info}");
+
+    // Refused before anything is built: a past expiry, revoking the signer or a key still trusted.
+    let base = |extra: &[&str]| {
+        let mut c = planet_image();
+        c.arg("bundle").arg("--rootfs").arg(&rootfs).arg("--key").arg(s.path("new.key"));
+        c.args(["--release-version", "4", "-o"]).arg(s.path("bad.planet")).args(extra);
+        c
+    };
+    let err = fails(&mut base(&["--expires", "2020-01-01"]));
+    assert!(err.contains("--expires") && err.contains("not in the future"), "{err}");
+    let err = fails(&mut base(&["--expires", "soon"]));
+    assert!(err.contains("expected a UTC date"), "{err}");
+    let err = fails(&mut base(&["--revoke", new_id]));
+    assert!(err.contains("the key signing this bundle"), "{err}");
+    let err = fails(&mut base(&["--revoke", old_id, "--update-key", ring.to_str().unwrap()]));
+    assert!(err.contains("still trusts that key"), "{err}");
+    let err = fails(&mut base(&["--revoke", "xyz"]));
+    assert!(err.contains("16 hex digits"), "{err}");
+    assert!(!s.path("bad.planet").exists());
+}

@@ -191,6 +191,11 @@ impl KeyRing {
         self.keys.iter().map(PublicKey::key_id_hex).collect::<Vec<_>>().join(",")
     }
 
+    /// The keys' base64 lines, comma-separated (one key: exactly its line).
+    pub fn to_base64(&self) -> String {
+        self.keys.iter().map(PublicKey::to_base64).collect::<Vec<_>>().join(",")
+    }
+
     /// The file: each key as `minisign -G` writes it, oldest first.
     pub fn to_text(&self) -> String {
         self.keys.iter().map(PublicKey::to_text).collect()

@@ -328,10 +328,11 @@ pub fn load_planet_init(explicit: Option<&Path>) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// A minisign public key file (`keygen`'s NAME.pub, `minisign -G`'s).
-pub fn load_public_key(path: &Path) -> Result<planet_bundle::PublicKey> {
+/// A minisign public key file (`keygen`'s NAME.pub, `minisign -G`'s), or several concatenated
+/// (oldest first): the keys of a rotation's overlap window.
+pub fn load_public_key(path: &Path) -> Result<planet_bundle::KeyRing> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading the public key {}", path.display()))?;
-    planet_bundle::PublicKey::parse(&text).with_context(|| format!("reading the public key {}", path.display()))
+    planet_bundle::KeyRing::parse(&text).with_context(|| format!("reading the public key {}", path.display()))
 }
 
 /// Stage 1, the slot: the rootfs streamed into a squashfs at `out`; its summary and size.
@@ -356,7 +357,7 @@ pub fn build_host(
     kernel_pkg: &PackageRecord,
     layout: &Layout,
     planet_init: &[u8],
-    update_key: Option<&planet_bundle::PublicKey>,
+    update_key: Option<&planet_bundle::KeyRing>,
     epoch: u64,
 ) -> Result<(Kernel, Vec<u8>)> {
     let step = Step::start("kernel + initramfs", 0);
