@@ -325,9 +325,14 @@ pub struct SeedArgs {
     /// Cloud provider integration: aws, gce or none.
     #[arg(long, default_value = "none")]
     pub provider: String,
-    /// Environment for Planet (repeatable); values may be secrets and are never printed.
+    /// Environment for Planet (repeatable); values are never printed, but a value given here is
+    /// visible to other users in `ps` and kept in shell history: pass secrets with --env-file.
     #[arg(long, value_name = "KEY=VALUE", value_parser = crate::seed::parse_env)]
     pub env: Vec<(String, String)>,
+    /// Environment for Planet from a file (repeatable): one KEY=VALUE a line, `#` comments.
+    /// The seed image is written mode 0600 either way.
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
     /// Host name of the machine.
     #[arg(long)]
     pub hostname: Option<String>,

@@ -4,6 +4,9 @@ use anyhow::{bail, Context, Result};
 use std::io::{BufReader, Read};
 use std::path::Path;
 
+/// The largest control file read.
+const MAX_CONTROL: u64 = 1 << 20;
+
 /// Calls `each` for every entry of the package's data archive.
 pub fn for_each_data_entry(
     deb: &Path,
@@ -82,8 +85,12 @@ pub fn control_fields(deb: &Path) -> Result<std::collections::BTreeMap<String, S
             for entry in ar.entries()? {
                 let mut entry = entry?;
                 if entry.path()?.to_string_lossy().trim_start_matches("./") == "control" {
+                    // Real control files are a few KiB; a huge one is not read whole.
                     let mut text = String::new();
-                    entry.read_to_string(&mut text)?;
+                    (&mut entry).take(MAX_CONTROL + 1).read_to_string(&mut text)?;
+                    if text.len() as u64 > MAX_CONTROL {
+                        bail!("{}: the control file is larger than {} KiB", deb.display(), MAX_CONTROL >> 10);
+                    }
                     let mut fields = std::collections::BTreeMap::new();
                     let mut last: Option<String> = None;
                     for line in text.lines() {
@@ -104,5 +111,106 @@ pub fn control_fields(deb: &Path) -> Result<std::collections::BTreeMap<String, S
             bail!("{}: control.tar has no control file", deb.display());
         }
         std::io::copy(&mut (&mut f).take(size + (size % 2)), &mut std::io::sink())?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn ar_of(members: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = b"!<arch>\n".to_vec();
+        for (name, data) in members {
+            out.extend_from_slice(
+                format!("{name:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n", 0, 0, 0, 644, data.len()).as_bytes(),
+            );
+            out.extend_from_slice(data);
+            if data.len() % 2 == 1 {
+                out.push(b'\n');
+            }
+        }
+        out
+    }
+
+    fn write(dir: &Path, bytes: &[u8]) -> std::path::PathBuf {
+        let p = dir.join("p.deb");
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_well_formed_package_reads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let control = tar_of(&[("./control", b"Package: p\nVersion: 1.0\nDescription: x\n more\n")]);
+        let data = tar_of(&[("./usr/lib/x", b"hello")]);
+        let deb =
+            write(tmp.path(), &ar_of(&[("debian-binary", b"2.0\n"), ("control.tar", &control), ("data.tar", &data)]));
+        assert_eq!(name_and_version(&deb).unwrap(), ("p".to_string(), "1.0".to_string()));
+        let mut seen = Vec::new();
+        for_each_data_entry(&deb, |path, _, r| {
+            let mut s = String::new();
+            r.read_to_string(&mut s)?;
+            seen.push((path.to_string(), s));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, [("usr/lib/x".to_string(), "hello".to_string())]);
+    }
+
+    /// Malformed packages are errors naming the file, never panics or endless reads.
+    #[test]
+    fn malformed_packages_are_errors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let control = tar_of(&[("./control", b"Package: p\nVersion: 1\n")]);
+        let data = tar_of(&[("./x", b"x")]);
+        let good = ar_of(&[("debian-binary", b"2.0\n"), ("control.tar", &control), ("data.tar", &data)]);
+        let mut bad_size = good.clone();
+        bad_size[8 + 48..8 + 58].copy_from_slice(b"-1        ");
+        let mut huge_size = good.clone();
+        huge_size[8 + 48..8 + 58].copy_from_slice(b"9999999999");
+        let big_control = tar_of(&[("./control", &vec![b'a'; (MAX_CONTROL + 10) as usize])]);
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", Vec::new()),
+            ("not ar", b"PK\x03\x04 zip file".to_vec()),
+            ("magic only", b"!<arch>\n".to_vec()),
+            ("truncated header", good[..40].to_vec()),
+            ("size not a number", bad_size),
+            ("size past the end", huge_size),
+            ("truncated member", good[..good.len() - 700].to_vec()),
+            ("garbage members", ar_of(&[("control.tar", &[0x5a; 1024]), ("data.tar", &[0x5a; 1024])])),
+            ("bad compression", ar_of(&[("control.tar.xz", b"not xz"), ("data.tar.gz", b"not gzip")])),
+            ("no control file", ar_of(&[("control.tar", &tar_of(&[("./md5sums", b"")])), ("data.tar", &data)])),
+            ("huge control file", ar_of(&[("control.tar", &big_control), ("data.tar", &data)])),
+            ("unknown data member", ar_of(&[("data.tar.lzma", b"x")])),
+        ];
+        for (what, bytes) in cases {
+            let deb = write(tmp.path(), &bytes);
+            let r = std::panic::catch_unwind(|| {
+                (
+                    name_and_version(&deb).map(|_| ()),
+                    for_each_data_entry(&deb, |_, _, r| {
+                        std::io::copy(r, &mut std::io::sink())?;
+                        Ok(())
+                    }),
+                )
+            });
+            let (a, b) = r.unwrap_or_else(|_| panic!("{what}: panicked"));
+            assert!(a.is_err() || b.is_err(), "{what}: accepted");
+            for e in [a.err(), b.err()].into_iter().flatten() {
+                let _ = format!("{e:#}");
+            }
+        }
     }
 }

@@ -72,6 +72,7 @@ impl Cache {
         if !rec.file.is_file() {
             bail!("the cached {role} package {} is missing: run `planet-image fetch` again", rec.file.display());
         }
+        verify(&rec, "planet-image fetch")?;
         Ok(rec)
     }
 
@@ -101,6 +102,7 @@ impl Cache {
                 rec.file.display()
             );
         }
+        verify(&rec, &format!("planet-image fetch --kernel {meta}"))?;
         Ok(rec)
     }
 
@@ -184,6 +186,23 @@ impl Cache {
     }
 }
 
+/// Checks a cached package against the sha256 recorded when it was fetched: the manifest lists
+/// that digest as what went into the image, so a file changed since (bit rot, tampering) must
+/// not be built in under it.
+fn verify(rec: &PackageRecord, refetch: &str) -> Result<()> {
+    let actual = sha256_file(&rec.file)?;
+    if !actual.eq_ignore_ascii_case(&rec.sha256) {
+        bail!(
+            "the cached {} package {} has changed since it was fetched (sha256 {actual}, recorded {}): \
+             delete it and run `{refetch}` again",
+            rec.role,
+            rec.file.display(),
+            rec.sha256
+        );
+    }
+    Ok(())
+}
+
 /// Whether a versioned kernel package (`linux-image-6.1.0-56-cloud-amd64`) is the one a meta
 /// package (`linux-image-cloud-amd64`) depends on: same flavour, only a version in between.
 fn resolves(meta: &str, name: &str) -> bool {
@@ -240,6 +259,40 @@ fn debs_named(dir: &Path, name: &str) -> Result<Vec<PathBuf>> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_cached_package_that_changed_is_refused_naming_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let deb = tmp.path().join("linux-image-6.1.0-1-cloud-amd64_6.1.4-1_amd64.deb");
+        std::fs::write(&deb, b"!<arch>\nthe package").unwrap();
+        let rec = |role: &str| PackageRecord {
+            role: role.into(),
+            source: "linux-image-cloud-amd64".into(),
+            name: "linux-image-6.1.0-1-cloud-amd64".into(),
+            version: "6.1.4-1".into(),
+            sha256: sha256_file(&deb).unwrap(),
+            file: deb.clone(),
+        };
+        std::fs::write(
+            tmp.path().join("packages.json"),
+            serde_json::to_string(&[rec("kernel"), rec("bootloader")]).unwrap(),
+        )
+        .unwrap();
+        let cache = Cache::new(Some(tmp.path())).unwrap();
+        cache.kernel_package("linux-image-cloud-amd64").unwrap();
+        cache.package("bootloader").unwrap();
+        // `ar` ignores trailing data: the package still reads, but it is not what was recorded.
+        std::fs::OpenOptions::new().append(true).open(&deb).unwrap().write_all(b"x").unwrap();
+        for e in
+            [cache.kernel_package("linux-image-cloud-amd64").unwrap_err(), cache.package("bootloader").unwrap_err()]
+        {
+            let e = format!("{e:#}");
+            assert!(e.contains(&deb.display().to_string()) && e.contains("changed"), "{e}");
+        }
+    }
+
     #[test]
     fn meta_packages_resolve_to_their_own_flavour_only() {
         assert!(super::resolves("linux-image-cloud-amd64", "linux-image-6.1.0-56-cloud-amd64"));

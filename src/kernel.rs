@@ -157,32 +157,47 @@ fn file_stem_name(rel: &str) -> String {
 }
 
 /// The `key=value` strings of an ELF64 module's `.modinfo` section.
+///
+/// Every offset and size comes from the file: all arithmetic is checked and every slice is
+/// taken with `get`, so a malformed module is an error, never a panic.
 pub fn modinfo(elf: &[u8]) -> Result<Vec<(String, String)>> {
     if elf.len() < 64 || &elf[0..4] != b"\x7fELF" || elf[4] != 2 || elf[5] != 1 {
         bail!("not a little-endian ELF64 object");
     }
     let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
     let u64_at = |o: usize| -> Result<usize> {
-        let b = elf.get(o..o + 8).context("truncated ELF")?;
-        Ok(u64::from_le_bytes(b.try_into().unwrap()) as usize)
+        let b = o.checked_add(8).and_then(|end| elf.get(o..end)).context("truncated ELF")?;
+        usize::try_from(u64::from_le_bytes(b.try_into().unwrap())).context("ELF offset out of range")
+    };
+    let range = |off: usize, len: usize, what: &str| -> Result<&[u8]> {
+        off.checked_add(len).and_then(|end| elf.get(off..end)).with_context(|| format!("truncated {what}"))
     };
     let shoff = u64_at(0x28)?;
     let shentsize = u16_at(0x3A);
     let shnum = u16_at(0x3C);
     let shstrndx = u16_at(0x3E);
+    if shentsize < 40 {
+        bail!("ELF section header size {shentsize} is too small");
+    }
     let section = |i: usize| -> Result<(usize, usize, usize)> {
-        let base = shoff + i * shentsize;
-        let name = u32::from_le_bytes(elf.get(base..base + 4).context("truncated section header")?.try_into().unwrap())
-            as usize;
-        Ok((name, u64_at(base + 24)?, u64_at(base + 32)?))
+        let base =
+            i.checked_mul(shentsize).and_then(|o| o.checked_add(shoff)).context("section header out of range")?;
+        let hdr = range(base, 40, "section header")?;
+        let name = u32::from_le_bytes(hdr[0..4].try_into().unwrap()) as usize;
+        let at = |o: usize| usize::try_from(u64::from_le_bytes(hdr[o..o + 8].try_into().unwrap()));
+        Ok((name, at(24).context("section offset out of range")?, at(32).context("section size out of range")?))
     };
+    if shstrndx >= shnum {
+        bail!("ELF section-name table index {shstrndx} is not below the section count {shnum}");
+    }
     let (_, str_off, str_size) = section(shstrndx)?;
-    let strtab = elf.get(str_off..str_off + str_size).context("truncated section names")?;
+    let strtab = range(str_off, str_size, "section names")?;
     for i in 0..shnum {
         let (name_off, off, size) = section(i)?;
-        let name_end = strtab[name_off..].iter().position(|b| *b == 0).map(|p| name_off + p).unwrap_or(strtab.len());
-        if &strtab[name_off..name_end] == b".modinfo" {
-            let data = elf.get(off..off + size).context("truncated .modinfo")?;
+        let name = strtab.get(name_off..).with_context(|| format!("section {i}'s name is outside the name table"))?;
+        let name = &name[..name.iter().position(|b| *b == 0).unwrap_or(name.len())];
+        if name == b".modinfo" {
+            let data = range(off, size, ".modinfo")?;
             return Ok(data
                 .split(|b| *b == 0)
                 .filter_map(|kv| {
@@ -221,5 +236,91 @@ mod tests {
         assert!(dep.contains("kernel/a.ko: kernel/b.ko kernel/c.ko\n"), "{dep}");
         assert!(dep.contains("kernel/c.ko:\n"));
         assert!(k.modules_alias().contains("alias pci:v00001AF4d*a* a\n"));
+    }
+
+    /// A minimal ELF64 module: header, `.shstrtab`, `.modinfo`, then three section headers
+    /// (null, names, modinfo).
+    fn elf(modinfo_text: &[u8]) -> Vec<u8> {
+        let names = b"\0.shstrtab\0.modinfo\0";
+        let mut e = vec![0u8; 64];
+        e[0..4].copy_from_slice(b"\x7fELF");
+        e[4] = 2;
+        e[5] = 1;
+        let names_off = e.len();
+        e.extend_from_slice(names);
+        let info_off = e.len();
+        e.extend_from_slice(modinfo_text);
+        let shoff = e.len();
+        e[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
+        e[0x3A..0x3C].copy_from_slice(&64u16.to_le_bytes());
+        e[0x3C..0x3E].copy_from_slice(&3u16.to_le_bytes());
+        e[0x3E..0x40].copy_from_slice(&1u16.to_le_bytes());
+        for (name, off, size) in
+            [(0u32, 0usize, 0usize), (1, names_off, names.len()), (11, info_off, modinfo_text.len())]
+        {
+            let mut sh = [0u8; 64];
+            sh[0..4].copy_from_slice(&name.to_le_bytes());
+            sh[24..32].copy_from_slice(&(off as u64).to_le_bytes());
+            sh[32..40].copy_from_slice(&(size as u64).to_le_bytes());
+            e.extend_from_slice(&sh);
+        }
+        e
+    }
+
+    fn set_u64(e: &mut [u8], at: usize, v: u64) {
+        e[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    }
+
+    #[test]
+    fn modinfo_reads_a_well_formed_module() {
+        let e = elf(b"alias=pci:v1\0depends=a,b\0\0");
+        assert_eq!(
+            modinfo(&e).unwrap(),
+            [("alias".to_string(), "pci:v1".to_string()), ("depends".to_string(), "a,b".to_string())]
+        );
+    }
+
+    /// Malformed modules are errors, never panics (in any profile).
+    #[test]
+    fn modinfo_refuses_malformed_modules() {
+        let good = elf(b"alias=x\0");
+        let shoff = u64::from_le_bytes(good[0x28..0x30].try_into().unwrap()) as usize;
+        let sh = |i: usize| shoff + 64 * i;
+        let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+        let mut e = good.clone();
+        e[sh(2)..sh(2) + 4].copy_from_slice(&0xffffu32.to_le_bytes());
+        cases.push(("sh_name 0xffff", e));
+        let mut e = good.clone();
+        e[sh(1)..sh(1) + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        cases.push(("sh_name u32::MAX", e));
+        let mut e = good.clone();
+        set_u64(&mut e, 0x28, u64::MAX - 3);
+        cases.push(("shoff near u64::MAX", e));
+        let mut e = good.clone();
+        set_u64(&mut e, sh(1) + 24, u64::MAX);
+        cases.push(("names offset u64::MAX", e));
+        let mut e = good.clone();
+        set_u64(&mut e, sh(2) + 32, u64::MAX - 10);
+        cases.push((".modinfo size overflowing", e));
+        let mut e = good.clone();
+        e[0x3E..0x40].copy_from_slice(&0xffffu16.to_le_bytes());
+        cases.push(("shstrndx past the sections", e));
+        let mut e = good.clone();
+        e[0x3A..0x3C].copy_from_slice(&0u16.to_le_bytes());
+        cases.push(("shentsize 0", e));
+        let mut e = good.clone();
+        e[0x3C..0x3E].copy_from_slice(&0xffffu16.to_le_bytes());
+        e[sh(2)..sh(2) + 4].copy_from_slice(&1u32.to_le_bytes());
+        cases.push(("shnum 0xffff", e));
+        cases.push(("truncated", good[..good.len() - 30].to_vec()));
+        cases.push(("header only", good[..64].to_vec()));
+        for (what, e) in cases {
+            let r = std::panic::catch_unwind(|| modinfo(&e));
+            assert!(matches!(r, Ok(Err(_))), "{what}: {r:?}");
+        }
+        // Every truncation of a good module: an error or a result, never a panic.
+        for n in 0..good.len() {
+            assert!(std::panic::catch_unwind(|| modinfo(&good[..n])).is_ok(), "truncated at {n}");
+        }
     }
 }

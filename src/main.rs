@@ -7,7 +7,22 @@ use std::time::Duration;
 
 fn main() {
     let cli = Cli::parse();
-    match dispatch(cli) {
+    // Commands that leave temporary files or a pending snapshot clean up on SIGINT/SIGTERM;
+    // `run` and `enter` handle signals themselves.
+    if matches!(cli.command, Command::Build(_) | Command::Bundle(_) | Command::Seed(_) | Command::Publish(_)) {
+        if let Err(e) = planet_image::util::interrupt::install() {
+            print_error(&e.context("installing the signal handler"));
+            std::process::exit(1);
+        }
+    }
+    let result = dispatch(cli);
+    // Everything dispatch made is dropped by now; a signal may still have come at the end.
+    if let Some(code) = planet_image::util::interrupt::exit_code() {
+        planet_image::util::interrupt::remove_registered();
+        eprintln!("planet-image: interrupted");
+        std::process::exit(code);
+    }
+    match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             print_error(&e);
@@ -109,11 +124,15 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Seed(a) => {
+            let mut env = a.env;
+            for f in &a.env_file {
+                env.extend(seed::read_env_file(f)?);
+            }
             let req = seed::SeedRequest {
                 role: a.role,
                 master_ip: a.master_ip,
                 provider: a.provider,
-                env: a.env,
+                env,
                 hostname: a.hostname,
                 address: a.address,
                 gateway: a.gateway,

@@ -61,6 +61,26 @@ pub fn parse_env(s: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
+/// Reads `--env-file FILE`: one `KEY=VALUE` a line, blank lines and `#` comments skipped; the
+/// value is everything after the first `=`, as is. Keeps secrets off the command line, where
+/// `ps` and shell history show them. Errors name the line, never its value.
+pub fn read_env_file(path: &Path) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading the env file {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let (k, v) =
+            line.split_once('=').with_context(|| format!("{}:{}: expected KEY=VALUE", path.display(), i + 1))?;
+        let k = k.trim();
+        parse_env(&format!("{k}=")).map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))?;
+        out.push((k.to_string(), v.to_string()));
+    }
+    Ok(out)
+}
+
 /// Parses an update setting `KEY=VALUE`; the key must be one planet-init knows.
 pub fn parse_update(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| "expected KEY=VALUE".to_string())?;
@@ -293,6 +313,16 @@ pub fn append_partition(req: &SeedRequest, image_path: &Path, epoch: u64) -> Res
         .write(true)
         .open(image_path)
         .with_context(|| format!("opening {}", image_path.display()))?;
+    if !req.env.is_empty() {
+        use std::os::unix::fs::PermissionsExt;
+        if f.metadata().is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+            eprintln!(
+                "planet-image: warning: {} is readable by other users and now holds the env values; \
+                 `chmod 600` it if they are secrets",
+                image_path.display()
+            );
+        }
+    }
     let mut magic = [0u8; 4];
     f.read_exact(&mut magic).with_context(|| format!("reading {}", image_path.display()))?;
     if &magic == b"QFI\xfb" {
@@ -364,7 +394,8 @@ pub fn append_partition(req: &SeedRequest, image_path: &Path, epoch: u64) -> Res
 /// Writes the seed image; returns a summary safe to print (no env values).
 pub fn write(req: &SeedRequest, epoch: u64) -> Result<serde_json::Value> {
     let bytes = image(req, epoch)?;
-    let pending = PendingFile::new(&req.output)?;
+    // The seed holds the env values (credentials) and update URLs: 0600 from the first byte.
+    let pending = PendingFile::new_private(&req.output)?;
     crate::disk::write_sparse(pending.path(), &bytes).with_context(|| format!("writing {}", req.output.display()))?;
     pending.commit()?;
     Ok(serde_json::json!({
@@ -455,6 +486,38 @@ mod tests {
         assert_eq!(n["networks"][0]["routes"][0]["gateway"], "10.0.0.1");
         let files: Vec<String> = r.files().into_iter().map(|f| f.0).collect();
         assert!(files.contains(&"openstack/latest/user_data".to_string()));
+    }
+
+    #[test]
+    fn seed_images_are_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let mut r = req();
+        r.output = tmp.path().join("seed.img");
+        // SAFETY: umask only changes this process's file creation mask.
+        let old = unsafe { libc::umask(0o022) };
+        let res = write(&r, 1_700_000_000);
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        res.unwrap();
+        assert_eq!(std::fs::metadata(&r.output).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn env_files_keep_values_as_written_and_errors_name_the_line_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("env");
+        std::fs::write(&f, "# secrets\n\nTOKEN=a=b c\r\n  REGION=us-east-1\nEMPTY=\n").unwrap();
+        assert_eq!(
+            read_env_file(&f).unwrap(),
+            [("TOKEN".into(), "a=b c".into()), ("REGION".into(), "us-east-1".into()), ("EMPTY".into(), String::new())]
+        );
+        std::fs::write(&f, "OK=1\nbad-key=s3cret\n").unwrap();
+        let e = format!("{:#}", read_env_file(&f).unwrap_err());
+        assert!(e.contains(":2:") && !e.contains("s3cret"), "{e}");
+        std::fs::write(&f, "no value here s3cret\n").unwrap();
+        let e = format!("{:#}", read_env_file(&f).unwrap_err());
+        assert!(e.contains(":1:") && !e.contains("s3cret"), "{e}");
     }
 
     #[test]

@@ -286,3 +286,138 @@ fn planet_release_rootfs_becomes_the_slot_root_and_directories_work_too() {
     let listing2 = stdout(Command::new("unsquashfs").arg("-lln").arg(&slot2));
     assert!(listing2.lines().any(|l| l.ends_with("squashfs-root/usr/bin/planet")), "{listing2}");
 }
+
+/// Runs `cmd`; `None` when it is still running after `limit` (it is killed then).
+fn output_within(cmd: &mut Command, limit: std::time::Duration) -> Option<std::process::Output> {
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if child.try_wait().unwrap().is_some() {
+            return Some(child.wait_with_output().unwrap());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// Raw tar headers from Python (ustar/GNU fields by offset), for archives no archiver writes.
+const RAW_TAR_PY: &str = r#"
+import sys, gzip
+def num(v, n):
+    s = oct(v)[2:].encode()
+    return s.rjust(n - 1, b"0") + b"\0" if len(s) < n else b"\x80" + v.to_bytes(n - 1, "big")
+def header(name, typ, size, sparse=None, real=0):
+    h = bytearray(512)
+    h[0:len(name)] = name
+    h[100:108] = num(0o644, 8); h[108:116] = num(0, 8); h[116:124] = num(0, 8)
+    h[124:136] = num(size, 12); h[136:148] = num(1700000000, 12); h[156] = ord(typ)
+    h[257:263] = b"ustar "; h[263:265] = b" \0"
+    if sparse:
+        h[386:398] = num(sparse[0], 12); h[398:410] = num(sparse[1], 12); h[483:495] = num(real, 12)
+    h[148:156] = b" " * 8
+    h[148:156] = oct(sum(h))[2:].encode().rjust(6, b"0") + b"\0 "
+    return bytes(h)
+def pad(n):
+    return b"\0" * (-n % 512)
+out = gzip.open(sys.argv[2], "wb", compresslevel=1)
+kind = sys.argv[1]
+out.write(header(b"etc", "5", 0))
+if kind == "longname":
+    n = 256 << 20
+    out.write(header(b"././@LongLink", "L", n))
+    for _ in range(n >> 20): out.write(b"a" * (1 << 20))
+    out.write(pad(n) + header(b"x", "0", 0))
+elif kind == "pax":
+    rec = b"comment=" + b"a" * (256 << 20) + b"\n"
+    l = len(rec) + 10
+    rec = str(l).encode() + b" " + rec
+    rec = str(len(rec)).encode() + rec[len(str(l)):]
+    out.write(header(b"PaxHeader/x", "x", len(rec)) + rec + pad(len(rec)) + header(b"x", "0", 0))
+elif kind == "sparse":
+    real = 1 << 60
+    out.write(header(b"etc/big", "S", 512, sparse=(real - 512, 512), real=real) + b"x" * 512)
+out.write(b"\0" * 1024)
+out.close()
+"#;
+
+/// Hostile tarballs that cost kilobytes to megabytes (finding 16): a 256 MiB GNU long name, a
+/// 256 MiB pax record, a sparse file of 2^60 bytes. Each build stops at once with an error
+/// saying why, instead of reading the extension whole into memory or streaming exabytes of
+/// zeros, and leaves nothing behind.
+#[test]
+fn tarball_bombs_are_refused_fast() {
+    let s = Scratch::new("bombs");
+    for (kind, says) in [("longname", "GNU long name"), ("pax", "pax extended header"), ("sparse", "sparse file")] {
+        let tarball = s.path(&format!("{kind}.tar"));
+        ok(Command::new("python3").args(["-c", RAW_TAR_PY, kind]).arg(&tarball));
+        let out = s.path("out.raw");
+        let started = std::time::Instant::now();
+        let res = output_within(
+            planet_image().args(["build", "--target", "raw", "--rootfs"]).arg(&tarball).arg("-o").arg(&out),
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap_or_else(|| panic!("{kind}: the build was still running after 60 s"));
+        assert!(!res.status.success(), "{kind}: a hostile tarball was accepted");
+        let err = String::from_utf8_lossy(&res.stderr);
+        assert!(err.contains(says), "{kind}: the error does not say {says:?}:\n{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "{kind}: took {:?}", started.elapsed());
+        let left: Vec<_> = std::fs::read_dir(&s.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".tar"))
+            .collect();
+        assert!(left.is_empty(), "{kind}: files left behind: {left:?}");
+    }
+}
+
+/// SIGINT or SIGTERM during a build (finding 17): the work directory, the partial image and
+/// the manifest are all removed, and the exit status says which signal it was. The signal is
+/// sent to planet-image alone (as `kill PID` would), so the tools it runs must be stopped by it.
+#[test]
+fn interrupted_builds_leave_nothing_behind() {
+    use std::io::BufRead;
+    let s = Scratch::new("interrupt");
+    for (sig, name, at) in
+        [(libc::SIGINT, "SIGINT", "rootfs → squashfs"), (libc::SIGTERM, "SIGTERM", "assembling the disk")]
+    {
+        let out = s.path("demo.qcow2");
+        let mut child = planet_image()
+            .args(["build", "--target", "qcow2", "--rootfs"])
+            .arg(fixture("demo.tar"))
+            .arg("-o")
+            .arg(&out)
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut seen = String::new();
+        let mut line = String::new();
+        while stderr.read_line(&mut line).unwrap() > 0 {
+            seen.push_str(&line);
+            if line.contains(at) {
+                break;
+            }
+            line.clear();
+        }
+        assert!(seen.contains(at), "{name}: the build never printed {at:?}:\n{seen}");
+        // SAFETY: signalling our own child, not yet waited for.
+        unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(128 + sig), "{name}: {status}\n{seen}{rest}");
+        let left: Vec<_> =
+            std::fs::read_dir(&s.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(left.is_empty(), "{name} at {at:?} left {left:?}\n{seen}{rest}");
+    }
+}

@@ -328,6 +328,11 @@ fn publish_gce_resumes_a_broken_upload_and_inserts_the_image() {
 
     // The proxy's log: the broken chunk, then a status query, then a PUT from the server's offset.
     let log = proxy.log();
+    // The emulator is plain HTTP: the token never goes there (the loopback compute stub checks
+    // that it gets it).
+    for s in &log {
+        assert!(s.authorization.is_none(), "{} {} carried Authorization over plain HTTP", s.method, s.path);
+    }
     let total = data.len();
     let i = log.iter().position(|s| s.dropped).expect("the proxy broke a chunk upload");
     let broken = log[i].content_range.clone().unwrap();

@@ -119,6 +119,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
     let slot_image = work.path.join("planet-a.sqfs");
     let (rootfs, slot_bytes) = build_slot(&source, &req.rootfs, &slot_image, req.compression, req.epoch)?;
 
+    crate::util::interrupt::check()?;
     // 2. Kernel, modules, initramfs.
     let (kernel, initramfs) = build_host(&kernel_pkg, &layout, &planet_init, update_key.as_ref(), req.epoch)?;
     let bootloader = read_from_deb(&boot_pkg.file, SYSTEMD_BOOT_PATH)?;
@@ -209,6 +210,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
         _ => None,
     };
 
+    crate::util::interrupt::check()?;
     // 5. The disk.
     let step = Step::start("assembling the disk", plan.total_bytes());
     let pending = PendingFile::new(&req.output)?;
@@ -293,8 +295,12 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
     let manifest_path = manifest::path_for(&req.output);
     let manifest_pending = PendingFile::new(&manifest_path)?;
     std::fs::write(manifest_pending.path(), manifest.to_json()?)?;
-    pending.commit()?;
+    crate::util::interrupt::check()?;
+    // The manifest first, the image last: the image's name appearing is what says the build is
+    // done. A crash between the two leaves the new manifest beside the old image (or none),
+    // which its sha256 shows at once, never a new image described by an old manifest.
     manifest_pending.commit()?;
+    pending.commit()?;
     Ok(BuildResult { image: req.output.clone(), manifest: manifest_path, sha256, disk_size: plan.total_bytes() })
 }
 
@@ -474,13 +480,15 @@ pub fn find_planet_init(explicit: Option<&Path>) -> Result<PathBuf> {
 /// removed when the build ends, successfully or not.
 pub struct WorkDir {
     pub path: PathBuf,
+    _registered: crate::util::interrupt::Registered,
 }
 
 impl WorkDir {
     pub fn new(beside: &Path) -> Result<WorkDir> {
         let path = beside.join(format!(".planet-image-work-{}", std::process::id()));
+        let _registered = crate::util::interrupt::register_path(&path);
         std::fs::create_dir_all(&path).with_context(|| format!("creating the work directory {}", path.display()))?;
-        Ok(WorkDir { path })
+        Ok(WorkDir { path, _registered })
     }
 }
 

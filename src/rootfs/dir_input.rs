@@ -69,8 +69,7 @@ fn visit<W: Write>(
     };
     match kind {
         EntryKind::File { .. } => {
-            let mut f = std::fs::File::open(path)
-                .with_context(|| format!("opening {} (is it readable by this user?)", path.display()))?;
+            let mut f = open_same_file(path, &meta)?;
             sink.push(entry, &mut f)?;
         }
         EntryKind::Directory => {
@@ -90,6 +89,26 @@ fn visit<W: Write>(
         _ => sink.push(entry, &mut std::io::empty())?,
     }
     Ok(())
+}
+
+/// Opens the regular file `path` that `meta` (its `lstat`) describes, without following a
+/// symlink and without blocking on a FIFO: a file swapped for a link or another file between
+/// the two (say `/etc/shadow` by someone who can write the input tree) is refused, not read.
+fn open_same_file(path: &Path, meta: &std::fs::Metadata) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .with_context(|| format!("opening {} (is it readable by this user?)", path.display()))?;
+    let now = f.metadata().with_context(|| format!("reading {}", path.display()))?;
+    if !now.is_file() || (now.dev(), now.ino()) != (meta.dev(), meta.ino()) {
+        anyhow::bail!(
+            "{} changed while the rootfs was read (replaced by another file or a link); build again",
+            path.display()
+        );
+    }
+    Ok(f)
 }
 
 /// Extended attributes of `path` itself (not a symlink's target), sorted by name.
@@ -127,4 +146,36 @@ fn read_xattrs(path: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
     }
     out.sort();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_swapped_for_a_link_or_another_file_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("passwd");
+        std::fs::write(&f, "mine").unwrap();
+        let secret = tmp.path().join("secret");
+        std::fs::write(&secret, "not yours").unwrap();
+        let meta = std::fs::symlink_metadata(&f).unwrap();
+        open_same_file(&f, &meta).unwrap();
+        // Swapped for a symlink after the lstat.
+        std::fs::remove_file(&f).unwrap();
+        std::os::unix::fs::symlink(&secret, &f).unwrap();
+        let e = format!("{:#}", open_same_file(&f, &meta).unwrap_err());
+        assert!(e.contains("passwd"), "{e}");
+        // Swapped for a hard link to another file.
+        std::fs::remove_file(&f).unwrap();
+        std::fs::hard_link(&secret, &f).unwrap();
+        let e = format!("{:#}", open_same_file(&f, &meta).unwrap_err());
+        assert!(e.contains("changed"), "{e}");
+        // Swapped for a FIFO: refused at once, not a blocked build.
+        std::fs::remove_file(&f).unwrap();
+        let c = std::ffi::CString::new(f.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(open_same_file(&f, &meta).is_err());
+    }
 }

@@ -115,6 +115,7 @@ impl<W: Write> CheckedSink<W> {
     /// Takes one entry as the input names it (`raw_path`, and for links `raw_target` inside
     /// `entry.kind`), checks it and writes it on.
     pub fn push(&mut self, mut entry: Entry, data: &mut dyn Read) -> Result<()> {
+        crate::util::interrupt::check()?;
         let path = normalize(&entry.path)?;
         if let EntryKind::HardLink { target } = &entry.kind {
             let t = normalize(target)
@@ -165,7 +166,7 @@ impl<W: Write> CheckedSink<W> {
     fn buffer(&mut self, entry: Entry, data: &mut dyn Read) -> Result<()> {
         let mut bytes = Vec::new();
         if let EntryKind::File { size } = entry.kind {
-            self.buffered_bytes += size;
+            self.buffered_bytes = self.buffered_bytes.saturating_add(size);
             if self.buffered_bytes > MAX_BUFFERED {
                 // Too much at the top level for a release's side files: it is a plain rootfs.
                 self.mode = Mode::Plain;
@@ -220,7 +221,10 @@ impl<W: Write> CheckedSink<W> {
         }
         self.stats.entries += 1;
         if let EntryKind::File { size } = entry.kind {
-            self.stats.file_bytes += size;
+            self.stats.file_bytes =
+                self.stats.file_bytes.checked_add(size).ok_or_else(|| {
+                    anyhow::anyhow!("entry {path:?} of {size} bytes takes the rootfs past 2^64 bytes")
+                })?;
         }
         self.out.write_entry(&entry, data).map_err(|e| e.context(format!("writing entry {path:?}")))
     }
@@ -338,6 +342,18 @@ mod tests {
         .unwrap();
         assert!(!stats.planet_release);
         assert_eq!(names, vec!["./", "vmlinuz", "etc/", "etc/hostname"]);
+    }
+
+    /// Sizes come from the archive: sums of absurd ones are errors, never overflow panics.
+    #[test]
+    fn huge_sizes_do_not_overflow() {
+        let mut sink = CheckedSink::new(Vec::new());
+        sink.push(e("./", EntryKind::Directory), &mut std::io::empty()).unwrap();
+        sink.push(e("a", EntryKind::File { size: u64::MAX - 1 }), &mut std::io::empty()).unwrap_err();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sink.push(e("b", EntryKind::File { size: u64::MAX - 1 }), &mut std::io::empty())
+        }));
+        assert!(matches!(r, Ok(Err(_))), "{r:?}");
     }
 
     #[test]

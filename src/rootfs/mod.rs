@@ -5,6 +5,7 @@
 mod dir_input;
 mod entry;
 mod guard;
+mod tar_gate;
 mod tar_input;
 pub mod tar_writer;
 

@@ -6,9 +6,15 @@ use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
 use tar::EntryType;
 
+/// The most a rootfs's GNU sparse files may leave out in holes, all together: the holes cost
+/// nothing in the archive but are streamed as zeros, so an exabyte-sized sparse entry would
+/// keep a build busy forever. Real root filesystems have next to none.
+pub const MAX_SPARSE_HOLES: u64 = 1 << 30;
+
 pub fn read_tar<R: Read, W: Write>(input: R, sink: &mut CheckedSink<W>) -> Result<()> {
-    let mut archive = tar::Archive::new(input);
+    let mut archive = tar::Archive::new(super::tar_gate::TarGate::new(input));
     let mut count = 0u64;
+    let mut holes = 0u64;
     for item in archive.entries().context("reading the tar stream")? {
         let mut item = item
             .with_context(|| format!("reading the tar header after entry #{count} (corrupt or truncated archive?)"))?;
@@ -17,6 +23,19 @@ pub fn read_tar<R: Read, W: Write>(input: R, sink: &mut CheckedSink<W>) -> Resul
             .map_err(|e| RootfsError::NotUtf8 { entry: String::from_utf8_lossy(e.as_bytes()).into_owned() })?;
         let header = item.header().clone();
         let ty = header.entry_type();
+        if ty == EntryType::GNUSparse {
+            // The crate has checked the map: the stored data is part of the expanded size.
+            let stored = header.entry_size().unwrap_or(0);
+            holes = item.size().saturating_sub(stored).saturating_add(holes);
+            if holes > MAX_SPARSE_HOLES {
+                bail!(
+                    "entry {raw_path:?} is a sparse file of {} bytes with {stored} stored: more than {} GiB of holes \
+                     in the rootfs's sparse files is refused",
+                    item.size(),
+                    MAX_SPARSE_HOLES >> 30
+                );
+            }
+        }
         let kind = match ty {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => EntryKind::File { size: item.size() },
             EntryType::Directory => EntryKind::Directory,

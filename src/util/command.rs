@@ -17,10 +17,18 @@ pub trait CommandExt {
 impl CommandExt for Command {
     fn run_checked(&mut self) -> Result<Output> {
         let shown = self.display();
-        let out = self
+        let child = self
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .with_context(|| format!("running `{shown}` (is {} installed?)", program_name(self)))?;
+        // A signal aimed at planet-image alone stops the tool too.
+        let registered = super::interrupt::register_child(child.id());
+        let out = child.wait_with_output().with_context(|| format!("running `{shown}`"));
+        drop(registered);
+        let out = out?;
+        super::interrupt::check()?;
         check_status(&shown, &out.status, &out.stderr)?;
         Ok(out)
     }

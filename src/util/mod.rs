@@ -4,4 +4,5 @@
 pub mod atomic;
 pub mod command;
 pub mod digest;
+pub mod interrupt;
 pub mod progress;

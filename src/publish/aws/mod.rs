@@ -331,18 +331,30 @@ async fn load_config(region: Option<&str>) -> Result<(aws_config::SdkConfig, Str
     Ok((conf, region))
 }
 
-/// A temporary directory for the raw image of `build --target ami` without `-o`.
+/// A temporary directory for the raw image of `build --target ami` without `-o`: created new,
+/// under a random name, mode 0700. A predictable name in the shared `/tmp` could be made in
+/// advance by another user, who could then swap the disk between build and upload.
 struct TempDir {
     path: PathBuf,
+    _registered: crate::util::interrupt::Registered,
 }
 
 impl TempDir {
     fn new() -> Result<TempDir> {
-        let path = std::env::temp_dir().join(format!("planet-image-ami-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path)
-            .with_context(|| format!("creating the temporary directory {} (set TMPDIR elsewhere)", path.display()))?;
-        Ok(TempDir { path })
+        TempDir::new_in(&std::env::temp_dir())
+    }
+
+    fn new_in(base: &Path) -> Result<TempDir> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("planet-image-ami-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir_in(base)
+            .with_context(|| format!("creating a temporary directory in {} (set TMPDIR elsewhere)", base.display()))?;
+        // Removed by Drop (and on a signal), not by tempfile's own guard.
+        let path = dir.keep();
+        let _registered = crate::util::interrupt::register_path(&path);
+        Ok(TempDir { path, _registered })
     }
 }
 

@@ -119,6 +119,7 @@ pub async fn wait_snapshot(ec2: &aws_sdk_ec2::Client, snapshot_id: &str, timeout
     let mut delay = Duration::from_millis(500);
     let mut last_progress = String::new();
     loop {
+        crate::util::interrupt::check()?;
         let out = ec2.describe_snapshots().snapshot_ids(snapshot_id).send().await.map_err(|e| {
             anyhow::anyhow!("describing the snapshot {snapshot_id} (EC2 DescribeSnapshots): {}", describe(&e))
         })?;

@@ -163,3 +163,30 @@ fn qcow2_is_refused() {
     let e = check_raw(&p).unwrap_err().to_string();
     assert!(e.contains("qcow2") && e.contains("--target raw"), "{e}");
 }
+
+/// `build --target ami` without -o: another user's directory under the old predictable name is
+/// never used; ours is new, private and named unpredictably.
+#[test]
+fn the_ami_temp_dir_is_private_and_never_an_existing_one() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let base = tempfile::tempdir().unwrap();
+    let squat = base.path().join(format!("planet-image-ami-{}", std::process::id()));
+    std::fs::create_dir(&squat).unwrap();
+    std::fs::set_permissions(&squat, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let squat_ino = std::fs::metadata(&squat).unwrap().ino();
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
+    let t = TempDir::new_in(base.path());
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let t = match t {
+        Ok(t) => t,
+        // As root, 0555 does not stop mkdir; as another user it does, which is also safe.
+        Err(e) => panic!("{e:#}"),
+    };
+    let m = std::fs::metadata(&t.path).unwrap();
+    assert_ne!(m.ino(), squat_ino, "the pre-made directory was reused");
+    assert_eq!(m.permissions().mode() & 0o777, 0o700);
+    let path = t.path.clone();
+    drop(t);
+    assert!(!path.exists());
+    assert!(squat.exists(), "someone else's directory is left alone");
+}

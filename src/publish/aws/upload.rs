@@ -120,6 +120,8 @@ pub async fn upload_blocks(
     };
 
     for index in candidates {
+        // On SIGINT/SIGTERM the caller's error path deletes the pending snapshot.
+        crate::util::interrupt::check()?;
         while let Some(r) = set.try_join_next() {
             absorb(r, &mut stats)?;
         }
@@ -154,6 +156,7 @@ pub async fn upload_blocks(
     while let Some(r) = set.join_next().await {
         absorb(r, &mut stats)?;
     }
+    crate::util::interrupt::check()?;
     stats.blocks.sort_by_key(|(i, _)| *i);
     step.finish(&format!(
         "blocks={} of {} read, {:.1} MiB sent in {} requests",

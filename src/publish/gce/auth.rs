@@ -32,6 +32,15 @@ impl AccessToken {
     pub fn bearer(&self) -> String {
         format!("Bearer {}", self.secret)
     }
+
+    /// `req` to `url` with the token only where [`sends_credentials`] allows it.
+    pub fn authorize(&self, req: ureq::Request, url: &str, loopback_http: bool) -> ureq::Request {
+        if sends_credentials(url, loopback_http) {
+            req.set("Authorization", &self.bearer())
+        } else {
+            req
+        }
+    }
 }
 
 impl std::fmt::Debug for AccessToken {
@@ -251,6 +260,24 @@ fn from_metadata(http: &Http, host: &str) -> Result<AccessToken> {
     }
 }
 
+/// Whether a request to `url` may carry the access token: over HTTPS; over plain HTTP only to
+/// a loopback address and only when `loopback_http` (the `--compute-endpoint` of a local
+/// stand-in). Storage passes `false`: an emulator (or a leftover `STORAGE_EMULATOR_HOST`) gets
+/// no credentials, as Google's own clients send none to emulators.
+pub fn sends_credentials(url: &str, loopback_http: bool) -> bool {
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = lower.strip_prefix("http://") else { return false };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    loopback_http && (host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,5 +331,17 @@ mod tests {
             .unwrap();
         assert_eq!(t.bearer(), "Bearer tok-secret");
         assert!(!format!("{t:?}").contains("tok-secret"));
+    }
+
+    #[test]
+    fn the_token_goes_over_https_or_to_a_loopback_stand_in_only() {
+        assert!(sends_credentials("https://storage.googleapis.com/upload", false));
+        assert!(!sends_credentials("http://127.0.0.1:4443/upload", false), "an emulator gets none");
+        assert!(!sends_credentials("http://gcs-emulator:4443/upload", false));
+        assert!(sends_credentials("http://127.0.0.1:8080/compute/v1", true));
+        assert!(sends_credentials("http://[::1]:8080/compute/v1", true));
+        assert!(!sends_credentials("http://10.0.0.5:8080/compute/v1", true));
+        assert!(!sends_credentials("http://127.0.0.1.evil.example/compute", true));
+        assert!(!sends_credentials("ftp://x", true));
     }
 }

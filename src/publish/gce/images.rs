@@ -69,10 +69,8 @@ impl Compute<'_> {
         let name = body["name"].as_str().unwrap_or_default().to_string();
         let url = format!("{}/images", self.base());
         let op = match self
-            .http
-            .agent
-            .post(&url)
-            .set("Authorization", &self.token.bearer())
+            .token
+            .authorize(self.http.agent.post(&url), &url, true)
             .set("Content-Type", "application/json")
             .send_string(&body.to_string())
         {
@@ -133,7 +131,7 @@ impl Compute<'_> {
             } else {
                 3000
             }));
-            match self.http.agent.get(&url).set("Authorization", &self.token.bearer()).call() {
+            match self.token.authorize(self.http.agent.get(&url), &url, true).call() {
                 Ok(r) => {
                     op = read_json(r)?;
                     failures = 0;

@@ -88,6 +88,14 @@ pub fn publish_file(archive: &Path, opts: &GceOptions) -> Result<GceResult> {
     let object = opts.object.clone().unwrap_or_else(|| format!("{}.tar.gz", opts.name));
     let storage = opts.storage_endpoint.as_deref().map(normalize_endpoint).unwrap_or_else(|| STORAGE_ENDPOINT.into());
     let compute = opts.compute_endpoint.as_deref().map(normalize_endpoint).unwrap_or_else(|| COMPUTE_ENDPOINT.into());
+    if !auth::sends_credentials(&storage, false) {
+        eprintln!(
+            "planet-image: the storage endpoint {storage} is plain HTTP (an emulator?): no credentials are sent to it"
+        );
+    }
+    if !auth::sends_credentials(&compute, true) {
+        bail!("--compute-endpoint {compute} is plain HTTP to another machine: the access token goes over HTTPS (or to a loopback stand-in) only");
+    }
     let http = http::Http::new(Duration::from_secs(120));
     let token = auth::access_token(&http, &auth::Environment::from_process())?;
     eprintln!(

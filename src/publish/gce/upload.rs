@@ -2,6 +2,10 @@
 //! with `Content-Range: bytes A-B/TOTAL`, answered 308 with the `Range` the server holds. After
 //! a broken connection, a timeout or a 5xx the server is asked what it has (`bytes */TOTAL`, empty
 //! body) and the upload goes on from there: it is never restarted.
+//!
+//! Only the request that starts the session carries the access token (and only over HTTPS):
+//! the session URL is itself the credential for the chunks, so the token never follows a
+//! `Location` to another host.
 
 use super::auth::AccessToken;
 use super::http::{backoff, describe_status, describe_transport, retryable, Http};
@@ -134,12 +138,7 @@ impl Upload<'_> {
             file.read_exact(&mut buf).with_context(|| format!("reading {} at {offset}", path.display()))?;
             stats.chunks_sent += 1;
             stats.bytes_sent += buf.len() as u64;
-            let req = self
-                .http
-                .agent
-                .put(&session)
-                .set("Authorization", &self.token.bearer())
-                .set("Content-Range", &content_range(offset, end, total));
+            let req = self.http.agent.put(&session).set("Content-Range", &content_range(offset, end, total));
             let mut answer = self.answer(req.send_bytes(&buf), total)?;
             // Ask the server what it has until it answers; then go on from there.
             while let Answer::Retry(reason) = answer {
@@ -197,10 +196,8 @@ impl Upload<'_> {
         let mut failures = 0;
         loop {
             let r = self
-                .http
-                .agent
-                .post(&url)
-                .set("Authorization", &self.token.bearer())
+                .token
+                .authorize(self.http.agent.post(&url), &url, false)
                 .set("Content-Type", "application/json; charset=UTF-8")
                 .set("X-Upload-Content-Type", "application/gzip")
                 .set("X-Upload-Content-Length", &total.to_string())
@@ -243,13 +240,7 @@ impl Upload<'_> {
 
     /// Asks the session what the server holds (`Content-Range: bytes */TOTAL`, empty body).
     fn query_status(&self, session: &str, total: u64) -> Result<Answer> {
-        let r = self
-            .http
-            .agent
-            .put(session)
-            .set("Authorization", &self.token.bearer())
-            .set("Content-Range", &format!("bytes */{total}"))
-            .send_bytes(&[]);
+        let r = self.http.agent.put(session).set("Content-Range", &format!("bytes */{total}")).send_bytes(&[]);
         self.answer(r, total)
     }
 
