@@ -179,10 +179,12 @@ pub fn download(
     if !matches!(head.status, 200 | 206) {
         bail!("{url} answered HTTP {}", head.status);
     }
-    let mut first = vec![0u8; PRELUDE_LEN as usize];
-    let got = read_full(&mut head, &mut first).context("reading the bundle's first 4 KiB")?;
-    first.truncate(got);
     let server_total = if head.status == 206 { head.range_total } else { head.length };
+    let mut first = vec![0u8; PRELUDE_LEN as usize];
+    // 4 KiB within a minute, however slowly the server drips them.
+    let got = read_full(&mut Deadline { inner: &mut head, until: Instant::now() + PRELUDE_TIME }, &mut first)
+        .context("reading the bundle's first 4 KiB")?;
+    first.truncate(got);
     drop(head);
     let prelude = planet_bundle::read_prelude_ring(&first, keys)?;
     wanted(&prelude)?;
@@ -211,6 +213,9 @@ pub fn download(
     })
     .with_context(|| format!("downloading {url}"))
 }
+
+/// How long the first 4 KiB of a download may take.
+const PRELUDE_TIME: Duration = Duration::from_secs(60);
 
 /// Fills `buf` as far as the stream allows; returns the bytes read.
 fn read_full(src: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
