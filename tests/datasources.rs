@@ -1,8 +1,9 @@
 //! cloud-init datasources on real boots: two machines forming a cluster from NoCloud seeds over
 //! a socket link, EC2 (IMDSv2) and GCE metadata servers of the test's own on 127.0.0.1 reached
 //! through guestfwd, a ConfigDrive partition on the boot disk, compressed and multipart
-//! user-data, broken data, a metadata server that never answers — and the secret in `env`
-//! never on the console. The `cloud-init/` examples are checked by cloud-init's own validator.
+//! user-data, broken data, a metadata server that never answers, hostile data and servers (an
+//! alias bomb, deep MIME nesting, an absurd Content-Length, a server that drips) — and the
+//! secret in `env` never on the console. The `cloud-init/` examples are checked by cloud-init's own validator.
 
 mod common;
 
@@ -269,6 +270,107 @@ fn a_metadata_server_that_never_answers_ends_within_the_deadline() {
     assert!(console.contains("no cloud-init data: tried ec2:"), "{console}");
     assert!(console.contains("no answer within the deadline"), "{console}");
     assert!(!server.log().is_empty(), "the guest never reached the server");
+}
+
+/// Base64 with line breaks, as MIME tools write it.
+fn base64_lines(data: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for (i, c) in data.chunks(3).enumerate() {
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        for k in 0..4 {
+            out.push(if k <= c.len() { A[(n >> (18 - 6 * k)) as usize & 63] as char } else { '=' });
+        }
+        if i % 19 == 18 {
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Hostile user-data and hostile metadata servers, one boot each: every boot must end in a
+/// clear error on the console within the datasource deadline, never in a kernel panic or a
+/// hang. (Without the bounds, the alias bomb runs PID 1 out of memory, the nesting is
+/// unbounded, the Content-Length overflows, and the drip holds the boot for ever.)
+#[test]
+fn hostile_user_data_and_servers_end_in_a_clear_error() {
+    let s = Scratch::new("ds-hostile");
+    let image = demo_image(&s);
+    // 1 MB of YAML that would expand to 4×10¹⁰ nodes; gzip makes it a few KiB.
+    let bomb = format!(
+        "#cloud-config\na: &a [{}]\nb: [{}]\nplanet:\n  role: dev\n",
+        vec!["x"; 200_000].join(","),
+        vec!["*a"; 200_000].join(",")
+    );
+    // Twelve MIME documents, each in an application/gzip part of the next.
+    let mut nested = node_user_data("10.0.2.50").into_bytes();
+    for _ in 0..12 {
+        nested = format!(
+            "Content-Type: multipart/mixed; boundary=\"B\"\nMIME-Version: 1.0\n\n--B\nContent-Type: \
+             application/gzip\nContent-Transfer-Encoding: base64\n\n{}\n--B--\n",
+            base64_lines(&gzip(&nested))
+        )
+        .into_bytes();
+    }
+    let deadline = 20;
+    let cases: Vec<(&str, Reply, &str)> = vec![
+        ("alias bomb", Reply::Answer(200, gzip(bomb.as_bytes())), "YAML nodes"),
+        ("nested MIME", Reply::Answer(200, nested), "MIME documents nested more than"),
+        (
+            "Content-Length overflow",
+            Reply::Raw(b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\n#cloud".to_vec()),
+            "announces a body of 18446744073709551615 bytes",
+        ),
+        (
+            "one byte a second",
+            Reply::Drip(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n".to_vec(), Duration::from_secs(1)),
+            "no complete response to GET /latest/user-data within",
+        ),
+    ];
+    for (name, reply, expected) in cases {
+        let reply = std::sync::Mutex::new(Some(reply));
+        let server = MetadataServer::start_raw(Box::new(move |method, path, headers| {
+            if method == "PUT" && path == "/latest/api/token" {
+                return Reply::Answer(200, b"tok-123".to_vec());
+            }
+            if header(headers, "x-aws-ec2-metadata-token") != Some("tok-123") {
+                return Reply::Answer(401, Vec::new());
+            }
+            match path {
+                // Every try gets the same treatment (a drip, once started, never stops).
+                "/latest/user-data" => match &*reply.lock().unwrap() {
+                    Some(Reply::Answer(st, b)) => Reply::Answer(*st, b.clone()),
+                    Some(Reply::Raw(b)) => Reply::Raw(b.clone()),
+                    Some(Reply::Drip(h, e)) => Reply::Drip(h.clone(), *e),
+                    _ => Reply::Silent,
+                },
+                "/latest/meta-data/instance-id" => Reply::Answer(200, b"i-0123456789abcdef0".to_vec()),
+                _ => Reply::Answer(404, Vec::new()),
+            }
+        }));
+        let mut guest = start(
+            &image,
+            &s,
+            &cloud_args(
+                "type=1,manufacturer=Amazon EC2",
+                server.port,
+                &format!("planet.datasource_timeout={deadline}"),
+            ),
+        );
+        guest.wait_for("planet-init: network ", BOOT);
+        let started = Instant::now();
+        let console = guest.wait_for("planet-init: power-off", Duration::from_secs(180));
+        let took = started.elapsed();
+        assert!(console.contains("planet-init: fatal"), "{name}: {console}");
+        assert!(console.contains(expected), "{name}: expected {expected:?} on the console:\n{console}");
+        assert!(!console.contains("Kernel panic"), "{name}: {console}");
+        assert!(!console.contains("launcher started"), "{name}: {console}");
+        // The deadline, plus one try's 5 s and TCG's slowness.
+        assert!(took < Duration::from_secs(deadline + 25), "{name}: the deadline was not kept: {took:?}");
+        assert_no_secret(&console);
+        drop(guest);
+    }
 }
 
 #[test]

@@ -11,6 +11,20 @@ use std::time::{Duration, Instant};
 /// (accepts and holds the connection), for the deadline test.
 pub type Handler = dyn Fn(&str, &str, &[(String, String)]) -> Option<(u16, Vec<u8>)> + Send + Sync;
 
+/// Any answer, for servers that misbehave on purpose.
+pub enum Reply {
+    /// A well-formed response with this status and body.
+    Answer(u16, Vec<u8>),
+    /// These bytes as they are (a hostile head, say); the connection stays open.
+    Raw(Vec<u8>),
+    /// These bytes, then one more byte every `every` until the test ends.
+    Drip(Vec<u8>, Duration),
+    /// Nothing: the connection is held until the test ends.
+    Silent,
+}
+
+pub type RawHandler = dyn Fn(&str, &str, &[(String, String)]) -> Reply + Send + Sync;
+
 /// A metadata server on 127.0.0.1 that logs every request with its headers. Stops when
 /// dropped.
 pub struct MetadataServer {
@@ -21,13 +35,21 @@ pub struct MetadataServer {
 
 impl MetadataServer {
     pub fn start(handler: Box<Handler>) -> MetadataServer {
+        MetadataServer::start_raw(Box::new(move |m, p, h| match handler(m, p, h) {
+            Some((status, body)) => Reply::Answer(status, body),
+            None => Reply::Silent,
+        }))
+    }
+
+    /// A server whose handler may answer anything at all ([`Reply`]).
+    pub fn start_raw(handler: Box<RawHandler>) -> MetadataServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let log = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (log2, stop2) = (log.clone(), stop.clone());
-        let handler: Arc<Handler> = Arc::from(handler);
+        let handler: Arc<RawHandler> = Arc::from(handler);
         std::thread::spawn(move || {
             let started = Instant::now();
             while !stop2.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(900) {
@@ -57,7 +79,7 @@ impl Drop for MetadataServer {
 /// Serves requests on one connection until it closes. QEMU's guestfwd to a `tcp:` chardev
 /// connects once, when QEMU starts, and carries every guest connection over that one stream
 /// in turn, so requests are read one after another and the connection is never closed here.
-fn serve(mut s: TcpStream, log: &Mutex<Vec<String>>, handler: &Handler, stop: &AtomicBool) {
+fn serve(mut s: TcpStream, log: &Mutex<Vec<String>>, handler: &RawHandler, stop: &AtomicBool) {
     s.set_nonblocking(false).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
     let mut raw: Vec<u8> = Vec::new();
@@ -90,11 +112,24 @@ fn serve(mut s: TcpStream, log: &Mutex<Vec<String>>, handler: &Handler, stop: &A
         let header_text: Vec<String> = headers.iter().map(|(k, v)| format!("{k}={v}")).collect();
         log.lock().unwrap().push(format!("{method} {path} {}", header_text.join(" ")));
         match handler(&method, &path, &headers) {
-            Some((status, body)) => {
+            Reply::Answer(status, body) => {
                 let _ = write!(s, "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n", body.len());
                 let _ = s.write_all(&body);
             }
-            None => {
+            Reply::Raw(bytes) => {
+                let _ = s.write_all(&bytes);
+            }
+            Reply::Drip(head, every) => {
+                let _ = s.write_all(&head);
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(every);
+                    if s.write_all(b"x").is_err() {
+                        return;
+                    }
+                }
+                return;
+            }
+            Reply::Silent => {
                 // Never answer: hold the connection until the test ends.
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(100));
