@@ -19,6 +19,10 @@ fn main() {
     // Everything dispatch made is dropped by now; a signal may still have come at the end.
     if let Some(code) = planet_image::util::interrupt::exit_code() {
         planet_image::util::interrupt::remove_registered();
+        // The error says what was undone (a deleted snapshot, say).
+        if let Err(e) = &result {
+            print_error(e);
+        }
         eprintln!("planet-image: interrupted");
         std::process::exit(code);
     }

@@ -236,6 +236,60 @@ fn build_ami_registers_the_image_and_reuses_it_by_name() {
     check_uploaded(&ep, "planet-test-1", &forced, &raw);
 }
 
+/// SIGINT in the middle of the block upload (finding 17): the pending snapshot is deleted, no
+/// AMI is registered, and the exit status is 130.
+#[test]
+fn an_interrupted_publish_deletes_its_snapshot() {
+    let moto = Moto::start();
+    let proxy = FaultProxy::start_with(moto.port, false, Duration::from_millis(300));
+    let scratch = Scratch::new("aws-interrupt");
+    let raw = scratch.path("planet.raw");
+    build("raw", &fixture("demo.tar"), &raw, &[]);
+    let mut cmd = planet_image();
+    aws_env(&mut cmd, &proxy.endpoint())
+        .args(["publish", "aws"])
+        .arg(&raw)
+        .args(["--name", "planet-interrupted", "--upload-concurrency", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let (mut seen, mut line) = (String::new(), String::new());
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.contains("uploading blocks") {
+            break;
+        }
+        line.clear();
+    }
+    let snapshot = seen
+        .split_whitespace()
+        .find(|w| w.starts_with("snap-"))
+        .unwrap_or_else(|| panic!("no snapshot started:\n{seen}"))
+        .to_string();
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling our own child, not yet waited for.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let mut rest = String::new();
+    let _ = stderr.read_to_string(&mut rest);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status}\n{seen}{rest}");
+    assert!(rest.contains(&format!("the snapshot {snapshot} was deleted")), "{seen}{rest}");
+    let script = r#"
+import boto3, json, sys
+kw = dict(endpoint_url=sys.argv[1], region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+ec2 = boto3.client("ec2", **kw)
+snaps = [s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]]
+imgs = [i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]]
+print(json.dumps({"snapshots": snaps, "images": imgs}))
+"#;
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout(Command::new("python3").arg("-c").arg(script).arg(moto.endpoint()))).unwrap();
+    assert!(!v["snapshots"].as_array().unwrap().iter().any(|s| s == &snapshot), "{v}");
+    assert!(v["images"].as_array().unwrap().is_empty(), "{v}");
+}
+
 #[test]
 fn upload_survives_throttling_5xx_and_dropped_connections() {
     let moto = Moto::start();
@@ -334,6 +388,8 @@ pub struct FaultProxy {
 struct Shared {
     upstream: u16,
     faults: bool,
+    /// Each PutSnapshotBlock waits this long first (an upload slow enough to interrupt).
+    block_delay: Duration,
     stats: Arc<Mutex<ProxyStats>>,
     attempts: Mutex<HashMap<String, u32>>,
 }
@@ -342,11 +398,21 @@ const MAX_FAULTS: u64 = 60;
 
 impl FaultProxy {
     pub fn start(upstream: u16, faults: bool) -> FaultProxy {
+        FaultProxy::start_with(upstream, faults, Duration::ZERO)
+    }
+
+    pub fn start_with(upstream: u16, faults: bool, block_delay: Duration) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let stats = Arc::new(Mutex::new(ProxyStats::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let shared = Arc::new(Shared { upstream, faults, stats: stats.clone(), attempts: Mutex::new(HashMap::new()) });
+        let shared = Arc::new(Shared {
+            upstream,
+            faults,
+            block_delay,
+            stats: stats.clone(),
+            attempts: Mutex::new(HashMap::new()),
+        });
         let stop2 = stop.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -398,6 +464,9 @@ fn serve(client: TcpStream, shared: &Shared) -> std::io::Result<()> {
         let mut parts = request_line.split_whitespace();
         let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
         let is_put_block = method == "PUT" && path.contains("/snapshots/") && path.contains("/blocks/");
+        if is_put_block {
+            std::thread::sleep(shared.block_delay);
+        }
         let fault = {
             let mut st = shared.stats.lock().unwrap();
             st.requests += 1;
