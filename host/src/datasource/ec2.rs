@@ -22,10 +22,15 @@ impl Datasource for Ec2 {
     fn needs_network(&self, _ctx: &Context) -> bool {
         true
     }
-    fn detect(&self, ctx: &Context) -> bool {
+    fn identifies_platform(&self, ctx: &Context) -> bool {
         dmi(&ctx.sysfs, "sys_vendor").starts_with("Amazon EC2")
             || dmi(&ctx.sysfs, "product_name").starts_with("Amazon EC2")
-            || dmi(&ctx.sysfs, "product_uuid").to_ascii_lowercase().starts_with("ec2")
+            // Xen-based instances: vendor "Xen", version "4.11.amazon", UUID "ec2…".
+            || (dmi(&ctx.sysfs, "product_version").contains("amazon")
+                && dmi(&ctx.sysfs, "product_uuid").to_ascii_lowercase().starts_with("ec2"))
+    }
+    fn detect(&self, ctx: &Context) -> bool {
+        self.identifies_platform(ctx) || dmi(&ctx.sysfs, "product_uuid").to_ascii_lowercase().starts_with("ec2")
     }
     fn fetch(&self, ctx: &Context) -> Result<Fetched> {
         let ep = http::Endpoint::parse(ctx.metadata_url.as_deref().unwrap_or(DEFAULT_URL), None)?;

@@ -24,8 +24,11 @@ impl Datasource for Gce {
     fn needs_network(&self, _ctx: &Context) -> bool {
         true
     }
-    fn detect(&self, ctx: &Context) -> bool {
+    fn identifies_platform(&self, ctx: &Context) -> bool {
         dmi(&ctx.sysfs, "sys_vendor").starts_with("Google") || dmi(&ctx.sysfs, "product_name").starts_with("Google")
+    }
+    fn detect(&self, ctx: &Context) -> bool {
+        self.identifies_platform(ctx)
     }
     fn fetch(&self, ctx: &Context) -> Result<Fetched> {
         let ep = match &ctx.metadata_url {

@@ -70,6 +70,13 @@ pub trait Datasource {
     fn detect(&self, _ctx: &Context) -> bool {
         false
     }
+    /// Whether DMI names this source's platform beyond doubt (vendor or product "Amazon EC2",
+    /// "Google"): such a source wins over any labelled filesystem, which anyone who can attach
+    /// a disk (or a pod formatting a raw block volume) can make. Weaker hints (an EC2-looking
+    /// product UUID, which one random UUID in 4096 has) only count in [`Datasource::detect`].
+    fn identifies_platform(&self, _ctx: &Context) -> bool {
+        false
+    }
     /// Reads the data; an error says why this source gave nothing.
     fn fetch(&self, ctx: &Context) -> Result<Fetched>;
 }
@@ -123,11 +130,6 @@ impl Params {
     }
 }
 
-/// The order sources are detected in: the platforms DMI identifies first, so that a volume
-/// labelled `cidata` or `config-2` (which anyone who can attach a disk, or a pod with a raw
-/// block volume, can make) never overrides an EC2 or GCE machine's metadata server.
-const DETECT_ORDER: [&str; 4] = ["ec2", "gce", "nocloud", "configdrive"];
-
 /// Which sources to try: the one named on the command line; else the one detected (a platform
 /// DMI names before a labelled filesystem); else, when the command line already has a role,
 /// none (the command line is the configuration); else all of them in order.
@@ -145,10 +147,11 @@ pub fn plan(params: &Params, cmd: &CmdlineConfig, ctx: &Context) -> Vec<Box<dyn 
         sources.retain(|s| s.name() == "nocloud");
         return sources;
     }
-    for name in DETECT_ORDER {
-        if let Some(i) = sources.iter().position(|s| s.name() == name && s.detect(ctx)) {
-            return vec![sources.swap_remove(i)];
-        }
+    if let Some(i) = sources.iter().position(|s| s.identifies_platform(ctx)) {
+        return vec![sources.swap_remove(i)];
+    }
+    if let Some(i) = sources.iter().position(|s| s.detect(ctx)) {
+        return vec![sources.swap_remove(i)];
     }
     if cmd.config.role.is_some() {
         return Vec::new();
@@ -427,8 +430,14 @@ mod tests {
         assert_eq!(names(plan(&p, &cmd, &c)), ["nocloud"]);
         let dmi = root.join("class/dmi/id");
         std::fs::create_dir_all(&dmi).unwrap();
+        // A product UUID that merely starts with "ec2" (as one random UUID in 4096 does) is not
+        // enough to ignore the seed.
+        std::fs::write(dmi.join("product_uuid"), "EC2A1B2C-0000-4000-8000-000000000000\n").unwrap();
+        assert_eq!(names(plan(&p, &cmd, &c)), ["nocloud"]);
         std::fs::write(dmi.join("sys_vendor"), "Amazon EC2\n").unwrap();
         assert_eq!(names(plan(&p, &cmd, &c)), ["ec2"]);
+        std::fs::write(dmi.join("sys_vendor"), "Google\n").unwrap();
+        assert_eq!(names(plan(&p, &cmd, &c)), ["gce"]);
         // The operator can still choose NoCloud explicitly.
         let cmd = CmdlineConfig::parse("planet.datasource=nocloud").unwrap();
         let p = Params::from_cmdline("", &cmd).unwrap();
