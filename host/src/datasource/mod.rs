@@ -300,6 +300,14 @@ const MAX_SEED_FILE: u64 = 4 << 20;
 /// a regular file is read, and at most [`MAX_SEED_FILE`] bytes of it.
 pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
     use std::os::unix::fs::OpenOptionsExt;
+    // A symlinked directory on the seed (`openstack -> /`) would lead out of it just the same.
+    if let Some(dir) = path.parent() {
+        match dir.canonicalize() {
+            Ok(real) if real != dir => bail!("{} has a symbolic link in its path; seed files must not", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            _ => {}
+        }
+    }
     let f = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
@@ -388,8 +396,10 @@ mod tests {
     #[test]
     fn seed_files_are_regular_files_of_bounded_size() {
         let tmp = tempfile::tempdir().unwrap();
-        let d = tmp.path();
+        let real = tmp.path().canonicalize().unwrap();
+        let d = real.as_path();
         assert_eq!(read_optional(&d.join("missing")).unwrap(), None);
+        assert_eq!(read_optional(&d.join("no/such/dir/file")).unwrap(), None);
         std::fs::write(d.join("user-data"), "#cloud-config\n").unwrap();
         assert_eq!(read_optional(&d.join("user-data")).unwrap().unwrap(), b"#cloud-config\n");
         std::os::unix::fs::symlink("/dev/zero", d.join("zero")).unwrap();
@@ -397,6 +407,9 @@ mod tests {
         assert!(e.contains("symbolic link"), "{e}");
         let e = read_optional(Path::new("/dev/zero")).unwrap_err().to_string();
         assert!(e.contains("not a regular file"), "{e}");
+        std::os::unix::fs::symlink("/etc", d.join("etc")).unwrap();
+        let e = read_optional(&d.join("etc/hostname")).unwrap_err().to_string();
+        assert!(e.contains("symbolic link in its path"), "{e}");
         std::fs::create_dir(d.join("dir")).unwrap();
         assert!(read_optional(&d.join("dir")).is_err());
         let big = std::fs::File::create(d.join("big")).unwrap();
