@@ -3,6 +3,7 @@
 
 use crate::build::plan::ESP_LABEL;
 use crate::util::command::CommandExt;
+use crate::util::digest::{sha256_file, sha256_range};
 use anyhow::{bail, Context, Result};
 use planet_gpt::{Gpt, Partition};
 use std::io::{Cursor, Read, Seek, SeekFrom};
@@ -58,57 +59,116 @@ impl DiskImage {
         }
     }
 
-    /// Reads `len` bytes of the disk at `offset`.
+    /// Reads `len` bytes of the disk at `offset` (small reads: headers, the GPT). A range past
+    /// the end of the disk is an error; unallocated qcow2 clusters read as zeros.
     pub fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        anyhow::ensure!(len <= MAX_READ_AT, "refusing to read {len} bytes of {} into memory", self.path.display());
+        let scratch = crate::run::tempdir("planet-image-read")?;
+        let out = scratch.join("part.raw");
+        let res = self.extract(offset, len, &out).and_then(|_| Ok(std::fs::read(&out)?));
+        let _ = std::fs::remove_dir_all(&scratch);
+        res
+    }
+
+    /// Copies `len` bytes of the disk at `offset` into the file `out`, which then has exactly
+    /// `len` bytes: through a file, so no partition is ever read whole into memory.
+    fn extract(&self, offset: u64, len: u64, out: &Path) -> Result<()> {
+        offset.checked_add(len).filter(|e| *e <= self.disk_size().unwrap_or(0)).with_context(|| {
+            format!(
+                "{}: bytes {offset}..+{len} lie past the end of the disk (a truncated or damaged image)",
+                self.path.display()
+            )
+        })?;
         match self.format {
             Format::Raw => {
                 let mut f = std::fs::File::open(&self.path)?;
                 f.seek(SeekFrom::Start(offset))?;
-                let mut buf = vec![0u8; len as usize];
-                f.read_exact(&mut buf).with_context(|| format!("reading {} at {offset}", self.path.display()))?;
-                Ok(buf)
+                let mut o = std::fs::File::create(out)?;
+                let copied = std::io::copy(&mut (&mut f).take(len), &mut o)?;
+                anyhow::ensure!(copied == len, "{}: short read at {offset}", self.path.display());
             }
             Format::Qcow2 => {
                 // qemu-img dd reads through the qcow2 mapping; block size 512 addresses any sector.
+                // Its `count` counts from the start of the input, skipped blocks included
+                // (qemu-img 7.2: count=N skip=S copies N-S blocks, none when S >= N: an empty
+                // read of planet-b is what made `inspect` panic), so ask for skip + blocks and
+                // keep exactly `len` bytes, which is right under either reading of `count`.
                 anyhow::ensure!(offset % 512 == 0 && len % 512 == 0, "unaligned qcow2 read");
-                let scratch = crate::run::tempdir("planet-image-read")?;
-                let out = scratch.join("part.raw");
-                let res = Command::new("qemu-img")
+                Command::new("qemu-img")
                     .args(["dd", "-f", "qcow2", "-O", "raw", "bs=512"])
                     .arg(format!("if={}", self.path.display()))
                     .arg(format!("of={}", out.display()))
                     .arg(format!("skip={}", offset / 512))
-                    .arg(format!("count={}", len / 512))
+                    .arg(format!("count={}", (offset + len) / 512))
                     .run_checked()
-                    .and_then(|_| Ok(std::fs::read(&out)?));
-                let _ = std::fs::remove_dir_all(&scratch);
-                res
+                    .with_context(|| format!("reading {} (a truncated or damaged qcow2?)", self.path.display()))?;
+                let o = std::fs::OpenOptions::new().write(true).open(out)?;
+                let got = o.metadata()?.len();
+                anyhow::ensure!(
+                    got >= len,
+                    "{}: qemu-img dd returned {got} of {len} bytes at {offset}",
+                    self.path.display()
+                );
+                o.set_len(len)?;
             }
         }
+        Ok(())
     }
 
-    /// The GPT, trying 512- then 4096-byte sectors.
+    /// The GPT, trying 512- then 4096-byte sectors. Every partition must lie on the disk.
     pub fn gpt(&self) -> Result<Gpt> {
         let size = self.disk_size()?;
-        let head = self.read_at(0, 64 * 1024)?;
+        let head = self.read_at(0, (64 * 1024).min(size / 512 * 512))?;
         for ss in [512u64, 4096] {
             if let Ok(g) = Gpt::read_from(&mut Cursor::new(&head), ss, size / ss) {
+                for p in &g.partitions {
+                    let end = p.last_lba.checked_add(1).and_then(|e| e.checked_mul(ss));
+                    if p.last_lba < p.first_lba || !end.is_some_and(|e| e <= size) {
+                        bail!(
+                            "{}: partition {:?} (LBA {}..={}) does not lie on the disk of {size} bytes \
+                             (a truncated or damaged image)",
+                            self.path.display(),
+                            p.name,
+                            p.first_lba,
+                            p.last_lba
+                        );
+                    }
+                }
                 return Ok(g);
             }
         }
         bail!("{} has no valid GPT (not a planet-image disk, or corrupt)", self.path.display())
     }
 
-    pub fn partition_bytes(&self, gpt: &Gpt, p: &Partition) -> Result<Vec<u8>> {
-        self.read_at(p.first_lba * gpt.sector_size, p.sectors() * gpt.sector_size)
+    /// SHA-256 of a partition's bytes, streamed (qcow2 through a scratch file).
+    pub fn partition_sha256(&self, gpt: &Gpt, p: &Partition) -> Result<String> {
+        let (offset, len) = (p.first_lba * gpt.sector_size, p.sectors() * gpt.sector_size);
+        if self.format == Format::Raw {
+            let mut f = std::fs::File::open(&self.path)?;
+            return sha256_range(&mut f, offset, len).with_context(|| format!("hashing partition {:?}", p.name));
+        }
+        let scratch = crate::run::tempdir("planet-image-read")?;
+        let out = scratch.join("part.raw");
+        let res = self.extract(offset, len, &out).and_then(|_| sha256_file(&out));
+        let _ = std::fs::remove_dir_all(&scratch);
+        res
+    }
+
+    /// The ESP as a FAT filesystem over a scratch copy of the partition (removed with `.0`).
+    fn esp(&self) -> Result<(ScratchDir, fatfs::FileSystem<std::fs::File>)> {
+        let gpt = self.gpt()?;
+        let esp = gpt.find(ESP_LABEL).context("the image has no partition labelled esp")?;
+        let scratch = ScratchDir(crate::run::tempdir("planet-image-esp")?);
+        let path = scratch.0.join("esp.raw");
+        self.extract(esp.first_lba * gpt.sector_size, esp.sectors() * gpt.sector_size, &path)?;
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&path)?;
+        let fs = fatfs::FileSystem::new(f, fatfs::FsOptions::new()).context("opening the ESP")?;
+        Ok((scratch, fs))
     }
 
     /// The ESP's default loader entry and the files it names.
     pub fn default_boot_entry(&self) -> Result<BootEntry> {
-        let gpt = self.gpt()?;
-        let esp = gpt.find(ESP_LABEL).context("the image has no partition labelled esp")?;
-        let bytes = self.partition_bytes(&gpt, esp)?;
-        let fs = fatfs::FileSystem::new(Cursor::new(bytes), fatfs::FsOptions::new()).context("opening the ESP")?;
+        let (_scratch, fs) = self.esp()?;
         let root = fs.root_dir();
         // systemd-boot's choice: the newest generation with tries left (loader.conf names none).
         let mut names = Vec::new();
@@ -132,10 +192,7 @@ impl DiskImage {
 
     /// Names of the loader entries on the ESP, with their options lines.
     pub fn loader_entries(&self) -> Result<Vec<(String, String)>> {
-        let gpt = self.gpt()?;
-        let esp = gpt.find(ESP_LABEL).context("the image has no partition labelled esp")?;
-        let bytes = self.partition_bytes(&gpt, esp)?;
-        let fs = fatfs::FileSystem::new(Cursor::new(bytes), fatfs::FsOptions::new()).context("opening the ESP")?;
+        let (_scratch, fs) = self.esp()?;
         let root = fs.root_dir();
         let dir = root.open_dir("loader/entries")?;
         let mut out = Vec::new();
@@ -153,10 +210,26 @@ impl DiskImage {
     }
 }
 
+/// Largest `read_at`: headers and the GPT, never whole partitions.
+const MAX_READ_AT: u64 = 16 << 20;
+
+/// A scratch directory removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Largest file `inspect`/`run` reads from an ESP (a kernel or initramfs is far smaller).
+const MAX_ESP_FILE: u64 = 512 << 20;
+
 fn read_fat<T: fatfs::ReadWriteSeek>(root: &fatfs::Dir<'_, T>, path: &str) -> Result<Vec<u8>> {
     let mut f = root.open_file(path.trim_start_matches('/')).with_context(|| format!("opening {path} on the ESP"))?;
     let mut b = Vec::new();
-    f.read_to_end(&mut b)?;
+    (&mut f).take(MAX_ESP_FILE + 1).read_to_end(&mut b)?;
+    anyhow::ensure!(b.len() as u64 <= MAX_ESP_FILE, "{path} on the ESP is larger than {MAX_ESP_FILE} bytes");
     Ok(b)
 }
 

@@ -3,7 +3,7 @@
 
 use crate::image::{squashfs_info, DiskImage};
 use crate::manifest::{self, Manifest};
-use crate::util::digest::{sha256_file, sha256_hex};
+use crate::util::digest::sha256_file;
 use anyhow::{bail, Result};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -16,12 +16,12 @@ pub fn run(path: &Path, manifest_path: Option<&Path>) -> Result<String> {
     writeln!(out, "disk guid:  {}  sector size: {}", gpt.disk_guid, gpt.sector_size)?;
     writeln!(out, "{:<3} {:<14} {:>12} {:>12}  {:<38} content", "#", "label", "start", "size MiB", "type")?;
     for (i, p) in gpt.partitions.iter().enumerate() {
-        let head = image.read_at(p.first_lba * gpt.sector_size, 4096)?;
+        let head = image.read_at(p.first_lba * gpt.sector_size, (p.sectors() * gpt.sector_size).min(4096))?;
         let content = if let Some(sq) = squashfs_info(&head) {
             format!("squashfs {} inodes={} used={} MiB", sq.compression, sq.inodes, sq.bytes_used >> 20)
         } else if head.len() >= 0x438 + 2 && head[0x438] == 0x53 && head[0x439] == 0xEF {
             "ext4".to_string()
-        } else if &head[0x52..0x57] == b"FAT32" {
+        } else if head.get(0x52..0x57) == Some(b"FAT32") {
             "FAT32".to_string()
         } else if head.iter().all(|b| *b == 0) {
             "empty".to_string()
@@ -55,10 +55,10 @@ pub fn run(path: &Path, manifest_path: Option<&Path>) -> Result<String> {
         problems.push(format!("image sha256 is {actual}, the manifest says {}", m.image.sha256));
     }
     for mp in &m.partitions {
-        match gpt.partitions.get(mp.number as usize - 1) {
+        // Partition numbers start at 1; a 0 in a manifest matches nothing.
+        match (mp.number as usize).checked_sub(1).and_then(|i| gpt.partitions.get(i)) {
             Some(p) if p.name == mp.label => {
-                let bytes = image.partition_bytes(&gpt, p)?;
-                let digest = sha256_hex(&bytes);
+                let digest = image.partition_sha256(&gpt, p)?;
                 if digest != mp.sha256 {
                     problems.push(format!(
                         "partition {} ({}) sha256 is {digest}, the manifest says {}",

@@ -136,3 +136,66 @@ fn gce_archive_holds_one_sparse_whole_gib_disk_that_boots_on_virtio_scsi() {
     assert!(console.contains("provider=gce") && console.contains("source=gce"), "{console}");
     assert!(console.contains("console=ttyS0,38400n8") || console.contains("ttyS0,38400n8"), "{console}");
 }
+
+/// `inspect` output and status for `image` (and `--manifest`, if given); panics are failures.
+fn inspect_no_panic(image: &Path, manifest: Option<&Path>) -> (bool, String) {
+    let mut cmd = planet_image();
+    cmd.arg("inspect").arg(image);
+    if let Some(m) = manifest {
+        cmd.arg("--manifest").arg(m);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.code() != Some(101) && !text.contains("panicked"),
+        "inspect {} panicked:\n{text}",
+        image.display()
+    );
+    (out.status.success(), text)
+}
+
+/// A copy of the first `len` bytes of `src`.
+fn truncated_copy(src: &Path, dst: &Path, len: u64) {
+    let mut f = std::fs::File::open(src).unwrap();
+    let mut out = std::fs::File::create(dst).unwrap();
+    std::io::copy(&mut std::io::Read::take(&mut f, len), &mut out).unwrap();
+}
+
+#[test]
+fn inspect_reports_empty_partitions_and_never_panics_on_truncated_or_hostile_images() {
+    let s = Scratch::new("inspect-hostile");
+    let qcow = s.path("fresh.qcow2");
+    build("qcow2", &fixture("demo.tar"), &qcow, &[]);
+    // A fresh image: planet-b has no allocated clusters and reads as zeros.
+    let (ok_, text) = inspect_no_panic(&qcow, None);
+    assert!(ok_, "{text}");
+    assert!(text.lines().any(|l| l.contains(" planet-b ") && l.ends_with(" empty")), "{text}");
+    assert!(text.contains("verify:     ok"), "{text}");
+    let raw = s.path("fresh.raw");
+    build("raw", &fixture("demo.tar"), &raw, &[]);
+    let (ok_, text) = inspect_no_panic(&raw, None);
+    assert!(ok_ && text.contains("verify:     ok"), "{text}");
+
+    // Truncated copies: alone (no manifest beside them) and, once, against the original's.
+    for (src, ext) in [(&raw, "raw"), (&qcow, "qcow2")] {
+        let len = std::fs::metadata(src).unwrap().len();
+        for cut in [100, 600, 4096, 40 * 1024, 1 << 20, len / 2, len - 4096] {
+            let copy = s.path(&format!("cut-{cut}.{ext}"));
+            truncated_copy(src, &copy, cut);
+            let (_, alone) = inspect_no_panic(&copy, None);
+            if cut == len / 2 {
+                let manifest = PathBuf::from(format!("{}.manifest.json", src.display()));
+                let (ok_, text) = inspect_no_panic(&copy, Some(&manifest));
+                assert!(!ok_, "a truncated {ext} image at {cut} bytes verified:\n{text}\n{alone}");
+            }
+            let _ = std::fs::remove_file(&copy);
+        }
+    }
+
+    // A manifest naming partition 0.
+    let manifest = std::fs::read_to_string(format!("{}.manifest.json", raw.display())).unwrap();
+    let zero = s.path("zero.manifest.json");
+    std::fs::write(&zero, manifest.replacen("\"number\": 1,", "\"number\": 0,", 1)).unwrap();
+    let (ok_, text) = inspect_no_panic(&raw, Some(&zero));
+    assert!(!ok_ && text.contains("partition 0"), "{text}");
+}
