@@ -95,6 +95,11 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
     if let Some(r) = &req.release {
         planet_bundle::check_release(r).context("--release-version")?;
     }
+    if let Some(extra) = &req.cmdline {
+        // planet-init refuses what does not parse (planet.env above all, whose secrets would
+        // be baked into the image and its manifest): say so now, not at the first boot.
+        planet_config::CmdlineConfig::parse(extra).map_err(|e| anyhow::anyhow!("--cmdline: {e}"))?;
+    }
     let update_key = req.update_key.as_deref().map(load_public_key).transpose()?;
     let cache = Cache::new(req.cache_dir.as_deref())?;
     let kernel_pkg = kernel_package(&cache, &layout, req.kernel_package.as_deref())?;
