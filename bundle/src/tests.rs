@@ -531,10 +531,43 @@ fn expiry_dates_parse_and_print() {
     assert_eq!(parse_expiry("2027-01-31T12:30:15", now).unwrap(), 1_801_353_600 + 45_015);
     assert_eq!(parse_expiry("90d", now).unwrap(), now + 90 * 86_400);
     assert_eq!(parse_expiry("2w", now).unwrap(), now + 14 * 86_400);
-    for bad in ["", "soon", "2027-02-30", "2027-13-01", "2027-01-31T25:00", "1d2h", "2020-01-01", "0d", "x2027-01-01"]
-    {
+    for bad in ["", "soon", "2027-02-30", "2027-13-01", "2027-01-31T25:00", "1d2h", "2020-01-01", "0d", "x2027-01-01"] {
         assert!(parse_expiry(bad, now).is_err(), "{bad:?}");
     }
     assert!(parse_expiry("99999999999999999999d", now).is_err());
     assert!(parse_expiry(&format!("{}w", u64::MAX / 1000), now).unwrap_err().to_string().contains("too far"));
+}
+
+/// The downgrade check needs a total order: every pair of short strings over the characters
+/// that matter is antisymmetric, and sampled triples are transitive.
+#[test]
+fn release_order_is_a_total_order() {
+    use Ordering::*;
+    let alphabet = ["0", "1", "9", "10", ".", "-", "~", "+", "a"];
+    let mut all = vec![String::new()];
+    for _ in 0..3 {
+        let longer: Vec<String> = all.iter().flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}"))).collect();
+        all.extend(longer);
+    }
+    all.sort();
+    all.dedup();
+    for a in &all {
+        assert_eq!(compare_releases(a, a), Equal);
+        for b in &all {
+            let ab = compare_releases(a, b);
+            assert_eq!(ab, compare_releases(b, a).reverse(), "{a:?} {b:?}");
+            assert_eq!(ab == Equal, a == b, "{a:?} {b:?}");
+        }
+    }
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut pick = || {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        &all[(seed >> 33) as usize % all.len()]
+    };
+    for _ in 0..300_000 {
+        let (a, b, c) = (pick().clone(), pick().clone(), pick().clone());
+        if compare_releases(&a, &b) == Less && compare_releases(&b, &c) == Less {
+            assert_eq!(compare_releases(&a, &c), Less, "{a:?} < {b:?} < {c:?}");
+        }
+    }
 }
