@@ -13,21 +13,25 @@ use std::path::Path;
 
 pub fn walk<W: Write>(root: &Path, sink: &mut CheckedSink<W>) -> Result<()> {
     let mut links: HashMap<(u64, u64), String> = HashMap::new();
-    visit(root, "", sink, &mut links)
+    visit(root, root, "", sink, &mut links)
 }
 
+/// `path` names the entry in messages; `at` is how it is reached: below the root, through the
+/// already-opened parent directory (`/proc/self/fd/N/NAME`), so a directory swapped for a
+/// symlink after it was checked cannot lead the walk elsewhere.
 fn visit<W: Write>(
     path: &Path,
+    at: &Path,
     rel: &str,
     sink: &mut CheckedSink<W>,
     links: &mut HashMap<(u64, u64), String>,
 ) -> Result<()> {
-    let meta = std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let meta = std::fs::symlink_metadata(at).with_context(|| format!("reading {}", path.display()))?;
     let ft = meta.file_type();
     let mut kind = if ft.is_dir() {
         EntryKind::Directory
     } else if ft.is_symlink() {
-        let t = std::fs::read_link(path).with_context(|| format!("reading the link {}", path.display()))?;
+        let t = std::fs::read_link(at).with_context(|| format!("reading the link {}", path.display()))?;
         EntryKind::Symlink {
             target: t.to_str().with_context(|| format!("link target of {} is not UTF-8", path.display()))?.to_string(),
         }
@@ -65,16 +69,19 @@ fn visit<W: Write>(
         uid: u64::from(meta.uid()),
         gid: u64::from(meta.gid()),
         mtime: meta.mtime().max(0) as u64,
-        xattrs: read_xattrs(path).with_context(|| format!("reading extended attributes of {}", path.display()))?,
+        xattrs: read_xattrs(at).with_context(|| format!("reading extended attributes of {}", path.display()))?,
     };
     match kind {
         EntryKind::File { .. } => {
-            let mut f = open_same_file(path, &meta)?;
+            let mut f = open_same_file(at, &meta).with_context(|| path.display().to_string())?;
             sink.push(entry, &mut f)?;
         }
         EntryKind::Directory => {
             sink.push(entry, &mut std::io::empty())?;
-            let mut children: Vec<_> = std::fs::read_dir(path)
+            let dir = open_same_dir(at, &meta).with_context(|| path.display().to_string())?;
+            let pinned = std::path::PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&dir)));
+            let base = if pinned.is_dir() { pinned } else { at.to_path_buf() };
+            let mut children: Vec<_> = std::fs::read_dir(&base)
                 .with_context(|| format!("listing {}", path.display()))?
                 .map(|d| d.map(|d| d.file_name()))
                 .collect::<std::io::Result<_>>()
@@ -83,7 +90,7 @@ fn visit<W: Write>(
             for name in children {
                 let name_str = name.to_str().with_context(|| format!("a name in {} is not UTF-8", path.display()))?;
                 let child_rel = if rel.is_empty() { name_str.to_string() } else { format!("{rel}/{name_str}") };
-                visit(&path.join(&name), &child_rel, sink, links)?;
+                visit(&path.join(&name), &base.join(&name), &child_rel, sink, links)?;
             }
         }
         _ => sink.push(entry, &mut std::io::empty())?,
@@ -100,15 +107,27 @@ fn open_same_file(path: &Path, meta: &std::fs::Metadata) -> Result<std::fs::File
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
-        .with_context(|| format!("opening {} (is it readable by this user?)", path.display()))?;
-    let now = f.metadata().with_context(|| format!("reading {}", path.display()))?;
+        .context("opening it (is it readable by this user, and still a file?)")?;
+    let now = f.metadata().context("reading it")?;
     if !now.is_file() || (now.dev(), now.ino()) != (meta.dev(), meta.ino()) {
-        anyhow::bail!(
-            "{} changed while the rootfs was read (replaced by another file or a link); build again",
-            path.display()
-        );
+        anyhow::bail!("it changed while the rootfs was read (replaced by another file or a link); build again");
     }
     Ok(f)
+}
+
+/// Opens the directory `path` that `meta` (its `lstat`) describes, not following a symlink.
+fn open_same_dir(path: &Path, meta: &std::fs::Metadata) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let d = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
+        .open(path)
+        .context("opening the directory (replaced by a link while the rootfs was read?)")?;
+    let now = d.metadata().context("reading the directory")?;
+    if (now.dev(), now.ino()) != (meta.dev(), meta.ino()) {
+        anyhow::bail!("the directory changed while the rootfs was read; build again");
+    }
+    Ok(d)
 }
 
 /// Extended attributes of `path` itself (not a symlink's target), sorted by name.
@@ -164,8 +183,7 @@ mod tests {
         // Swapped for a symlink after the lstat.
         std::fs::remove_file(&f).unwrap();
         std::os::unix::fs::symlink(&secret, &f).unwrap();
-        let e = format!("{:#}", open_same_file(&f, &meta).unwrap_err());
-        assert!(e.contains("passwd"), "{e}");
+        assert!(open_same_file(&f, &meta).is_err());
         // Swapped for a hard link to another file.
         std::fs::remove_file(&f).unwrap();
         std::fs::hard_link(&secret, &f).unwrap();
@@ -177,5 +195,29 @@ mod tests {
         // SAFETY: a valid path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         assert!(open_same_file(&f, &meta).is_err());
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_link_is_refused_and_walks_name_real_paths() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("etc");
+        std::fs::create_dir(&d).unwrap();
+        let other = tmp.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        let meta = std::fs::symlink_metadata(&d).unwrap();
+        open_same_dir(&d, &meta).unwrap();
+        std::fs::remove_dir(&d).unwrap();
+        std::os::unix::fs::symlink(&other, &d).unwrap();
+        assert!(open_same_dir(&d, &meta).is_err());
+        // A walk through pinned parents reads everything, and names real paths in errors.
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/hostname"), "h\n").unwrap();
+        let mut sink = CheckedSink::new(Vec::new());
+        walk(&root, &mut sink).unwrap();
+        assert_eq!(sink.stats().entries, 3);
+        let mut sink = CheckedSink::new(Vec::new());
+        let e = format!("{:#}", walk(&root.join("missing"), &mut sink).unwrap_err());
+        assert!(e.contains("root/missing"), "{e}");
     }
 }
