@@ -116,6 +116,19 @@ fn planet_release_gets_exactly_its_flags() {
     const SECRET: &str = "fixture-s3cret-Zk41";
     let s = Scratch::new("release-argv");
     let image = s.path("release.qcow2");
+    // Refused at build time too, before anything is built, and without repeating the value.
+    let out = planet_image()
+        .args(["build", "--target", "qcow2", "--rootfs"])
+        .arg(fixture("release-boot.tar.gz"))
+        .arg("--cmdline")
+        .arg(format!("planet.role=dev planet.env=FOO={SECRET}"))
+        .arg("-o")
+        .arg(&image)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--cmdline: planet.env is not accepted"), "{stderr}");
+    assert!(!stderr.contains(SECRET) && !image.exists(), "{stderr}");
     build("qcow2", &fixture("release-boot.tar.gz"), &image, &[]);
     let env_file = s.path("env");
     std::fs::write(&env_file, format!("FOO={SECRET}\nZONE=z1\n")).unwrap();
