@@ -10,9 +10,9 @@
 //! `--allow-downgrade` is the only way to install an older release: this socket (root in the
 //! container, or whoever the operator lets in) is the operator's channel; cloud-init data is not.
 //!
-//! A connection has an overall deadline (the request line within [`LINE_DEADLINE`], a bundle
-//! within [`install::transfer_time`] of its size), so a stalled client cannot hold the install
-//! lock. An `install-url` that finds no valid bundle answers one fixed error (the details go to
+//! Connections are served side by side, at most [`MAX_CONNECTIONS`]. A connection has an overall
+//! deadline (the request line within [`LINE_DEADLINE`], a bundle within
+//! [`install::transfer_time`] of its size), so a stalled client cannot hold the install lock. An `install-url` that finds no valid bundle answers one fixed error (the details go to
 //! the console): the socket does not tell a client which addresses answer, so it is no port
 //! scanner.
 
@@ -30,6 +30,8 @@ use crate::event;
 pub const SOCKET_NAME: &str = "update.sock";
 /// How long a client has to send its request line.
 pub const LINE_DEADLINE: Duration = Duration::from_secs(10);
+/// Connections served at the same time; more are answered with an error at once.
+pub const MAX_CONNECTIONS: usize = 4;
 /// Each read of a bundle from the socket waits at most this long.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -105,16 +107,38 @@ impl Read for Timed {
 }
 
 impl Agent {
+    /// Serves each connection on its own thread (at most [`MAX_CONNECTIONS`] at once), so a
+    /// slow client delays nobody else; installs exclude each other through the agent's lock.
     pub(super) fn serve(&self, listener: UnixListener) {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            if let Err(e) = self.handle(conn) {
-                event!("update request failed", error = format!("{e:#}"));
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let active = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    active.fetch_sub(1, Ordering::SeqCst);
+                    let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
+                    let _ = writeln!(conn, "error too many requests at once; try again later");
+                    continue;
+                }
+                let active = &active;
+                let spawned =
+                    std::thread::Builder::new().name("update-request".into()).spawn_scoped(scope, move || {
+                        super::contained("update-request", || {
+                            if let Err(e) = self.handle(conn) {
+                                event!("update request failed", error = format!("{e:#}"));
+                            }
+                        });
+                        active.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if spawned.is_err() {
+                    active.fetch_sub(1, Ordering::SeqCst);
+                }
+                if super::reboot_requested().is_some() {
+                    return;
+                }
             }
-            if super::reboot_requested().is_some() {
-                return;
-            }
-        }
+        });
     }
 
     fn handle(&self, conn: UnixStream) -> Result<()> {
@@ -371,6 +395,40 @@ mod tests {
         let mut req = b"install\n".to_vec();
         req.extend(b2);
         assert_eq!(exchange(&agent, &listener, req), "ok installed planet-0002-b+3.conf; rebooting\n");
+    }
+
+    /// Finding 20: connections are served side by side: a client that never sends its request
+    /// line does not hold up a `status` request; a flood of them is turned away, not queued.
+    #[test]
+    fn a_silent_client_does_not_hold_up_others() {
+        let t = tempfile::tempdir().unwrap();
+        let key = SecretKey::from_seed([9; 32], [9; 8]);
+        let agent = std::sync::Arc::new(machine(t.path(), &key));
+        agent.set_status("idle", "");
+        let listener = listen(&t.path().join("run")).unwrap();
+        let path = t.path().join("run").join(SOCKET_NAME);
+        let a = agent.clone();
+        std::thread::spawn(move || a.serve(listener));
+        let silent: Vec<UnixStream> = (0..MAX_CONNECTIONS - 1).map(|_| UnixStream::connect(&path).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let ask = |req: &str| {
+            let started = Instant::now();
+            let mut c = UnixStream::connect(&path).unwrap();
+            c.write_all(req.as_bytes()).unwrap();
+            let mut answer = String::new();
+            let _ = BufReader::new(c).read_line(&mut answer);
+            (answer, started.elapsed())
+        };
+        let (answer, took) = ask("status\n");
+        assert!(answer.starts_with("ok {"), "{answer}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        // All slots taken: the next client is told so at once.
+        let busy = UnixStream::connect(&path).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let (answer, took) = ask("status\n");
+        assert!(answer.starts_with("error too many requests at once"), "{answer}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        drop((silent, busy));
     }
 
     /// Finding 20: what `install-url` answers does not tell a closed port from an open one.
