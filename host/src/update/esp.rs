@@ -135,7 +135,7 @@ impl Esp {
     /// Bytes the slot's directory takes now (all of it is replaced by an install).
     pub fn slot_files_bytes(&self, slot: char) -> u64 {
         std::fs::read_dir(self.slot_dir(slot))
-            .map(|l| l.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+            .map(|l| l.flatten().filter_map(|e| e.metadata().ok()).fold(0u64, |n, m| n.saturating_add(m.len())))
             .unwrap_or(0)
     }
 }

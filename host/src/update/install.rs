@@ -287,9 +287,9 @@ pub fn install(p: &InstallPlan<'_>) -> Result<EntryName> {
             p.target.bytes >> 20
         );
     }
-    let boot_bytes = vmlinuz.size + initramfs.size;
-    let esp_room = p.esp.free_bytes()? + p.esp.slot_files_bytes(slot);
-    if boot_bytes + (1 << 20) > esp_room {
+    let boot_bytes = vmlinuz.size.saturating_add(initramfs.size);
+    let esp_room = p.esp.free_bytes()?.saturating_add(p.esp.slot_files_bytes(slot));
+    if boot_bytes.saturating_add(1 << 20) > esp_room {
         bail!(
             "the new kernel and initramfs ({} KiB) do not fit on the ESP ({} KiB available)",
             boot_bytes >> 10,
