@@ -309,11 +309,12 @@ pub struct GptGrowth {
 }
 
 impl GptGrowth {
+    // Saturating: only for messages; grow_gpt checked the table.
     pub fn old_bytes(&self) -> u64 {
-        (self.old_first_last.1 + 1 - self.old_first_last.0) * self.sector_size
+        (self.old_first_last.1 + 1).saturating_sub(self.old_first_last.0).saturating_mul(self.sector_size)
     }
     pub fn new_bytes(&self) -> u64 {
-        (self.new_last + 1 - self.old_first_last.0) * self.sector_size
+        (self.new_last + 1).saturating_sub(self.old_first_last.0).saturating_mul(self.sector_size)
     }
 }
 
@@ -323,6 +324,8 @@ pub fn grow_gpt(f: &mut File) -> Result<Option<GptGrowth>> {
     let (bytes, ss) = device_geometry(f)?;
     let total = bytes / ss;
     let (mut gpt, repaired) = read_gpt(f, ss, total)?;
+    // The table comes from a disk: sizes below are computed from it only once it is sane.
+    gpt.validate().context("checking the GPT before growing it")?;
     let (index, old) = gpt
         .partitions
         .iter()
@@ -691,6 +694,26 @@ mod tests {
         f.read_exact(&mut mbr).unwrap();
         assert_eq!(u32::from_le_bytes(mbr[458..462].try_into().unwrap()) as u64, big - 1);
         assert_eq!(mbr[450], 0xEE);
+    }
+
+    #[test]
+    fn a_table_with_a_reversed_partition_is_refused_not_grown() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("disk.img");
+        image(&p, 32768, 65536);
+        let mut f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        // A valid-CRC table whose planet-state ends before it starts (a hostile or broken disk);
+        // growth would report its old size as (last + 1 - first), an overflow.
+        let mut g = Gpt::read_from(&mut f, 512, 65536).unwrap();
+        let state = g.partitions.iter_mut().find(|p| p.name == STATE_LABEL).unwrap();
+        state.first_lba = state.last_lba + 100;
+        let entries = g.entry_array();
+        f.seek(SeekFrom::Start(512)).unwrap();
+        std::io::Write::write_all(&mut f, &g.header(true, crc32fast_hash(&entries))).unwrap();
+        std::io::Write::write_all(&mut f, &entries).unwrap();
+        assert!(Gpt::read_from(&mut f, 512, 65536).is_ok());
+        let err = format!("{:#}", grow_gpt(&mut f).unwrap_err());
+        assert!(err.contains("outside the usable area"), "{err}");
     }
 
     #[test]
