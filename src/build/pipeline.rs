@@ -475,7 +475,7 @@ pub fn find_planet_init(explicit: Option<&Path>) -> Result<PathBuf> {
     }
     bail!(
         "no static planet-init found (looked at {}); build it with \
-         `RUSTFLAGS='-C target-feature=+crt-static' cargo build -p planet-host --target x86_64-unknown-linux-gnu` \
+         `RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p planet-host --target x86_64-unknown-linux-gnu` \
          or pass --planet-init",
         candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", ")
     )
