@@ -1,0 +1,7 @@
+//! HTTP responses as PID 1 reads them from metadata servers, NoCloud URLs and update servers.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = planet_host::datasource::http::parse_response(data);
+});

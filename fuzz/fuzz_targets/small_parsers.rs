@@ -1,0 +1,19 @@
+//! The small parsers: the kernel command line, boot entry file names, and release ordering,
+//! whose total-order properties the update agent's downgrade check rests on.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use std::cmp::Ordering;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let _ = planet_config::CmdlineConfig::parse(text);
+    let _ = planet_config::bootentry::EntryName::parse(text);
+    let mut parts = text.splitn(3, '\n');
+    let (a, b, c) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let cmp = planet_bundle::compare_releases;
+    assert_eq!(cmp(a, a), Ordering::Equal, "{a:?} is not equal to itself");
+    assert_eq!(cmp(a, b), cmp(b, a).reverse(), "{a:?} and {b:?} order differently each way");
+    if cmp(a, b) == Ordering::Less && cmp(b, c) == Ordering::Less {
+        assert_eq!(cmp(a, c), Ordering::Less, "{a:?} < {b:?} < {c:?} but not {a:?} < {c:?}");
+    }
+});
