@@ -146,7 +146,9 @@ pub struct BuildArgs {
     /// A GPT and a FAT32 ESP are laid out for one size, so 4Kn disks need their own image.
     #[arg(long, value_name = "BYTES", value_parser = parse_sector_size)]
     pub sector_size: Option<u64>,
-    /// Extra kernel command line, appended after `console=… planet.slot=a`.
+    /// Extra kernel command line, appended after `console=… planet.slot=a`. Checked as
+    /// planet-init will read it; `planet.env=` is refused (the command line is readable by every
+    /// pod and printed on the console): environment goes in user-data or a seed's --env-file.
     #[arg(long, value_name = "ARGS")]
     pub cmdline: Option<String>,
     /// Also boot on legacy BIOS (old servers, `uefi-preferred` AMIs): GRUB's boot.img in the

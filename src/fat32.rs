@@ -359,20 +359,11 @@ fn civil_from_epoch(epoch: u64) -> Civil {
     let epoch = epoch.max(315_532_800); // 1980-01-01
     let days = (epoch / 86_400) as i64;
     let secs = epoch % 86_400;
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u16;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u16;
-    let year = (yoe + era * 400 + i64::from(month <= 2)) as u16;
+    let (year, month, day) = planet_bundle::date_from_days(days);
     Civil {
-        year: year.min(2107),
-        month,
-        day,
+        year: year.min(2107) as u16,
+        month: month as u16,
+        day: day as u16,
         hour: (secs / 3600) as u16,
         min: (secs / 60 % 60) as u16,
         sec: (secs % 60) as u16,

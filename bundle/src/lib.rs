@@ -1075,8 +1075,9 @@ fn days_from_date(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// The date of a day count since 1970-01-01.
-fn date_from_days(days: i64) -> (i64, u32, u32) {
+/// The date (year, month, day) of a day count since 1970-01-01, proleptic Gregorian; public so
+/// the builder's FAT timestamps use the same conversion.
+pub fn date_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;

@@ -1,5 +1,6 @@
-//! The small parsers: the kernel command line, boot entry file names, and release ordering,
-//! whose total-order properties the update agent's downgrade check rests on.
+//! The small parsers: the kernel command line, boot entry file names, trusted key files, bundle
+//! expiry dates, and release ordering, whose total-order properties the update agent's
+//! downgrade check rests on.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use std::cmp::Ordering;
@@ -8,6 +9,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let _ = planet_config::CmdlineConfig::parse(text);
     let _ = planet_config::bootentry::EntryName::parse(text);
+    let _ = planet_bundle::KeyRing::parse(text);
+    if let Ok(at) = planet_bundle::parse_expiry(text, 1_700_000_000) {
+        assert!(at > 1_700_000_000, "{text:?} gives an expiry {at} not after now");
+        let _ = planet_bundle::format_utc(at);
+    }
     let mut parts = text.splitn(3, '\n');
     let (a, b, c) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let cmp = planet_bundle::compare_releases;

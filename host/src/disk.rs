@@ -744,15 +744,7 @@ mod tests {
     #[test]
     fn a_lost_primary_is_restored_from_the_backup() {
         let tmp = tempfile::tempdir().unwrap();
-        let (sys, dev) = (tmp.path().join("sys"), tmp.path().join("dev"));
-        std::fs::create_dir_all(&dev).unwrap();
-        // vdb: a whole disk without partitions in sysfs, as the kernel leaves it.
-        let d = sys.join("devices/virtio/block/vdb");
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("uevent"), "DEVNAME=vdb\nDEVTYPE=disk\n").unwrap();
-        std::fs::create_dir_all(sys.join("class/block")).unwrap();
-        symlink(&d, sys.join("class/block/vdb")).unwrap();
-        let img = dev.join("vdb");
+        let (sys, dev, img) = partitionless_disk(tmp.path());
         image(&img, 32768, 32768);
         let mut f = OpenOptions::new().read(true).write(true).open(&img).unwrap();
         let good = Gpt::read_from(&mut f, 512, 32768).unwrap();
@@ -770,7 +762,8 @@ mod tests {
         assert_eq!(Gpt::read_from(&mut f, 512, 32768).unwrap(), good);
     }
 
-    /// One whole disk without partitions in sysfs, `vdb`, whose content is `img`.
+    /// One whole disk without partitions in sysfs, `vdb`, as the kernel leaves a disk whose
+    /// table it could not read; its content is the file `img`.
     fn partitionless_disk(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
         let (sys, dev) = (root.join("sys"), root.join("dev"));
         std::fs::create_dir_all(&dev).unwrap();

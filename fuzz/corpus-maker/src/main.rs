@@ -249,6 +249,9 @@ fn small_parsers(dir: &Path) {
     put(dir, "cmdline", None, b"console=ttyS0 planet.role=dev planet.datasource=nocloud planet.datasource_timeout=30s");
     put(dir, "entry", None, b"planet-0002-b+2-1.conf");
     put(dir, "releases", None, b"1.2.0-rc1\n1.2.0\n1.10~beta");
+    put(dir, "public-key", None, key::fuzz_key().public().to_text().as_bytes());
+    put(dir, "expiry-date", None, b"2027-01-31T12:00Z");
+    put(dir, "expiry-duration", None, b"90d");
 }
 
 fn main() {
