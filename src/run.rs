@@ -152,31 +152,51 @@ pub fn parse_forward(s: &str) -> Result<(u16, u16), String> {
 }
 
 /// Whether KVM works here: /dev/kvm opens and can create a VM and a vCPU, and QEMU itself
-/// survives starting a paused KVM guest (nested virtualisation often exposes a device that
-/// passes the first checks and then fails on the first MSR QEMU sets).
+/// gets a paused KVM guest to the point of answering its monitor (nested virtualisation often
+/// exposes a device that passes the first checks and then fails on the first MSR QEMU sets).
 pub fn kvm_usable() -> bool {
     kvm_device_works() && qemu_kvm_starts()
 }
 
+/// Starts a paused KVM guest with its monitor on stdin and asks for its registers and status.
+/// Those answers come only after the vCPUs' registers were set, which is where a half-working
+/// nested KVM fails (QEMU aborts): the answer, not a time waited, decides (a loaded machine can
+/// take seconds to get there, and a probe that only waited a while took slowness for success).
 fn qemu_kvm_starts() -> bool {
+    use std::io::{Read, Write};
     let child = Command::new("qemu-system-x86_64")
         .args(["-machine", "q35,accel=kvm", "-cpu", "host", "-display", "none", "-nodefaults", "-no-user-config"])
-        .args(["-m", "64", "-S", "-monitor", "none", "-serial", "none"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .args(["-m", "64", "-S", "-monitor", "stdio", "-serial", "none"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn();
     let Ok(mut child) = child else { return false };
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_millis(1500) {
-        if let Ok(Some(_)) = child.try_wait() {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if let Some(mut stdin) = child.stdin.take() {
+        // `info registers` waits for each vCPU thread to take its state, so it comes after the
+        // registers (and MSRs) were put; only then is the status asked.
+        let _ = stdin.write_all(b"info registers\ninfo status\nquit\n");
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    true
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if started.elapsed() < Duration::from_secs(30) => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let answer = reader.join().unwrap_or_default();
+    status.is_some_and(|s| s.success()) && answer.contains("VM status: paused")
 }
 
 fn kvm_device_works() -> bool {
