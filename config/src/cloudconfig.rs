@@ -987,7 +987,8 @@ mod tests {
         };
         let nics = [NicInfo { name: "enp0s31f6".into(), mac: "52:54:00:12:34:56".into() }];
         assert!(n.resolve(&nics).addresses.is_empty());
-        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
+        // Linear matching takes microseconds; backtracking took hours. The margin is for a loaded CI.
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
     }
 
     #[test]

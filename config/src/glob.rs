@@ -117,6 +117,7 @@ mod tests {
         let pattern = format!("{}x", "*".repeat(10_000));
         assert!(!glob_match(pattern.as_bytes(), "enp0s31f6".repeat(100).as_bytes()));
         assert!(glob_match(pattern.as_bytes(), b"enp0s31f6x"));
-        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+        // Milliseconds when linear (a backtracking matcher never ends); the margin is for a loaded CI.
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
     }
 }
