@@ -352,14 +352,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn fat_and_iso_labels_are_found() {
+    /// The first sectors of a FAT32 filesystem labelled `CIDATA`, as `probe_label` reads them.
+    fn cidata_fat() -> Vec<u8> {
         let mut fat = vec![0u8; 34816];
         fat[0x42] = 0x29;
         fat[0x47..0x52].copy_from_slice(b"CIDATA     ");
         fat[0x52..0x5A].copy_from_slice(b"FAT32   ");
         fat[510] = 0x55;
         fat[511] = 0xAA;
+        fat
+    }
+
+    #[test]
+    fn fat_and_iso_labels_are_found() {
+        let fat = cidata_fat();
         assert_eq!(probe_label(&fat), Some(("CIDATA".into(), "vfat")));
         let mut iso = vec![0u8; 34816];
         iso[32768] = 1;
@@ -428,12 +434,7 @@ mod tests {
         std::fs::write(block.join("size"), "2048\n").unwrap();
         std::fs::write(block.join("uevent"), "MAJOR=254\nMINOR=16\nDEVNAME=vdb\nDEVTYPE=disk\n").unwrap();
         std::fs::create_dir_all(root.join("dev")).unwrap();
-        let mut fat = vec![0u8; 34816];
-        fat[0x42] = 0x29;
-        fat[0x47..0x52].copy_from_slice(b"CIDATA     ");
-        fat[0x52..0x5A].copy_from_slice(b"FAT32   ");
-        fat[510] = 0x55;
-        fat[511] = 0xAA;
+        let fat = cidata_fat();
         std::fs::write(root.join("dev/vdb"), &fat).unwrap();
         let cmd = CmdlineConfig::parse("").unwrap();
         let p = Params::from_cmdline("", &cmd).unwrap();
