@@ -414,7 +414,9 @@ mod tests {
         let ask = |req: &str| {
             let started = Instant::now();
             let mut c = UnixStream::connect(&path).unwrap();
-            c.write_all(req.as_bytes()).unwrap();
+            // A client turned away may be answered and hung up on before it has written its
+            // request: the write then fails with EPIPE, but the answer is still there to read.
+            let _ = c.write_all(req.as_bytes());
             let mut answer = String::new();
             let _ = BufReader::new(c).read_line(&mut answer);
             (answer, started.elapsed())
