@@ -8,7 +8,7 @@ mod common;
 use common::*;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Boot to the container's first unit: the host's part, well under a minute even under TCG.
@@ -16,46 +16,6 @@ const BOOT: Duration = Duration::from_secs(300);
 /// Kubernetes up (API server ready, node Ready) from the container's start: measured at 4–8
 /// minutes under TCG on 2 shared cores; the limit leaves room for a loaded CI machine.
 const KUBE_READY: u64 = 1500;
-
-/// `planet-image enter SOCKET -- ARGS…`: exit code, stdout, stderr.
-fn enter(sock: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = planet_image()
-        .arg("enter")
-        .arg(sock)
-        // A loaded CI machine may take a while to start the command in the guest.
-        .args(["--wait", "300"])
-        .arg("--")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running planet-image enter");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Runs `args` in the container and returns stdout; panics with both streams and the console.
-fn enter_ok(guest: &Guest, sock: &Path, args: &[&str]) -> String {
-    let (code, out, err) = enter(sock, args);
-    assert_eq!(code, 0, "{args:?} exited {code}\nstdout: {out}\nstderr: {err}\nconsole:\n{}", tail(&guest.console()));
-    out
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(150)..].join("\n")
-}
-
-/// The dev image with room to grow: the built image's state partition is small, and etcd,
-/// docker and the kubelet want a few GiB; planet-init grows the state to the disk at first boot.
-fn dev_disk(s: &Scratch) -> PathBuf {
-    let image = s.path("planet.qcow2");
-    build("qcow2", &fixture("planet-release.tar.gz"), &image, &[]);
-    ok(Command::new("qemu-img").args(["resize", "-q"]).arg(&image).arg("+6G"));
-    image
-}
 
 /// The HTTP status curl gets for an anonymous request to the forwarded API server port.
 fn anonymous_status(port: u16, path: &str) -> String {
@@ -97,7 +57,7 @@ fn wait_ready(guest: &Guest, sock: &Path) -> Duration {
 #[test]
 fn dev_machine_runs_kubernetes_and_keeps_the_cluster_across_a_reboot() {
     let s = Scratch::new("kube-dev");
-    let image = dev_disk(&s);
+    let image = kube_disk(&s);
     let sock = s.path("enter.sock");
     let port = free_port();
 

@@ -360,3 +360,62 @@ pub fn head_field(head: &str, name: &str) -> Option<String> {
         k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
     })
 }
+
+/// `planet-image enter SOCKET -- ARGS…` with `input` on stdin: exit code, stdout, stderr.
+pub fn enter_input(sock: &Path, args: &[&str], input: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = planet_image()
+        .arg("enter")
+        .arg(sock)
+        // A loaded CI machine may take a while to start the command in the guest.
+        .args(["--wait", "300"])
+        .arg("--")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running planet-image enter");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_string();
+    // Written from a thread: a command that answers before reading all its input must not
+    // deadlock against a full pipe.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let out = child.wait_with_output().expect("waiting for planet-image enter");
+    let _ = writer.join();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `planet-image enter SOCKET -- ARGS…` with no input: exit code, stdout, stderr.
+pub fn enter(sock: &Path, args: &[&str]) -> (i32, String, String) {
+    enter_input(sock, args, "")
+}
+
+/// Runs `args` in the container and returns stdout; panics with both streams and the console.
+pub fn enter_ok(guest: &Guest, sock: &Path, args: &[&str]) -> String {
+    let (code, out, err) = enter(sock, args);
+    assert_eq!(code, 0, "{args:?} exited {code}\nstdout: {out}\nstderr: {err}\nconsole:\n{}", tail(&guest.console()));
+    out
+}
+
+/// The last 150 lines of a console, for failure messages.
+pub fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(150)..].join("\n")
+}
+
+/// An image of the Planet Kubernetes release with room to grow: the built image's state
+/// partition is small, and etcd, docker and the kubelet want a few GiB; planet-init grows the
+/// state to the disk at first boot.
+pub fn kube_disk(s: &Scratch) -> PathBuf {
+    let image = s.path("planet.qcow2");
+    build("qcow2", &fixture("planet-release.tar.gz"), &image, &[]);
+    ok(Command::new("qemu-img").args(["resize", "-q"]).arg(&image).arg("+6G"));
+    image
+}
