@@ -24,8 +24,6 @@ pub const PAUSE_IMAGE: &str = "planet/pause:3.4";
 /// Services get virtual IPs from here; the first is the API server's `kubernetes` Service.
 pub const SERVICE_CIDR: &str = "10.100.0.0/16";
 pub const API_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
-/// Reserved for cluster DNS (served by a later release component).
-pub const DNS_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 10);
 /// Pods get addresses from here; the controller manager gives each node a /24.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 pub const CLUSTER_DOMAIN: &str = "cluster.local";

@@ -17,7 +17,8 @@ impl Role {
     pub fn is_master(self) -> bool {
         matches!(self, Role::Master | Role::Dev)
     }
-    pub fn is_node(self) -> bool {
+    /// Whether pods are scheduled here: a master's Node is tainted `NoSchedule`.
+    pub fn takes_workloads(self) -> bool {
         matches!(self, Role::Node | Role::Dev)
     }
     pub fn as_str(self) -> &'static str {
@@ -27,13 +28,18 @@ impl Role {
             Role::Dev => "dev",
         }
     }
+    /// Whether the machine runs a kubelet: every role does. A master's kubelet registers its
+    /// Node tainted `NoSchedule`, so the cluster sees it but runs no workloads there.
+    pub fn runs_kubelet(self) -> bool {
+        true
+    }
     /// The systemd targets this role starts.
     pub fn targets(self) -> Vec<&'static str> {
         let mut t = Vec::new();
         if self.is_master() {
             t.push("planet-master.target");
         }
-        if self.is_node() {
+        if self.runs_kubelet() {
             t.push("planet-node.target");
         }
         t
@@ -49,6 +55,11 @@ pub struct NodeEnv {
     pub node_name: String,
     pub hostname: String,
     pub cloud_provider: String,
+    /// The cluster's join secret (`planet: join_token:` in the user-data): a master publishes
+    /// it, a node proves with it that it may join and checks with it that the master is ours.
+    pub join_token: Option<crate::join::JoinToken>,
+    /// The operator's taints (`planet: taints:`), `KEY[=VALUE]:EFFECT` each.
+    pub taints: Vec<String>,
 }
 
 /// Parses the file's text. Unknown keys are ignored (they are the operator's `env:`).
@@ -77,6 +88,11 @@ pub fn parse(text: &str) -> Result<NodeEnv> {
         None if role.is_master() => public_ip,
         None => bail!("PLANET_MASTER_IP is missing; a node must be told its master"),
     };
+    let join_token = get("PLANET_JOIN_TOKEN")
+        .map(|t| {
+            t.parse::<crate::join::JoinToken>().context("PLANET_JOIN_TOKEN (planet: join_token: in the user-data)")
+        })
+        .transpose()?;
     let hostname = get("PLANET_HOSTNAME").unwrap_or("planet").to_string();
     let node_name = get("PLANET_NODE_NAME").map(str::to_string).unwrap_or_else(|| hostname.clone());
     check_name(&node_name)?;
@@ -87,6 +103,10 @@ pub fn parse(text: &str) -> Result<NodeEnv> {
         node_name: node_name.to_ascii_lowercase(),
         hostname,
         cloud_provider: get("PLANET_CLOUD_PROVIDER").unwrap_or("none").to_string(),
+        join_token,
+        taints: get("PLANET_NODE_TAINTS")
+            .map(|t| t.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect())
+            .unwrap_or_default(),
     })
 }
 

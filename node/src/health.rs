@@ -5,7 +5,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -16,30 +15,7 @@ use crate::env::NodeEnv;
 /// One check's outcome: its name and `Ok(detail)` or `Err(why)`.
 pub type Check = (&'static str, std::result::Result<String, String>);
 
-/// Runs kubectl with a bounded request time and returns its trimmed stdout.
-fn kubectl(kubeconfig: &str, args: &[&str]) -> std::result::Result<String, String> {
-    let out = Command::new("kubectl")
-        .arg(format!("--kubeconfig={kubeconfig}"))
-        .arg("--request-timeout=5s")
-        .args(args)
-        .output()
-        .map_err(|e| format!("running kubectl: {e}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(first_words(err.lines().next().unwrap_or("kubectl failed")));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// A failure reason short enough for one console line (the API server's readyz answer lists
-/// every check).
-fn first_words(s: &str) -> String {
-    let s = s.trim();
-    match s.char_indices().nth(120) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_string(),
-    }
-}
+use crate::kubectl::{first_words, run as kubectl};
 
 /// A plain HTTP GET on a loopback port (the kubelet's healthz), bounded in time and size.
 pub fn http_get(addr: &str, path: &str) -> std::result::Result<String, String> {
@@ -65,7 +41,7 @@ pub fn checks(env: &NodeEnv) -> Vec<Check> {
         let r = kubectl(&kubeconfig("admin"), &["get", "--raw=/readyz"]);
         c.push(("apiserver-readyz", r.and_then(|b| if b == "ok" { Ok(b) } else { Err(b) })));
     }
-    if env.role.is_node() {
+    if env.role.runs_kubelet() {
         let r = http_get(cluster::KUBELET_HEALTHZ, "/healthz");
         c.push(("kubelet-healthz", r));
         let jsonpath = r#"-o=jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;

@@ -10,8 +10,13 @@ Runs inside the Planet container of a Kubernetes release.
 commands:
   setup          make or renew the cluster PKI and kubeconfigs, write this machine's
                  configuration for its role (from /etc/container-environment), start the
-                 role's targets (planet-setup.service runs it at every boot)
+                 role's targets (planet-setup.service runs it at every boot); a node
+                 first checks its master with the join token and fetches the cluster CA
   load-images    load the docker archives under /usr/share/planet/images into docker
+  join-server    (masters) publish the join token, serve the CA MACed with it on port 6441
+                 so nodes can check this master, approve kubelet serving certificates
+  routes         keep the routes to every other Node's pod CIDR in step (host-gw)
+  dns            serve the Services' names with dnsmasq on this machine's address
   health         check the role's components (API server /readyz; kubelet /healthz and the
                  Node Ready); exit 0 when healthy, 1 otherwise
   wait [--timeout SECONDS]
@@ -23,6 +28,9 @@ fn main() -> ExitCode {
     let r = match args.first().map(String::as_str) {
         Some("setup") => planet_node::setup::run(),
         Some("load-images") => planet_node::images::run(),
+        Some("join-server") => planet_node::join::run_server(),
+        Some("routes") => planet_node::routes::run(),
+        Some("dns") => planet_node::dns::run(),
         Some("health") => planet_node::health::run(),
         Some("wait") => planet_node::health::parse_timeout(&args[1..]).and_then(planet_node::health::wait),
         Some("-h" | "--help" | "help") => {

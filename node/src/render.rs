@@ -23,6 +23,29 @@ pub fn kubeconfig_text(server: &str, user: &str, ca_pem: &str, cert_pem: &str, k
     )
 }
 
+/// The kubeconfig a joining node's kubelet bootstraps with: the CA the master vouched for and
+/// the join token as a bearer token (mode 0600: the file is the credential).
+pub fn bootstrap_kubeconfig_text(server: &str, ca_pem: &str, bearer: &str) -> String {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: planet\n  cluster:\n    server: {server}\n    \
+         certificate-authority-data: {}\nusers:\n- name: kubelet-bootstrap\n  user:\n    token: {bearer}\n\
+         contexts:\n- name: kubelet-bootstrap@planet\n  context:\n    cluster: planet\n    user: kubelet-bootstrap\n\
+         current-context: kubelet-bootstrap@planet\n",
+        b64(ca_pem)
+    )
+}
+
+/// The taints the kubelet registers its Node with: a master's keeps workloads off it.
+pub fn register_taints(env: &NodeEnv) -> String {
+    let mut t = Vec::new();
+    if !env.role.takes_workloads() {
+        t.push("node-role.kubernetes.io/master=:NoSchedule".to_string());
+    }
+    t.extend(env.taints.iter().cloned());
+    t.join(",")
+}
+
 /// The API server URL this machine's components use: a master talks to itself over loopback,
 /// a node to its master.
 pub fn api_server_url(env: &NodeEnv) -> String {
@@ -38,7 +61,8 @@ pub fn unit_env(env: &NodeEnv) -> String {
     format!(
         "# Written by planet-node setup at every boot from /etc/container-environment.\n\
          PLANET_ROLE={}\nPLANET_NODE_NAME={}\nPLANET_ADVERTISE_IP={}\nPLANET_MASTER_IP={}\n\
-         PLANET_API_SERVER={}\nPLANET_SERVICE_CIDR={}\nPLANET_CLUSTER_CIDR={}\nPLANET_PAUSE_IMAGE={}\n",
+         PLANET_API_SERVER={}\nPLANET_SERVICE_CIDR={}\nPLANET_CLUSTER_CIDR={}\nPLANET_PAUSE_IMAGE={}\n\
+         PLANET_REGISTER_TAINTS={}\n",
         env.role.as_str(),
         env.node_name,
         env.public_ip,
@@ -47,6 +71,7 @@ pub fn unit_env(env: &NodeEnv) -> String {
         cluster::SERVICE_CIDR,
         cluster::CLUSTER_CIDR,
         cluster::PAUSE_IMAGE,
+        register_taints(env),
     )
 }
 
@@ -72,27 +97,32 @@ pub fn etcd_defaults(env: &NodeEnv) -> String {
     )
 }
 
-/// The kubelet's configuration file: no anonymous requests, webhook authorization, its own
-/// serving certificate, the systemd cgroup driver (as docker uses on cgroup v2).
+/// The kubelet's configuration file: no anonymous requests, webhook authorization, the systemd
+/// cgroup driver (as docker uses on cgroup v2), and the machine's own address as its pods' DNS
+/// server (`planet-node dns` serves the cluster there). A master or dev machine serves with a
+/// certificate made from the CA it holds; a node asks the cluster for one
+/// (`serverTLSBootstrap`, approved by its master) and rotates its client certificate.
 pub fn kubelet_config(env: &NodeEnv) -> String {
+    let tls = if env.role.is_master() {
+        format!("tlsCertFile: {}\ntlsPrivateKeyFile: {}\n", pki("kubelet-server.crt"), pki("kubelet-server.key"))
+    } else {
+        "serverTLSBootstrap: true\nrotateCertificates: true\n".to_string()
+    };
     format!(
         "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
          address: {ip}\nport: 10250\nreadOnlyPort: 0\n\
          healthzBindAddress: 127.0.0.1\nhealthzPort: 10248\n\
          authentication:\n  anonymous:\n    enabled: false\n  webhook:\n    enabled: true\n  x509:\n    clientCAFile: {ca}\n\
          authorization:\n  mode: Webhook\n\
-         tlsCertFile: {crt}\ntlsPrivateKeyFile: {key}\n\
+         {tls}\
          cgroupDriver: systemd\nfailSwapOn: false\n\
-         clusterDomain: {domain}\nclusterDNS:\n- {dns}\nresolvConf: /etc/resolv.conf\n\
+         clusterDomain: {domain}\nclusterDNS:\n- {ip}\nresolvConf: /etc/resolv.conf\n\
          evictionHard:\n  memory.available: 64Mi\n  nodefs.available: 5%\n  imagefs.available: 5%\n\
          imageGCHighThresholdPercent: 95\nimageGCLowThresholdPercent: 90\n\
          serializeImagePulls: false\n",
         ip = env.public_ip,
         ca = pki("ca.crt"),
-        crt = pki("kubelet-server.crt"),
-        key = pki("kubelet-server.key"),
         domain = cluster::CLUSTER_DOMAIN,
-        dns = cluster::DNS_SERVICE_IP,
     )
 }
 
@@ -105,7 +135,9 @@ pub fn kube_proxy_config(env: &NodeEnv) -> String {
          mode: iptables\nclusterCIDR: {cidr}\nhostnameOverride: {name}\nbindAddress: {ip}\n\
          healthzBindAddress: 127.0.0.1:10256\nmetricsBindAddress: 127.0.0.1:10249\n\
          conntrack:\n  maxPerCore: 0\n",
-        kc = kubeconfig("kube-proxy"),
+        // A node has no kube-proxy certificate of its own (it holds no CA key): it uses the
+        // kubelet's, which the master's `system:node-proxier` binding lets read Services.
+        kc = kubeconfig(if env.role.is_master() { "kube-proxy" } else { "kubelet" }),
         cidr = cluster::CLUSTER_CIDR,
         name = env.node_name,
         ip = env.public_ip,

@@ -87,72 +87,87 @@ fn write_kubeconfig(pki: &Pki, kube_dir: &Path, name: &str, cert: &str, server: 
     Ok(())
 }
 
-/// Everything but starting the targets, rooted at `root` (`/` in the container; a temporary
-/// directory in tests).
+/// Everything but starting the targets on a master or dev machine, rooted at `root` (`/` in
+/// the container; a temporary directory in tests). Both run a kubelet with credentials made
+/// here from the cluster CA.
 pub fn prepare(env: &NodeEnv, root: &Path, now: OffsetDateTime) -> Result<Vec<String>> {
     let at = |p: &str| root.join(p.trim_start_matches('/'));
     let mut made = Vec::new();
-    if env.role == crate::env::Role::Node {
-        bail!(
-            "role node: this release cannot join a master yet (a node needs the cluster's join \
-             secret); run a dev machine, or a master"
-        );
+    if !env.role.is_master() {
+        bail!("role node: use prepare_node with the CA the master vouched for");
     }
     let (pki, ca) = Pki::open_or_create(&at(PKI_DIR), now)?;
     if ca == Issued::New {
         made.push("ca".to_string());
     }
     let etcd_owner = files::user_ids(&at("/etc"), "etcd").ok();
-    let mut leaves = Vec::new();
-    if env.role.is_master() {
-        leaves.extend(master_leaves(env, etcd_owner));
-    }
-    if env.role.is_node() {
-        leaves.extend(node_leaves(env));
-    }
+    let mut leaves = master_leaves(env, etcd_owner);
+    leaves.extend(node_leaves(env));
     for leaf in &leaves {
         if pki.ensure_leaf(leaf, now).with_context(|| format!("issuing {}", leaf.name))? == Issued::New {
             made.push(leaf.name.clone());
         }
     }
     let kube_dir = at(KUBE_DIR);
-    if env.role.is_master() {
-        if pki.ensure_service_account_key()? == Issued::New {
-            made.push("sa".into());
-        }
-        // etcd reads its own copy of the CA from its 0700 directory.
-        let etcd_dir = at(&cluster::pki("etcd"));
-        files::write(etcd_dir.join("ca.crt"), pki.ca_pem().as_bytes(), 0o644, etcd_owner)?;
-        std::fs::set_permissions(&etcd_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-        if let Some((uid, gid)) = etcd_owner {
-            std::os::unix::fs::chown(&etcd_dir, Some(uid), Some(gid))
-                .with_context(|| format!("changing the owner of {}", etcd_dir.display()))?;
-        }
-        let local = render::api_server_url(env);
-        for (name, cert) in
-            [("admin", "admin"), ("controller-manager", "controller-manager"), ("scheduler", "scheduler")]
-        {
-            write_kubeconfig(&pki, &kube_dir, name, cert, &local)?;
-        }
-        files::write_if_changed(at(cluster::ETCD_DEFAULTS), render::etcd_defaults(env).as_bytes(), 0o644)?;
-        files::write_if_changed(at(cluster::ENTER_ENV), render::enter_env().as_bytes(), 0o644)?;
-        // kubectl with no flags, in any shell of the container, talks to this cluster as admin.
-        let kube = at("/root/.kube");
-        std::fs::create_dir_all(&kube).with_context(|| format!("creating {}", kube.display()))?;
-        let link = kube.join("config");
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(kubeconfig("admin"), &link)
-            .with_context(|| format!("linking {}", link.display()))?;
+    if pki.ensure_service_account_key()? == Issued::New {
+        made.push("sa".into());
     }
-    if env.role.is_node() {
-        let server = render::api_server_url(env);
-        write_kubeconfig(&pki, &kube_dir, "kubelet", "kubelet", &server)?;
-        write_kubeconfig(&pki, &kube_dir, "kube-proxy", "kube-proxy", &server)?;
-        files::write_if_changed(kube_dir.join("kubelet.yaml"), render::kubelet_config(env).as_bytes(), 0o644)?;
-        files::write_if_changed(kube_dir.join("kube-proxy.yaml"), render::kube_proxy_config(env).as_bytes(), 0o644)?;
+    // etcd reads its own copy of the CA from its 0700 directory.
+    let etcd_dir = at(&cluster::pki("etcd"));
+    files::write(etcd_dir.join("ca.crt"), pki.ca_pem().as_bytes(), 0o644, etcd_owner)?;
+    std::fs::set_permissions(&etcd_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    if let Some((uid, gid)) = etcd_owner {
+        std::os::unix::fs::chown(&etcd_dir, Some(uid), Some(gid))
+            .with_context(|| format!("changing the owner of {}", etcd_dir.display()))?;
     }
-    files::write_if_changed(at(cluster::UNIT_ENV), render::unit_env(env).as_bytes(), 0o644)?;
+    let server = render::api_server_url(env);
+    for (name, cert) in [
+        ("admin", "admin"),
+        ("controller-manager", "controller-manager"),
+        ("scheduler", "scheduler"),
+        ("kubelet", "kubelet"),
+        ("kube-proxy", "kube-proxy"),
+    ] {
+        write_kubeconfig(&pki, &kube_dir, name, cert, &server)?;
+    }
+    files::write_if_changed(at(cluster::ETCD_DEFAULTS), render::etcd_defaults(env).as_bytes(), 0o644)?;
+    files::write_if_changed(at(cluster::ENTER_ENV), render::enter_env().as_bytes(), 0o644)?;
+    // kubectl with no flags, in any shell of the container, talks to this cluster as admin.
+    let kube = at("/root/.kube");
+    std::fs::create_dir_all(&kube).with_context(|| format!("creating {}", kube.display()))?;
+    let link = kube.join("config");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(kubeconfig("admin"), &link).with_context(|| format!("linking {}", link.display()))?;
+    write_node_config(env, root)?;
     Ok(made)
+}
+
+/// The kubelet's and kube-proxy's configuration and the units' environment: every role.
+fn write_node_config(env: &NodeEnv, root: &Path) -> Result<()> {
+    let at = |p: &str| root.join(p.trim_start_matches('/'));
+    let kube_dir = at(KUBE_DIR);
+    files::write_if_changed(kube_dir.join("kubelet.yaml"), render::kubelet_config(env).as_bytes(), 0o644)?;
+    files::write_if_changed(kube_dir.join("kube-proxy.yaml"), render::kube_proxy_config(env).as_bytes(), 0o644)?;
+    files::write_if_changed(at(cluster::UNIT_ENV), render::unit_env(env).as_bytes(), 0o644)?;
+    Ok(())
+}
+
+/// Whether a node joined before: it keeps the CA it accepted then (and its kubelet its
+/// certificate), so a reboot does not wait for the master.
+pub fn node_joined(root: &Path) -> bool {
+    root.join(cluster::pki("ca.crt").trim_start_matches('/')).exists()
+}
+
+/// A node's configuration, once [`join::discover`](crate::join::discover) has checked the
+/// master and returned its CA: the CA, the bootstrap kubeconfig holding the join token (0600),
+/// with which the kubelet asks for its own certificate, and the configuration every role gets.
+pub fn prepare_node(env: &NodeEnv, root: &Path, ca_pem: &str) -> Result<()> {
+    let at = |p: &str| root.join(p.trim_start_matches('/'));
+    let token = env.join_token.as_ref().context("role node without a join token")?;
+    files::write(at(&cluster::pki("ca.crt")), ca_pem.as_bytes(), 0o644, None)?;
+    let text = render::bootstrap_kubeconfig_text(&render::api_server_url(env), ca_pem, &token.bearer());
+    files::write_if_changed(at(&kubeconfig("bootstrap-kubelet")), text.as_bytes(), 0o600)?;
+    write_node_config(env, root)
 }
 
 /// The whole step, as the unit runs it.
@@ -165,11 +180,28 @@ pub fn run() -> Result<()> {
         env.public_ip,
         env.master_ip
     );
-    let made = prepare(&env, Path::new("/"), OffsetDateTime::now_utc())?;
-    if made.is_empty() {
-        println!("planet-node: pki kept dir={PKI_DIR}");
+    let root = Path::new("/");
+    if env.role.is_master() {
+        let made = prepare(&env, root, OffsetDateTime::now_utc())?;
+        if made.is_empty() {
+            println!("planet-node: pki kept dir={PKI_DIR}");
+        } else {
+            println!("planet-node: pki issued dir={PKI_DIR} certificates={}", made.join(","));
+        }
     } else {
-        println!("planet-node: pki issued dir={PKI_DIR} certificates={}", made.join(","));
+        let token = env.join_token.as_ref().context(
+            "join: role node needs the cluster's join token: put the master's in this node's user-data \
+             (planet: join_token:; make one with `planet-image join-token`)",
+        )?;
+        let ca = if node_joined(root) {
+            println!("planet-node: join kept (the CA accepted at the first join)");
+            std::fs::read_to_string(cluster::pki("ca.crt")).context("reading the cluster CA")?
+        } else {
+            let ca = crate::join::discover(env.master_ip, token, crate::join::WAIT_FOR_MASTER)?;
+            println!("planet-node: join master={} verified with join token id={}", env.master_ip, token.id());
+            ca
+        };
+        prepare_node(&env, root, &ca)?;
     }
     let targets = env.role.targets();
     let status = Command::new("systemctl")
@@ -227,12 +259,25 @@ mod tests {
     }
 
     #[test]
-    fn a_node_without_the_cluster_secret_is_refused_clearly() {
+    fn a_node_gets_the_ca_and_a_private_bootstrap_kubeconfig() {
         let d = tempfile::tempdir().unwrap();
-        let env =
-            crate::env::parse("PLANET_ROLE=node\nPLANET_PUBLIC_IP=10.0.0.3\nPLANET_MASTER_IP=10.0.0.2\n").unwrap();
-        let e = prepare(&env, d.path(), OffsetDateTime::now_utc()).unwrap_err();
-        assert!(e.to_string().contains("cannot join a master yet"), "{e}");
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0, "nothing half-made");
+        let env = crate::env::parse(
+            "PLANET_ROLE=node\nPLANET_PUBLIC_IP=10.0.0.3\nPLANET_MASTER_IP=10.0.0.2\n\
+             PLANET_JOIN_TOKEN=abcdef.0123456789abcdef\n",
+        )
+        .unwrap();
+        assert!(prepare(&env, d.path(), OffsetDateTime::now_utc()).is_err(), "a node makes no CA of its own");
+        assert!(!node_joined(d.path()));
+        prepare_node(&env, d.path(), "CA PEM").unwrap();
+        assert!(node_joined(d.path()));
+        let boot = d.path().join("etc/kubernetes/bootstrap-kubelet.kubeconfig");
+        assert_eq!(std::fs::metadata(&boot).unwrap().mode() & 0o777, 0o600);
+        let text = std::fs::read_to_string(&boot).unwrap();
+        assert!(text.contains("token: abcdef.0123456789abcdef\n") && text.contains("https://10.0.0.2:6443"), "{text}");
+        let kubelet = std::fs::read_to_string(d.path().join("etc/kubernetes/kubelet.yaml")).unwrap();
+        assert!(kubelet.contains("serverTLSBootstrap: true\n") && !kubelet.contains("tlsCertFile"), "{kubelet}");
+        assert!(!d.path().join("etc/kubernetes/pki/ca.key").exists());
+        let unit_env = std::fs::read_to_string(d.path().join("etc/planet/kube.env")).unwrap();
+        assert!(!unit_env.contains("0123456789abcdef"), "{unit_env}");
     }
 }

@@ -83,6 +83,8 @@ After=local-fs.target dbus.socket
 Type=oneshot
 RemainAfterExit=yes
 ExecStart=/usr/bin/planet-node setup
+# A node waits here for its master (which boots at the same time) before anything starts.
+TimeoutStartSec=infinity
 StandardOutput=journal+console
 StandardError=journal+console
 [Install]
@@ -91,13 +93,13 @@ EOF
     unit "$s" planet-master.target <<EOF
 [Unit]
 Description=Planet master: etcd and the Kubernetes control plane
-Wants=etcd.service kube-apiserver.service kube-controller-manager.service kube-scheduler.service
+Wants=etcd.service kube-apiserver.service kube-controller-manager.service kube-scheduler.service planet-join.service
 After=planet-setup.service
 EOF
     unit "$s" planet-node.target <<EOF
 [Unit]
-Description=Planet node: docker, the kubelet and kube-proxy
-Wants=docker.service planet-images.service kubelet.service kube-proxy.service
+Description=Planet node: docker, the kubelet, kube-proxy, pod routes and cluster DNS
+Wants=docker.service planet-images.service kubelet.service kube-proxy.service planet-routes.service planet-dns.service
 After=planet-setup.service
 EOF
     mkdir -p "$s/etc/systemd/system/etcd.service.d"
@@ -207,6 +209,7 @@ PartOf=planet-node.target
 [Service]
 EnvironmentFile=/etc/planet/kube.env
 ExecStart=/usr/bin/kubelet --config=$kube/kubelet.yaml --kubeconfig=$kube/kubelet.kubeconfig \\
+  --bootstrap-kubeconfig=$kube/bootstrap-kubelet.kubeconfig --register-with-taints=\${PLANET_REGISTER_TAINTS} \\
   --hostname-override=\${PLANET_NODE_NAME} --node-ip=\${PLANET_ADVERTISE_IP} \\
   --container-runtime=docker --network-plugin=kubenet --cni-bin-dir=/usr/lib/cni \\
   --pod-infra-container-image=\${PLANET_PAUSE_IMAGE}
@@ -220,6 +223,38 @@ After=planet-setup.service
 PartOf=planet-node.target
 [Service]
 ExecStart=/usr/bin/kube-proxy --config=$kube/kube-proxy.yaml
+Restart=always
+RestartSec=5
+EOF
+    unit "$s" planet-join.service <<EOF
+[Unit]
+Description=Planet: publish the join token, let nodes check this master, approve kubelet serving certificates
+After=kube-apiserver.service
+PartOf=planet-master.target
+[Service]
+ExecStart=/usr/bin/planet-node join-server
+StandardOutput=journal+console
+Restart=always
+RestartSec=5
+EOF
+    unit "$s" planet-routes.service <<EOF
+[Unit]
+Description=Planet: routes to every other Node's pod CIDR (host-gw)
+After=kubelet.service
+PartOf=planet-node.target
+[Service]
+ExecStart=/usr/bin/planet-node routes
+StandardOutput=journal+console
+Restart=always
+RestartSec=5
+EOF
+    unit "$s" planet-dns.service <<EOF
+[Unit]
+Description=Planet: cluster DNS (dnsmasq fed from the Services) on this machine's address
+After=kubelet.service
+PartOf=planet-node.target
+[Service]
+ExecStart=/usr/bin/planet-node dns
 Restart=always
 RestartSec=5
 EOF

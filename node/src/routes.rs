@@ -1,0 +1,164 @@
+//! The pod network across machines, as flannel's host-gw backend does it: every machine routes
+//! each other Node's pod CIDR (given by the controller manager) via that Node's InternalIP, and
+//! kubenet's bridge delivers locally. It needs the machines on one L2 segment (a route's next
+//! hop must be a neighbour), which is what a cloud VPC subnet, a rack's switch and the test's
+//! hub all are; it costs no encapsulation and no daemon but this loop.
+//!
+//! `planet-node routes` keeps the routing table in step with the Node objects: routes it owns
+//! carry the protocol number [`ROUTE_PROTO`], so it never touches anyone else's.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+/// The `proto` of the routes this module owns (`ip route show proto 199`).
+pub const ROUTE_PROTO: &str = "199";
+/// How often the Nodes are read again.
+const PERIOD: Duration = Duration::from_secs(10);
+
+/// `CIDR → next hop`.
+pub type Routes = BTreeMap<String, Ipv4Addr>;
+
+/// Each other Node's pod CIDR via its address, from lines `NAME CIDR IP` (what the jsonpath in
+/// [`read_nodes`] prints). Nodes without a CIDR or an address yet are skipped.
+pub fn wanted(own_name: &str, nodes: &str) -> Routes {
+    nodes
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (name, cidr, ip) = (f.next()?, f.next()?, f.next()?);
+            let ip: Ipv4Addr = ip.parse().ok()?;
+            let (net, len) = cidr.split_once('/')?;
+            net.parse::<Ipv4Addr>().ok()?;
+            len.parse::<u8>().ok().filter(|l| *l <= 32)?;
+            (name != own_name).then(|| (cidr.to_string(), ip))
+        })
+        .collect()
+}
+
+/// The routes we own now, from `ip -o route show proto 199` (`CIDR via IP dev …`).
+pub fn current(ip_route_output: &str) -> Routes {
+    ip_route_output
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let via = f.iter().position(|w| *w == "via")?;
+            Some((f.first()?.to_string(), f.get(via + 1)?.parse().ok()?))
+        })
+        .collect()
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change {
+    Set(String, Ipv4Addr),
+    Remove(String),
+}
+
+/// What turns `have` into `want`.
+pub fn plan(want: &Routes, have: &Routes) -> Vec<Change> {
+    let mut c: Vec<Change> =
+        have.keys().filter(|k| !want.contains_key(*k)).map(|k| Change::Remove(k.clone())).collect();
+    c.extend(want.iter().filter(|(k, v)| have.get(*k) != Some(v)).map(|(k, v)| Change::Set(k.clone(), *v)));
+    c
+}
+
+fn ip(args: &[&str]) -> Result<String> {
+    let out = Command::new("ip").args(args).output().context("running ip")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The Nodes as `NAME CIDR INTERNALIP` lines.
+fn read_nodes(kubeconfig: &str) -> Result<String, String> {
+    let jsonpath = r#"-o=jsonpath={range .items[*]}{.metadata.name} {.spec.podCIDR} {.status.addresses[?(@.type=="InternalIP")].address}{"\n"}{end}"#;
+    crate::kubectl::run(kubeconfig, &["get", "nodes", jsonpath])
+}
+
+/// One pass: reads the Nodes and the table, applies the difference. Returns what changed.
+pub fn sync(own_name: &str, kubeconfig: &str) -> Result<Vec<Change>> {
+    let nodes = read_nodes(kubeconfig).map_err(|e| anyhow::anyhow!("reading the Nodes: {e}"))?;
+    let want = wanted(own_name, &nodes);
+    let have = current(&ip(&["-4", "-o", "route", "show", "proto", ROUTE_PROTO])?);
+    let changes = plan(&want, &have);
+    for c in &changes {
+        match c {
+            Change::Set(cidr, via) => {
+                ip(&["route", "replace", cidr, "via", &via.to_string(), "proto", ROUTE_PROTO])?;
+            }
+            Change::Remove(cidr) => {
+                ip(&["route", "del", cidr, "proto", ROUTE_PROTO])?;
+            }
+        }
+    }
+    Ok(changes)
+}
+
+/// `planet-node routes`: [`sync`] every [`PERIOD`], for ever (its unit restarts it if it dies).
+pub fn run() -> Result<()> {
+    let env = crate::env::load()?;
+    let kubeconfig = crate::cluster::kubeconfig("kubelet");
+    let mut last_error = String::new();
+    loop {
+        match sync(&env.node_name, &kubeconfig) {
+            Ok(changes) => {
+                for c in changes {
+                    match c {
+                        Change::Set(cidr, via) => println!("planet-node: route pods={cidr} via={via}"),
+                        Change::Remove(cidr) => println!("planet-node: route removed pods={cidr}"),
+                    }
+                }
+                last_error.clear();
+            }
+            Err(e) => {
+                let e = format!("{e:#}");
+                if e != last_error {
+                    println!("planet-node: routes not in step yet: {e}");
+                    last_error = e;
+                }
+            }
+        }
+        std::thread::sleep(PERIOD);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_other_node_is_routed_via_its_address() {
+        let nodes = "master-1 10.244.0.0/24 192.168.50.10\nnode-1 10.244.1.0/24 192.168.50.11\n\
+                     node-2 10.244.2.0/24 192.168.50.12\nnode-3  192.168.50.13\nnode-4 10.244.4.0/24 \n\
+                     node-5 junk 192.168.50.15\n";
+        let w = wanted("node-1", nodes);
+        assert_eq!(
+            w.into_iter().collect::<Vec<_>>(),
+            [
+                ("10.244.0.0/24".to_string(), Ipv4Addr::new(192, 168, 50, 10)),
+                ("10.244.2.0/24".to_string(), Ipv4Addr::new(192, 168, 50, 12))
+            ]
+        );
+    }
+
+    #[test]
+    fn the_plan_adds_moves_and_removes_only_what_differs() {
+        let have = current(
+            "10.244.0.0/24 via 192.168.50.10 dev eth1 proto 199 \n10.244.3.0/24 via 192.168.50.13 dev eth1 proto 199 \n\
+             10.244.2.0/24 via 192.168.50.99 dev eth1 proto 199 \n",
+        );
+        let want = wanted("node-1", "master-1 10.244.0.0/24 192.168.50.10\nnode-2 10.244.2.0/24 192.168.50.12\n");
+        assert_eq!(
+            plan(&want, &have),
+            [
+                Change::Remove("10.244.3.0/24".into()),
+                Change::Set("10.244.2.0/24".into(), Ipv4Addr::new(192, 168, 50, 12))
+            ]
+        );
+        assert!(plan(&want, &want).is_empty());
+    }
+}
