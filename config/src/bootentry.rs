@@ -135,9 +135,10 @@ pub fn entry_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// `options` with `planet.slot=` pointing at `slot` (added when missing), and without
-/// `planet.env=` (refused on the command line: it would carry secrets into every new entry).
+/// `planet.env=` or `planet.join_token=` (refused on the command line: they would carry
+/// secrets into every new entry).
 pub fn options_for_slot(options: &str, slot: char) -> String {
-    let options = crate::CmdlineConfig::without_env(options);
+    let options = crate::CmdlineConfig::without_secrets(options);
     let mut words: Vec<String> =
         options.split_whitespace().filter(|w| !w.starts_with("planet.slot=")).map(str::to_string).collect();
     let at = options.split_whitespace().position(|w| w.starts_with("planet.slot=")).unwrap_or(words.len());

@@ -3,8 +3,8 @@
 //! `network-config` version 2 and OpenStack's `network_data.json`.
 //!
 //! Keys are spelled in errors as they are in the YAML (`planet.master_ip`), so the console
-//! message points at the line to fix. Values are never quoted in errors for `env`, which holds
-//! credentials.
+//! message points at the line to fix. Values are never quoted in errors for `env` and
+//! `join_token`, which hold credentials.
 
 use std::borrow::Cow;
 use std::io::Read;
@@ -27,6 +27,7 @@ pub const PLANET_KEYS: &[&str] = &[
     "taints",
     "volumes",
     "update",
+    "join_token",
 ];
 
 /// The whole user-data decode's allowance: the input plus every byte gzip and base64 produce,
@@ -430,6 +431,7 @@ pub fn parse_cloud_config(text: &str) -> Result<RawConfig, ConfigError> {
             "cloud_provider" => raw.cloud_provider = Some(scalar(&key, v)?),
             "cloud_config" => raw.cloud_config = Some(scalar(&key, v)?),
             "node_name" => raw.node_name = Some(scalar(&key, v)?),
+            "join_token" => raw.join_token = Some(join_token_text(&key, v)?),
             "env" => {
                 for (ek, ev) in mapping(&key, v)? {
                     let name = key_text(&key, ek)?;
@@ -475,6 +477,19 @@ pub fn parse_cloud_config(text: &str) -> Result<RawConfig, ConfigError> {
         }
     }
     Ok(raw)
+}
+
+/// The join token as written; only a string will do (an unquoted all-digit token is a YAML
+/// number, whose text would not survive). Errors never quote the value.
+fn join_token_text(key: &str, v: &Value) -> Result<crate::SecretText, ConfigError> {
+    match v {
+        Value::String(s) => Ok(crate::SecretText::new(s.clone())),
+        Value::Number(_) => Err(err(
+            key,
+            format!("is a number in YAML, not text: put the token in quotes; {}", crate::JOIN_TOKEN_HOWTO),
+        )),
+        other => Err(err(key, format!("expected a string, found {}; {}", kind(other), crate::JOIN_TOKEN_HOWTO))),
+    }
 }
 
 fn mapping<'a>(key: &str, v: &'a Value) -> Result<&'a serde_yaml::Mapping, ConfigError> {
@@ -989,6 +1004,36 @@ mod tests {
         assert!(n.resolve(&nics).addresses.is_empty());
         // Linear matching takes microseconds; backtracking took hours. The margin is for a loaded CI.
         assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn join_token_is_read_and_checked_without_echoing_it() {
+        let doc = |t: &str| format!("#cloud-config\nplanet:\n  role: node\n  master_ip: 10.0.0.1\n  join_token: {t}\n");
+        let (raw, _) = user_data_config(doc("k7p2xq.h3mz9wv1c8rt4yda").as_bytes()).unwrap();
+        let c = raw.validate(crate::Source::NoCloud, "planet.").unwrap();
+        assert_eq!(c.join_token.as_ref().map(crate::JoinToken::reveal), Some("k7p2xq.h3mz9wv1c8rt4yda"));
+        assert!(c.container_environment().contains("\nPLANET_JOIN_TOKEN=k7p2xq.h3mz9wv1c8rt4yda\n"));
+        let shown = c.to_string();
+        assert!(shown.contains("join_token=set") && !shown.contains("h3mz9wv1"), "{shown}");
+        assert!(!format!("{c:?} {raw:?}").contains("h3mz9wv1"), "Debug shows the token");
+        // Each bad token: the key, what is wrong and how to make one; never the value.
+        for (bad, want) in [
+            ("\"k7p2xq.h3mz9wv1C8RT4YDA\"", "upper-case letter at position 16"),
+            ("\"k7p2xq-h3mz9wv1c8rt4yda\"", "has no '.'"),
+            ("\"k7p2xqz.h3mz9wv1c8rt4yd\"", "7 characters before the '.'"),
+            ("\"\"", "is empty"),
+            ("123456.9081726354091827", "is a number in YAML"),
+            ("[k7p2xq.h3mz9wv1c8rt4yda]", "expected a string, found a list"),
+        ] {
+            let e = match user_data_config(doc(bad).as_bytes()) {
+                Ok((raw, _)) => raw.validate(crate::Source::NoCloud, "planet.").unwrap_err().to_string(),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.starts_with("planet.join_token"), "{bad}: {e}");
+            assert!(e.contains(want) && e.contains("planet-image join-token"), "{bad}: {e}");
+            assert!(!e.contains("h3mz9wv1") && !e.contains("9081726354"), "{bad}: {e}");
+            assert!(!e.contains("k7p2xq") && !e.contains("rt4yd") && !e.contains("YDA"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! `planet.env` is refused here: the command line is readable by every pod (`/proc/cmdline`),
 //! printed by the kernel on the console and copied into every later boot entry, so it must
 //! never carry the credentials `env` holds. Env comes from user-data (`planet: env:`).
+//! `planet.join_token` is refused for the same reason: the cluster's join secret belongs in
+//! user-data (`planet: join_token:`) only.
 
 use crate::{ConfigError, RawConfig};
 
@@ -71,6 +73,7 @@ impl CmdlineConfig {
                 "node_name" => c.node_name = Some(value),
                 "init" => c.init = Some(value),
                 "env" => return Err(env_refused()),
+                "join_token" => return Err(join_token_refused()),
                 "ip" => {
                     let a = value.parse().map_err(|e: String| ConfigError::invalid("planet.ip", &value, e))?;
                     c.network.addresses.push(a);
@@ -89,13 +92,18 @@ impl CmdlineConfig {
         Ok(out)
     }
 
-    /// The command line with every `planet.env=` word removed (the rest as the kernel split
-    /// it, quotes kept where a word needs them), for options copied into a new boot entry or
-    /// image.
-    pub fn without_env(line: &str) -> String {
+    /// The command line with every `planet.env=` and `planet.join_token=` word removed (the
+    /// rest as the kernel split it, quotes kept where a word needs them), for options copied
+    /// into a new boot entry or image.
+    pub fn without_secrets(line: &str) -> String {
+        let secret = |w: &str| {
+            ["planet.env", "planet.join_token"]
+                .iter()
+                .any(|k| w == *k || w.strip_prefix(k).is_some_and(|r| r.starts_with('=')))
+        };
         split_cmdline(line)
             .into_iter()
-            .filter(|w| !w.starts_with("planet.env=") && w != "planet.env")
+            .filter(|w| !secret(w))
             .map(|w| if w.contains(char::is_whitespace) { format!("\"{w}\"") } else { w })
             .collect::<Vec<_>>()
             .join(" ")
@@ -114,6 +122,18 @@ pub fn env_refused() -> ConfigError {
         reason: "is not accepted on the kernel command line: every pod can read /proc/cmdline and the kernel prints \
                  it on the console; put the variables in user-data (planet: env:, or planet-image seed --env) and \
                  remove planet.env= from the command line"
+            .into(),
+    }
+}
+
+/// The error for `planet.join_token` on the command line; it never quotes the value.
+pub fn join_token_refused() -> ConfigError {
+    ConfigError::Data {
+        key: "planet.join_token".into(),
+        reason: "is not accepted on the kernel command line: secrets do not belong on /proc/cmdline, which every \
+                 process and pod can read and the kernel prints on the console; put it in user-data (planet: \
+                 join_token:, or planet-image seed --join-token-file) and remove planet.join_token= from the \
+                 command line"
             .into(),
     }
 }
@@ -141,6 +161,9 @@ mod tests {
              planet.dns=1.1.1.1 planet.debug",
         )
         .unwrap();
+        let mut c = c;
+        // The join token comes from user-data, merged under the command line.
+        c.config.join_token = Some(crate::SecretText::new("q4w8zt.m2x7c5v9b1n3k6j0"));
         assert_eq!(c.param("slot"), Some("a"));
         assert_eq!(c.param("debug"), Some(""));
         let v = c.config.validate(Source::Cmdline, "planet.").unwrap();
@@ -165,10 +188,25 @@ mod tests {
     #[test]
     fn env_is_stripped_from_copied_options() {
         assert_eq!(
-            CmdlineConfig::without_env(
-                "console=ttyS0 planet.env=PW=hunter2 planet.slot=a \"planet.env=A=b c\" x=\"y z\""
+            CmdlineConfig::without_secrets(
+                "console=ttyS0 planet.env=PW=hunter2 planet.slot=a \"planet.env=A=b c\" x=\"y z\" \
+                 planet.join_token=abcdef.0123456789abcdef planet.join_token planet.join_tokens=1"
             ),
-            "console=ttyS0 planet.slot=a \"x=y z\""
+            "console=ttyS0 planet.slot=a \"x=y z\" planet.join_tokens=1"
         );
+    }
+
+    #[test]
+    fn join_token_on_the_command_line_is_refused_without_echoing_it() {
+        for line in [
+            "planet.role=node planet.master_ip=10.0.0.1 planet.join_token=abcdef.0123456789abcdef",
+            "planet.join_token=\"abcdef.0123456789abcdef\" planet.role=master",
+            "planet.join_token=abcdef.bad",
+        ] {
+            let err = CmdlineConfig::parse(line).unwrap_err().to_string();
+            assert!(err.starts_with("planet.join_token is not accepted on the kernel command line"), "{err}");
+            assert!(err.contains("put it in user-data"), "{err}");
+            assert!(!err.contains("abcdef"), "{err}");
+        }
     }
 }

@@ -13,8 +13,10 @@ pub mod bootentry;
 pub mod cloudconfig;
 mod cmdline;
 pub mod glob;
+mod jointoken;
 pub mod update;
-pub use cmdline::{env_refused, split_cmdline, CmdlineConfig, DISK_GUID_PARAM};
+pub use cmdline::{env_refused, join_token_refused, split_cmdline, CmdlineConfig, DISK_GUID_PARAM};
+pub use jointoken::{JoinToken, SecretText, JOIN_TOKEN_HOWTO};
 pub use update::{RawUpdate, UpdateConfig};
 
 /// Why a configuration was rejected; each variant names the key so the console message points
@@ -206,6 +208,8 @@ pub struct RawConfig {
     pub volumes: Vec<String>,
     /// The update agent (`planet: update:`).
     pub update: RawUpdate,
+    /// `planet: join_token:` (user-data only; the command line refuses it).
+    pub join_token: Option<SecretText>,
 }
 
 /// The default init of a non-release rootfs.
@@ -230,6 +234,8 @@ pub struct PlanetConfig {
     pub volumes: Vec<String>,
     pub update: UpdateConfig,
     pub source: Source,
+    /// The cluster join secret; `None` for `dev`, which has nobody to join.
+    pub join_token: Option<JoinToken>,
 }
 
 impl RawConfig {
@@ -239,7 +245,7 @@ impl RawConfig {
         macro_rules! take {
             ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f; } )* };
         }
-        take!(role, master_ip, public_ip, cloud_provider, hostname, node_name, init, cloud_config);
+        take!(role, master_ip, public_ip, cloud_provider, hostname, node_name, init, cloud_config, join_token);
         for (k, v) in over.env {
             set_env(&mut self.env, k, v);
         }
@@ -285,6 +291,23 @@ impl RawConfig {
                 why: " for role node",
             });
         }
+        let join_token = match (&self.join_token, role) {
+            // A dev machine is its own cluster: nobody joins it, the token is ignored.
+            (None, _) | (_, Role::Dev) => None,
+            // The reason says what is wrong; the value is never part of the error.
+            (Some(t), _) => Some(JoinToken::parse(t.reveal()).map_err(|why| ConfigError::Data {
+                key: key("join_token"),
+                reason: format!("{why}: {JOIN_TOKEN_HOWTO}"),
+            })?),
+        };
+        if role == Role::Node && join_token.is_none() {
+            return Err(ConfigError::Missing {
+                key: if key_prefix == "planet." { "planet.join_token" } else { "join_token" },
+                why: " for role node (the node proves with it that it may join the master): put the master's token \
+                      in this node's user-data (planet: join_token:), or make a new one for the master and every \
+                      node with `planet-image join-token`",
+            });
+        }
         let cloud_provider = match self.cloud_provider.as_deref() {
             None => CloudProvider::None,
             Some(t) => t.parse().map_err(|e: String| ConfigError::invalid(&key("cloud_provider"), t, e))?,
@@ -292,6 +315,16 @@ impl RawConfig {
         for (k, v) in &self.env {
             if !valid_env_key(k) {
                 return Err(ConfigError::invalid(&key("env"), k, "variable names are [A-Za-z_][A-Za-z0-9_]*"));
+            }
+            // planet-init sets these from the planet: keys; a user's copy written after them
+            // would replace them (PLANET_ROLE, PLANET_JOIN_TOKEN=…) in the container.
+            if k.starts_with("PLANET_") {
+                return Err(ConfigError::Data {
+                    key: key(&format!("env.{k}")),
+                    reason: "is refused: PLANET_* variables are set by planet-init from the planet: keys (role, \
+                             master_ip, join_token, …); set that key instead, or rename the variable"
+                        .into(),
+                });
             }
             // One line per variable in /etc/container-environment, and `K=V,K2=V2` for Planet:
             // either separator inside a value would add a variable. The value is not quoted.
@@ -366,6 +399,7 @@ impl RawConfig {
             volumes: self.volumes.clone(),
             update,
             source,
+            join_token,
         })
     }
 }
@@ -425,6 +459,8 @@ impl PlanetConfig {
         line("PLANET_CLOUD_PROVIDER", self.cloud_provider.as_str());
         line("PLANET_HOSTNAME", &opt(self.hostname.clone()));
         line("PLANET_NODE_NAME", &opt(self.node_name.clone().or_else(|| self.hostname.clone())));
+        // The file is 0600: this is the one place the join token is written.
+        line("PLANET_JOIN_TOKEN", self.join_token.as_ref().map_or("", JoinToken::reveal));
         if !self.labels.is_empty() {
             line(
                 "PLANET_NODE_LABELS",
@@ -440,7 +476,8 @@ impl PlanetConfig {
         out
     }
 
-    /// Masked, single-line `key=value` rendering for the console: env values never appear.
+    /// Masked, single-line `key=value` rendering for the console: env values and the join
+    /// token never appear (`join_token=set`).
     pub fn log_fields(&self) -> Vec<(&'static str, String)> {
         let none = || "none".to_string();
         let mut f = vec![
@@ -456,6 +493,9 @@ impl PlanetConfig {
         }
         if let Some(n) = &self.node_name {
             f.push(("node_name", n.clone()));
+        }
+        if self.join_token.is_some() {
+            f.push(("join_token", "set".to_string()));
         }
         if !self.env.is_empty() {
             f.push(("env", masked_env(&self.env)));
@@ -494,6 +534,65 @@ mod tests {
         RawConfig { role: Some(role.into()), ..Default::default() }
     }
 
+    const TOKEN: &str = "q4w8zt.m2x7c5v9b1n3k6j0";
+
+    #[test]
+    fn join_token_is_required_for_nodes_only() {
+        let mut r = raw("node");
+        r.master_ip = Some("10.0.0.1".into());
+        let err = r.validate(Source::NoCloud, "planet.").unwrap_err().to_string();
+        assert!(err.starts_with("planet.join_token is required for role node"), "{err}");
+        assert!(err.contains("planet-image join-token") && err.contains("user-data"), "{err}");
+        // A master without one runs, nodes just cannot join it.
+        let m = raw("master").validate(Source::NoCloud, "planet.").unwrap();
+        assert_eq!(m.join_token, None);
+        assert!(m.container_environment().contains("\nPLANET_JOIN_TOKEN=\n"));
+        assert!(!m.to_string().contains("join_token"), "{m}");
+        let mut r = raw("master");
+        r.join_token = Some(SecretText::new(TOKEN));
+        let m = r.validate(Source::NoCloud, "planet.").unwrap();
+        assert_eq!(m.join_token.as_ref().map(JoinToken::reveal), Some(TOKEN));
+        // dev ignores it, even a malformed one.
+        let mut r = raw("dev");
+        r.join_token = Some(SecretText::new("not a token"));
+        let d = r.validate(Source::NoCloud, "planet.").unwrap();
+        assert_eq!(d.join_token, None);
+    }
+
+    #[test]
+    fn join_token_never_shows_in_log_fields_or_errors() {
+        let mut r = raw("node");
+        r.master_ip = Some("10.0.0.1".into());
+        r.join_token = Some(SecretText::new(TOKEN));
+        let c = r.validate(Source::NoCloud, "planet.").unwrap();
+        let fields = c.log_fields();
+        assert!(fields.contains(&("join_token", "set".to_string())), "{fields:?}");
+        assert!(!format!("{fields:?} {c} {c:?} {r:?}").contains("m2x7c5"), "{fields:?}");
+        for bad in
+            ["q4w8zt.m2x7c5v9b1n3k6j", "q4w8zt.m2x7c5V9b1n3k6j0", "q4w8ztm2x7c5v9b1n3k6j0", "q4w8zt..m2x7c5v9b1n3k6j0"]
+        {
+            r.join_token = Some(SecretText::new(bad));
+            let e = r.validate(Source::NoCloud, "planet.").unwrap_err();
+            let text = format!("{e} {e:?}");
+            assert!(text.starts_with("planet.join_token "), "{text}");
+            assert!(!text.contains("m2x7c5") && !text.contains("q4w8zt"), "{text}");
+        }
+    }
+
+    #[test]
+    fn planet_variables_are_not_user_env() {
+        for k in ["PLANET_JOIN_TOKEN", "PLANET_ROLE", "PLANET_ANYTHING"] {
+            let mut r = raw("master");
+            r.env = vec![(k.into(), "hunter2".into())];
+            let e = r.validate(Source::NoCloud, "planet.").unwrap_err().to_string();
+            assert!(e.starts_with(&format!("planet.env.{k} is refused")), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        let mut r = raw("master");
+        r.env = vec![("PLANETARY".into(), "x".into())];
+        assert!(r.validate(Source::NoCloud, "planet.").is_ok());
+    }
+
     #[test]
     fn roles_are_validated_with_the_key_named() {
         assert_eq!(raw("dev").validate(Source::Cmdline, "planet.").unwrap().role, Role::Dev);
@@ -509,6 +608,7 @@ mod tests {
         assert_eq!(err.to_string(), "planet.master_ip is required for role node");
         let mut r = raw("node");
         r.master_ip = Some("10.0.0.1".into());
+        r.join_token = Some(SecretText::new(TOKEN));
         assert!(r.validate(Source::Cmdline, "planet.").is_ok());
         r.master_ip = Some("10.0.0".into());
         let err = r.validate(Source::Cmdline, "planet.").unwrap_err();
@@ -572,12 +672,17 @@ mod tests {
         r.master_ip = Some("10.0.0.10".into());
         r.hostname = Some("n1".into());
         r.cloud_provider = Some("aws".into());
+        r.join_token = Some(SecretText::new(TOKEN));
+        r.labels = vec![("zone".into(), "a".into())];
         r.env = vec![("K".into(), "V".into()), ("K2".into(), "a=b".into())];
         let c = r.validate(Source::Cmdline, "planet.").unwrap();
         assert_eq!(
             c.container_environment(),
-            "PLANET_ROLE=node\nPLANET_MASTER_IP=10.0.0.10\nPLANET_PUBLIC_IP=\nPLANET_CLOUD_PROVIDER=aws\n\
-             PLANET_HOSTNAME=n1\nPLANET_NODE_NAME=n1\nK=V\nK2=a=b\n"
+            format!(
+                "PLANET_ROLE=node\nPLANET_MASTER_IP=10.0.0.10\nPLANET_PUBLIC_IP=\nPLANET_CLOUD_PROVIDER=aws\n\
+                 PLANET_HOSTNAME=n1\nPLANET_NODE_NAME=n1\nPLANET_JOIN_TOKEN={TOKEN}\nPLANET_NODE_LABELS=zone=a\nK=V\n\
+                 K2=a=b\n"
+            )
         );
     }
 

@@ -400,6 +400,15 @@ mod tests {
         std::fs::write(&env.cmdline, "console=ttyS0 planet.slot=a planet.role=dev planet.env=A=hunter2\n").unwrap();
         let e = format!("{:#}", read_config(&env).unwrap_err());
         assert!(e.contains("planet.env is not accepted on the kernel command line") && !e.contains("hunter2"), "{e}");
+        std::fs::write(
+            &env.cmdline,
+            "console=ttyS0 planet.slot=a planet.role=node planet.master_ip=10.0.0.1 \
+             planet.join_token=q4w8zt.m2x7c5v9b1n3k6j0\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", read_config(&env).unwrap_err());
+        assert!(e.contains("planet.join_token is not accepted on the kernel command line"), "{e}");
+        assert!(!e.contains("q4w8zt") && !e.contains("m2x7c5"), "{e}");
     }
 
     #[test]

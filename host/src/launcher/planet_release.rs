@@ -122,7 +122,9 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Container> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use planet_config::{RawConfig, Source};
+    use planet_config::{RawConfig, SecretText, Source};
+
+    const TOKEN: &str = "q4w8zt.m2x7c5v9b1n3k6j0";
 
     fn cfg(role: &str, master: Option<&str>) -> PlanetConfig {
         RawConfig {
@@ -132,6 +134,7 @@ mod tests {
             cloud_provider: Some("aws".into()),
             env: vec![("AWS_REGION".into(), "us-east-1".into()), ("X".into(), "y".into())],
             node_name: Some("node-1".into()),
+            join_token: Some(SecretText::new(TOKEN)),
             ..Default::default()
         }
         .validate(Source::Cmdline, "planet.")
@@ -170,6 +173,8 @@ mod tests {
         let c = cfg("node", Some("10.0.0.10"));
         let a = argv(Path::new("/r/rootfs"), &c, None, &[]);
         assert!(!a.iter().any(|f| f.contains("us-east-1") || f.starts_with("--env")), "{a:?}");
+        // Nor the join token, which is not the release launcher's at all.
+        assert!(!a.iter().chain(launcher_env(&c).iter().map(|(_, v)| v)).any(|f| f.contains(TOKEN)), "{a:?}");
         assert_eq!(launcher_env(&c), [("PLANET_ENV".to_string(), "AWS_REGION=us-east-1,X=y".to_string())]);
         let mut none = c.clone();
         none.env.clear();
