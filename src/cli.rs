@@ -82,6 +82,28 @@ pub enum Command {
     Publish(PublishCommand),
     /// Write a NoCloud or ConfigDrive seed image with cloud-init data (QEMU, bare metal).
     Seed(SeedArgs),
+    /// Make a new cluster join token: the secret a node shows the master to join the cluster.
+    #[command(long_about = "Make a new cluster join token.\n\n\
+        A join token is the secret that lets a node join a master: the node proves with it that it may \
+        join, and checks with it that the master it talks to is the cluster's own. It is a Kubernetes \
+        bootstrap token, 6 characters of a-z and 0-9, a '.', then 16 more (abcdef.0123456789abcdef), drawn \
+        from the operating system's random number generator.\n\n\
+        Put the same value in the user-data of the master and of every node:\n\n  \
+        #cloud-config\n  planet:\n    role: node\n    master_ip: 10.0.0.10\n    join_token: \"TOKEN\"\n\n\
+        or pass the file to `planet-image seed --join-token-file FILE`. A node without one is refused at \
+        boot; a master without one runs, but no node can join it. Never put it on a kernel command line \
+        (planet.join_token= is refused: every process can read /proc/cmdline).\n\n\
+        The token is printed on stdout, or with -o written to a new file of mode 0600 (nothing printed), \
+        which keeps it off the terminal and out of scroll-back: `planet-image join-token -o cluster.token`.")]
+    JoinToken(JoinTokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JoinTokenArgs {
+    /// Write the token to this new file (mode 0600; an existing file is never replaced)
+    /// instead of printing it.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -335,6 +357,11 @@ pub struct SeedArgs {
     /// The seed image is written mode 0600 either way.
     #[arg(long, value_name = "FILE")]
     pub env_file: Vec<PathBuf>,
+    /// The cluster's join token (required for --role node, optional for a master): a file
+    /// holding it, as `planet-image join-token -o FILE` writes it (a file other users can read
+    /// is refused). Never taken from the command line, where `ps` would show it.
+    #[arg(long, value_name = "FILE")]
+    pub join_token_file: Option<PathBuf>,
     /// Host name of the machine.
     #[arg(long)]
     pub hostname: Option<String>,

@@ -19,6 +19,7 @@ pub mod fetch;
 pub mod image;
 pub mod initramfs;
 pub mod inspect;
+pub mod join_token;
 pub mod kernel;
 pub mod layout;
 pub mod manifest;

@@ -2,7 +2,7 @@ use anyhow::Result;
 use clap::Parser;
 use planet_image::build::pipeline::{self, BuildRequest, Target};
 use planet_image::cli::{Cli, Command, PublishCommand};
-use planet_image::{bundle, enter, fetch, inspect, publish, run, seed};
+use planet_image::{bundle, enter, fetch, inspect, join_token, publish, run, seed};
 use std::time::Duration;
 
 fn main() {
@@ -132,6 +132,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             for f in &a.env_file {
                 env.extend(seed::read_env_file(f)?);
             }
+            let join_token = a.join_token_file.as_deref().map(join_token::read_file).transpose()?;
             let req = seed::SeedRequest {
                 role: a.role,
                 master_ip: a.master_ip,
@@ -143,6 +144,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 dns: a.dns,
                 interface: a.interface,
                 update: a.update,
+                join_token,
                 format: a.format,
                 output: a.output,
             };
@@ -151,6 +153,14 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 None => seed::write(&req, source_date_epoch()?)?,
             };
             println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(0)
+        }
+        Command::JoinToken(a) => {
+            let token = join_token::generate();
+            match &a.output {
+                Some(path) => join_token::write_new(path, &token)?,
+                None => println!("{}", token.reveal()),
+            }
             Ok(0)
         }
         Command::Publish(PublishCommand::Aws(a)) => {

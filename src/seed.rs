@@ -36,6 +36,8 @@ pub struct SeedRequest {
     pub interface: Option<String>,
     /// `planet: update:` settings, in order.
     pub update: Vec<(String, String)>,
+    /// The cluster's join secret (`planet: join_token:`); never printed (its Debug is `***`).
+    pub join_token: Option<planet_config::JoinToken>,
     pub format: SeedFormat,
     pub output: PathBuf,
 }
@@ -106,6 +108,12 @@ impl SeedRequest {
         if self.role == "node" && self.master_ip.is_none() {
             bail!("--role node needs --master-ip (the address of the master's etcd and API server)");
         }
+        if self.role == "node" && self.join_token.is_none() {
+            bail!(
+                "--role node needs --join-token-file FILE: the cluster's join token, the same one the master's \
+                 user-data has (make one with `planet-image join-token -o FILE`)"
+            );
+        }
         if !["aws", "gce", "none"].contains(&self.provider.as_str()) {
             bail!("--provider must be aws, gce or none, not {:?}", self.provider);
         }
@@ -156,6 +164,9 @@ impl SeedRequest {
             let _ = writeln!(y, "  master_ip: {}", quoted(&ip.to_string()));
         }
         let _ = writeln!(y, "  cloud_provider: {}", self.provider);
+        if let Some(t) = &self.join_token {
+            let _ = writeln!(y, "  join_token: {}", quoted(t.reveal()));
+        }
         if !self.env.is_empty() {
             y.push_str("  env:\n");
             for (k, v) in &self.env {
@@ -313,12 +324,12 @@ pub fn append_partition(req: &SeedRequest, image_path: &Path, epoch: u64) -> Res
         .write(true)
         .open(image_path)
         .with_context(|| format!("opening {}", image_path.display()))?;
-    if !req.env.is_empty() {
+    if !req.env.is_empty() || req.join_token.is_some() {
         use std::os::unix::fs::PermissionsExt;
         if f.metadata().is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
             eprintln!(
-                "planet-image: warning: {} is readable by other users and now holds the env values; \
-                 `chmod 600` it if they are secrets",
+                "planet-image: warning: {} is readable by other users and now holds the env values or the join \
+                 token; `chmod 600` it if they are secrets",
                 image_path.display()
             );
         }
@@ -387,11 +398,12 @@ pub fn append_partition(req: &SeedRequest, image_path: &Path, epoch: u64) -> Res
         "role": req.role,
         "master_ip": req.master_ip.map(|i| i.to_string()),
         "env_keys": req.env.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        "join_token": req.join_token.as_ref().map(|_| "set"),
         "instance_id": req.instance_id(),
     }))
 }
 
-/// Writes the seed image; returns a summary safe to print (no env values).
+/// Writes the seed image; returns a summary safe to print (no env values, no join token).
 pub fn write(req: &SeedRequest, epoch: u64) -> Result<serde_json::Value> {
     let bytes = image(req, epoch)?;
     // The seed holds the env values (credentials) and update URLs: 0600 from the first byte.
@@ -405,6 +417,7 @@ pub fn write(req: &SeedRequest, epoch: u64) -> Result<serde_json::Value> {
         "role": req.role,
         "master_ip": req.master_ip.map(|i| i.to_string()),
         "env_keys": req.env.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        "join_token": req.join_token.as_ref().map(|_| "set"),
         "instance_id": req.instance_id(),
     }))
 }
@@ -412,6 +425,8 @@ pub fn write(req: &SeedRequest, epoch: u64) -> Result<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const TOKEN: &str = "q4w8zt.m2x7c5v9b1n3k6j0";
 
     fn req() -> SeedRequest {
         SeedRequest {
@@ -425,6 +440,7 @@ mod tests {
             dns: vec![Ipv4Addr::new(10, 0, 0, 2)],
             interface: None,
             update: Vec::new(),
+            join_token: Some(planet_config::JoinToken::parse(TOKEN).unwrap()),
             format: SeedFormat::Nocloud,
             output: "seed.img".into(),
         }
@@ -474,6 +490,31 @@ mod tests {
         let mut r = req();
         r.master_ip = None;
         assert!(r.validate().unwrap_err().to_string().contains("--master-ip"));
+    }
+
+    #[test]
+    fn join_token_is_written_for_planet_init_and_never_summarised() {
+        let r = req();
+        assert!(r.user_data().contains(&format!("\n  join_token: \"{TOKEN}\"\n")), "{}", r.user_data());
+        let (raw, _) = planet_config::cloudconfig::user_data_config(r.user_data().as_bytes()).unwrap();
+        let c = raw.validate(planet_config::Source::NoCloud, "planet.").unwrap();
+        assert_eq!(c.join_token.as_ref().map(planet_config::JoinToken::reveal), Some(TOKEN));
+        assert!(!format!("{r:?}").contains("m2x7c5"), "{r:?}");
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = req();
+        w.output = tmp.path().join("seed.img");
+        let summary = write(&w, 1_700_000_000).unwrap();
+        assert_eq!(summary["join_token"], "set");
+        assert!(!summary.to_string().contains("m2x7c5"), "{summary}");
+        // A node cannot join without one; a master can run without (nodes then cannot join).
+        let mut n = req();
+        n.join_token = None;
+        let e = n.validate().unwrap_err().to_string();
+        assert!(e.contains("--join-token-file") && e.contains("planet-image join-token"), "{e}");
+        n.role = "master".into();
+        n.master_ip = None;
+        n.validate().unwrap();
+        assert!(!n.user_data().contains("join_token"));
     }
 
     #[test]
