@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 const BOOT: Duration = Duration::from_secs(240);
 const SECRET: &str = "s3cr3t-Zq8vW1-never-printed";
+/// The cluster's join token (`planet: join_token:`): never on the console either.
+const JOIN_TOKEN: &str = "t0k3nx.s3cr3tj01nt0k3n9";
 
 fn demo_image(s: &Scratch) -> PathBuf {
     let image = s.path("demo.qcow2");
@@ -31,6 +33,18 @@ fn seed(s: &Scratch, name: &str, args: &[&str]) -> PathBuf {
 
 fn assert_no_secret(console: &str) {
     assert!(!console.contains(SECRET), "the secret appeared on the console:\n{console}");
+    assert!(!console.contains("s3cr3tj01nt0k3n9"), "the join token appeared on the console:\n{console}");
+}
+
+/// The join token in a mode-0600 file, for `seed --join-token-file` (never on argv).
+fn join_token_file(s: &Scratch) -> PathBuf {
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = s.path("cluster.token");
+    if !p.exists() {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&p).unwrap();
+        writeln!(f, "{JOIN_TOKEN}").unwrap();
+    }
+    p
 }
 
 /// An IMDSv2 server: the token PUT gives "tok-123"; GETs without it get 401.
@@ -65,8 +79,8 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 
 fn node_user_data(master: &str) -> String {
     format!(
-        "#cloud-config\nhostname: cloud-node\nplanet:\n  role: node\n  master_ip: {master}\n  env:\n    \
-         AWS_SECRET_ACCESS_KEY: \"{SECRET}\"\n"
+        "#cloud-config\nhostname: cloud-node\nplanet:\n  role: node\n  master_ip: {master}\n  join_token: \
+         \"{JOIN_TOKEN}\"\n  env:\n    AWS_SECRET_ACCESS_KEY: \"{SECRET}\"\n"
     )
 }
 
@@ -94,10 +108,23 @@ fn two_machines_form_a_cluster_from_nocloud_seeds() {
     let s = Scratch::new("ds-cluster");
     let image = demo_image(&s);
     let (master_mac, node_mac) = ("52:54:00:aa:00:10", "52:54:00:aa:00:11");
+    let token_file = join_token_file(&s);
+    let token_file = token_file.to_str().unwrap();
     let master_seed = seed(
         &s,
         "master.img",
-        &["--role", "master", "--hostname", "master-1", "--address", "10.10.0.10/24", "--interface", master_mac],
+        &[
+            "--role",
+            "master",
+            "--hostname",
+            "master-1",
+            "--address",
+            "10.10.0.10/24",
+            "--interface",
+            master_mac,
+            "--join-token-file",
+            token_file,
+        ],
     );
     let node_seed = seed(
         &s,
@@ -113,6 +140,8 @@ fn two_machines_form_a_cluster_from_nocloud_seeds() {
             "10.10.0.11/24",
             "--interface",
             node_mac,
+            "--join-token-file",
+            token_file,
             "--env",
             &format!("AWS_SECRET_ACCESS_KEY={SECRET}"),
         ],
@@ -155,6 +184,7 @@ fn two_machines_form_a_cluster_from_nocloud_seeds() {
     let nc = node.wait_for("planet-init: launcher started", BOOT);
     assert!(nc.contains("planet-init: config role=node master_ip=10.10.0.10"), "{nc}");
     assert!(nc.contains("env=AWS_SECRET_ACCESS_KEY=***"), "{nc}");
+    assert!(nc.contains(" join_token=set ") && mc.contains(" join_token=set "), "{nc}\n{mc}");
     let start = Instant::now();
     let nodes = loop {
         // The master is etcd's member (named after the machine); the node registers under /nodes/.

@@ -129,13 +129,30 @@ fn planet_release_gets_exactly_its_flags() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("--cmdline: planet.env is not accepted"), "{stderr}");
     assert!(!stderr.contains(SECRET) && !image.exists(), "{stderr}");
+    // So is the cluster's join token.
+    let out = planet_image()
+        .args(["build", "--target", "qcow2", "--rootfs"])
+        .arg(fixture("release-boot.tar.gz"))
+        .args(["--cmdline", "planet.role=master planet.join_token=q4w8zt.m2x7c5v9b1n3k6j0", "-o"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--cmdline: planet.join_token is not accepted"), "{stderr}");
+    assert!(!stderr.contains("m2x7c5") && !image.exists(), "{stderr}");
     build("qcow2", &fixture("release-boot.tar.gz"), &image, &[]);
     let env_file = s.path("env");
     std::fs::write(&env_file, format!("FOO={SECRET}\nZONE=z1\n")).unwrap();
+    // A node needs the cluster's join token; `join-token -o` writes it to a new 0600 file.
+    let token_file = s.path("cluster.token");
+    ok(planet_image().arg("join-token").arg("-o").arg(&token_file));
+    let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
     let seed = s.path("seed.img");
     ok(planet_image()
         .args(["seed", "--role", "node", "--master-ip", "10.0.2.2", "--env-file"])
         .arg(&env_file)
+        .arg("--join-token-file")
+        .arg(&token_file)
         .arg("-o")
         .arg(&seed)
         .env("SOURCE_DATE_EPOCH", "1700000000"));
@@ -144,6 +161,7 @@ fn planet_release_gets_exactly_its_flags() {
     let mut guest = Guest::start(&image, &s, &["--snapshot", "--seed", &seed_arg, "--cmdline", cmdline]);
     let console = guest.wait_for("planet-fixture: done", BOOT);
     assert!(!console.contains(SECRET), "an env value reached the console:\n{console}");
+    assert!(!console.contains(&token) && console.contains(" join_token=set "), "{console}");
     assert!(console.contains("env=FOO=***,ZONE=***") && console.contains("source=nocloud"), "{console}");
     let argv: Vec<&str> = console
         .lines()
