@@ -1,6 +1,7 @@
 //! The test harness's Ethernet hub (tests/common/hub.rs), with plain TCP clients speaking
 //! QEMU's `-netdev socket` stream framing: what one client sends reaches every other client,
-//! not the sender, and a client that goes away does not stop the rest.
+//! not the sender, and a client that goes away does not stop the rest; and real QEMUs linked
+//! with `-netdev socket,connect=` (their NIC's boot ROM broadcasting) are heard through it.
 
 mod common;
 
@@ -119,4 +120,63 @@ fn dropping_the_hub_closes_every_connection() {
     assert_eq!(a.read_to_end(&mut rest).unwrap_or(0), 0);
     assert_eq!(b.read_to_end(&mut rest).unwrap_or(0), 0);
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "the hub still listens");
+}
+
+/// A QEMU started by this test, killed when dropped.
+struct Qemu(std::process::Child);
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A diskless QEMU whose virtio NIC's boot ROM (iPXE) broadcasts DHCP requests into the hub:
+/// real `-netdev socket,connect=` framing, the way `planet-image run --link connect:PORT` links
+/// a guest.
+fn pxe_guest(hub: &Hub, mac: &str) -> Qemu {
+    let child = std::process::Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-display", "none", "-nodefaults", "-m", "128", "-boot", "n"])
+        .arg("-netdev")
+        .arg(format!("socket,id=link0,connect=127.0.0.1:{}", hub.port))
+        .arg("-device")
+        .arg(format!("virtio-net-pci,netdev=link0,mac={mac}"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("starting qemu-system-x86_64");
+    Qemu(child)
+}
+
+fn mac_bytes(mac: &str) -> Vec<u8> {
+    mac.split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect()
+}
+
+#[test]
+fn qemu_guests_frames_cross_the_hub() {
+    let hub = Hub::start();
+    let mut observer = client(&hub);
+    wait_connections(&hub, 1);
+    let macs = ["52:54:00:50:01:01", "52:54:00:50:01:02"];
+    let _guests: Vec<Qemu> = macs.iter().map(|m| pxe_guest(&hub, m)).collect();
+    wait_connections(&hub, 3);
+
+    // Broadcasts and multicasts (DHCP, IPv6 router solicitations) from both guests' MACs reach
+    // the third party: QEMU's framing is read right, and each frame is a whole Ethernet frame.
+    let mut seen = [false; 2];
+    let start = Instant::now();
+    observer.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    while seen != [true, true] {
+        assert!(start.elapsed() < Duration::from_secs(120), "frames seen from {seen:?} of {macs:?}");
+        let frame = recv(&mut observer);
+        assert!(frame.len() >= 14 && frame.len() <= MAX_FRAME, "a frame of {} bytes", frame.len());
+        for (i, m) in macs.iter().enumerate() {
+            if frame[6..12] == mac_bytes(m)[..] {
+                // DHCP broadcasts and IPv6 router solicitations: group addresses.
+                assert_eq!(frame[0] & 1, 1, "not to a group address: {frame:02x?}");
+                seen[i] = true;
+            }
+        }
+    }
 }
