@@ -86,29 +86,10 @@ impl Drop for Phases {
 
 /// A NoCloud seed for one machine, the token in its user-data (`planet: join_token:`).
 fn seed(s: &Scratch, name: &str, role: &str, ip: &str, mac: &str, token: &str) -> PathBuf {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let out = s.path(&format!("{name}-seed.img"));
-    // The token goes through a mode-0600 file (seed refuses any other), never a command line.
-    let token_file = s.path(&format!("{name}-token"));
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&token_file).unwrap();
-    writeln!(f, "{token}").unwrap();
-    drop(f);
-    let address = format!("{ip}/24");
-    let master_ip = format!("{SUBNET}.10");
-    let summary = stdout(
-        planet_image()
-            .arg("seed")
-            .args(["--role", role, "--master-ip", &master_ip, "--hostname", name])
-            .args(["--address", &address, "--interface", mac])
-            .arg("--join-token-file")
-            .arg(&token_file)
-            .arg("-o")
-            .arg(&out)
-            .env("SOURCE_DATE_EPOCH", "1700000000"),
-    );
-    assert!(summary.contains(r#""join_token": "set""#) && !summary.contains(token), "{summary}");
-    out
+    let (address, master_ip) = (format!("{ip}/24"), format!("{SUBNET}.10"));
+    let args =
+        ["--role", role, "--master-ip", &master_ip, "--hostname", name, "--address", &address, "--interface", mac];
+    nocloud_seed(s, &format!("{name}-seed.img"), &args, Some(token))
 }
 
 /// Boots machine `name` (host part `host` of the subnet) from its own copy of `image`, its

@@ -180,3 +180,62 @@ fn qemu_guests_frames_cross_the_hub() {
         }
     }
 }
+
+/// Three machines of the demo image (master, two nodes) on one segment through the hub, with
+/// static addresses from their seeds: each node registers its address in the master's etcd
+/// over the link, so TCP between guests crosses the hub both ways.
+#[test]
+fn three_machines_reach_each_other_through_the_hub() {
+    use common::*;
+    let s = Scratch::new("hub-three");
+    let image = s.path("demo.qcow2");
+    build("qcow2", &fixture("demo.tar"), &image, &[]);
+    let hub = Hub::start();
+    let etcd = free_port();
+    let token = "hubtst.0123456789hubtst";
+    let mut guests = Vec::new();
+    for (name, role, host) in [("master-1", "master", 10u8), ("node-1", "node", 11), ("node-2", "node", 12)] {
+        let mac = format!("52:54:00:50:02:{host:02x}");
+        let address = format!("192.168.50.{host}/24");
+        let seed = nocloud_seed(
+            &s,
+            &format!("{name}.img"),
+            &[
+                "--role",
+                role,
+                "--master-ip",
+                "192.168.50.10",
+                "--hostname",
+                name,
+                "--address",
+                &address,
+                "--interface",
+                &mac,
+            ],
+            Some(token),
+        );
+        let (seed, link) = (seed.display().to_string(), format!("connect:{}", hub.port));
+        let forward = format!("{etcd}:2379");
+        let mut args = vec!["--snapshot", "--seed", &seed, "--link", &link, "--link-mac", &mac];
+        if role == "master" {
+            args.extend(["--forward", &forward]);
+        }
+        guests.push(Guest::start(&image, &s, &args));
+    }
+    // planet-image run probes the accelerator before QEMU starts: give it time on a loaded machine.
+    assert!(poll(Duration::from_secs(120), || (hub.connections() == 3).then_some(())).is_some(), "guests not linked");
+    for g in &mut guests {
+        g.wait_for("planet-init: launcher started", Duration::from_secs(400));
+    }
+    let want = [("node-1", "192.168.50.11"), ("node-2", "192.168.50.12")];
+    let got = poll(Duration::from_secs(300), || {
+        let r = etcd_range(etcd, "/nodes/").unwrap_or_default();
+        want.iter().all(|(n, ip)| r.contains(&b64(&format!("/nodes/{n}"))) && r.contains(&b64(ip))).then_some(r)
+    });
+    assert!(
+        got.is_some(),
+        "the nodes did not register in the master's etcd through the hub; frames forwarded: {}\n{}",
+        hub.forwarded.load(std::sync::atomic::Ordering::Relaxed),
+        guests.iter().map(|g| tail(&g.console())).collect::<Vec<_>>().join("\n----\n")
+    );
+}

@@ -419,3 +419,24 @@ pub fn kube_disk(s: &Scratch) -> PathBuf {
     ok(Command::new("qemu-img").args(["resize", "-q"]).arg(&image).arg("+6G"));
     image
 }
+
+/// `planet-image seed ARGS… -o SCRATCH/NAME`, with `join_token` (if any) passed the only way
+/// seed takes it: a mode-0600 file, never the command line. Returns the seed's path.
+pub fn nocloud_seed(s: &Scratch, name: &str, args: &[&str], join_token: Option<&str>) -> PathBuf {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let out = s.path(name);
+    let mut cmd = planet_image();
+    cmd.arg("seed").args(args).arg("-o").arg(&out).env("SOURCE_DATE_EPOCH", "1700000000");
+    if let Some(token) = join_token {
+        let file = s.path(&format!("{name}.token"));
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&file).unwrap();
+        writeln!(f, "{token}").unwrap();
+        cmd.arg("--join-token-file").arg(&file);
+    }
+    let summary = stdout(&mut cmd);
+    if let Some(token) = join_token {
+        assert!(summary.contains(r#""join_token": "set""#) && !summary.contains(token), "{summary}");
+    }
+    out
+}
