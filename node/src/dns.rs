@@ -15,8 +15,8 @@ use crate::cluster::CLUSTER_DOMAIN;
 
 /// The hosts file dnsmasq reads (and re-reads on SIGHUP).
 pub const HOSTS: &str = "/run/planet/dns/hosts";
-/// How often the Services are read again.
-const PERIOD: Duration = Duration::from_secs(5);
+/// How often the Services are read again when no change was seen.
+const RESYNC: Duration = Duration::from_secs(120);
 
 /// The hosts file for lines `NAME NAMESPACE CLUSTERIP`: one line per Service with a virtual IP
 /// (headless Services, whose clusterIP is `None`, are left out), sorted so it only changes when
@@ -85,18 +85,30 @@ pub fn run() -> Result<()> {
     let mut dnsmasq = start(env.public_ip)?;
     println!("planet-node: dns serving {CLUSTER_DOMAIN} on {}:53", env.public_ip);
     let mut last_error = String::new();
-    loop {
-        if let Some(status) = dnsmasq.try_wait()? {
-            anyhow::bail!("dnsmasq exited ({status})");
+    crate::kubectl::on_change(&kubeconfig, &["get", "services", "--all-namespaces", "--watch"], RESYNC, || {
+        match dnsmasq.try_wait() {
+            Ok(None) => {}
+            Ok(Some(status)) => {
+                println!("planet-node: error: dnsmasq exited ({status})");
+                std::process::exit(1);
+            }
+            Err(e) => {
+                println!("planet-node: error: watching dnsmasq: {e}");
+                std::process::exit(1);
+            }
         }
         match read_services(&kubeconfig) {
             Ok(services) => {
                 last_error.clear();
                 let text = hosts(&services);
-                if crate::files::write_if_changed(path, text.as_bytes(), 0o644)? {
-                    // SIGHUP: dnsmasq re-reads its hosts files and clears its cache.
-                    let _ = Command::new("kill").args(["-HUP", &dnsmasq.id().to_string()]).status();
-                    println!("planet-node: dns names={}", text.lines().count() - 1);
+                match crate::files::write_if_changed(path, text.as_bytes(), 0o644) {
+                    Ok(true) => {
+                        // SIGHUP: dnsmasq re-reads its hosts files and clears its cache.
+                        let _ = Command::new("kill").args(["-HUP", &dnsmasq.id().to_string()]).status();
+                        println!("planet-node: dns names={}", text.lines().count() - 1);
+                    }
+                    Ok(false) => {}
+                    Err(e) => println!("planet-node: dns: {e:#}"),
                 }
             }
             Err(e) => {
@@ -106,8 +118,7 @@ pub fn run() -> Result<()> {
                 }
             }
         }
-        std::thread::sleep(PERIOD);
-    }
+    })
 }
 
 #[cfg(test)]

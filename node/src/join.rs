@@ -319,7 +319,7 @@ pub fn run_server() -> Result<()> {
     println!("planet-node: join-server ready port={JOIN_PORT} token_id={}", token.id());
     let mut labelled = false;
     let mut refused = std::collections::BTreeSet::new();
-    loop {
+    crate::kubectl::on_change(&admin, &["get", "csr", "--watch"], Duration::from_secs(60), || {
         if !labelled {
             let node = format!("node/{}", env.node_name);
             labelled = crate::kubectl::run(&admin, &["label", "--overwrite", &node, "node-role.kubernetes.io/master="])
@@ -328,8 +328,7 @@ pub fn run_server() -> Result<()> {
         if let Err(e) = crate::csr::approve_pending(&admin, &mut refused) {
             println!("planet-node: join-server: reading certificate requests: {e}");
         }
-        std::thread::sleep(Duration::from_secs(5));
-    }
+    })
 }
 
 #[cfg(test)]

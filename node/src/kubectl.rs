@@ -41,3 +41,50 @@ pub fn run_with_input(kubeconfig: &str, args: &[&str], input: Option<&str>) -> R
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
+
+/// Calls `sync` whenever the objects `kubectl get ARGS --watch` reports change, and at least
+/// every `resync`, for ever. Listing everything every few seconds would cost a kubectl run each
+/// time (seconds of CPU on an emulated machine); a watch costs nothing while nothing changes.
+/// A burst of events makes one call. The watch is restarted when kubectl exits (the API server
+/// ends watches after a while, or is not up yet).
+pub fn on_change(kubeconfig: &str, args: &[&str], resync: std::time::Duration, mut sync: impl FnMut()) -> ! {
+    use std::io::BufRead;
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let (tx, rx) = mpsc::channel::<()>();
+    let (kubeconfig, args): (String, Vec<String>) =
+        (kubeconfig.to_string(), args.iter().map(|a| a.to_string()).collect());
+    std::thread::spawn(move || loop {
+        let child = std::process::Command::new("kubectl")
+            .arg(format!("--kubeconfig={kubeconfig}"))
+            .args(&args)
+            .args(["--watch-only", "-o", "name"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn();
+        if let Ok(mut child) = child {
+            // The watch starts after the first list: whatever changed while it was down is
+            // picked up by this call.
+            if tx.send(()).is_err() {
+                return;
+            }
+            if let Some(out) = child.stdout.take() {
+                for _ in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    if tx.send(()).is_err() {
+                        return;
+                    }
+                }
+            }
+            let _ = child.wait();
+        }
+        std::thread::sleep(Duration::from_secs(10));
+    });
+    loop {
+        let _ = rx.recv_timeout(resync);
+        // Let a burst settle, then drop what it queued.
+        std::thread::sleep(Duration::from_secs(1));
+        while rx.try_recv().is_ok() {}
+        sync();
+    }
+}

@@ -16,8 +16,8 @@ use anyhow::{bail, Context, Result};
 
 /// The `proto` of the routes this module owns (`ip route show proto 199`).
 pub const ROUTE_PROTO: &str = "199";
-/// How often the Nodes are read again.
-const PERIOD: Duration = Duration::from_secs(10);
+/// How often the Nodes are read again when no change was seen (a watch can miss an event).
+const RESYNC: Duration = Duration::from_secs(120);
 
 /// `CIDR → next hop`.
 pub type Routes = BTreeMap<String, Ipv4Addr>;
@@ -98,12 +98,13 @@ pub fn sync(own_name: &str, kubeconfig: &str) -> Result<Vec<Change>> {
     Ok(changes)
 }
 
-/// `planet-node routes`: [`sync`] every [`PERIOD`], for ever (its unit restarts it if it dies).
+/// `planet-node routes`: [`sync`] whenever a Node changes, and every [`RESYNC`], for ever (its
+/// unit restarts it if it dies).
 pub fn run() -> Result<()> {
     let env = crate::env::load()?;
     let kubeconfig = crate::cluster::kubeconfig("kubelet");
     let mut last_error = String::new();
-    loop {
+    crate::kubectl::on_change(&kubeconfig, &["get", "nodes", "--watch"], RESYNC, || {
         match sync(&env.node_name, &kubeconfig) {
             Ok(changes) => {
                 for c in changes {
@@ -122,8 +123,7 @@ pub fn run() -> Result<()> {
                 }
             }
         }
-        std::thread::sleep(PERIOD);
-    }
+    })
 }
 
 #[cfg(test)]
