@@ -57,7 +57,7 @@ fn wait_ready(guest: &Guest, sock: &Path) -> Duration {
 #[test]
 fn dev_machine_runs_kubernetes_and_keeps_the_cluster_across_a_reboot() {
     let s = Scratch::new("kube-dev");
-    let image = kube_disk(&s);
+    let image = kube_disk(&s, &[]);
     let sock = s.path("enter.sock");
     let port = free_port();
 

@@ -188,6 +188,10 @@ impl Guest {
             if text.contains(needle) {
                 return text;
             }
+            // A guest whose kernel panicked prints nothing more: say so now, not at the timeout.
+            if text.contains("Kernel panic - not syncing") {
+                panic!("the guest's kernel panicked before printing {needle:?}; console:\n{text}");
+            }
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("the guest exited ({status}) before printing {needle:?}; console:\n{text}");
             }
@@ -412,10 +416,10 @@ pub fn tail(s: &str) -> String {
 
 /// An image of the Planet Kubernetes release with room to grow: the built image's state
 /// partition is small, and etcd, docker and the kubelet want a few GiB; planet-init grows the
-/// state to the disk at first boot.
-pub fn kube_disk(s: &Scratch) -> PathBuf {
+/// state to the disk at first boot. `extra` are more `build` arguments.
+pub fn kube_disk(s: &Scratch, extra: &[&str]) -> PathBuf {
     let image = s.path("planet.qcow2");
-    build("qcow2", &fixture("planet-release.tar.gz"), &image, &[]);
+    build("qcow2", &fixture("planet-release.tar.gz"), &image, extra);
     ok(Command::new("qemu-img").args(["resize", "-q"]).arg(&image).arg("+6G"));
     image
 }
