@@ -1,6 +1,7 @@
 //! The small parsers: the kernel command line, boot entry file names, trusted key files, bundle
-//! expiry dates, and release ordering, whose total-order properties the update agent's
-//! downgrade check rests on.
+//! expiry dates, release ordering (whose total-order properties the update agent's downgrade
+//! check rests on), and what a node reads from the network before it trusts anything: the
+//! master's join document and join tokens.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use std::cmp::Ordering;
@@ -10,6 +11,14 @@ fuzz_target!(|data: &[u8]| {
     let _ = planet_config::CmdlineConfig::parse(text);
     let _ = planet_config::bootentry::EntryName::parse(text);
     let _ = planet_bundle::KeyRing::parse(text);
+    if let Ok(token) = text.parse::<planet_node::join::JoinToken>() {
+        assert_eq!(token.bearer(), text, "a token must read back as itself");
+    }
+    let token: planet_node::join::JoinToken = "abcdef.0123456789abcdef".parse().unwrap();
+    if let Ok(ca) = planet_node::join::verify(text, &token, "master") {
+        // Only a document MACed with the token verifies: the fuzzer must not forge one.
+        assert_eq!(planet_node::join::document(&ca, &token), text, "a document verified that we did not make");
+    }
     if let Ok(at) = planet_bundle::parse_expiry(text, 1_700_000_000) {
         assert!(at > 1_700_000_000, "{text:?} gives an expiry {at} not after now");
         let _ = planet_bundle::format_utc(at);
