@@ -61,6 +61,21 @@ impl Machine {
     }
 }
 
+impl Drop for Machine {
+    /// A failed run's consoles outlive the scratch directory (an hour-long test is not rerun
+    /// lightly to read them): target/e2e-logs/SCRATCH-NAME.log.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let dir = repo().join("target/e2e-logs");
+            let run = self.guest.log.parent().and_then(|p| p.file_name()).unwrap_or_default().to_string_lossy();
+            let to = dir.join(format!("{run}-{}.log", self.name));
+            if std::fs::create_dir_all(&dir).is_ok() && std::fs::copy(&self.guest.log, &to).is_ok() {
+                eprintln!("{}: console kept in {}", self.name, to.display());
+            }
+        }
+    }
+}
+
 /// Prints and keeps how long each phase took, so a slow run shows where the time went.
 struct Phases {
     start: Instant,
