@@ -285,6 +285,9 @@ pub fn run(req: &RunRequest) -> Result<i32> {
     cmd.arg("-netdev").arg(netdev).args(["-device", "virtio-net-pci,netdev=net0"]);
     req.net.apply(&mut cmd);
     if let Some(extra) = &req.cmdline {
+        // Checked as planet-init will read it, before QEMU starts: `planet.env=` and
+        // `planet.join_token=` are refused there, and here they would also sit in QEMU's argv.
+        planet_config::CmdlineConfig::parse(extra).map_err(|e| anyhow::anyhow!("--cmdline: {e}"))?;
         // Boot the image's own kernel and initramfs through the firmware, with the entry's
         // options plus `extra`: the ESP itself is not modified.
         let boot = image.default_boot_entry().context("reading the default boot entry from the image's ESP")?;

@@ -141,6 +141,19 @@ fn planet_release_gets_exactly_its_flags() {
     assert!(!out.status.success() && stderr.contains("--cmdline: planet.join_token is not accepted"), "{stderr}");
     assert!(!stderr.contains("m2x7c5") && !image.exists(), "{stderr}");
     build("qcow2", &fixture("release-boot.tar.gz"), &image, &[]);
+    // `run --cmdline` refuses both before QEMU starts (they would be in its argv too).
+    for (words, value) in [
+        (format!("planet.role=dev planet.env=FOO={SECRET}"), SECRET),
+        ("planet.role=master planet.join_token=q4w8zt.m2x7c5v9b1n3k6j0".to_string(), "m2x7c5"),
+    ] {
+        let out = planet_image().arg("run").arg(&image).args(["--snapshot", "--cmdline", &words]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("--cmdline: planet.") && stderr.contains("is not accepted"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(value), "{stderr}");
+    }
     let env_file = s.path("env");
     std::fs::write(&env_file, format!("FOO={SECRET}\nZONE=z1\n")).unwrap();
     // A node needs the cluster's join token; `join-token -o` writes it to a new 0600 file.
