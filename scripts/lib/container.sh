@@ -234,7 +234,8 @@ PartOf=planet-master.target
 [Service]
 ExecStart=/usr/bin/planet-node join-server
 StandardOutput=journal+console
-Restart=always
+# A master without a join token has nothing to serve: it says so and exits 0.
+Restart=on-failure
 RestartSec=5
 EOF
     unit "$s" planet-routes.service <<EOF
