@@ -262,17 +262,25 @@ spec:
     command: [sleep, "36000"]
 "#;
 
-/// `wget` run in the client pod until it answers (routes and DNS entries may lag the pods by
-/// a few seconds); the body.
-fn fetch_from_client(master: &Machine, url: &str) -> String {
+/// An HTTP GET of `/` on port 8080 of `host` (a pod IP or a DNS name) from the client pod on
+/// node-1, retried until it answers (routes and DNS entries may lag the pods by a few seconds);
+/// the body's last line. Names are resolved with busybox's `nslookup`, which asks the pod's DNS
+/// server itself, then fetched with `nc`: the image's busybox is static glibc, whose `wget` and
+/// name lookups crash (glibc's NSS cannot be loaded into a static binary).
+fn fetch_from_client(master: &Machine, host: &str) -> String {
+    let script = format!(
+        r#"case {host} in [0-9]*) ip={host} ;; *) ip=$(nslookup {host} | awk '/^Address: / && $2 !~ /:/ {{a=$2}} END {{print a}}') ;; esac
+[ -n "$ip" ] || {{ echo "{host} did not resolve" >&2; exit 3; }}
+printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 10 "$ip" 8080 | tail -n 1"#
+    );
     let mut last = (0, String::new(), String::new());
     let answer = poll(STEP, || {
-        last = enter(&master.sock, &["kubectl", "exec", "client", "--", "wget", "-q", "-T", "10", "-O", "-", url]);
+        last = enter(&master.sock, &["kubectl", "exec", "client", "--", "sh", "-c", &script]);
         (last.0 == 0 && !last.1.trim().is_empty()).then(|| last.1.trim().to_string())
     });
     answer.unwrap_or_else(|| {
         panic!(
-            "no answer from {url} in the client pod on node-1 within {STEP:?}: exit {}\nstdout: {}\nstderr: {}",
+            "no answer from {host}:8080 in the client pod on node-1 within {STEP:?}: exit {}\nstdout: {}\nstderr: {}",
             last.0, last.1, last.2
         )
     })
@@ -343,14 +351,14 @@ fn master_and_two_nodes_form_a_cluster() {
 
     // From node-1: a pod on node-2 by its pod IP (the host-gw route between the nodes) ...
     let (remote, _, remote_ip) = pods.iter().find(|p| p.1 == "node-2").unwrap();
-    let by_ip = fetch_from_client(&master, &format!("http://{remote_ip}:8080/"));
+    let by_ip = fetch_from_client(&master, remote_ip);
     assert_eq!(&by_ip, remote, "the pod at {remote_ip} on node-2 answered with another name");
     phases.done("pod on node-1 reached a pod on node-2 by IP");
 
     // ... and the Service by its names, through the cluster DNS and kube-proxy.
-    for url in ["http://web.default.svc.cluster.local:8080/", "http://web:8080/"] {
-        let answer = fetch_from_client(&master, url);
-        assert!(names.contains(&answer.as_str()), "{url} answered {answer:?}, not one of {names:?}");
+    for name in ["web.default.svc.cluster.local", "web"] {
+        let answer = fetch_from_client(&master, name);
+        assert!(names.contains(&answer.as_str()), "{name} answered {answer:?}, not one of {names:?}");
     }
     phases.done("Service reached by its DNS names");
 
