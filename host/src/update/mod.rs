@@ -144,6 +144,9 @@ pub struct Agent {
     trial_started: Instant,
     /// How a reboot is asked for ([`request_reboot`]; tests record it instead).
     reboot: fn(&str),
+    /// How much room a download has ([`staging_room`]; tests must not depend on how full the
+    /// disk of the machine running them is).
+    room: fn(&Path) -> Result<install::Room>,
 }
 
 /// What `status.json` says.
@@ -318,6 +321,7 @@ pub fn prepare(paths: Paths, sysfs: &Path, dev: &Path, bd: &BootDisk, running_sl
         busy: Mutex::new(Status::default()),
         trial_started: Instant::now(),
         reboot: request_reboot,
+        room: staging_room,
         paths,
     };
     let located = locate(sysfs, dev, bd, running_slot);
@@ -365,6 +369,7 @@ impl Agent {
             busy: Mutex::new(Status::default()),
             trial_started: Instant::now(),
             reboot,
+            room: |_| Ok(install::Room { free: 1 << 40, reserve: 64 << 20 }),
         }
     }
 
@@ -607,7 +612,7 @@ impl Agent {
             Err(std::sync::TryLockError::WouldBlock) => bail!("another update is in progress"),
         };
         let dest = self.paths.state_dir.join("incoming.planet");
-        let room = staging_room(&self.paths.state_dir)?;
+        let room = (self.room)(&self.paths.state_dir)?;
         let failed = read_failed(&self.paths.state_dir);
         let keys = ring.without(&read_revoked(&self.paths.state_dir));
         let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -717,6 +722,22 @@ mod tests {
     }
 
     /// Finding 12: staging files a power cut left are removed at boot; nothing else is.
+    /// The room the agent gets on a machine is what statvfs says of the state filesystem: free
+    /// bytes no more than its size, and a reserve of a tenth of it (at least 64 MiB).
+    #[test]
+    fn staging_room_reads_the_state_filesystem() {
+        let t = tempfile::tempdir().unwrap();
+        let room = staging_room(t.path()).unwrap();
+        assert!(room.reserve >= 64 << 20, "{}", room.reserve);
+        assert!(
+            room.free <= room.reserve.saturating_mul(10).max(64 << 20) + (1 << 20),
+            "{} {}",
+            room.free,
+            room.reserve
+        );
+        assert!(staging_room(&t.path().join("missing")).unwrap_err().to_string().contains("statvfs"));
+    }
+
     #[test]
     fn staging_leftovers_are_removed() {
         let t = tempfile::tempdir().unwrap();
