@@ -281,7 +281,10 @@ pub fn run(req: &RunRequest) -> Result<i32> {
     for (h, g) in &req.forwards {
         netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
     }
-    netdev.push_str(&req.net.user_netdev_options());
+    if !req.net.guestfwd.is_empty() {
+        let exe = std::env::current_exe().context("finding planet-image's own path (for --guestfwd's relay)")?;
+        netdev.push_str(&req.net.user_netdev_options(&exe));
+    }
     cmd.arg("-netdev").arg(netdev).args(["-device", "virtio-net-pci,netdev=net0"]);
     req.net.apply(&mut cmd);
     if let Some(extra) = &req.cmdline {

@@ -16,7 +16,8 @@ pub struct VmNetArgs {
     pub smbios: Vec<String>,
     /// Guest connections to GUESTIP:PORT reach 127.0.0.1:HOSTPORT on the host (repeatable), e.g.
     /// `10.0.2.100:80=8080` for a test metadata server with `planet.metadata_url=http://10.0.2.100`.
-    /// Only 127.0.0.1 is reachable; the user network stays restricted.
+    /// Each guest connection gets a connection of its own to the host port, so clients in the
+    /// guest may talk at once. Only 127.0.0.1 is reachable; the user network stays restricted.
     #[arg(long, value_name = "GUESTIP:PORT=HOSTPORT", value_parser = parse_guestfwd)]
     pub guestfwd: Vec<GuestFwd>,
     /// A second virtio NIC joined to another VM through a socket on 127.0.0.1 (repeatable):
@@ -50,6 +51,30 @@ impl Link {
         };
         format!("52:54:01:{:02x}:{:02x}:{end:02x}", port >> 8, port & 0xff)
     }
+}
+
+/// The `guestfwd-relay PORT` subcommand: copies between one guest connection (QEMU gives it
+/// as stdin and stdout, both the same socket) and a new connection to 127.0.0.1:PORT, both
+/// ways, until both sides have closed.
+pub fn relay(port: u16) -> std::io::Result<()> {
+    use std::io::copy;
+    use std::net::{Shutdown, TcpStream};
+    use std::os::fd::AsFd;
+    let host = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+    let guest = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+    let (mut guest_in, mut guest_out) = (guest.try_clone()?, guest);
+    let (mut host_in, mut host_out) = (host.try_clone()?, host);
+    let upstream = std::thread::spawn(move || {
+        let r = copy(&mut guest_in, &mut host_out);
+        let _ = host_out.shutdown(Shutdown::Write);
+        r
+    });
+    copy(&mut host_in, &mut guest_out)?;
+    // The host has answered and closed: the guest's side is done too.
+    // SAFETY: shutting down fd 0's socket for writing; an error (not a socket) is ignored.
+    unsafe { libc::shutdown(0, libc::SHUT_WR) };
+    upstream.join().map_err(|_| std::io::Error::other("relay thread panicked"))??;
+    Ok(())
 }
 
 /// `GUESTIP:PORT=HOSTPORT`.
@@ -86,11 +111,20 @@ pub fn parse_mac(s: &str) -> Result<String, String> {
 }
 
 impl VmNetArgs {
-    /// Options appended to the restricted user netdev.
-    pub fn user_netdev_options(&self) -> String {
+    /// Options appended to the restricted user netdev. QEMU's `guestfwd=…-tcp:HOST:PORT` opens
+    /// one connection to the host when it starts and pours every guest connection into it, which
+    /// mixes up clients that talk at once (a kubelet and a controller manager asking their
+    /// metadata server); `guestfwd=…-cmd:` starts the command for each guest connection, with
+    /// the connection as its stdin and stdout: `relay_exe guestfwd-relay PORT` (hidden).
+    pub fn user_netdev_options(&self, relay_exe: &std::path::Path) -> String {
+        // libslirp splits the command as a shell would (single quotes keep a path with spaces
+        // whole; a quote in it is written '\''), and QEMU's option syntax doubles a comma.
+        let exe = relay_exe.display().to_string().replace('\'', r"'\''").replace(',', ",,");
         self.guestfwd
             .iter()
-            .map(|g| format!(",guestfwd=tcp:{}:{}-tcp:127.0.0.1:{}", g.guest_ip, g.guest_port, g.host_port))
+            .map(|g| {
+                format!(",guestfwd=tcp:{}:{}-cmd:'{exe}' guestfwd-relay {}", g.guest_ip, g.guest_port, g.host_port)
+            })
             .collect()
     }
 
@@ -123,7 +157,10 @@ mod tests {
             link: vec![parse_link("listen:4000").unwrap()],
             link_mac: vec![],
         };
-        assert_eq!(a.user_netdev_options(), ",guestfwd=tcp:10.0.2.100:80-tcp:127.0.0.1:8080");
+        assert_eq!(
+            a.user_netdev_options(std::path::Path::new("/opt/a,b/planet-image")),
+            ",guestfwd=tcp:10.0.2.100:80-cmd:'/opt/a,,b/planet-image' guestfwd-relay 8080"
+        );
         let mut c = Command::new("qemu");
         a.apply(&mut c);
         let args: Vec<String> = c.get_args().map(|s| s.to_string_lossy().into_owned()).collect();

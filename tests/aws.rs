@@ -4,75 +4,19 @@
 
 mod common;
 
+use common::moto::Moto;
 use common::*;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BLOCK: usize = 512 * 1024;
 const SECRET: &str = "fakeSecretKeyNeverPrinted0123456789";
-
-/// moto's server on a free port of 127.0.0.1, stopped when dropped.
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        let port = free_port();
-        let mut cmd = if which("moto_server") {
-            Command::new("moto_server")
-        } else {
-            let mut c = Command::new("python3");
-            c.args(["-m", "moto.server"]);
-            c
-        };
-        let child = cmd
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting moto_server (scripts/test installs it: pip install 'moto[server]')");
-        let mut moto = Moto { child, port };
-        let start = Instant::now();
-        loop {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-                let _ = s.write_all(b"GET /moto-api/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-                let mut buf = [0u8; 12];
-                if s.read(&mut buf).map(|n| n > 0).unwrap_or(false) {
-                    return moto;
-                }
-            }
-            if let Ok(Some(st)) = moto.child.try_wait() {
-                panic!("moto_server exited ({st}) before listening on {port}");
-            }
-            assert!(start.elapsed() < Duration::from_secs(60), "moto_server not ready on {port} within 60 s");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn which(cmd: &str) -> bool {
-    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file())).unwrap_or(false)
-}
 
 /// The AWS environment of a test: only `endpoint`, fake credentials, no profile files, no IMDS.
 fn aws_env<'a>(cmd: &'a mut Command, endpoint: &str) -> &'a mut Command {

@@ -223,6 +223,8 @@ fn ec2_imdsv2_with_gzip_multipart_user_data() {
     assert!(console.contains("planet-init: datasource name=ec2 instance_id=i-0123456789abcdef0"), "{console}");
     assert!(console.contains("planet-init: config role=node master_ip=10.0.2.50 provider=aws"), "{console}");
     assert!(console.contains("source=ec2"), "{console}");
+    // The Node is named as Kubernetes' AWS provider names it: the private DNS name.
+    assert!(console.contains("node_name=ip-10-0-2-15.ec2.internal"), "{console}");
     assert!(console.contains("MIME part 1 of type text/x-shellscript ignored"), "{console}");
     let log = server.log();
     assert!(log.iter().any(|l| l.starts_with("PUT /latest/api/token ")), "{log:?}");

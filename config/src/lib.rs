@@ -470,6 +470,12 @@ impl PlanetConfig {
         if !self.taints.is_empty() {
             line("PLANET_NODE_TAINTS", &self.taints.join(","));
         }
+        // The provider's own file is several lines (an INI file for AWS and GCE): base64 keeps
+        // it on one; planet-node writes it out, 0600, for the components.
+        if let Some(text) = &self.cloud_config {
+            use base64::Engine;
+            line("PLANET_CLOUD_CONFIG", &base64::engine::general_purpose::STANDARD.encode(text));
+        }
         for (k, v) in &self.env {
             line(k, v);
         }
@@ -675,13 +681,14 @@ mod tests {
         r.join_token = Some(SecretText::new(TOKEN));
         r.labels = vec![("zone".into(), "a".into())];
         r.env = vec![("K".into(), "V".into()), ("K2".into(), "a=b".into())];
+        r.cloud_config = Some("[Global]\nZone=us-east-1a\n".into());
         let c = r.validate(Source::Cmdline, "planet.").unwrap();
         assert_eq!(
             c.container_environment(),
             format!(
                 "PLANET_ROLE=node\nPLANET_MASTER_IP=10.0.0.10\nPLANET_PUBLIC_IP=\nPLANET_CLOUD_PROVIDER=aws\n\
-                 PLANET_HOSTNAME=n1\nPLANET_NODE_NAME=n1\nPLANET_JOIN_TOKEN={TOKEN}\nPLANET_NODE_LABELS=zone=a\nK=V\n\
-                 K2=a=b\n"
+                 PLANET_HOSTNAME=n1\nPLANET_NODE_NAME=n1\nPLANET_JOIN_TOKEN={TOKEN}\nPLANET_NODE_LABELS=zone=a\n\
+                 PLANET_CLOUD_CONFIG=W0dsb2JhbF0KWm9uZT11cy1lYXN0LTFhCg==\nK=V\nK2=a=b\n"
             )
         );
     }

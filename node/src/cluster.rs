@@ -14,6 +14,11 @@ pub const UNIT_ENV: &str = "/etc/planet/kube.env";
 pub const ENTER_ENV: &str = "/etc/planet/enter.env";
 /// What planet-init writes: the role, IPs and names from the cloud-init data.
 pub const CONTAINER_ENV: &str = "/etc/container-environment";
+/// The cloud provider's own configuration file (`planet: cloud_config:`), 0600.
+pub const CLOUD_CONFIG: &str = "/etc/planet/cloud-provider.conf";
+/// The operator's `env:` (the cloud credentials), 0600: the kubelet's and the controller
+/// manager's `EnvironmentFile=`, never their command lines.
+pub const CLOUD_ENV: &str = "/etc/planet/cloud.env";
 /// Debian's etcd.service reads this file.
 pub const ETCD_DEFAULTS: &str = "/etc/default/etcd";
 /// Docker archives imported at boot.

@@ -84,7 +84,7 @@ pub fn run() -> Result<()> {
     crate::files::write_if_changed(path, hosts("").as_bytes(), 0o644)?;
     let mut dnsmasq = start(env.public_ip)?;
     println!("planet-node: dns serving {CLUSTER_DOMAIN} on {}:53", env.public_ip);
-    let mut last_error = String::new();
+    let mut complaint = crate::kubectl::Complaint::default();
     crate::kubectl::on_change(&kubeconfig, &["get", "services", "--all-namespaces", "--watch"], RESYNC, || {
         match dnsmasq.try_wait() {
             Ok(None) => {}
@@ -99,7 +99,7 @@ pub fn run() -> Result<()> {
         }
         match read_services(&kubeconfig) {
             Ok(services) => {
-                last_error.clear();
+                complaint.clear();
                 let text = hosts(&services);
                 match crate::files::write_if_changed(path, text.as_bytes(), 0o644) {
                     Ok(true) => {
@@ -112,10 +112,7 @@ pub fn run() -> Result<()> {
                 }
             }
             Err(e) => {
-                if e != last_error {
-                    println!("planet-node: dns not in step yet: {e}");
-                    last_error = e;
-                }
+                complaint.say("dns not in step yet", e);
             }
         }
     })

@@ -28,20 +28,15 @@ impl Role {
             Role::Dev => "dev",
         }
     }
-    /// Whether the machine runs a kubelet: every role does. A master's kubelet registers its
-    /// Node tainted `NoSchedule`, so the cluster sees it but runs no workloads there.
-    pub fn runs_kubelet(self) -> bool {
-        true
-    }
-    /// The systemd targets this role starts.
+    /// The systemd targets this role starts. Every role runs a kubelet (`planet-node.target`):
+    /// a master's registers its Node tainted `NoSchedule`, so the cluster sees it but runs no
+    /// workloads there.
     pub fn targets(self) -> Vec<&'static str> {
         let mut t = Vec::new();
         if self.is_master() {
             t.push("planet-master.target");
         }
-        if self.runs_kubelet() {
-            t.push("planet-node.target");
-        }
+        t.push("planet-node.target");
         t
     }
 }
@@ -60,17 +55,35 @@ pub struct NodeEnv {
     pub join_token: Option<crate::join::JoinToken>,
     /// The operator's taints (`planet: taints:`), `KEY[=VALUE]:EFFECT` each.
     pub taints: Vec<String>,
+    /// The cloud provider's own configuration file (`planet: cloud_config:`), if given.
+    pub cloud_config: Option<String>,
+    /// The operator's `env:` (every key not `PLANET_*`): the cloud provider's credentials.
+    pub operator_env: OperatorEnv,
+}
+
+/// The operator's `env:` lines, as written. Its values are credentials: `Debug` shows the keys
+/// only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct OperatorEnv(pub Vec<(String, String)>);
+
+impl OperatorEnv {
+    /// `KEY=VALUE` lines, for a systemd `EnvironmentFile=`.
+    pub fn lines(&self) -> String {
+        self.0.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
+    }
+}
+
+impl std::fmt::Debug for OperatorEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|(k, _)| format!("{k}=…"))).finish()
+    }
 }
 
 /// Parses the file's text. Unknown keys are ignored (they are the operator's `env:`).
 pub fn parse(text: &str) -> Result<NodeEnv> {
+    let pairs = || text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.trim(), v));
     let get = |key: &str| -> Option<&str> {
-        text.lines()
-            .filter_map(|l| l.split_once('='))
-            .filter(|(k, _)| k.trim() == key)
-            .map(|(_, v)| v.trim())
-            .next_back()
-            .filter(|v| !v.is_empty())
+        pairs().filter(|(k, _)| *k == key).map(|(_, v)| v.trim()).next_back().filter(|v| !v.is_empty())
     };
     let role = match get("PLANET_ROLE") {
         Some("master") => Role::Master,
@@ -107,6 +120,21 @@ pub fn parse(text: &str) -> Result<NodeEnv> {
         taints: get("PLANET_NODE_TAINTS")
             .map(|t| t.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect())
             .unwrap_or_default(),
+        cloud_config: get("PLANET_CLOUD_CONFIG")
+            .map(|b| {
+                use base64::Engine;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b)
+                    .context("PLANET_CLOUD_CONFIG is not base64 (planet-init writes it so)")?;
+                String::from_utf8(bytes).context("PLANET_CLOUD_CONFIG (planet: cloud_config:) is not UTF-8 text")
+            })
+            .transpose()?,
+        operator_env: OperatorEnv(
+            pairs()
+                .filter(|(k, _)| !k.is_empty() && !k.starts_with("PLANET_") && !k.starts_with('#'))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
     })
 }
 
@@ -141,6 +169,22 @@ mod tests {
         assert_eq!(e.master_ip, e.public_ip);
         assert_eq!(e.node_name, "demo-1");
         assert_eq!(e.role.targets(), ["planet-master.target", "planet-node.target"]);
+    }
+
+    #[test]
+    fn the_cloud_config_and_the_operators_env_are_read_and_never_shown() {
+        let e = parse(
+            "PLANET_ROLE=dev\nPLANET_PUBLIC_IP=10.0.2.15\nPLANET_CLOUD_PROVIDER=aws\n\
+             PLANET_CLOUD_CONFIG=W0dsb2JhbF0KWm9uZT11cy1lYXN0LTFhCg==\nAWS_ACCESS_KEY_ID=AKIDEXAMPLE\n\
+             AWS_SECRET_ACCESS_KEY=s3cr3t=x\n",
+        )
+        .unwrap();
+        assert_eq!(e.cloud_config.as_deref(), Some("[Global]\nZone=us-east-1a\n"));
+        assert_eq!(e.operator_env.lines(), "AWS_ACCESS_KEY_ID=AKIDEXAMPLE\nAWS_SECRET_ACCESS_KEY=s3cr3t=x\n");
+        let shown = format!("{e:?}");
+        assert!(shown.contains("AWS_SECRET_ACCESS_KEY") && !shown.contains("s3cr3t"), "{shown}");
+        let bad = parse("PLANET_ROLE=dev\nPLANET_PUBLIC_IP=10.0.2.15\nPLANET_CLOUD_CONFIG=%%%\n").unwrap_err();
+        assert!(format!("{bad:#}").contains("PLANET_CLOUD_CONFIG"), "{bad:#}");
     }
 
     #[test]

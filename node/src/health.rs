@@ -41,13 +41,12 @@ pub fn checks(env: &NodeEnv) -> Vec<Check> {
         let r = kubectl(&kubeconfig("admin"), &["get", "--raw=/readyz"]);
         c.push(("apiserver-readyz", r.and_then(|b| if b == "ok" { Ok(b) } else { Err(b) })));
     }
-    if env.role.runs_kubelet() {
-        let r = http_get(cluster::KUBELET_HEALTHZ, "/healthz");
-        c.push(("kubelet-healthz", r));
-        let jsonpath = r#"-o=jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
-        let r = kubectl(&kubeconfig("kubelet"), &["get", "node", &env.node_name, jsonpath]);
-        c.push(("node-ready", r.and_then(|s| if s == "True" { Ok(s) } else { Err(format!("Ready={s}")) })));
-    }
+    // Every role runs a kubelet.
+    let r = http_get(cluster::KUBELET_HEALTHZ, "/healthz");
+    c.push(("kubelet-healthz", r));
+    let jsonpath = r#"-o=jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
+    let r = kubectl(&kubeconfig("kubelet"), &["get", "node", &env.node_name, jsonpath]);
+    c.push(("node-ready", r.and_then(|s| if s == "True" { Ok(s) } else { Err(format!("Ready={s}")) })));
     c
 }
 

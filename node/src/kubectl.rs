@@ -42,6 +42,30 @@ pub fn run_with_input(kubeconfig: &str, args: &[&str], input: Option<&str>) -> R
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// A loop's recurring error, printed once until it changes or the loop succeeds again: a watch
+/// loop that fails at every event (the API server not up yet) does not fill the console with
+/// the same line.
+#[derive(Default)]
+pub struct Complaint(Option<String>);
+
+impl Complaint {
+    /// Prints `planet-node: {what}: {error}` unless it is the error printed last; whether it
+    /// printed.
+    pub fn say(&mut self, what: &str, error: String) -> bool {
+        if self.0.as_deref() == Some(error.as_str()) {
+            return false;
+        }
+        println!("planet-node: {what}: {error}");
+        self.0 = Some(error);
+        true
+    }
+
+    /// The loop succeeded: the next error is news.
+    pub fn clear(&mut self) {
+        self.0 = None;
+    }
+}
+
 /// Calls `sync` whenever the objects `kubectl get ARGS --watch` reports change, and at least
 /// every `resync`, for ever. Listing everything every few seconds would cost a kubectl run each
 /// time (seconds of CPU on an emulated machine); a watch costs nothing while nothing changes.
@@ -86,5 +110,20 @@ pub fn on_change(kubeconfig: &str, args: &[&str], resync: std::time::Duration, m
         std::thread::sleep(Duration::from_secs(1));
         while rx.try_recv().is_ok() {}
         sync();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_complaint_is_said_once_until_it_changes_or_clears() {
+        let mut c = Complaint::default();
+        assert!(c.say("routes", "API down".into()));
+        assert!(!c.say("routes", "API down".into()));
+        assert!(c.say("routes", "forbidden".into()));
+        c.clear();
+        assert!(c.say("routes", "forbidden".into()));
     }
 }

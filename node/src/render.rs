@@ -11,29 +11,47 @@ use crate::env::NodeEnv;
 /// A kubeconfig with the client certificate and key embedded, so the file alone is the
 /// credential (mode 0600).
 pub fn kubeconfig_text(server: &str, user: &str, ca_pem: &str, cert_pem: &str, key_pem: &str) -> String {
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: planet\n  cluster:\n    server: {server}\n    \
-         certificate-authority-data: {}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {}\n    \
-         client-key-data: {}\ncontexts:\n- name: {user}@planet\n  context:\n    cluster: planet\n    user: {user}\n\
-         current-context: {user}@planet\n",
-        b64(ca_pem),
-        b64(cert_pem),
-        b64(key_pem)
-    )
+    let credential = format!("client-certificate-data: {}\n    client-key-data: {}", b64(cert_pem), b64(key_pem));
+    kubeconfig_for(server, user, ca_pem, &credential)
 }
 
 /// The kubeconfig a joining node's kubelet bootstraps with: the CA the master vouched for and
 /// the join token as a bearer token (mode 0600: the file is the credential).
 pub fn bootstrap_kubeconfig_text(server: &str, ca_pem: &str, bearer: &str) -> String {
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    kubeconfig_for(server, "kubelet-bootstrap", ca_pem, &format!("token: {bearer}"))
+}
+
+/// One cluster (`planet`, trusted through `ca_pem`), one user with `credential` (its YAML
+/// lines, indented as the user's fields), one context joining them.
+fn kubeconfig_for(server: &str, user: &str, ca_pem: &str, credential: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: planet\n  cluster:\n    server: {server}\n    \
-         certificate-authority-data: {}\nusers:\n- name: kubelet-bootstrap\n  user:\n    token: {bearer}\n\
-         contexts:\n- name: kubelet-bootstrap@planet\n  context:\n    cluster: planet\n    user: kubelet-bootstrap\n\
-         current-context: kubelet-bootstrap@planet\n",
+         certificate-authority-data: {}\nusers:\n- name: {user}\n  user:\n    {credential}\n\
+         contexts:\n- name: {user}@planet\n  context:\n    cluster: planet\n    user: {user}\n\
+         current-context: {user}@planet\n",
         b64(ca_pem)
     )
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// The cloud provider flags of the kubelet and the controller manager (`--cloud-provider`
+/// with Kubernetes' in-tree name, `--cloud-config` when the operator gave the provider's
+/// file); empty without a provider. The credentials are not flags: they reach those two
+/// components' environment from [`cluster::CLOUD_ENV`].
+pub fn cloud_flags(env: &NodeEnv) -> String {
+    match env.cloud_provider.as_str() {
+        "" | "none" => String::new(),
+        provider => {
+            let mut f = format!("--cloud-provider={provider}");
+            if env.cloud_config.is_some() {
+                f.push_str(&format!(" --cloud-config={}", cluster::CLOUD_CONFIG));
+            }
+            f
+        }
+    }
 }
 
 /// The taints the kubelet registers its Node with: a master's keeps workloads off it.
@@ -62,7 +80,7 @@ pub fn unit_env(env: &NodeEnv) -> String {
         "# Written by planet-node setup at every boot from /etc/container-environment.\n\
          PLANET_ROLE={}\nPLANET_NODE_NAME={}\nPLANET_ADVERTISE_IP={}\nPLANET_MASTER_IP={}\n\
          PLANET_API_SERVER={}\nPLANET_SERVICE_CIDR={}\nPLANET_CLUSTER_CIDR={}\nPLANET_PAUSE_IMAGE={}\n\
-         PLANET_REGISTER_TAINTS={}\n",
+         PLANET_REGISTER_TAINTS={}\nPLANET_CLOUD_FLAGS={}\n",
         env.role.as_str(),
         env.node_name,
         env.public_ip,
@@ -72,6 +90,7 @@ pub fn unit_env(env: &NodeEnv) -> String {
         cluster::CLUSTER_CIDR,
         cluster::PAUSE_IMAGE,
         register_taints(env),
+        cloud_flags(env),
     )
 }
 
@@ -164,6 +183,29 @@ mod tests {
         let node = parse("PLANET_ROLE=node\nPLANET_PUBLIC_IP=10.0.0.3\nPLANET_MASTER_IP=10.0.0.2\n").unwrap();
         assert_eq!(api_server_url(&node), "https://10.0.0.2:6443");
         assert!(unit_env(&node).contains("PLANET_ADVERTISE_IP=10.0.0.3\n"));
+    }
+
+    #[test]
+    fn the_cloud_provider_reaches_the_flags_and_its_credentials_do_not() {
+        assert!(unit_env(&dev()).contains("\nPLANET_CLOUD_FLAGS=\n"));
+        let aws = parse(
+            "PLANET_ROLE=node\nPLANET_PUBLIC_IP=10.0.0.3\nPLANET_MASTER_IP=10.0.0.2\nPLANET_CLOUD_PROVIDER=aws\n\
+             AWS_SECRET_ACCESS_KEY=s3cr3t\n",
+        )
+        .unwrap();
+        assert_eq!(cloud_flags(&aws), "--cloud-provider=aws");
+        let with_file = NodeEnv { cloud_config: Some("[Global]\n".into()), ..aws.clone() };
+        assert_eq!(cloud_flags(&with_file), "--cloud-provider=aws --cloud-config=/etc/planet/cloud-provider.conf");
+        let t = unit_env(&with_file);
+        assert!(t.contains("\nPLANET_CLOUD_FLAGS=--cloud-provider=aws --cloud-config="), "{t}");
+        assert!(!t.contains("s3cr3t"), "{t}");
+    }
+
+    #[test]
+    fn bootstrap_kubeconfig_carries_the_token_as_its_credential() {
+        let t = bootstrap_kubeconfig_text("https://10.0.0.2:6443", "CA", "abcdef.0123456789abcdef");
+        assert!(t.contains("users:\n- name: kubelet-bootstrap\n  user:\n    token: abcdef.0123456789abcdef\n"), "{t}");
+        assert!(t.contains("current-context: kubelet-bootstrap@planet\n"), "{t}");
     }
 
     #[test]

@@ -103,7 +103,7 @@ pub fn sync(own_name: &str, kubeconfig: &str) -> Result<Vec<Change>> {
 pub fn run() -> Result<()> {
     let env = crate::env::load()?;
     let kubeconfig = crate::cluster::kubeconfig("kubelet");
-    let mut last_error = String::new();
+    let mut complaint = crate::kubectl::Complaint::default();
     crate::kubectl::on_change(&kubeconfig, &["get", "nodes", "--watch"], RESYNC, || {
         match sync(&env.node_name, &kubeconfig) {
             Ok(changes) => {
@@ -113,14 +113,10 @@ pub fn run() -> Result<()> {
                         Change::Remove(cidr) => println!("planet-node: route removed pods={cidr}"),
                     }
                 }
-                last_error.clear();
+                complaint.clear();
             }
             Err(e) => {
-                let e = format!("{e:#}");
-                if e != last_error {
-                    println!("planet-node: routes not in step yet: {e}");
-                    last_error = e;
-                }
+                complaint.say("routes not in step yet", format!("{e:#}"));
             }
         }
     })

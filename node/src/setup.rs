@@ -149,6 +149,18 @@ fn write_node_config(env: &NodeEnv, root: &Path) -> Result<()> {
     files::write_if_changed(kube_dir.join("kubelet.yaml"), render::kubelet_config(env).as_bytes(), 0o644)?;
     files::write_if_changed(kube_dir.join("kube-proxy.yaml"), render::kube_proxy_config(env).as_bytes(), 0o644)?;
     files::write_if_changed(at(cluster::UNIT_ENV), render::unit_env(env).as_bytes(), 0o644)?;
+    files::write_if_changed(at(cluster::CLOUD_ENV), env.operator_env.lines().as_bytes(), 0o600)?;
+    match &env.cloud_config {
+        Some(text) => {
+            files::write_if_changed(at(cluster::CLOUD_CONFIG), text.as_bytes(), 0o600)?;
+        }
+        None => match std::fs::remove_file(at(cluster::CLOUD_CONFIG)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", cluster::CLOUD_CONFIG))
+            }
+            _ => {}
+        },
+    }
     Ok(())
 }
 
@@ -263,7 +275,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let env = crate::env::parse(
             "PLANET_ROLE=node\nPLANET_PUBLIC_IP=10.0.0.3\nPLANET_MASTER_IP=10.0.0.2\n\
-             PLANET_JOIN_TOKEN=abcdef.0123456789abcdef\n",
+             PLANET_JOIN_TOKEN=abcdef.0123456789abcdef\nPLANET_CLOUD_PROVIDER=aws\n\
+             PLANET_CLOUD_CONFIG=W0dsb2JhbF0KWm9uZT11cy1lYXN0LTFhCg==\nAWS_SECRET_ACCESS_KEY=s3cr3t\n",
         )
         .unwrap();
         assert!(prepare(&env, d.path(), OffsetDateTime::now_utc()).is_err(), "a node makes no CA of its own");
@@ -278,6 +291,18 @@ mod tests {
         assert!(kubelet.contains("serverTLSBootstrap: true\n") && !kubelet.contains("tlsCertFile"), "{kubelet}");
         assert!(!d.path().join("etc/kubernetes/pki/ca.key").exists());
         let unit_env = std::fs::read_to_string(d.path().join("etc/planet/kube.env")).unwrap();
-        assert!(!unit_env.contains("0123456789abcdef"), "{unit_env}");
+        assert!(!unit_env.contains("0123456789abcdef") && !unit_env.contains("s3cr3t"), "{unit_env}");
+        // The provider's file and the credentials: private files, read by the units.
+        for (file, want) in [
+            ("etc/planet/cloud.env", "AWS_SECRET_ACCESS_KEY=s3cr3t\n"),
+            ("etc/planet/cloud-provider.conf", "[Global]\nZone=us-east-1a\n"),
+        ] {
+            assert_eq!(std::fs::metadata(d.path().join(file)).unwrap().mode() & 0o777, 0o600, "{file}");
+            assert_eq!(std::fs::read_to_string(d.path().join(file)).unwrap(), want, "{file}");
+        }
+        // A later boot without the provider's file removes it.
+        let plain = crate::env::NodeEnv { cloud_config: None, ..env };
+        prepare_node(&plain, d.path(), "CA PEM").unwrap();
+        assert!(!d.path().join("etc/planet/cloud-provider.conf").exists());
     }
 }

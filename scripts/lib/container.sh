@@ -163,6 +163,8 @@ After=kube-apiserver.service
 PartOf=planet-master.target
 [Service]
 EnvironmentFile=/etc/planet/kube.env
+# The operator's env (cloud credentials), 0600: in the environment, never on the command line.
+EnvironmentFile=-/etc/planet/cloud.env
 ExecStart=/usr/bin/kube-controller-manager \\
   --kubeconfig=$kube/controller-manager.kubeconfig \\
   --authentication-kubeconfig=$kube/controller-manager.kubeconfig \\
@@ -171,7 +173,8 @@ ExecStart=/usr/bin/kube-controller-manager \\
   --use-service-account-credentials=true --service-account-private-key-file=$pki/sa.key \\
   --root-ca-file=$pki/ca.crt --cluster-signing-cert-file=$pki/ca.crt --cluster-signing-key-file=$pki/ca.key \\
   --allocate-node-cidrs=true --cluster-cidr=\${PLANET_CLUSTER_CIDR} --node-cidr-mask-size=24 \\
-  --service-cluster-ip-range=\${PLANET_SERVICE_CIDR} --controllers=*,bootstrapsigner,tokencleaner
+  --service-cluster-ip-range=\${PLANET_SERVICE_CIDR} --controllers=*,bootstrapsigner,tokencleaner \\
+  --configure-cloud-routes=false \$PLANET_CLOUD_FLAGS
 Restart=always
 RestartSec=5
 EOF
@@ -208,11 +211,12 @@ Requires=docker.service
 PartOf=planet-node.target
 [Service]
 EnvironmentFile=/etc/planet/kube.env
+EnvironmentFile=-/etc/planet/cloud.env
 ExecStart=/usr/bin/kubelet --config=$kube/kubelet.yaml --kubeconfig=$kube/kubelet.kubeconfig \\
   --bootstrap-kubeconfig=$kube/bootstrap-kubelet.kubeconfig --register-with-taints=\${PLANET_REGISTER_TAINTS} \\
   --hostname-override=\${PLANET_NODE_NAME} --node-ip=\${PLANET_ADVERTISE_IP} \\
   --container-runtime=docker --network-plugin=kubenet --cni-bin-dir=/usr/lib/cni \\
-  --pod-infra-container-image=\${PLANET_PAUSE_IMAGE}
+  --pod-infra-container-image=\${PLANET_PAUSE_IMAGE} \$PLANET_CLOUD_FLAGS
 Restart=always
 RestartSec=5
 EOF

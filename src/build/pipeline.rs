@@ -448,36 +448,71 @@ fn read_from_deb(deb_path: &Path, inner: &str) -> Result<Vec<u8>> {
     found.with_context(|| format!("{} does not contain {inner}", deb_path.display()))
 }
 
-/// planet-init: `--planet-init`, `$PLANET_INIT`, beside this executable, or the static build in
-/// this workspace's target directory.
+/// Where the Debian package puts planet-init: a package-private executable, so under
+/// /usr/lib/PACKAGE (FHS: "internal binaries that are not intended to be executed directly").
+pub const PACKAGED_PLANET_INIT: &str = "/usr/lib/planet-image/planet-init";
+
+/// The planet-init a build uses and why that one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanetInit {
+    pub path: PathBuf,
+    /// How it was found, for `--version` and errors: "--planet-init", "$PLANET_INIT", ...
+    pub source: &'static str,
+}
+
+/// planet-init: `--planet-init`, `$PLANET_INIT`, beside this executable, `../lib/planet-image/`
+/// from this executable's directory (an install under /usr or /usr/local), this workspace's
+/// static build (when planet-image runs from its target directory), or the package's
+/// /usr/lib/planet-image/planet-init. The first two are taken as given (a wrong one is an
+/// error later, naming it); the others only if they are static executables.
 pub fn find_planet_init(explicit: Option<&Path>) -> Result<PathBuf> {
+    locate_planet_init(explicit).map(|p| p.path)
+}
+
+/// `find_planet_init`, saying where the binary came from.
+pub fn locate_planet_init(explicit: Option<&Path>) -> Result<PlanetInit> {
     if let Some(p) = explicit {
-        return Ok(p.to_path_buf());
+        return Ok(PlanetInit { path: p.to_path_buf(), source: "--planet-init" });
     }
     if let Some(p) = std::env::var_os("PLANET_INIT").filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(p));
+        return Ok(PlanetInit { path: PathBuf::from(p), source: "$PLANET_INIT" });
     }
     let exe = std::env::current_exe().context("locating the planet-image executable")?;
     let dir = exe.parent().context("the executable has no directory")?;
-    let mut candidates = vec![dir.join("planet-init")];
+    let mut candidates = vec![(dir.join("planet-init"), "beside planet-image")];
+    if let Some(prefix) = dir.parent() {
+        let installed = prefix.join("lib/planet-image/planet-init");
+        let source = if installed == Path::new(PACKAGED_PLANET_INIT) {
+            "the planet-image package"
+        } else {
+            "installed beside planet-image"
+        };
+        candidates.push((installed, source));
+    }
     if let (Some(profile), Some(target)) = (dir.file_name(), dir.parent()) {
         // planet-init ships as a release build (build_all); a same-profile one is a fallback.
         let static_dir = target.join("x86_64-unknown-linux-gnu");
-        candidates.push(static_dir.join("release").join("planet-init"));
+        candidates.push((static_dir.join("release").join("planet-init"), "this workspace's build"));
         if profile != "release" {
-            candidates.push(static_dir.join(profile).join("planet-init"));
+            candidates.push((static_dir.join(profile).join("planet-init"), "this workspace's build"));
         }
     }
-    for c in &candidates {
-        if c.is_file() && std::fs::read(c).map(|b| initramfs::check_static(&b).is_ok()).unwrap_or(false) {
-            return Ok(c.clone());
+    candidates.push((PathBuf::from(PACKAGED_PLANET_INIT), "the planet-image package"));
+    let mut seen = Vec::new();
+    for (c, source) in candidates {
+        if seen.contains(&c) {
+            continue;
         }
+        if c.is_file() && std::fs::read(&c).map(|b| initramfs::check_static(&b).is_ok()).unwrap_or(false) {
+            return Ok(PlanetInit { path: c, source });
+        }
+        seen.push(c);
     }
     bail!(
-        "no static planet-init found (looked at {}); build it with \
-         `RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p planet-host --target x86_64-unknown-linux-gnu` \
-         or pass --planet-init",
-        candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", ")
+        "no static planet-init found (looked at {}); install the planet-image package (it has \
+         {PACKAGED_PLANET_INIT}), set $PLANET_INIT or pass --planet-init, or in a checkout build it with \
+         `RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p planet-host --target x86_64-unknown-linux-gnu`",
+        seen.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", ")
     )
 }
 

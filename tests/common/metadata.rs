@@ -15,6 +15,8 @@ pub type Handler = dyn Fn(&str, &str, &[(String, String)]) -> Option<(u16, Vec<u
 pub enum Reply {
     /// A well-formed response with this status and body.
     Answer(u16, Vec<u8>),
+    /// The same with these extra response headers (name, value).
+    AnswerWith(u16, Vec<(String, String)>, Vec<u8>),
     /// These bytes as they are (a hostile head, say); the connection stays open.
     Raw(Vec<u8>),
     /// These bytes, then one more byte every `every` until the test ends.
@@ -43,6 +45,11 @@ impl MetadataServer {
 
     /// A server whose handler may answer anything at all ([`Reply`]).
     pub fn start_raw(handler: Box<RawHandler>) -> MetadataServer {
+        MetadataServer::start_raw_for(handler, Duration::from_secs(900))
+    }
+
+    /// [`MetadataServer::start_raw`] answering for `lifetime` at most.
+    pub fn start_raw_for(handler: Box<RawHandler>, lifetime: Duration) -> MetadataServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -52,7 +59,7 @@ impl MetadataServer {
         let handler: Arc<RawHandler> = Arc::from(handler);
         std::thread::spawn(move || {
             let started = Instant::now();
-            while !stop2.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(900) {
+            while !stop2.load(Ordering::Relaxed) && started.elapsed() < lifetime {
                 match listener.accept() {
                     Ok((s, _)) => {
                         let (log, handler, stop) = (log2.clone(), handler.clone(), stop2.clone());
@@ -76,9 +83,9 @@ impl Drop for MetadataServer {
     }
 }
 
-/// Serves requests on one connection until it closes. QEMU's guestfwd to a `tcp:` chardev
-/// connects once, when QEMU starts, and carries every guest connection over that one stream
-/// in turn, so requests are read one after another and the connection is never closed here.
+/// Serves requests on one connection until it closes: a client may send several in turn
+/// (HTTP keep-alive), so requests are read one after another and the connection is never
+/// closed here.
 fn serve(mut s: TcpStream, log: &Mutex<Vec<String>>, handler: &RawHandler, stop: &AtomicBool) {
     s.set_nonblocking(false).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
@@ -112,10 +119,8 @@ fn serve(mut s: TcpStream, log: &Mutex<Vec<String>>, handler: &RawHandler, stop:
         let header_text: Vec<String> = headers.iter().map(|(k, v)| format!("{k}={v}")).collect();
         log.lock().unwrap().push(format!("{method} {path} {}", header_text.join(" ")));
         match handler(&method, &path, &headers) {
-            Reply::Answer(status, body) => {
-                let _ = write!(s, "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n", body.len());
-                let _ = s.write_all(&body);
-            }
+            Reply::Answer(status, body) => answer(&mut s, status, &[], &body),
+            Reply::AnswerWith(status, headers, body) => answer(&mut s, status, &headers, &body),
             Reply::Raw(bytes) => {
                 let _ = s.write_all(&bytes);
             }
@@ -138,6 +143,17 @@ fn serve(mut s: TcpStream, log: &Mutex<Vec<String>>, handler: &RawHandler, stop:
             }
         }
     }
+}
+
+/// Writes one response; a failed write shows as the client's error.
+fn answer(s: &mut TcpStream, status: u16, headers: &[(String, String)], body: &[u8]) {
+    let mut head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let _ = s.write_all(head.as_bytes());
+    let _ = s.write_all(body);
 }
 
 pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {

@@ -69,8 +69,12 @@ impl Datasource for Ec2 {
         };
         let mut f = Fetched { instance_id: text("/latest/meta-data/instance-id")?, ..Default::default() };
         f.config.public_ip = text("/latest/meta-data/local-ipv4")?;
-        f.config.hostname =
-            text("/latest/meta-data/local-hostname")?.map(|h| h.split('.').next().unwrap_or("").to_string());
+        // Kubernetes' AWS provider names a Node by its private DNS name (what `local-hostname`
+        // says): the Node name is that, so that the certificates made for it name the same
+        // Node; the hostname is its first label.
+        let local_hostname = text("/latest/meta-data/local-hostname")?;
+        f.config.hostname = local_hostname.as_ref().map(|h| h.split('.').next().unwrap_or("").to_string());
+        f.config.node_name = local_hostname.map(|h| h.to_ascii_lowercase());
         f.config.cloud_provider = Some("aws".into());
         if let Some(zone) = text("/latest/meta-data/placement/availability-zone")? {
             planet_config::set_env(&mut f.config.labels, "topology.kubernetes.io/zone".into(), zone);
