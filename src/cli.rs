@@ -10,6 +10,9 @@ use std::path::PathBuf;
 #[command(
     name = "planet-image",
     version,
+    // Every argument and subcommand must say what it is for: clap's debug_assert (the test
+    // below) fails on one without help, and the man pages and docs/cli/ are made from it.
+    help_expected = true,
     about = "Build bootable A/B disk images that run a Planet Kubernetes rootfs",
     long_about = "Build bootable A/B disk images that run a Planet Kubernetes rootfs.\n\n\
         Quick start:\n  planet-image fetch\n  planet-image build --target qcow2 --rootfs planet.tar -o planet.qcow2\n  \
@@ -96,6 +99,31 @@ pub enum Command {
         The token is printed on stdout, or with -o written to a new file of mode 0600 (nothing printed), \
         which keeps it off the terminal and out of scroll-back: `planet-image join-token -o cluster.token`.")]
     JoinToken(JoinTokenArgs),
+    /// QEMU runs this for each guest connection of a `run --guestfwd`: it relays the connection
+    /// (stdin and stdout, one socket) to 127.0.0.1:PORT. Not for people.
+    #[command(hide = true)]
+    GuestfwdRelay {
+        /// The port on 127.0.0.1.
+        port: u16,
+    },
+    /// Write the reference pages made from this command line: Markdown (the repository's
+    /// docs/cli/), man pages and shell completions. For tests and scripts/package.
+    #[command(hide = true)]
+    GenerateDocs(GenerateDocsArgs),
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = true)]
+pub struct GenerateDocsArgs {
+    /// Markdown pages, one per command (stale planet-image*.md pages there are removed).
+    #[arg(long, value_name = "DIR")]
+    pub markdown: Option<PathBuf>,
+    /// Man pages: planet-image.1 and planet-image-COMMAND.1, uncompressed.
+    #[arg(long, value_name = "DIR")]
+    pub man: Option<PathBuf>,
+    /// Shell completions: planet-image.bash, _planet-image (zsh) and planet-image.fish.
+    #[arg(long, value_name = "DIR")]
+    pub completions: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -120,7 +148,9 @@ pub struct HostInputArgs {
     /// Kernel package (.deb of linux-image-<version>-…) instead of the cached one.
     #[arg(long, value_name = "FILE.deb")]
     pub kernel_package: Option<PathBuf>,
-    /// The static planet-init binary [default: $PLANET_INIT, or next to planet-image].
+    /// The static planet-init binary [default: $PLANET_INIT, else planet-init beside planet-image,
+    /// ../lib/planet-image/planet-init from planet-image's directory, this workspace's static
+    /// build, or the package's /usr/lib/planet-image/planet-init; `planet-image --version` names it].
     #[arg(long, value_name = "FILE")]
     pub planet_init: Option<PathBuf>,
     /// Squashfs block compression: zstd, zstd:LEVEL (1-22) or none.
@@ -522,5 +552,55 @@ fn parse_sector_size(s: &str) -> Result<u64, String> {
         "512" => Ok(512),
         "4096" => Ok(4096),
         _ => Err(format!("{s:?}: the sector size is 512 or 4096")),
+    }
+}
+
+/// `--version`'s text: the version, then the planet-init `build` and `bundle` use without
+/// --planet-init and its digest (the manifest records the same digest), or why there is none.
+pub fn long_version() -> String {
+    let version = env!("CARGO_PKG_VERSION");
+    match crate::build::pipeline::locate_planet_init(None) {
+        Ok(found) => match crate::util::digest::sha256_file(&found.path) {
+            Ok(digest) => format!(
+                "{version}\nplanet-init: {} ({})\nplanet-init sha256: {digest}",
+                found.path.display(),
+                found.source
+            ),
+            Err(e) => {
+                format!("{version}\nplanet-init: {} ({}) cannot be read: {e:#}", found.path.display(), found.source)
+            }
+        },
+        Err(e) => format!("{version}\nplanet-init: none: {e:#}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks over the whole tree, including `help_expected`: an
+    /// argument without help text fails here, not in a user's man page.
+    #[test]
+    fn cli_definition_is_consistent_and_documented() {
+        Cli::command().debug_assert();
+    }
+
+    /// help_expected covers arguments only; subcommands need a summary too, for `--help`'s list,
+    /// their man page's NAME line and docs/cli/.
+    #[test]
+    fn every_subcommand_has_a_summary() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(name.clone());
+                }
+                walk(sub, &name, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "planet-image", &mut missing);
+        assert!(missing.is_empty(), "subcommands without a doc comment: {missing:?}");
     }
 }

@@ -9,6 +9,7 @@ pub mod bios;
 pub mod build;
 pub mod bundle;
 pub mod cli;
+pub mod cli_docs;
 pub mod convert;
 pub mod deb;
 pub mod disk;

@@ -1,12 +1,12 @@
 use anyhow::Result;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use planet_image::build::pipeline::{self, BuildRequest, Target};
 use planet_image::cli::{Cli, Command, PublishCommand};
 use planet_image::{bundle, enter, fetch, inspect, join_token, publish, run, seed};
 use std::time::Duration;
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = parse_command_line();
     // Commands that leave temporary files or a pending snapshot clean up on SIGINT/SIGTERM;
     // `run` and `enter` handle signals themselves.
     if matches!(cli.command, Command::Build(_) | Command::Bundle(_) | Command::Seed(_) | Command::Publish(_)) {
@@ -33,6 +33,16 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// `Cli::parse()`, except that `--version` also names the planet-init a build would use and
+/// its digest; that reads and hashes the file, so only when --version may be asked for.
+fn parse_command_line() -> Cli {
+    let mut cmd = Cli::command();
+    if std::env::args_os().skip(1).any(|a| a == "--version") {
+        cmd = cmd.long_version(&*Box::leak(planet_image::cli::long_version().into_boxed_str()));
+    }
+    Cli::from_arg_matches(&cmd.get_matches()).unwrap_or_else(|e| e.exit())
 }
 
 fn print_error(e: &anyhow::Error) {
@@ -199,6 +209,28 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 print_error(&e);
                 255
             }))
+        }
+        Command::GenerateDocs(a) => {
+            let cmd = Cli::command();
+            if let Some(dir) = &a.markdown {
+                let pages = planet_image::cli_docs::markdown_pages(cmd.clone());
+                let pages = pages.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+                planet_image::cli_docs::write_dir(dir, &pages, |n| {
+                    n.starts_with("planet-image") && n.ends_with(".md")
+                })?;
+            }
+            if let Some(dir) = &a.man {
+                let pages = planet_image::cli_docs::man_pages(cmd.clone())?;
+                planet_image::cli_docs::write_dir(dir, &pages, |n| n.starts_with("planet-image") && n.ends_with(".1"))?;
+            }
+            if let Some(dir) = &a.completions {
+                planet_image::cli_docs::write_dir(dir, &planet_image::cli_docs::completions(cmd), |_| false)?;
+            }
+            Ok(0)
+        }
+        Command::GuestfwdRelay { port } => {
+            // stderr is the guest's connection too: an error is the exit status only.
+            Ok(if planet_image::run_net::relay(port).is_ok() { 0 } else { 1 })
         }
         Command::Run(a) => run::run(&run::RunRequest {
             image: a.image,
