@@ -78,6 +78,8 @@ pub struct BundleRequest {
     pub expires: Option<String>,
     /// `--revoke`: key ids the bundle revokes on machines that trust its signer.
     pub revokes: Vec<String>,
+    /// App packages the next release carries in its slot (`--app`), applied in this order.
+    pub apps: Vec<PathBuf>,
 }
 
 /// The result of `bundle`, printed on stdout as JSON.
@@ -98,6 +100,9 @@ pub struct BundleResult {
     pub revokes: Vec<String>,
     pub total_bytes: u64,
     pub sections: Vec<SectionInfo>,
+    /// The apps in the slot, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub apps: Vec<planet_config::app::SlotApp>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -138,7 +143,8 @@ pub fn run(req: &BundleRequest) -> Result<BundleResult> {
 
     let work = WorkDir::new(&pipeline::dir_of(&req.output))?;
     let slot_image = work.path.join("rootfs.sqfs");
-    let (_, slot_bytes) = pipeline::build_slot(&source, &req.rootfs, &slot_image, req.compression, req.epoch)?;
+    let (slot_summary, slot_bytes) =
+        pipeline::build_slot(&source, &req.apps, &req.rootfs, &slot_image, req.compression, req.epoch)?;
     if let Some(mib) = layout.slots.size_mib {
         if slot_bytes > mib << 20 {
             bail!(
@@ -175,6 +181,7 @@ pub fn run(req: &BundleRequest) -> Result<BundleResult> {
         revokes: prelude.revokes,
         total_bytes: prelude.total_bytes,
         sections: header.sections.iter().map(SectionInfo::from).collect(),
+        apps: slot_summary.apps,
     })
 }
 

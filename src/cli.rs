@@ -99,6 +99,10 @@ pub enum Command {
         The token is printed on stdout, or with -o written to a new file of mode 0600 (nothing printed), \
         which keeps it off the terminal and out of scroll-back: `planet-image join-token -o cluster.token`.")]
     JoinToken(JoinTokenArgs),
+    /// Apps: Kubernetes manifests and their container images, packed to travel inside images
+    /// (`app build DIR`, then `build --app NAME.app`).
+    #[command(subcommand)]
+    App(AppCommand),
     /// QEMU runs this for each guest connection of a `run --guestfwd`: it relays the connection
     /// (stdin and stdout, one socket) to 127.0.0.1:PORT. Not for people.
     #[command(hide = true)]
@@ -110,6 +114,32 @@ pub enum Command {
     /// docs/cli/), man pages and shell completions. For tests and scripts/package.
     #[command(hide = true)]
     GenerateDocs(GenerateDocsArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    /// Check an app's directory and pack it into one NAME-VERSION.app file for `build --app`.
+    #[command(long_about = "Check an app's directory and pack it into one .app file.\n\n\
+        DIR holds app.yaml (name, version, the manifests in the order they are applied, the images, \
+        the secrets the master makes, the health checks; see docs/apps.md), the Kubernetes manifests \
+        and the container images as docker archives (`docker save -o images/web.tar web:1.2`). The \
+        check: app.yaml is valid, every manifest document is a Kubernetes object, every image a pod \
+        template names is in one of the archives, and no container would ask a registry \
+        (imagePullPolicy Always, or :latest without IfNotPresent, or an image named by digest, is \
+        refused). The package is a tar: package.json (the spec, the SHA-256 of every file, every \
+        image's ID and tags), then the files; the same directory always gives the same bytes. It \
+        appears only when complete; a JSON report goes to stdout.")]
+    Build(AppBuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AppBuildArgs {
+    /// The app's directory (holding app.yaml).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// The package to write [default: NAME-VERSION.app in the current directory].
+    #[arg(short, long, value_name = "FILE.app")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -222,6 +252,10 @@ pub struct BuildArgs {
     /// rotation. Without it the machine accepts no updates.
     #[arg(long, value_name = "NAME.pub")]
     pub update_key: Option<PathBuf>,
+    /// An app package (`app build`'s NAME.app) to carry in the slot (repeatable; applied by the
+    /// master in this order, its images loaded on every machine without a registry).
+    #[arg(long, value_name = "NAME.app")]
+    pub app: Vec<PathBuf>,
     #[command(flatten)]
     pub host: HostInputArgs,
     #[command(flatten)]
@@ -273,6 +307,10 @@ pub struct BundleArgs {
     /// were built with.
     #[arg(long, default_value = "default", value_parser = ["default", "metal"])]
     pub profile: String,
+    /// An app package (`app build`'s NAME.app) the next release carries (repeatable, in the
+    /// order the master applies them): an update brings the next versions of the apps.
+    #[arg(long, value_name = "NAME.app")]
+    pub app: Vec<PathBuf>,
     #[command(flatten)]
     pub host: HostInputArgs,
 }

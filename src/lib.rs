@@ -5,6 +5,7 @@
 //! `build::plan` and run by `build::pipeline`; `fetch`, `inspect` and `run` around it, and
 //! `bundle` for signed update bundles made of the same stages.
 
+pub mod app;
 pub mod bios;
 pub mod build;
 pub mod bundle;

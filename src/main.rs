@@ -1,7 +1,7 @@
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches};
 use planet_image::build::pipeline::{self, BuildRequest, Target};
-use planet_image::cli::{Cli, Command, PublishCommand};
+use planet_image::cli::{AppCommand, Cli, Command, PublishCommand};
 use planet_image::{bundle, enter, fetch, inspect, join_token, publish, run, seed};
 use std::time::Duration;
 
@@ -89,6 +89,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 epoch,
                 release: a.release_version,
                 update_key: a.update_key,
+                apps: a.app,
             };
             if let Some(opts) = ami {
                 let result = publish::aws::build_ami(req, a.output, &opts)?;
@@ -133,6 +134,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 epoch,
                 expires: a.expires,
                 revokes: a.revokes,
+                apps: a.app,
             })?;
             println!("{}", serde_json::to_string_pretty(&result)?);
             Ok(0)
@@ -226,6 +228,22 @@ fn dispatch(cli: Cli) -> Result<i32> {
             if let Some(dir) = &a.completions {
                 planet_image::cli_docs::write_dir(dir, &planet_image::cli_docs::completions(cmd), |_| false)?;
             }
+            Ok(0)
+        }
+        Command::App(AppCommand::Build(a)) => {
+            let out = match a.output {
+                Some(o) => o,
+                None => {
+                    let spec = a.dir.join(planet_config::app::SPEC_FILE);
+                    let text = std::fs::read_to_string(&spec)
+                        .with_context(|| format!("reading {}: an app directory holds app.yaml", spec.display()))?;
+                    let spec = planet_config::app::AppSpec::parse(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", spec.display()))?;
+                    format!("{}-{}.app", spec.name, spec.version).into()
+                }
+            };
+            let report = planet_image::app::build(&a.dir, &out)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(0)
         }
         Command::GuestfwdRelay { port } => {

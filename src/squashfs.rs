@@ -56,9 +56,11 @@ impl std::fmt::Display for Compression {
     }
 }
 
-/// Writes the squashfs for `source` at `out` and returns what the rootfs stage saw.
+/// Writes the squashfs for `source` plus the app packages `apps` at `out` and returns what the
+/// rootfs stage saw.
 pub fn build_slot_image(
     source: &RootfsSource,
+    apps: &[std::path::PathBuf],
     out: &Path,
     compression: Compression,
     epoch: u64,
@@ -108,7 +110,7 @@ pub fn build_slot_image(
         let _ = stderr.read_to_end(&mut buf);
         buf
     });
-    let streamed = source.stream_canonical_tar(BufWriter::with_capacity(1 << 20, stdin));
+    let streamed = source.stream_canonical_tar(BufWriter::with_capacity(1 << 20, stdin), apps);
     let status = child.wait().with_context(|| format!("waiting for {tool}"))?;
     let err = err_reader.join().unwrap_or_default();
     let summary = match streamed {

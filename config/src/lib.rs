@@ -9,6 +9,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
+pub mod app;
 pub mod bootentry;
 pub mod cloudconfig;
 mod cmdline;

@@ -79,6 +79,8 @@ pub struct BuildRequest {
     /// A minisign public key (file) that update bundles must be signed with: placed into the
     /// initramfs at `etc/planet/update.pub`.
     pub update_key: Option<PathBuf>,
+    /// App packages (`app build`'s .app files) added to the slot, applied in this order.
+    pub apps: Vec<PathBuf>,
 }
 
 /// The result, printed on stdout as JSON.
@@ -122,7 +124,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
 
     // 1. The slot: rootfs → squashfs, streamed.
     let slot_image = work.path.join("planet-a.sqfs");
-    let (rootfs, slot_bytes) = build_slot(&source, &req.rootfs, &slot_image, req.compression, req.epoch)?;
+    let (rootfs, slot_bytes) = build_slot(&source, &req.apps, &req.rootfs, &slot_image, req.compression, req.epoch)?;
 
     crate::util::interrupt::check()?;
     // 2. Kernel, modules, initramfs.
@@ -157,6 +159,9 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
     }
     if let Some(k) = &update_key {
         seed_text.push_str(&format!("update-key={}\n", k.to_base64()));
+    }
+    for app in &rootfs.apps {
+        seed_text.push_str(&format!("app={} {}\n", app.name, app.sha256));
     }
     let seed = sha256_hex(seed_text.as_bytes());
     // The boot entries pin the disk by its GPT GUID (derived from the seed, as plan() does), so
@@ -349,13 +354,14 @@ pub fn load_public_key(path: &Path) -> Result<planet_bundle::KeyRing> {
 /// Stage 1, the slot: the rootfs streamed into a squashfs at `out`; its summary and size.
 pub fn build_slot(
     source: &RootfsSource,
+    apps: &[PathBuf],
     rootfs: &Path,
     out: &Path,
     compression: Compression,
     epoch: u64,
 ) -> Result<(RootfsSummary, u64)> {
     let step = Step::start("rootfs → squashfs", 0);
-    let summary = squashfs::build_slot_image(source, out, compression, epoch)
+    let summary = squashfs::build_slot_image(source, apps, out, compression, epoch)
         .with_context(|| format!("building the slot image from {}", rootfs.display()))?;
     let bytes = std::fs::metadata(out)?.len();
     step.finish(&format!("entries={} squashfs={} MiB", summary.entries, bytes >> 20));

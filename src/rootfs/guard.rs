@@ -229,12 +229,18 @@ impl<W: Write> CheckedSink<W> {
         self.out.write_entry(&entry, data).map_err(|e| e.context(format!("writing entry {path:?}")))
     }
 
-    /// Ends the stream; returns the SHA-256 of the canonical tar.
-    pub fn finish(mut self) -> Result<String> {
+    /// Ends the input: entries added after it (apps) are not part of a release's `rootfs/`.
+    fn end_of_input(&mut self) -> Result<()> {
         if matches!(self.mode, Mode::Undecided) {
             self.mode = Mode::Plain;
             self.flush_buffered()?;
         }
+        Ok(())
+    }
+
+    /// Ends the stream; returns the SHA-256 of the canonical tar.
+    pub fn finish(mut self) -> Result<String> {
+        self.end_of_input()?;
         if self.skipped_outside_release > 0 {
             eprintln!(
                 "planet-image: Planet release recognised; {} entries outside rootfs/ were left out",
@@ -243,6 +249,22 @@ impl<W: Write> CheckedSink<W> {
         }
         let tee = self.out.finish()?;
         Ok(hex::encode(tee.hasher.finalize()))
+    }
+}
+
+/// Entries the builder adds after the input (the apps), with their final paths: checked like
+/// the input's (a path the rootfs already holds is refused as a duplicate).
+impl<W: Write> crate::app::SlotSink for CheckedSink<W> {
+    fn add(&mut self, mut entry: Entry, data: &mut dyn Read) -> Result<()> {
+        self.end_of_input()?;
+        entry.path = normalize(&entry.path)?;
+        let path = entry.path.clone();
+        self.write_checked(entry, data).map_err(|e| match e.downcast_ref::<RootfsError>() {
+            Some(RootfsError::Duplicate { .. }) => {
+                anyhow::anyhow!("the rootfs already holds {path:?}, where the builder puts the apps given with --app")
+            }
+            _ => e,
+        })
     }
 }
 

@@ -31,6 +31,9 @@ pub struct RootfsSummary {
     pub has_planet_launcher: bool,
     pub entries: u64,
     pub file_bytes: u64,
+    /// The apps added to the slot (`--app`), in the order the master applies them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub apps: Vec<planet_config::app::SlotApp>,
 }
 
 /// Where the entries of a rootfs come from.
@@ -80,8 +83,9 @@ impl RootfsSource {
         Ok(RootfsSource::Tar { path: path.to_path_buf(), compression })
     }
 
-    /// Streams the rootfs as a canonical tar into `out`, checking every entry.
-    pub fn stream_canonical_tar<W: Write>(&self, out: W) -> Result<RootfsSummary> {
+    /// Streams the rootfs, then the app packages `apps` (each checked against its index), as
+    /// a canonical tar into `out`, checking every entry.
+    pub fn stream_canonical_tar<W: Write>(&self, out: W, apps: &[PathBuf]) -> Result<RootfsSummary> {
         let mut sink = guard::CheckedSink::new(out);
         let mut summary = RootfsSummary::default();
         match self {
@@ -112,6 +116,7 @@ impl RootfsSource {
                 summary.sha256 = hashing.finish().0;
             }
         }
+        summary.apps = add_apps(&mut sink, apps)?;
         let stats = sink.stats();
         summary.planet_release = stats.planet_release;
         summary.has_planet_launcher = stats.has_planet_launcher;
@@ -123,6 +128,39 @@ impl RootfsSource {
         }
         Ok(summary)
     }
+}
+
+/// Each package under `usr/share/planet/apps/NAME/`, then the list of them in order.
+fn add_apps<W: Write>(sink: &mut guard::CheckedSink<W>, apps: &[PathBuf]) -> Result<Vec<planet_config::app::SlotApp>> {
+    use planet_config::app::SLOT_APPS_INDEX;
+    let mut added: Vec<planet_config::app::SlotApp> = Vec::new();
+    for path in apps {
+        let app = crate::app::add_to_slot(path, sink)?;
+        if let Some(first) = added.iter().find(|a| a.name == app.name) {
+            anyhow::bail!(
+                "two apps are named {:?} ({} {} and {}); give each --app once",
+                app.name,
+                first.version,
+                app.version,
+                path.display()
+            );
+        }
+        added.push(app);
+    }
+    if !added.is_empty() {
+        let list = serde_json::to_vec_pretty(&added)?;
+        let entry = Entry {
+            path: SLOT_APPS_INDEX.to_string(),
+            kind: EntryKind::File { size: list.len() as u64 },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            xattrs: vec![],
+        };
+        crate::app::SlotSink::add(sink, entry, &mut &list[..])?;
+    }
+    Ok(added)
 }
 
 fn read_up_to<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<usize> {
