@@ -69,6 +69,28 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
+/// `planet-node status`: the machine's role and release, its health checks, and one line per
+/// app of the slot (on masters: applied, healthy, or failing with the reason).
+pub fn status() -> Result<()> {
+    let env = crate::env::load()?;
+    let release = std::fs::read("/etc/planet/release.json")
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["release"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into());
+    println!("machine {}: role {}, release {release}", env.node_name, env.role.as_str());
+    for (name, r) in checks(&env) {
+        match r {
+            Ok(d) => println!("{name}: ok ({d})"),
+            Err(e) => println!("{name}: FAIL ({e})"),
+        }
+    }
+    for line in crate::apps::status_lines(std::path::Path::new("/"), env.role.is_master()) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
 /// Waits until [`checks`] all pass, up to `limit`; prints progress every change.
 pub fn wait(limit: Duration) -> Result<()> {
     let env = crate::env::load()?;

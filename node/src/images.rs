@@ -1,6 +1,8 @@
 //! `planet-node load-images`: the container images a release ships (docker archives under
-//! `/usr/share/planet/images`) are loaded into docker at boot, so the kubelet finds the pause
-//! image and the apps' images without asking any registry.
+//! `/usr/share/planet/images`) and those of the slot's apps are loaded into docker at boot, so
+//! the kubelet finds the pause image and the apps' images without asking any registry. An app
+//! image docker already holds (same ID under every tag: a reboot, or an update that kept it) is
+//! not loaded again; loading hundreds of MiB costs minutes on a slow machine.
 
 use std::path::Path;
 use std::process::Command;
@@ -17,6 +19,24 @@ pub fn archives(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     Ok(v)
 }
 
+fn load(archive: &Path) -> Result<String> {
+    let out = Command::new("docker").arg("load").arg("-i").arg(archive).output().context("running docker load")?;
+    if !out.status.success() {
+        bail!("docker load -i {} failed: {}", archive.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().replace('\n', "; "))
+}
+
+/// Whether every tag already names the image `id` in docker.
+fn present(id: &str, tags: &[String]) -> bool {
+    tags.iter().all(|t| {
+        Command::new("docker")
+            .args(["image", "inspect", "--format", "{{.Id}}", t])
+            .output()
+            .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == id)
+    })
+}
+
 pub fn run() -> Result<()> {
     let dir = Path::new(crate::cluster::IMAGES_DIR);
     let list = archives(dir)?;
@@ -24,11 +44,28 @@ pub fn run() -> Result<()> {
         bail!("no image archives in {}", dir.display());
     }
     for a in list {
-        let out = Command::new("docker").arg("load").arg("-i").arg(&a).output().context("running docker load")?;
-        if !out.status.success() {
-            bail!("docker load -i {} failed: {}", a.display(), String::from_utf8_lossy(&out.stderr).trim());
+        println!("planet-node: {} ({})", load(&a)?, a.display());
+    }
+    let mut failed = Vec::new();
+    for (app, index) in crate::apps::slot_apps(Path::new("/"))? {
+        let base = crate::apps::app_dir(Path::new("/"), &app.name);
+        for img in &index.images {
+            let tags = img.tags.join(", ");
+            if present(&img.id, &img.tags) {
+                println!("planet-node: app {}: image {tags} already loaded", app.name);
+                continue;
+            }
+            match load(&base.join(&img.file)) {
+                Ok(_) => println!("planet-node: app {}: image {tags} loaded", app.name),
+                Err(e) => {
+                    println!("planet-node: app {}: image {tags}: {e:#}", app.name);
+                    failed.push(tags);
+                }
+            }
         }
-        println!("planet-node: {} ({})", String::from_utf8_lossy(&out.stdout).trim(), a.display());
+    }
+    if !failed.is_empty() {
+        bail!("app images not loaded: {}", failed.join("; "));
     }
     Ok(())
 }

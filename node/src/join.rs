@@ -317,14 +317,8 @@ pub fn run_server() -> Result<()> {
     let doc = Arc::new(document(&ca, &token));
     std::thread::Builder::new().name("join-serve".into()).spawn(move || serve(listener, doc))?;
     println!("planet-node: join-server ready port={JOIN_PORT} token_id={}", token.id());
-    let mut labelled = false;
     let mut refused = std::collections::BTreeSet::new();
     crate::kubectl::on_change(&admin, &["get", "csr", "--watch"], Duration::from_secs(60), || {
-        if !labelled {
-            let node = format!("node/{}", env.node_name);
-            labelled = crate::kubectl::run(&admin, &["label", "--overwrite", &node, "node-role.kubernetes.io/master="])
-                .is_ok();
-        }
         if let Err(e) = crate::csr::approve_pending(&admin, &mut refused) {
             println!("planet-node: join-server: reading certificate requests: {e}");
         }

@@ -12,7 +12,11 @@ commands:
                  configuration for its role (from /etc/container-environment), start the
                  role's targets (planet-setup.service runs it at every boot); a node
                  first checks its master with the join token and fetches the cluster CA
-  load-images    load the docker archives under /usr/share/planet/images into docker
+  load-images    load the docker archives under /usr/share/planet/images and those of the
+                 slot's apps (/usr/share/planet/apps) into docker
+  apps           (masters) apply the slot's apps once the API server is ready, in order and
+                 once per package (recorded in kube-system/planet-apps), and watch their health
+  status         this machine: role, health checks, and one line per app
   join-server    (masters) publish the join token, serve the CA MACed with it on port 6441
                  so nodes can check this master, approve kubelet serving certificates
   routes         keep the routes to every other Node's pod CIDR in step (host-gw)
@@ -28,6 +32,8 @@ fn main() -> ExitCode {
     let r = match args.first().map(String::as_str) {
         Some("setup") => planet_node::setup::run(),
         Some("load-images") => planet_node::images::run(),
+        Some("apps") => planet_node::apps::run(),
+        Some("status") => planet_node::health::status(),
         Some("join-server") => planet_node::join::run_server(),
         Some("routes") => planet_node::routes::run(),
         Some("dns") => planet_node::dns::run(),

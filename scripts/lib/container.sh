@@ -93,7 +93,7 @@ EOF
     unit "$s" planet-master.target <<EOF
 [Unit]
 Description=Planet master: etcd and the Kubernetes control plane
-Wants=etcd.service kube-apiserver.service kube-controller-manager.service kube-scheduler.service planet-join.service
+Wants=etcd.service kube-apiserver.service kube-controller-manager.service kube-scheduler.service planet-join.service planet-apps.service
 After=planet-setup.service
 EOF
     unit "$s" planet-node.target <<EOF
@@ -241,6 +241,17 @@ StandardOutput=journal+console
 # A master without a join token has nothing to serve: it says so and exits 0.
 Restart=on-failure
 RestartSec=5
+EOF
+    unit "$s" planet-apps.service <<EOF
+[Unit]
+Description=Planet: label this master's Node, apply the slot's apps once the API server is ready, watch their health
+After=kube-apiserver.service planet-join.service
+PartOf=planet-master.target
+[Service]
+ExecStart=/usr/bin/planet-node apps
+StandardOutput=journal+console
+Restart=on-failure
+RestartSec=10
 EOF
     unit "$s" planet-routes.service <<EOF
 [Unit]

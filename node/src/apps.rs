@@ -1,0 +1,391 @@
+//! `planet-node apps` (masters): what a master puts into the cluster once the API server is
+//! ready — its own Node's role label (`node-role.kubernetes.io/master`, which kubelets may not
+//! set on themselves; apps pin pods to masters with it), then the apps the slot carries,
+//! applied in the slot's order and watched for health.
+//!
+//! Applying is idempotent across reboots, slot updates and masters: what was applied is
+//! recorded in the cluster itself (the ConfigMap `kube-system/planet-apps`, one key per app:
+//! its version and the package's digest), so an app is applied again only when the slot brings
+//! another package of it. The Secrets an app declares are made once, with random values, before
+//! its first apply; nothing prints them. Each app's state — applied, healthy, failing with the
+//! reason — is one console line when it changes and one line of `planet-node status`
+//! (`/run/planet/apps.status`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use planet_config::app::{self as contract, HealthCheck, PackageIndex, SecretSpec, SlotApp};
+use serde_json::{json, Value};
+
+use crate::cluster::kubeconfig;
+use crate::kubectl::{first_words, run as kubectl, run_with_input};
+
+/// The record of applied apps, in the cluster.
+pub const RECORD: (&str, &str) = ("kube-system", "planet-apps");
+/// This machine's view of its apps, for `planet-node status`.
+pub const STATUS_FILE: &str = "/run/planet/apps.status";
+/// How often health is checked and failed applies are tried again.
+const PERIOD: Duration = Duration::from_secs(20);
+
+/// The apps of the running slot, in order (none when the slot carries none).
+pub fn slot_apps(root: &Path) -> Result<Vec<(SlotApp, PackageIndex)>> {
+    let list_path = root.join(contract::SLOT_APPS_INDEX);
+    let text = match std::fs::read_to_string(&list_path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", list_path.display())),
+    };
+    let list: Vec<SlotApp> =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a list of apps", list_path.display()))?;
+    let mut out = Vec::new();
+    for app in list {
+        let p = app_dir(root, &app.name).join(contract::PACKAGE_INDEX);
+        let index: PackageIndex =
+            serde_json::from_slice(&std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?)
+                .with_context(|| format!("{} is not a package index", p.display()))?;
+        out.push((app, index));
+    }
+    Ok(out)
+}
+
+pub fn app_dir(root: &Path, name: &str) -> PathBuf {
+    root.join(contract::SLOT_APPS_DIR).join(name)
+}
+
+/// What the record holds for an app: `VERSION SHA256`.
+pub fn record_value(app: &SlotApp) -> String {
+    format!("{} {}", app.version, app.sha256)
+}
+
+/// One app's state as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AppState {
+    pub name: String,
+    pub version: String,
+    /// `waiting`, `applied`, `healthy` or `failing`.
+    pub state: String,
+    pub detail: String,
+}
+
+impl AppState {
+    pub fn line(&self) -> String {
+        if self.detail.is_empty() {
+            format!("app {} {}: {}", self.name, self.version, self.state)
+        } else {
+            format!("app {} {}: {}: {}", self.name, self.version, self.state, self.detail)
+        }
+    }
+}
+
+/// The Secret an app declares, with fresh random values, as `kubectl create -f -` reads it.
+pub fn secret_object(app: &str, s: &SecretSpec, random: &mut dyn FnMut() -> String) -> Value {
+    let data: BTreeMap<&str, String> = s.keys.iter().map(|k| (k.as_str(), random())).collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": s.name, "namespace": s.namespace, "labels": {"app.planet/name": app}},
+        "type": "Opaque",
+        "stringData": data,
+    })
+}
+
+/// 32 characters from the system's random number generator (24 bytes, URL-safe base64).
+fn random_value() -> String {
+    use base64::Engine;
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 24];
+    ring::rand::SystemRandom::new().fill(&mut b).expect("the system's random number generator works");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// Makes the app's Secrets that do not exist yet (and their namespaces).
+fn ensure_secrets(kc: &str, app: &str, secrets: &[SecretSpec]) -> Result<(), String> {
+    for s in secrets {
+        if kubectl(kc, &["get", "namespace", &s.namespace, "-o", "name"]).is_err() {
+            kubectl(kc, &["create", "namespace", &s.namespace])
+                .map_err(|e| format!("namespace {}: {e}", s.namespace))?;
+        }
+        if kubectl(kc, &["get", "secret", &s.name, "-n", &s.namespace, "-o", "name"]).is_ok() {
+            continue;
+        }
+        let obj = secret_object(app, s, &mut random_value).to_string();
+        run_with_input(kc, &["create", "-f", "-", "-o", "name"], Some(&obj))
+            .map_err(|e| format!("secret {}/{}: {e}", s.namespace, s.name))?;
+        println!("planet-node: app {app}: made the secret {}/{} ({} keys)", s.namespace, s.name, s.keys.len());
+    }
+    Ok(())
+}
+
+/// The record's data, or an empty map when there is none yet.
+fn read_record(kc: &str) -> Result<BTreeMap<String, String>, String> {
+    let (ns, name) = RECORD;
+    match kubectl(kc, &["get", "configmap", name, "-n", ns, "-o", "json", "--ignore-not-found"]) {
+        Ok(s) if s.is_empty() => Ok(BTreeMap::new()),
+        Ok(s) => {
+            let v: Value = serde_json::from_str(&s).map_err(|e| format!("the record {ns}/{name}: {e}"))?;
+            Ok(v["data"]
+                .as_object()
+                .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+                .unwrap_or_default())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn write_record(kc: &str, app: &SlotApp) -> Result<(), String> {
+    let (ns, name) = RECORD;
+    let exists = kubectl(kc, &["get", "configmap", name, "-n", ns, "-o", "name", "--ignore-not-found"])?;
+    if exists.is_empty() {
+        let obj =
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns}, "data": {}});
+        run_with_input(kc, &["create", "-f", "-", "-o", "name"], Some(&obj.to_string()))?;
+    }
+    let patch = json!({"data": {app.name.clone(): record_value(app)}}).to_string();
+    kubectl(kc, &["patch", "configmap", name, "-n", ns, "--type=merge", "-p", &patch]).map(|_| ())
+}
+
+/// Applies one app unless the record says this very package was applied; `Ok(true)` when it
+/// applied now.
+fn apply(kc: &str, root: &Path, app: &SlotApp, index: &PackageIndex) -> Result<bool, String> {
+    if read_record(kc)?.get(&app.name) == Some(&record_value(app)) {
+        return Ok(false);
+    }
+    ensure_secrets(kc, &app.name, &index.spec.secrets)?;
+    let dir = app_dir(root, &app.name);
+    for m in &index.spec.manifests {
+        let path = dir.join(m);
+        kubectl(kc, &["apply", "--request-timeout=60s", "-f", &path.display().to_string()])
+            .map_err(|e| format!("{m}: {e}"))?;
+    }
+    write_record(kc, app)?;
+    Ok(true)
+}
+
+/// `Ok(detail)` when every health check passes, else the first failure.
+fn health(kc: &str, checks: &[HealthCheck]) -> Result<String, String> {
+    for c in checks {
+        if let Some(r) = &c.ready {
+            ready(kc, r, &c.namespace)?;
+        } else if let Some(h) = &c.http {
+            let ip =
+                kubectl(kc, &["get", "service", &h.service, "-n", &c.namespace, "-o", "jsonpath={.spec.clusterIP}"])
+                    .map_err(|e| format!("service {}: {e}", h.service))?;
+            let status = http_status(&format!("{ip}:{}", h.port), &h.path)
+                .map_err(|e| format!("http {}:{}{}: {e}", h.service, h.port, h.path))?;
+            if !(200..400).contains(&status) {
+                return Err(format!("http {}:{}{} answered {status}", h.service, h.port, h.path));
+            }
+        }
+    }
+    Ok(format!("{} checks pass", checks.len()))
+}
+
+/// A deployment's, statefulset's or daemonset's pods all ready (and at least one).
+fn ready(kc: &str, what: &str, ns: &str) -> Result<(), String> {
+    let text = kubectl(kc, &["get", what, "-n", ns, "-o", "json"]).map_err(|e| format!("{what}: {e}"))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| format!("{what}: {e}"))?;
+    let n = |p: &str| v.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+    let (ready, want) = if what.starts_with("daemonset/") {
+        (n("/status/numberReady"), n("/status/desiredNumberScheduled"))
+    } else {
+        (n("/status/readyReplicas"), v.pointer("/spec/replicas").and_then(Value::as_u64).unwrap_or(1))
+    };
+    if want == 0 || ready < want {
+        return Err(format!("{what}: {ready} of {want} ready"));
+    }
+    Ok(())
+}
+
+/// The status code of a GET, bounded in time and size.
+pub fn http_status(addr: &str, path: &str) -> Result<u16, String> {
+    use std::io::{Read, Write};
+    let sa: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
+    let mut head = [0u8; 64];
+    let n = s.read(&mut head).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&head[..n]);
+    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| "no HTTP answer".to_string())
+}
+
+/// Writes the status file and prints the lines that changed.
+fn publish(states: &[AppState], last: &mut BTreeMap<String, AppState>) {
+    for s in states {
+        if last.get(&s.name) != Some(s) {
+            println!("planet-node: {}", s.line());
+            last.insert(s.name.clone(), s.clone());
+        }
+    }
+    if let Ok(text) = serde_json::to_vec_pretty(states) {
+        let _ = crate::files::write_if_changed(STATUS_FILE, &text, 0o644);
+    }
+}
+
+/// The label that marks a master's Node.
+pub const MASTER_LABEL: &str = "node-role.kubernetes.io/master";
+
+pub fn run() -> Result<()> {
+    let env = crate::env::load()?;
+    let apps = slot_apps(Path::new("/"))?;
+    let kc = kubeconfig("admin");
+    let node = format!("node/{}", env.node_name);
+    let mut labelled = false;
+    if apps.is_empty() {
+        println!("planet-node: the slot carries no apps");
+    }
+    let mut states: Vec<AppState> = apps
+        .iter()
+        .map(|(a, _)| AppState {
+            name: a.name.clone(),
+            version: a.version.clone(),
+            state: "waiting".into(),
+            detail: "for the API server".into(),
+        })
+        .collect();
+    let mut last = BTreeMap::new();
+    publish(&states, &mut last);
+    let mut applied = vec![false; apps.len()];
+    loop {
+        let api_ready = kubectl(&kc, &["get", "--raw=/readyz"]).is_ok_and(|b| b == "ok");
+        if api_ready && !labelled {
+            // The Node appears once the kubelet has registered it.
+            labelled = kubectl(&kc, &["label", "--overwrite", &node, &format!("{MASTER_LABEL}=")]).is_ok();
+        }
+        if apps.is_empty() && labelled {
+            return Ok(());
+        }
+        for (i, (app, index)) in apps.iter().enumerate() {
+            if !api_ready {
+                break;
+            }
+            let st = &mut states[i];
+            if !applied[i] {
+                match apply(&kc, Path::new("/"), app, index) {
+                    Ok(now) => {
+                        applied[i] = true;
+                        st.state = "applied".into();
+                        st.detail =
+                            if now { "now".into() } else { "before (recorded in kube-system/planet-apps)".into() };
+                        continue;
+                    }
+                    Err(e) => {
+                        *st = AppState { state: "failing".into(), detail: first_words(&e), ..st.clone() };
+                        continue;
+                    }
+                }
+            }
+            let st = &mut states[i];
+            match health(&kc, &index.spec.health) {
+                Ok(d) => {
+                    st.state = "healthy".into();
+                    st.detail = d;
+                }
+                Err(e) => {
+                    st.state = "failing".into();
+                    st.detail = first_words(&e);
+                }
+            }
+        }
+        publish(&states, &mut last);
+        std::thread::sleep(PERIOD);
+    }
+}
+
+/// The lines of `planet-node status` about apps.
+pub fn status_lines(root: &Path, is_master: bool) -> Vec<String> {
+    let apps = match slot_apps(root) {
+        Ok(a) => a,
+        Err(e) => return vec![format!("apps: {e:#}")],
+    };
+    if apps.is_empty() {
+        return vec!["apps: none in this slot".into()];
+    }
+    if !is_master {
+        return apps
+            .iter()
+            .map(|(a, i)| format!("app {} {}: images {} (the master applies it)", a.name, a.version, i.images.len()))
+            .collect();
+    }
+    let states: Vec<AppState> = std::fs::read(root.join(STATUS_FILE.trim_start_matches('/')))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    apps.iter()
+        .map(|(a, _)| match states.iter().find(|s| s.name == a.name) {
+            Some(s) => s.line(),
+            None => format!("app {} {}: waiting (planet-apps.service has not reported)", a.name, a.version),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot_with_app(root: &Path) {
+        let dir = app_dir(root, "web");
+        std::fs::create_dir_all(&dir).unwrap();
+        let index = json!({
+            "format": 1,
+            "spec": {"name": "web", "version": "2.0", "manifests": ["m.yaml"], "images": ["i.tar"],
+                     "secrets": [{"name": "db", "namespace": "default", "keys": ["password", "root"]}], "health": []},
+            "files": [], "images": [{"file": "i.tar", "id": "sha256:ab", "tags": ["planet/web:2"]}],
+        });
+        std::fs::write(dir.join("package.json"), index.to_string()).unwrap();
+        std::fs::write(root.join(contract::SLOT_APPS_INDEX), r#"[{"name":"web","version":"2.0","sha256":"ff"}]"#)
+            .unwrap();
+    }
+
+    #[test]
+    fn the_slot_lists_its_apps_and_status_shows_one_line_each() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(slot_apps(d.path()).unwrap().is_empty());
+        assert_eq!(status_lines(d.path(), true), ["apps: none in this slot"]);
+        slot_with_app(d.path());
+        let apps = slot_apps(d.path()).unwrap();
+        assert_eq!(apps[0].0.name, "web");
+        assert_eq!(record_value(&apps[0].0), "2.0 ff");
+        assert_eq!(status_lines(d.path(), false), ["app web 2.0: images 1 (the master applies it)"]);
+        assert!(status_lines(d.path(), true)[0].contains("waiting"));
+        let state = AppState {
+            name: "web".into(),
+            version: "2.0".into(),
+            state: "failing".into(),
+            detail: "m.yaml: denied".into(),
+        };
+        let status = d.path().join(STATUS_FILE.trim_start_matches('/'));
+        std::fs::create_dir_all(status.parent().unwrap()).unwrap();
+        std::fs::write(&status, serde_json::to_vec(&[&state]).unwrap()).unwrap();
+        assert_eq!(status_lines(d.path(), true), ["app web 2.0: failing: m.yaml: denied"]);
+    }
+
+    #[test]
+    fn secrets_get_fresh_random_values_for_every_key() {
+        let spec =
+            SecretSpec { name: "db".into(), namespace: "default".into(), keys: vec!["password".into(), "root".into()] };
+        let obj = secret_object("web", &spec, &mut random_value);
+        let a = obj["stringData"]["password"].as_str().unwrap();
+        let b = obj["stringData"]["root"].as_str().unwrap();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+        assert_eq!(obj["metadata"]["labels"]["app.planet/name"], "web");
+    }
+
+    #[test]
+    fn http_status_reads_the_code() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let t = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut c, _) = l.accept().unwrap();
+            let mut buf = [0u8; 256];
+            let _ = c.read(&mut buf).unwrap();
+            c.write_all(b"HTTP/1.1 302 Found\r\nLocation: /x\r\n\r\n").unwrap();
+        });
+        assert_eq!(http_status(&addr, "/").unwrap(), 302);
+        t.join().unwrap();
+    }
+}
