@@ -2,6 +2,7 @@
 //! `scripts/test`, running tools nobody here wrote, and booting images.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod hub;
 pub mod metadata;
 pub mod moto;
