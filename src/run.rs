@@ -10,7 +10,7 @@ use crate::image::DiskImage;
 use crate::util::command::require_tool;
 use anyhow::{bail, Context, Result};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -151,43 +151,54 @@ pub fn parse_forward(s: &str) -> Result<(u16, u16), String> {
     Ok((port(h)?, port(g)?))
 }
 
-/// Whether KVM works here: /dev/kvm opens and can create a VM and a vCPU, and QEMU itself
-/// gets a paused KVM guest to the point of answering its monitor (nested virtualisation often
-/// exposes a device that passes the first checks and then fails on the first MSR QEMU sets).
-pub fn kvm_usable() -> bool {
-    kvm_device_works() && qemu_kvm_starts()
+/// Whether KVM works here for a guest booting `firmware` (OVMF's code, or SeaBIOS when
+/// `None`): /dev/kvm opens and can create a VM and a vCPU, and QEMU itself runs that firmware
+/// under KVM. Nested virtualisation often exposes a device that passes the first checks and then
+/// fails on the first MSR QEMU sets, or (seen with kvm-pvm) runs SeaBIOS but stops with an
+/// internal error in OVMF's first instructions: only running the firmware itself tells.
+pub fn kvm_usable(firmware: Option<&Path>) -> bool {
+    kvm_device_works() && qemu_kvm_runs(firmware)
 }
 
-/// Starts a paused KVM guest with its monitor on stdin and asks for its registers and status.
-/// Those answers come only after the vCPUs' registers were set, which is where a half-working
-/// nested KVM fails (QEMU aborts): the answer, not a time waited, decides (a loaded machine can
-/// take seconds to get there, and a probe that only waited a while took slowness for success).
-fn qemu_kvm_starts() -> bool {
+/// How many times the probe asks for the guest's status, 100 ms apart: OVMF's failure comes
+/// within its first instructions, so two seconds of a running guest are proof enough.
+const KVM_PROBE_ASKS: usize = 20;
+
+/// Starts a KVM guest of `firmware` with its monitor on stdin and asks for its status
+/// [`KVM_PROBE_ASKS`] times: every answer must be `running`. A guest KVM cannot run stops as
+/// `paused (internal-error)`, or QEMU aborts. The answers, not a time waited, decide: they come
+/// only once the vCPUs run (a loaded machine can take seconds to get there).
+fn qemu_kvm_runs(firmware: Option<&Path>) -> bool {
     use std::io::{Read, Write};
-    let child = Command::new("qemu-system-x86_64")
-        .args(["-machine", "q35,accel=kvm", "-cpu", "host", "-display", "none", "-nodefaults", "-no-user-config"])
-        .args(["-m", "64", "-S", "-monitor", "stdio", "-serial", "none"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn();
-    let Ok(mut child) = child else { return false };
-    if let Some(mut stdin) = child.stdin.take() {
-        // `info registers` waits for each vCPU thread to take its state, so it comes after the
-        // registers (and MSRs) were put; only then is the status asked.
-        let _ = stdin.write_all(b"info registers\ninfo status\nquit\n");
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-machine", "q35,accel=kvm", "-cpu", "host", "-display", "none", "-nodefaults", "-no-user-config"])
+        .args(["-m", "128", "-monitor", "stdio", "-serial", "none"]);
+    if let Some(code) = firmware {
+        cmd.arg("-drive").arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", qemu_path(code)));
     }
+    let child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn();
+    let Ok(mut child) = child else { return false };
+    let Some(mut stdin) = child.stdin.take() else { return false };
     let mut stdout = child.stdout.take().expect("stdout is piped");
     let reader = std::thread::spawn(move || {
         let mut text = String::new();
         let _ = stdout.read_to_string(&mut text);
         text
     });
+    let asker = std::thread::spawn(move || {
+        for _ in 0..KVM_PROBE_ASKS {
+            if stdin.write_all(b"info status\n").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = stdin.write_all(b"quit\n");
+    });
     let started = Instant::now();
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
-            Ok(None) if started.elapsed() < Duration::from_secs(30) => std::thread::sleep(Duration::from_millis(50)),
+            Ok(None) if started.elapsed() < Duration::from_secs(60) => std::thread::sleep(Duration::from_millis(50)),
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -195,8 +206,15 @@ fn qemu_kvm_starts() -> bool {
             }
         }
     };
+    let _ = asker.join();
     let answer = reader.join().unwrap_or_default();
-    status.is_some_and(|s| s.success()) && answer.contains("VM status: paused")
+    status.is_some_and(|s| s.success()) && probe_answer_says_running(&answer)
+}
+
+/// Every `VM status:` answer says `running`, and there is one per question.
+fn probe_answer_says_running(answer: &str) -> bool {
+    let statuses: Vec<&str> = answer.lines().filter_map(|l| l.split("VM status: ").nth(1)).collect();
+    statuses.len() == KVM_PROBE_ASKS && statuses.iter().all(|s| s.trim() == "running")
 }
 
 fn kvm_device_works() -> bool {
@@ -246,7 +264,7 @@ pub fn run(req: &RunRequest) -> Result<i32> {
     let accel = match req.accel {
         Accel::Kvm => "kvm",
         Accel::Tcg => "tcg",
-        Accel::Auto if kvm_usable() => "kvm",
+        Accel::Auto if kvm_usable((req.firmware == Firmware::Uefi).then_some(code.as_path())) => "kvm",
         Accel::Auto => "tcg",
     };
     let mut cmd = Command::new("qemu-system-x86_64");
@@ -386,6 +404,18 @@ pub fn tempdir(prefix: &str) -> Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_kvm_probe_wants_every_answer_running() {
+        let running = "(qemu) info status\nVM status: running\n".repeat(KVM_PROBE_ASKS);
+        assert!(probe_answer_says_running(&running));
+        // kvm-pvm under nested virtualisation: OVMF's first instructions stop the guest.
+        let stopped = running.replacen("VM status: running", "VM status: paused (internal-error)", 1);
+        assert!(!probe_answer_says_running(&stopped));
+        // QEMU gone before it answered every question.
+        assert!(!probe_answer_says_running("VM status: running\n"));
+    }
+
     use super::*;
     use crate::util::command::CommandExt;
 
