@@ -151,8 +151,8 @@ pub fn parse_forward(s: &str) -> Result<(u16, u16), String> {
     Ok((port(h)?, port(g)?))
 }
 
-/// Whether KVM works here for a guest booting `firmware` (OVMF's code, or SeaBIOS when
-/// `None`): /dev/kvm opens and can create a VM and a vCPU, and QEMU itself runs that firmware
+/// Whether KVM works here, tried with `firmware` (OVMF's code, or SeaBIOS when `None`):
+/// /dev/kvm opens and can create a VM and a vCPU, and QEMU itself runs that firmware
 /// under KVM. Nested virtualisation often exposes a device that passes the first checks and then
 /// fails on the first MSR QEMU sets, or (seen with kvm-pvm) runs SeaBIOS but stops with an
 /// internal error in OVMF's first instructions: only running the firmware itself tells.
@@ -264,7 +264,9 @@ pub fn run(req: &RunRequest) -> Result<i32> {
     let accel = match req.accel {
         Accel::Kvm => "kvm",
         Accel::Tcg => "tcg",
-        Accel::Auto if kvm_usable((req.firmware == Firmware::Uefi).then_some(code.as_path())) => "kvm",
+        // OVMF is the harder test even for a SeaBIOS boot: kvm-pvm ran SeaBIOS and then failed
+        // in GRUB, as it fails in OVMF's first instructions.
+        Accel::Auto if kvm_usable(code.is_file().then_some(code.as_path())) => "kvm",
         Accel::Auto => "tcg",
     };
     let mut cmd = Command::new("qemu-system-x86_64");
