@@ -98,6 +98,29 @@ pub fn sync(own_name: &str, kubeconfig: &str) -> Result<Vec<Change>> {
     Ok(changes)
 }
 
+/// The interface holding `addr`, from `ip -o -4 addr show to ADDR/32` (`3: ens4    inet …`).
+pub fn interface_of(ip_addr_output: &str) -> Option<String> {
+    let name = ip_addr_output.lines().next()?.split_whitespace().nth(1)?;
+    Some(name.trim_end_matches(':').split('@').next()?.to_string())
+}
+
+/// Services' cluster IPs reachable from this machine itself, not only from its pods: kube-proxy
+/// rewrites a connection to a cluster IP in iptables' OUTPUT chain, which runs only after the
+/// kernel found a route for the original address. A machine with a default route has one; a
+/// machine with static addresses and no gateway (a private segment) gets a route for the
+/// service range out of its cluster interface. Health checks of apps, `kubectl port-forward`
+/// and host-network pods use cluster IPs from the machine.
+pub fn ensure_service_route(own: Ipv4Addr) -> Result<Option<String>> {
+    if ip(&["-4", "route", "get", &crate::cluster::API_SERVICE_IP.to_string()]).is_ok() {
+        return Ok(None);
+    }
+    let shown = ip(&["-o", "-4", "addr", "show", "to", &format!("{own}/32")])?;
+    let dev = interface_of(&shown).with_context(|| format!("no interface holds this machine's address {own}"))?;
+    let cidr = crate::cluster::SERVICE_CIDR;
+    ip(&["route", "replace", cidr, "dev", &dev, "src", &own.to_string()])?;
+    Ok(Some(format!("{cidr} dev {dev}")))
+}
+
 /// `planet-node routes`: [`sync`] whenever a Node changes, and every [`RESYNC`], for ever (its
 /// unit restarts it if it dies).
 pub fn run() -> Result<()> {
@@ -125,6 +148,14 @@ pub fn run() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_interface_holding_the_address_is_found() {
+        let out = "3: ens4    inet 192.168.50.10/24 brd 192.168.50.255 scope global ens4\\       valid_lft forever preferred_lft forever\n";
+        assert_eq!(interface_of(out).as_deref(), Some("ens4"));
+        assert_eq!(interface_of("7: eth0@if8    inet 10.0.0.2/24 scope global eth0\n").as_deref(), Some("eth0"));
+        assert_eq!(interface_of(""), None);
+    }
 
     #[test]
     fn each_other_node_is_routed_via_its_address() {

@@ -215,6 +215,11 @@ pub fn run() -> Result<()> {
         };
         prepare_node(&env, root, &ca)?;
     }
+    match crate::routes::ensure_service_route(env.public_ip) {
+        Ok(Some(route)) => println!("planet-node: route services={route} (no default route)"),
+        Ok(None) => {}
+        Err(e) => println!("planet-node: no route to the services' cluster IPs from this machine: {e:#}"),
+    }
     let targets = env.role.targets();
     let status = Command::new("systemctl")
         .arg("start")
