@@ -573,11 +573,8 @@ fn check_revokes(ids: &[String]) -> Result<()> {
 /// A release version: 1-64 characters of `A-Z a-z 0-9 . - _ + ~`, starting with a letter or a
 /// digit (it goes into the trusted comment, boot entries and file names).
 pub fn check_release(release: &str) -> Result<()> {
-    let ok = (1..=64).contains(&release.len())
-        && release.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_+~".contains(&b))
-        && release.as_bytes()[0].is_ascii_alphanumeric();
     ensure!(
-        ok,
+        planet_config::is_version_text(release),
         "release version {release:?} is not valid: use 1-64 characters of A-Z a-z 0-9 . - _ + ~, \
          starting with a letter or a digit"
     );

@@ -204,13 +204,9 @@ fn check_name(key: &str, name: &str) -> Result<(), String> {
     }
 }
 
-/// 1-64 characters of A-Z a-z 0-9 . - _ + ~ (as a release version), starting with an
-/// alphanumeric.
+/// The release version rule ([`crate::is_version_text`]).
 fn check_version(v: &str) -> Result<(), String> {
-    let ok = (1..=64).contains(&v.len())
-        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_+~".contains(&b))
-        && v.as_bytes()[0].is_ascii_alphanumeric();
-    if ok {
+    if crate::is_version_text(v) {
         Ok(())
     } else {
         Err(format!("version {v:?} must be 1-64 characters of A-Z a-z 0-9 . - _ + ~"))

@@ -20,6 +20,14 @@ pub use cmdline::{env_refused, join_token_refused, split_cmdline, CmdlineConfig,
 pub use jointoken::{JoinToken, SecretText, JOIN_TOKEN_HOWTO};
 pub use update::{RawUpdate, UpdateConfig};
 
+/// Whether `v` is a valid release or app version: 1-64 characters of A-Z a-z 0-9 . - _ + ~,
+/// starting with a letter or a digit (bundles, boot entries and apps all use this rule).
+pub fn is_version_text(v: &str) -> bool {
+    (1..=64).contains(&v.len())
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_+~".contains(&b))
+        && v.as_bytes()[0].is_ascii_alphanumeric()
+}
+
 /// Why a configuration was rejected; each variant names the key so the console message points
 /// the operator at the line to fix.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
