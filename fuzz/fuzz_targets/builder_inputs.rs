@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
         0 => {
             let path = scratch_file(rest);
             if let Ok(source) = planet_image::rootfs::RootfsSource::detect(&path) {
-                let _ = source.stream_canonical_tar(std::io::sink());
+                let _ = source.stream_canonical_tar(std::io::sink(), &[]);
             }
         }
         1 => {
