@@ -110,6 +110,30 @@ impl Esp {
         sync_dir(&dir)
     }
 
+    /// Checks that the kernel and initramfs `name` points at are on the ESP and not empty: an
+    /// entry brought back into use must not boot into missing files.
+    pub fn check_boot_files(&self, name: &EntryName) -> Result<()> {
+        let p = self.entries_dir().join(name.file_name());
+        let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        let files: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_once(char::is_whitespace))
+            .filter(|(k, _)| matches!(*k, "linux" | "initrd"))
+            .map(|(_, v)| v.trim())
+            .collect();
+        if bootentry::entry_field(&text, "linux").is_none() {
+            anyhow::bail!("the entry {name} names no kernel");
+        }
+        for f in files {
+            let on_esp = self.root.join(f.trim_start_matches('/'));
+            match std::fs::metadata(&on_esp) {
+                Ok(m) if m.is_file() && m.len() > 0 => {}
+                _ => anyhow::bail!("the entry {name} names {f}, which is missing or empty on the ESP"),
+            }
+        }
+        Ok(())
+    }
+
     /// Removes one entry, durably.
     pub fn remove_entry(&self, name: &EntryName) -> Result<()> {
         let p = self.entries_dir().join(name.file_name());

@@ -7,6 +7,9 @@
 //! * During a trial it blesses the entry (drops the counter) once the container has stayed up
 //!   with its health check passing for `bless_after`; if the container exits, or health is not
 //!   reached within `trial_timeout`, it reboots so the counter runs down.
+//! * The container's own rollout agent may end a trial at once (`fail-trial` on the socket)
+//!   instead of waiting for the counter, or bring back the other slot's release
+//!   (`rollback-to`), which then runs its own trial.
 //! * Otherwise it takes bundles from `planet.update.url` every `check_every` and from a Unix
 //!   socket bind-mounted into the container, verifies them before writing a byte of the boot
 //!   path, installs them into the other slot with a counted entry, and reboots.
@@ -25,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use planet_bundle::KeyRing;
-use planet_config::bootentry::{EntryName, DEFAULT_TRIES};
+use planet_config::bootentry::{EntryName, Tries, DEFAULT_TRIES};
 use planet_config::UpdateConfig;
 
 use self::esp::{Entry, Esp};
@@ -139,6 +142,12 @@ pub struct Agent {
     /// The running entry's name at boot and its kernel options.
     entry: Option<EntryName>,
     options: String,
+    /// This boot is a release on trial, not yet blessed. The agent's own copy of [`TRIAL`]
+    /// (which the supervisor reads), so tests can put one agent on trial without the others.
+    trial: AtomicBool,
+    /// The trial was ended by a `fail-trial` request: the entry is bad and a reboot is asked
+    /// for, so nothing may bless it any more.
+    trial_ended: AtomicBool,
     /// Serialises installs, blessing and status writes.
     busy: Mutex<Status>,
     trial_started: Instant,
@@ -157,6 +166,9 @@ pub struct Status {
     pub slot: String,
     pub entry: String,
     pub trial: bool,
+    /// Releases that failed their trial on this machine (never installed again), so the
+    /// container's rollout agent can tell its target failed here.
+    pub failed: Vec<String>,
     pub message: String,
     pub updated: u64,
 }
@@ -318,6 +330,8 @@ pub fn prepare(paths: Paths, sysfs: &Path, dev: &Path, bd: &BootDisk, running_sl
         release: "unknown".into(),
         entry: None,
         options: std::fs::read_to_string("/proc/cmdline").unwrap_or_default().trim().to_string(),
+        trial: AtomicBool::new(false),
+        trial_ended: AtomicBool::new(false),
         busy: Mutex::new(Status::default()),
         trial_started: Instant::now(),
         reboot: request_reboot,
@@ -334,8 +348,9 @@ pub fn prepare(paths: Paths, sysfs: &Path, dev: &Path, bd: &BootDisk, running_sl
     if let Err(e) = r {
         event!("update unavailable", error = format!("{e:#}"));
     }
-    TRIAL.store(agent.entry.as_ref().is_some_and(|e| e.tries.is_some()), Ordering::SeqCst);
-    let trial = on_trial();
+    let trial = agent.entry.as_ref().is_some_and(|e| e.tries.is_some());
+    agent.trial.store(trial, Ordering::SeqCst);
+    TRIAL.store(trial, Ordering::SeqCst);
     event!(
         "release",
         running = agent.release,
@@ -366,6 +381,8 @@ impl Agent {
             release: release.into(),
             entry: None,
             options: "console=ttyS0 planet.slot=a".into(),
+            trial: AtomicBool::new(false),
+            trial_ended: AtomicBool::new(false),
             busy: Mutex::new(Status::default()),
             trial_started: Instant::now(),
             reboot,
@@ -429,7 +446,8 @@ impl Agent {
             release: self.release.clone(),
             slot: self.running_slot.to_string(),
             entry: self.entry.as_ref().map(|e| e.file_name()).unwrap_or_default(),
-            trial: on_trial(),
+            trial: self.trial(),
+            failed: read_failed(&self.paths.state_dir),
             message: message.into(),
             updated: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         };
@@ -475,7 +493,12 @@ impl Agent {
         let mut last_probe = Instant::now().checked_sub(Duration::from_secs(60)).unwrap_or_else(Instant::now);
         let mut health_interval = Duration::from_secs(15);
         loop {
-            if on_trial() {
+            // A trial ended on request: the entry is bad and the reboot asked for; a blessing
+            // or a timeout now would undo or repeat that.
+            if self.trial_ended.load(Ordering::SeqCst) {
+                return;
+            }
+            if self.trial() {
                 let since = container_since();
                 if since.is_none() {
                     healthy_since = None;
@@ -544,6 +567,10 @@ impl Agent {
 
     fn bless(&self) {
         let mut st = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked under the lock `fail_trial` takes: the entry it marked bad stays bad.
+        if self.trial_ended.load(Ordering::SeqCst) {
+            return;
+        }
         let r = with_esp(&self.paths, |esp| {
             let mine = esp
                 .entries()?
@@ -558,6 +585,7 @@ impl Agent {
         });
         match r {
             Ok(name) => {
+                self.trial.store(false, Ordering::SeqCst);
                 TRIAL.store(false, Ordering::SeqCst);
                 event!("update blessed", release = self.release, slot = self.running_slot, entry = name);
                 self.write_status(&mut st, "idle", &format!("release {} blessed", self.release));
@@ -602,7 +630,7 @@ impl Agent {
         if !self.paths.uefi {
             bail!("this machine booted through legacy BIOS (GRUB); updates need UEFI boot (systemd-boot counts the tries)");
         }
-        if on_trial() {
+        if self.trial() {
             bail!("release {} is still on trial; updates wait until it is blessed", self.release);
         }
         let target = self.target.clone().context("the other slot was not found at boot")?;
@@ -657,6 +685,97 @@ impl Agent {
         event!("update installed", release = header.release, slot = target.slot, entry = entry);
         self.write_status(&mut st, "installed", &format!("release {} in slot {}", header.release, target.slot));
         Ok(Some(entry))
+    }
+
+    /// Whether this boot is still a release on trial (neither blessed nor failed yet).
+    fn trial(&self) -> bool {
+        self.trial.load(Ordering::SeqCst)
+    }
+
+    /// Ends this boot's trial at once, on the container's verdict, instead of letting the boot
+    /// counter run down three times: the running entry is renamed to "no tries left", so
+    /// systemd-boot boots the other slot, whose agent reports `update rolled back` and records
+    /// the release as failed. Returns the bad entry; the caller asks for the reboot.
+    pub fn fail_trial(&self, reason: &str) -> Result<EntryName> {
+        let not_on_trial = || anyhow::anyhow!("release {} is not on trial", self.release);
+        if !self.trial() {
+            return Err(not_on_trial());
+        }
+        let mut st = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        // Again under the lock: a blessing (or another fail-trial) may have just finished.
+        if !self.trial() || self.trial_ended.load(Ordering::SeqCst) {
+            return Err(not_on_trial());
+        }
+        let running = self.entry.clone().context("the running slot had no boot entry at boot")?;
+        let bad = with_esp(&self.paths, |esp| {
+            let entries = esp.entries()?;
+            let mine = entries
+                .iter()
+                .find(|e| e.name.slot == running.slot && e.name.generation == running.generation)
+                .with_context(|| format!("the running entry {running} is gone from the ESP"))?;
+            let Some(tries) = mine.name.tries else {
+                bail!("the running entry {} has no boot counter; nothing to fail", mine.name);
+            };
+            // Marking the only bootable entry bad would not fall back: systemd-boot boots it anyway.
+            if !entries.iter().any(|e| e.name.slot != running.slot && !e.name.is_bad()) {
+                bail!("the other slot has no bootable entry to fall back to");
+            }
+            let bad = EntryName { tries: Some(Tries { left: 0, done: tries.done.max(1) }), ..mine.name.clone() };
+            if mine.name != bad {
+                esp.rename_entry(&mine.name, &bad)?;
+            }
+            Ok(bad)
+        })?;
+        self.trial_ended.store(true, Ordering::SeqCst);
+        event!("update trial failed", release = self.release, reason = reason, entry = bad);
+        self.write_status(&mut st, "trial-failed", reason);
+        Ok(bad)
+    }
+
+    /// Brings back the release the other slot still holds: its entry is renamed to a new
+    /// generation with a fresh boot counter, so systemd-boot boots it first and it runs its own
+    /// trial (and falls back here if that fails). An operator's request on the socket, like a
+    /// downgrade, so an older release is fine; one that failed here is not. Returns the entry.
+    pub fn rollback_to(&self, release: &str) -> Result<EntryName> {
+        if !self.paths.uefi {
+            bail!("this machine booted through legacy BIOS (GRUB); a rollback needs UEFI boot (systemd-boot counts the tries)");
+        }
+        if self.trial() {
+            bail!("release {} is still on trial; updates wait until it is blessed", self.release);
+        }
+        let mut st = match self.busy.try_lock() {
+            Ok(st) => st,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => bail!("another update is in progress"),
+        };
+        if planet_bundle::compare_releases(release, &self.release) == std::cmp::Ordering::Equal {
+            bail!("release {release} is already running");
+        }
+        if read_failed(&self.paths.state_dir).iter().any(|f| f == release) {
+            bail!("release {release} already failed its trial on this machine; it is not booted again");
+        }
+        let slot = if self.running_slot == 'a' { 'b' } else { 'a' };
+        let (from, to) = with_esp(&self.paths, |esp| {
+            let entries = esp.entries()?;
+            let from = entries
+                .iter()
+                .find(|e| e.name.slot == slot && e.version == release && !e.name.is_bad())
+                .with_context(|| format!("no entry of release {release} in slot {slot} (it was replaced or failed)"))?;
+            esp.check_boot_files(&from.name)?;
+            let generation = entries
+                .iter()
+                .map(|e| e.name.generation)
+                .max()
+                .unwrap_or(0)
+                .checked_add(1)
+                .context("the boot entries' generation numbers are used up")?;
+            let to = EntryName::counted(generation, slot, DEFAULT_TRIES);
+            esp.rename_entry(&from.name, &to)?;
+            Ok((from.name.clone(), to))
+        })?;
+        event!("update rollback", release = release, running = self.release, slot = slot, from = from, entry = to);
+        self.write_status(&mut st, "rollback", &format!("to release {release} in slot {slot}"));
+        Ok(to)
     }
 
     /// Reboots into a freshly installed entry, at once or when the window opens.

@@ -4,15 +4,22 @@
 //! One request per connection, a line, answered with one line `ok …` or `error …`:
 //! * `status` — the status file's JSON;
 //! * `install-url [--allow-downgrade] http://IP[:PORT]/PATH` — fetch and install that bundle;
-//! * `install [--allow-downgrade]` — the bundle's bytes follow the line, to the end of the stream.
+//! * `install [--allow-downgrade]` — the bundle's bytes follow the line, to the end of the stream;
+//! * `fail-trial REASON…` — while this boot is a release on trial: mark its entry bad and reboot
+//!   into the previous release at once, instead of waiting for the boot counter to run down;
+//! * `rollback-to RELEASE` — boot the release the other slot still holds, with a fresh boot
+//!   counter (it runs its own trial).
 //!
-//! An install that succeeds answers `ok installed ENTRY; rebooting` and the machine reboots.
+//! An install that succeeds answers `ok installed ENTRY; rebooting` and the machine reboots;
+//! `fail-trial` answers `ok trial ended; rebooting into the previous release`, `rollback-to`
+//! `ok rollback to RELEASE in ENTRY; rebooting`.
 //! `--allow-downgrade` is the only way to install an older release: this socket (root in the
 //! container, or whoever the operator lets in) is the operator's channel; cloud-init data is not.
 //!
 //! Connections are served side by side, at most [`MAX_CONNECTIONS`]. A connection has an overall
 //! deadline (the request line within [`LINE_DEADLINE`], a bundle within
-//! [`install::transfer_time`] of its size), so a stalled client cannot hold the install lock. An `install-url` that finds no valid bundle answers one fixed error (the details go to
+//! [`install::transfer_time`] of its size), so a stalled client cannot hold the install lock.
+//! An `install-url` that finds no valid bundle answers one fixed error (the details go to
 //! the console): the socket does not tell a client which addresses answer, so it is no port
 //! scanner.
 
@@ -34,6 +41,8 @@ pub const LINE_DEADLINE: Duration = Duration::from_secs(10);
 pub const MAX_CONNECTIONS: usize = 4;
 /// Each read of a bundle from the socket waits at most this long.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest `fail-trial` reason kept (it goes to the console and the status file).
+pub const MAX_REASON_CHARS: usize = 200;
 
 /// Binds the socket (root only: the container's root may use it).
 pub fn listen(dir: &Path) -> Result<UnixListener> {
@@ -44,12 +53,15 @@ pub fn listen(dir: &Path) -> Result<UnixListener> {
     Ok(l)
 }
 
-/// A parsed request line.
+/// A parsed request line. A `fail-trial` reason is one line of printable text, at most
+/// [`MAX_REASON_CHARS`] characters.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request {
     Status,
     InstallUrl { url: String, allow_downgrade: bool },
     Install { allow_downgrade: bool },
+    FailTrial { reason: String },
+    RollbackTo { release: String },
 }
 
 pub fn parse_request(line: &str) -> Result<Request, String> {
@@ -67,12 +79,20 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
         ["install-url", rest @ .., url] if !url.starts_with("--") => {
             downgrade(rest).map(|allow_downgrade| Request::InstallUrl { url: url.to_string(), allow_downgrade })
         }
+        ["fail-trial", reason @ ..] if !reason.is_empty() => {
+            // Control characters would reach the console as they are.
+            let reason: String = reason.join(" ").chars().filter(|c| !c.is_control()).take(MAX_REASON_CHARS).collect();
+            Some(Request::FailTrial { reason })
+        }
+        ["rollback-to", release] if planet_config::is_version_text(release) => {
+            Some(Request::RollbackTo { release: release.to_string() })
+        }
         _ => None,
     };
     req.ok_or_else(|| {
         format!(
-            "unknown request {:?}: expected status, install-url [--allow-downgrade] URL, or install \
-             [--allow-downgrade] followed by the bundle",
+            "unknown request {:?}: expected status, install-url [--allow-downgrade] URL, install \
+             [--allow-downgrade] followed by the bundle, fail-trial REASON, or rollback-to RELEASE",
             line.trim()
         )
     })
@@ -185,6 +205,40 @@ impl Agent {
                     r => r,
                 }
             }
+            Request::FailTrial { reason } => {
+                match self.fail_trial(&reason) {
+                    Ok(_) => {
+                        // The entry is bad and the trial loop stopped: reboot even if the client
+                        // has gone and cannot read the answer.
+                        let answered = writeln!(w, "ok trial ended; rebooting into the previous release");
+                        drop(w);
+                        (self.reboot)("update trial failed");
+                        answered?;
+                    }
+                    Err(e) => {
+                        event!("update request refused", request = "fail-trial", error = format!("{e:#}"));
+                        writeln!(w, "error {e:#}")?;
+                    }
+                }
+                return Ok(());
+            }
+            Request::RollbackTo { release } => {
+                match self.rollback_to(&release) {
+                    Ok(entry) => {
+                        // The entry is renamed already: reboot even if the client has gone.
+                        let answered = writeln!(w, "ok rollback to {release} in {entry}; rebooting");
+                        drop(w);
+                        self.reboot_into(&entry);
+                        answered?;
+                    }
+                    Err(e) => {
+                        event!("update refused", source = "socket", error = format!("{e:#}"));
+                        self.set_status("refused", &format!("{e:#}"));
+                        writeln!(w, "error {e:#}")?;
+                    }
+                }
+                return Ok(());
+            }
             Request::Install { allow_downgrade } => self.install_from(allow_downgrade, |dest, keys, room, wanted| {
                 install::receive(&mut r, None, dest, keys, room, |p| {
                     // From here the whole bundle must arrive within its transfer time.
@@ -216,6 +270,7 @@ mod tests {
     use crate::update::install::Target;
     use crate::update::Paths;
     use planet_bundle::SecretKey;
+    use planet_config::bootentry::EntryName;
     use std::path::PathBuf;
 
     thread_local! {
@@ -530,6 +585,113 @@ mod tests {
         assert_eq!(a, "ok installed planet-0002-b+3.conf; rebooting\n");
     }
 
+    /// `fail-trial`: only on trial, only a counted entry, only with a slot to fall back to; then
+    /// the entry has no tries left, a reboot is asked for and nothing blesses it any more.
+    #[test]
+    fn a_trial_is_failed_on_request() {
+        let t = tempfile::tempdir().unwrap();
+        let key = SecretKey::from_seed([9; 32], [9; 8]);
+        let mut agent = machine(t.path(), &key);
+        let listener = listen(&t.path().join("run")).unwrap();
+        let entries = t.path().join("esp/loader/entries");
+        let ask = |agent: &Agent| exchange(agent, &listener, b"fail-trial etcd \x1b[2J is  unhealthy\n".to_vec());
+
+        assert_eq!(ask(&agent), "error release 1 is not on trial\n");
+
+        // On trial (as the agent of that boot would be) but the entry is not counted.
+        agent.trial.store(true, std::sync::atomic::Ordering::SeqCst);
+        agent.entry = EntryName::parse("planet-0001-a.conf");
+        let a = ask(&agent);
+        assert!(a.starts_with("error the running entry planet-0001-a.conf has no boot counter"), "{a}");
+
+        // Counted, but nothing else to boot.
+        std::fs::rename(entries.join("planet-0001-a.conf"), entries.join("planet-0002-a+2-1.conf")).unwrap();
+        agent.entry = EntryName::parse("planet-0002-a+2-1.conf");
+        assert_eq!(ask(&agent), "error the other slot has no bootable entry to fall back to\n");
+        assert!(REBOOTS.with(|r| r.borrow().is_empty()));
+
+        let old = planet_config::bootentry::entry_conf("Planet 0.9", "0.9", 'b', "planet.slot=b");
+        std::fs::write(entries.join("planet-0001-b.conf"), old).unwrap();
+        assert_eq!(ask(&agent), "ok trial ended; rebooting into the previous release\n");
+        assert!(entries.join("planet-0002-a+0-1.conf").exists() && !entries.join("planet-0002-a+2-1.conf").exists());
+        assert_eq!(REBOOTS.with(|r| r.borrow().clone()), ["update trial failed"]);
+        let status = std::fs::read_to_string(t.path().join("run/status.json")).unwrap();
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+        assert_eq!(status["state"], "trial-failed");
+        assert_eq!(status["message"], "etcd [2J is unhealthy");
+
+        // Once ended, the trial stays ended: no second request, no blessing, no trial loop.
+        assert_eq!(ask(&agent), "error release 1 is not on trial\n");
+        agent.bless();
+        assert!(entries.join("planet-0002-a+0-1.conf").exists());
+        let agent = std::sync::Arc::new(agent);
+        let (done, finished) = std::sync::mpsc::channel();
+        let a = agent.clone();
+        std::thread::spawn(move || {
+            a.run_loop();
+            let _ = done.send(());
+        });
+        assert!(finished.recv_timeout(Duration::from_secs(5)).is_ok(), "the trial loop went on");
+    }
+
+    /// `rollback-to`: the other slot's entry of that release becomes the newest, counted; a
+    /// release not there, running, failed here, or without its boot files is refused.
+    #[test]
+    fn the_other_slots_release_is_brought_back_on_request() {
+        let t = tempfile::tempdir().unwrap();
+        let key = SecretKey::from_seed([9; 32], [9; 8]);
+        let mut agent = machine(t.path(), &key);
+        // Release 2 runs in slot b (blessed); slot a still holds release 1.
+        agent.running_slot = 'b';
+        agent.release = "2".into();
+        agent.target = Some(Target { slot: 'a', dev: t.path().join("slot-b"), bytes: 8 << 20 });
+        let entries = t.path().join("esp/loader/entries");
+        let new = planet_config::bootentry::entry_conf("Planet 2", "2", 'b', "planet.slot=b");
+        std::fs::write(entries.join("planet-0002-b.conf"), new).unwrap();
+        let listener = listen(&t.path().join("run")).unwrap();
+        let ask =
+            |agent: &Agent, release: &str| exchange(agent, &listener, format!("rollback-to {release}\n").into_bytes());
+
+        let a = ask(&agent, "1");
+        assert!(a.starts_with("error the entry planet-0001-a.conf names /planet-a/vmlinuz, which is missing"), "{a}");
+        std::fs::create_dir_all(t.path().join("esp/planet-a")).unwrap();
+        for f in ["vmlinuz", "initramfs.img"] {
+            std::fs::write(t.path().join("esp/planet-a").join(f), b"boot").unwrap();
+        }
+        assert_eq!(ask(&agent, "3"), "error no entry of release 3 in slot a (it was replaced or failed)\n");
+        assert_eq!(ask(&agent, "2"), "error release 2 is already running\n");
+
+        std::fs::write(t.path().join("state/failed"), "1\n").unwrap();
+        let a = ask(&agent, "1");
+        assert!(a.starts_with("error release 1 already failed its trial on this machine"), "{a}");
+        agent.set_status("idle", "");
+        let status = std::fs::read_to_string(t.path().join("run/status.json")).unwrap();
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+        assert_eq!(status["failed"], serde_json::json!(["1"]));
+        std::fs::remove_file(t.path().join("state/failed")).unwrap();
+
+        agent.trial.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(ask(&agent, "1"), "error release 2 is still on trial; updates wait until it is blessed\n");
+        agent.trial.store(false, std::sync::atomic::Ordering::SeqCst);
+        {
+            let _installing = agent.busy.lock().unwrap();
+            let e = agent.rollback_to("1").unwrap_err();
+            assert_eq!(e.to_string(), "another update is in progress");
+        }
+        assert!(REBOOTS.with(|r| r.borrow().is_empty()));
+
+        assert_eq!(ask(&agent, "1"), "ok rollback to 1 in planet-0003-a+3.conf; rebooting\n");
+        assert!(entries.join("planet-0003-a+3.conf").exists() && !entries.join("planet-0001-a.conf").exists());
+        assert!(entries.join("planet-0002-b.conf").exists());
+        assert_eq!(REBOOTS.with(|r| r.borrow().clone()), ["update to planet-0003-a+3.conf"]);
+        let status = std::fs::read_to_string(t.path().join("run/status.json")).unwrap();
+        assert!(status.contains("\"state\": \"rollback\"") && status.contains("\"failed\": []"), "{status}");
+
+        // A bad entry of the release is not brought back.
+        std::fs::rename(entries.join("planet-0003-a+3.conf"), entries.join("planet-0003-a+0-3.conf")).unwrap();
+        assert_eq!(ask(&agent, "1"), "error no entry of release 1 in slot a (it was replaced or failed)\n");
+    }
+
     #[test]
     fn requests_parse() {
         assert_eq!(parse_request("status\n"), Ok(Request::Status));
@@ -547,5 +709,18 @@ mod tests {
         assert!(parse_request("install-url --allow-downgrade\n").is_err());
         assert!(parse_request("install-url \n").is_err());
         assert!(parse_request("reboot\n").unwrap_err().contains("unknown request"));
+        assert_eq!(
+            parse_request("fail-trial  node not Ready\tafter 5m\n"),
+            Ok(Request::FailTrial { reason: "node not Ready after 5m".into() })
+        );
+        let Ok(Request::FailTrial { reason }) = parse_request(&format!("fail-trial {}\n", "é".repeat(300))) else {
+            panic!("a long reason is cut, not refused")
+        };
+        assert_eq!(reason.chars().count(), MAX_REASON_CHARS);
+        assert!(parse_request("fail-trial\n").unwrap_err().contains("fail-trial REASON"));
+        assert_eq!(parse_request("rollback-to 1.2.0\n"), Ok(Request::RollbackTo { release: "1.2.0".into() }));
+        assert!(parse_request("rollback-to\n").is_err());
+        assert!(parse_request("rollback-to 1 2\n").is_err());
+        assert!(parse_request("rollback-to ../1\n").is_err());
     }
 }
