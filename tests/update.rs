@@ -7,109 +7,15 @@
 
 mod common;
 
-use std::io::{BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::bundles::BundleServer;
 use common::*;
 
 const BOOT: Duration = Duration::from_secs(300);
-
-/// Serves one bundle (or 404) at any path, with byte ranges, on 127.0.0.1. Requests on one
-/// connection are answered in turn (QEMU's guestfwd carries every guest connection over one
-/// stream).
-struct BundleServer {
-    port: u16,
-    bundle: Arc<Mutex<Option<Arc<Vec<u8>>>>>,
-    log: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl BundleServer {
-    fn start() -> BundleServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = BundleServer {
-            port,
-            bundle: Arc::new(Mutex::new(None)),
-            log: Arc::new(Mutex::new(Vec::new())),
-            stop: Arc::new(AtomicBool::new(false)),
-        };
-        let (bundle, log, stop) = (server.bundle.clone(), server.log.clone(), server.stop.clone());
-        std::thread::spawn(move || {
-            let started = Instant::now();
-            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(1800) {
-                match listener.accept() {
-                    Ok((s, _)) => {
-                        let (bundle, log, stop) = (bundle.clone(), log.clone(), stop.clone());
-                        std::thread::spawn(move || serve_bundle(s, &bundle, &log, &stop));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
-        server
-    }
-
-    fn serve(&self, bytes: Option<Vec<u8>>) {
-        *self.bundle.lock().unwrap() = bytes.map(Arc::new);
-    }
-
-    fn log(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for BundleServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn serve_bundle(s: TcpStream, bundle: &Mutex<Option<Arc<Vec<u8>>>>, log: &Mutex<Vec<String>>, stop: &AtomicBool) {
-    s.set_nonblocking(false).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-    let mut w = s.try_clone().unwrap();
-    let mut r = BufReader::new(s);
-    while !stop.load(Ordering::Relaxed) {
-        let head = match read_head(&mut r) {
-            Ok(Some(h)) => h,
-            Ok(None) => return,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
-            Err(_) => return,
-        };
-        let line = head.lines().next().unwrap_or("").to_string();
-        let range = head_field(&head, "range");
-        log.lock().unwrap().push(format!("{line} range={}", range.as_deref().unwrap_or("-")));
-        let current = bundle.lock().unwrap().clone();
-        let res = match current {
-            None => w.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
-            Some(b) => match range.as_deref().and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.split_once('-')) {
-                Some((a, z)) => {
-                    let a: usize = a.parse().unwrap();
-                    let z: usize = z.parse::<usize>().unwrap().min(b.len() - 1);
-                    let head = format!(
-                        "HTTP/1.1 206 Partial\r\nContent-Range: bytes {a}-{z}/{}\r\nContent-Length: {}\r\n\r\n",
-                        b.len(),
-                        z + 1 - a
-                    );
-                    w.write_all(head.as_bytes()).and_then(|_| w.write_all(&b[a..=z]))
-                }
-                None => w
-                    .write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len()).as_bytes())
-                    .and_then(|_| w.write_all(&b)),
-            },
-        };
-        if res.is_err() {
-            return;
-        }
-    }
-}
 
 /// The demo rootfs with `/etc/demo-release` (and optionally more files, a replaced init).
 fn demo_release(s: &Scratch, release: &str, extra_py: &str) -> PathBuf {
@@ -269,7 +175,7 @@ fn an_update_is_installed_blessed_and_a_failing_one_rolls_back() {
     let failing = "replaced.add('sbin/init')\ndef extra(o):\n    add_file(o, 'sbin/init', b'#!/bin/sh\\necho release 3 init fails\\nexit 3\\n', 0o755)\n";
     let b3 = bundle(&s, &demo_release(&s, "3", failing), "3", &key);
     let seed = seed(&s);
-    let server = BundleServer::start();
+    let server = BundleServer::start(Duration::from_secs(1800));
     server.serve(Some(std::fs::read(&b2).unwrap()));
     let etcd = free_port();
     let mut g = boot_guest(&image, &seed, &server, etcd, &s);
@@ -339,7 +245,7 @@ fn bad_bundles_are_refused_and_a_power_cut_keeps_the_previous_release() {
 
     let before = boot_path_digests(&image);
     let seed = seed(&s);
-    let server = BundleServer::start();
+    let server = BundleServer::start(Duration::from_secs(1800));
     let etcd = free_port();
     let mut g = boot_guest(&image, &seed, &server, etcd, &s);
     g.wait_for("planet-init: release running=1 slot=a entry=planet-0001-a.conf trial=false", BOOT);

@@ -211,6 +211,73 @@ pub fn http_status(addr: &str, path: &str) -> Result<u16, String> {
     text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| "no HTTP answer".to_string())
 }
 
+/// Where the masters publish the apps' health for the nodes, whose own health (and so their
+/// updates' blessing) includes it: `NAME: STATE VERSION UNIX_SECONDS DETAIL`.
+pub const HEALTH_RECORD: (&str, &str) = (crate::rollout::NAMESPACE, "planet-app-health");
+/// Older than this, a published health says nothing (its master stopped publishing).
+const HEALTH_FRESH_SECS: u64 = 180;
+
+/// The health line published for one app.
+pub fn health_value(s: &AppState, now: u64) -> String {
+    format!("{} {} {now} {}", s.state, s.version, s.detail)
+}
+
+/// Publishes `states` in [`HEALTH_RECORD`] (made on first use).
+fn publish_health(kc: &str, states: &[AppState]) -> Result<(), String> {
+    let (ns, name) = HEALTH_RECORD;
+    let now = crate::kubectl::now_secs();
+    let data: BTreeMap<&str, String> = states.iter().map(|s| (s.name.as_str(), health_value(s, now))).collect();
+    let obj =
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns}, "data": data});
+    run_with_input(kc, &["apply", "-f", "-", "-o", "name"], Some(&obj.to_string())).map(|_| ())
+}
+
+/// Every app of the slot healthy, as this master's planet-apps.service last found.
+pub fn local_health(root: &Path, apps: &[(SlotApp, PackageIndex)]) -> Result<String, String> {
+    let states: Vec<AppState> = std::fs::read(root.join(STATUS_FILE.trim_start_matches('/')))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    for (a, _) in apps {
+        match states.iter().find(|s| s.name == a.name) {
+            Some(s) if s.state == "healthy" && s.version == a.version => {}
+            Some(s) => return Err(s.line()),
+            None => return Err(format!("app {}: planet-apps.service has not reported", a.name)),
+        }
+    }
+    Ok(format!("{} healthy", apps.len()))
+}
+
+/// Every app of the slot healthy in the same version, as a master published within
+/// [`HEALTH_FRESH_SECS`] of `now`.
+pub fn cluster_health(kc: &str, apps: &[(SlotApp, PackageIndex)], now: u64) -> Result<String, String> {
+    let (ns, name) = HEALTH_RECORD;
+    let text = kubectl(kc, &["get", "configmap", name, "-n", ns, "-o", "json"])?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| format!("{ns}/{name}: {e}"))?;
+    judge_published(&v["data"], apps, now)
+}
+
+/// [`cluster_health`]'s verdict on the published data.
+pub fn judge_published(data: &Value, apps: &[(SlotApp, PackageIndex)], now: u64) -> Result<String, String> {
+    for (a, _) in apps {
+        let line = data[a.name.as_str()].as_str().ok_or_else(|| format!("app {}: no health published", a.name))?;
+        let mut w = line.splitn(4, ' ');
+        let (state, version, at, detail) =
+            (w.next().unwrap_or(""), w.next().unwrap_or(""), w.next().unwrap_or(""), w.next().unwrap_or(""));
+        let at: u64 = at.parse().unwrap_or(0);
+        if now.saturating_sub(at) > HEALTH_FRESH_SECS {
+            return Err(format!("app {}: its health was last published {} s ago", a.name, now.saturating_sub(at)));
+        }
+        if version != a.version {
+            return Err(format!("app {}: the cluster runs version {version}, this slot {}", a.name, a.version));
+        }
+        if state != "healthy" {
+            return Err(format!("app {} {version}: {state}: {detail}", a.name));
+        }
+    }
+    Ok(format!("{} healthy", apps.len()))
+}
+
 /// Writes the status file and prints the lines that changed.
 fn publish(states: &[AppState], last: &mut BTreeMap<String, AppState>) {
     for s in states {
@@ -248,6 +315,7 @@ pub fn run() -> Result<()> {
     let mut last = BTreeMap::new();
     publish(&states, &mut last);
     let mut applied = vec![false; apps.len()];
+    let mut complaint = crate::kubectl::Complaint::default();
     loop {
         let api_ready = kubectl(&kc, &["get", "--raw=/readyz"]).is_ok_and(|b| b == "ok");
         if api_ready && !labelled {
@@ -290,6 +358,13 @@ pub fn run() -> Result<()> {
             }
         }
         publish(&states, &mut last);
+        if api_ready && !apps.is_empty() {
+            if let Err(e) = publish_health(&kc, &states) {
+                complaint.say("apps: publishing their health", e);
+            } else {
+                complaint.clear();
+            }
+        }
         std::thread::sleep(PERIOD);
     }
 }

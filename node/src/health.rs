@@ -35,7 +35,32 @@ pub fn http_get(addr: &str, path: &str) -> std::result::Result<String, String> {
     Ok(body.trim().to_string())
 }
 
+/// Every check of the machine: its Kubernetes components, then its apps'.
 pub fn checks(env: &NodeEnv) -> Vec<Check> {
+    let mut c = kube_checks(env);
+    c.extend(app_check(env));
+    c
+}
+
+/// The apps' health, part of "healthy" (a new release is blessed only with its apps healthy):
+/// on a master what its planet-apps.service found, on a node what the masters published in
+/// the cluster ([`crate::apps::HEALTH_RECORD`]), recently. `None` when the slot carries no apps.
+pub fn app_check(env: &NodeEnv) -> Option<Check> {
+    let root = std::path::Path::new("/");
+    let apps = crate::apps::slot_apps(root).ok()?;
+    if apps.is_empty() {
+        return None;
+    }
+    let r = if env.role.is_master() {
+        crate::apps::local_health(root, &apps)
+    } else {
+        crate::apps::cluster_health(&kubeconfig("kubelet"), &apps, crate::kubectl::now_secs())
+    };
+    Some(("apps", r))
+}
+
+/// The role's Kubernetes components.
+pub fn kube_checks(env: &NodeEnv) -> Vec<Check> {
     let mut c = Vec::new();
     if env.role.is_master() {
         let r = kubectl(&kubeconfig("admin"), &["get", "--raw=/readyz"]);
@@ -88,16 +113,22 @@ pub fn status() -> Result<()> {
     for line in crate::apps::status_lines(std::path::Path::new("/"), env.role.is_master()) {
         println!("{line}");
     }
+    match crate::rollout::command::status_lines() {
+        Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+        Err(e) => println!("rollout: unknown ({e:#})"),
+    }
     Ok(())
 }
 
-/// Waits until [`checks`] all pass, up to `limit`; prints progress every change.
+/// Waits until [`kube_checks`] all pass, up to `limit`; prints progress every change. The apps
+/// are not waited for: an app that fails is the apps' status to show (`status`), not a reason
+/// to say Kubernetes is not up.
 pub fn wait(limit: Duration) -> Result<()> {
     let env = crate::env::load()?;
     let start = std::time::Instant::now();
     let mut last = String::new();
     loop {
-        let results = checks(&env);
+        let results = kube_checks(&env);
         let summary: Vec<String> =
             results.iter().map(|(n, r)| format!("{n}={}", if r.is_ok() { "ok" } else { "waiting" })).collect();
         let summary = summary.join(" ");

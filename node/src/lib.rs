@@ -24,5 +24,6 @@ pub mod join;
 pub mod kubectl;
 pub mod pki;
 pub mod render;
+pub mod rollout;
 pub mod routes;
 pub mod setup;

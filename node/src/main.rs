@@ -16,15 +16,20 @@ commands:
                  slot's apps (/usr/share/planet/apps) into docker
   apps           (masters) apply the slot's apps once the API server is ready, in order and
                  once per package (recorded in kube-system/planet-apps), and watch their health
-  status         this machine: role, health checks, and one line per app
+  status         this machine: role, health checks, one line per app, and the cluster's
+                 rollout with every machine's release, slot and trial
+  rollout COMMAND
+                 cluster updates, node by node: start BUNDLE, rollback, stop, status
+                 (run on a master), agent (planet-rollout.service); `rollout help`
   join-server    (masters) publish the join token, serve the CA MACed with it on port 6441
                  so nodes can check this master, approve kubelet serving certificates
   routes         keep the routes to every other Node's pod CIDR in step (host-gw)
   dns            serve the Services' names with dnsmasq on this machine's address
   health         check the role's components (API server /readyz; kubelet /healthz and the
-                 Node Ready); exit 0 when healthy, 1 otherwise
+                 Node Ready) and the slot's apps; exit 0 when healthy, 1 otherwise
+                 (planet-init blesses a new release only when this passes)
   wait [--timeout SECONDS]
-                 wait until health passes (default 600 s), printing progress
+                 wait until the Kubernetes checks pass (default 600 s), printing progress
 ";
 
 fn main() -> ExitCode {
@@ -34,6 +39,7 @@ fn main() -> ExitCode {
         Some("load-images") => planet_node::images::run(),
         Some("apps") => planet_node::apps::run(),
         Some("status") => planet_node::health::status(),
+        Some("rollout") => planet_node::rollout::command::run(&args[1..]),
         Some("join-server") => planet_node::join::run_server(),
         Some("routes") => planet_node::routes::run(),
         Some("dns") => planet_node::dns::run(),

@@ -99,7 +99,7 @@ EOF
     unit "$s" planet-node.target <<EOF
 [Unit]
 Description=Planet node: docker, the kubelet, kube-proxy, pod routes and cluster DNS
-Wants=docker.service planet-images.service kubelet.service kube-proxy.service planet-routes.service planet-dns.service
+Wants=docker.service planet-images.service kubelet.service kube-proxy.service planet-routes.service planet-dns.service planet-rollout.service
 After=planet-setup.service
 EOF
     mkdir -p "$s/etc/systemd/system/etcd.service.d"
@@ -251,6 +251,17 @@ PartOf=planet-master.target
 ExecStart=/usr/bin/planet-node apps
 StandardOutput=journal+console
 Restart=on-failure
+RestartSec=10
+EOF
+    unit "$s" planet-rollout.service <<EOF
+[Unit]
+Description=Planet: report this machine's release on its Node, take its turn in cluster rollouts (masters: serve the rollout's bundle)
+After=kubelet.service
+PartOf=planet-node.target
+[Service]
+ExecStart=/usr/bin/planet-node rollout agent
+StandardOutput=journal+console
+Restart=always
 RestartSec=10
 EOF
     unit "$s" planet-routes.service <<EOF

@@ -65,6 +65,20 @@ impl Machine {
         self.guest = Guest::start_niced(&self.disk, s, &args, self.niceness);
     }
 
+    /// Pulls the plug: QEMU quits at once (no ACPI, no clean stop), then the same disk boots
+    /// again when [`Machine::boot_again`] is called.
+    pub fn kill(&mut self) {
+        self.guest.monitor("quit");
+        if self.guest.wait_exit(Duration::from_secs(60)).is_none() {
+            panic!("{}: QEMU still running 60 s after quit", self.name);
+        }
+    }
+
+    pub fn boot_again(&mut self, s: &Scratch) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.guest = Guest::start_niced(&self.disk, s, &args, self.niceness);
+    }
+
     /// `kubectl apply -f -` with `manifest` on stdin.
     pub fn apply(&self, manifest: &str) {
         let (code, out, err) = enter_input(&self.sock, &["kubectl", "apply", "-f", "-"], manifest);
@@ -121,9 +135,15 @@ impl Drop for Phases {
 
 /// A NoCloud seed for one machine, the token in its user-data (`planet: join_token:`).
 pub fn seed(s: &Scratch, name: &str, role: &str, ip: &str, mac: &str, token: &str) -> PathBuf {
+    seed_with(s, name, role, ip, mac, token, &[])
+}
+
+/// [`seed`] with `more` arguments for `planet-image seed` (`--update KEY=VALUE`).
+pub fn seed_with(s: &Scratch, name: &str, role: &str, ip: &str, mac: &str, token: &str, more: &[&str]) -> PathBuf {
     let (address, master_ip) = (format!("{ip}/24"), format!("{SUBNET}.10"));
-    let args =
-        ["--role", role, "--master-ip", &master_ip, "--hostname", name, "--address", &address, "--interface", mac];
+    let mut args =
+        vec!["--role", role, "--master-ip", &master_ip, "--hostname", name, "--address", &address, "--interface", mac];
+    args.extend_from_slice(more);
     nocloud_seed(s, &format!("{name}-seed.img"), &args, Some(token))
 }
 

@@ -2,10 +2,12 @@
 //! `scripts/test`, running tools nobody here wrote, and booting images.
 #![allow(dead_code)]
 
+pub mod bundles;
 pub mod cluster;
 pub mod hub;
 pub mod metadata;
 pub mod moto;
+pub mod wordpress;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -384,12 +386,17 @@ pub fn head_field(head: &str, name: &str) -> Option<String> {
 
 /// `planet-image enter SOCKET -- ARGS…` with `input` on stdin: exit code, stdout, stderr.
 pub fn enter_input(sock: &Path, args: &[&str], input: &str) -> (i32, String, String) {
+    // A loaded CI machine may take a while to start the command in the guest.
+    enter_waiting(sock, args, input, 300)
+}
+
+/// [`enter_input`] giving the guest `wait` seconds to answer (a machine that may be rebooting).
+pub fn enter_waiting(sock: &Path, args: &[&str], input: &str, wait: u32) -> (i32, String, String) {
     use std::io::Write;
     let mut child = planet_image()
         .arg("enter")
         .arg(sock)
-        // A loaded CI machine may take a while to start the command in the guest.
-        .args(["--wait", "300"])
+        .args(["--wait", &wait.to_string()])
         .arg("--")
         .args(args)
         .stdin(Stdio::piped())

@@ -1,0 +1,574 @@
+//! `planet-node rollout agent` (planet-rollout.service, every machine): reports this machine's
+//! state on its Node, and takes it through the rollout [`decide`] says is its turn — lock,
+//! cordon, drain, hand planet-init the bundle (or the rollback), reboot, trial, uncordon,
+//! unlock — with a Kubernetes Event and a console line for every step.
+//!
+//! Masters act with the admin kubeconfig; nodes with their kubelet's credentials, which the
+//! RBAC objects of [`cluster_objects`] let reach the rollout's namespace and evict pods (the
+//! eviction API honours PodDisruptionBudgets); the NodeRestriction admission plugin keeps a
+//! kubelet to patching its own Node.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use super::{annotation, decide, Action, Machine, Rollout, State, Step, LOCK_PREFIX, NAMESPACE, RECORD};
+use crate::cluster::kubeconfig;
+use crate::env::NodeEnv;
+use crate::kubectl::{first_words, micro_time, now_secs, run as kubectl, run_with_input, Complaint};
+
+/// planet-init's update socket and status file, as the container sees them.
+pub const UPDATE_SOCKET: &str = "/var/lib/planet-update/update.sock";
+pub const UPDATE_STATUS: &str = "/var/lib/planet-update/status.json";
+/// How often the agent looks.
+const TICK: Duration = Duration::from_secs(15);
+/// How long a drain may take before it is tried again (the lock is kept meanwhile).
+const DRAIN_TIMEOUT: &str = "900s";
+
+/// The RBAC and namespace the rollout needs, applied by masters: the machines' kubelet
+/// credentials (group `system:nodes`) may use the rollout's objects and evict pods.
+pub fn cluster_objects() -> String {
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NAMESPACE}\n\
+---\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: planet-rollout\n  namespace: {NAMESPACE}\n\
+rules:\n\
+- apiGroups: [coordination.k8s.io]\n  resources: [leases]\n  verbs: [get, list, watch, create, update, patch]\n\
+- apiGroups: [\"\"]\n  resources: [configmaps]\n  verbs: [get, list, watch, update, patch]\n\
+- apiGroups: [\"\"]\n  resources: [events]\n  verbs: [create]\n\
+---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: planet-rollout\n  namespace: {NAMESPACE}\n\
+roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: Role\n  name: planet-rollout\n\
+subjects:\n- apiGroup: rbac.authorization.k8s.io\n  kind: Group\n  name: system:nodes\n\
+---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: planet-rollout-drain\n\
+rules:\n\
+- apiGroups: [\"\"]\n  resources: [nodes]\n  verbs: [get, list, watch, patch]\n\
+- apiGroups: [\"\"]\n  resources: [pods]\n  verbs: [get, list]\n\
+- apiGroups: [\"\"]\n  resources: [pods/eviction]\n  verbs: [create]\n\
+- apiGroups: [apps]\n  resources: [daemonsets, replicasets, statefulsets]\n  verbs: [get]\n\
+---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: planet-rollout-drain\n\
+roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: planet-rollout-drain\n\
+subjects:\n- apiGroup: rbac.authorization.k8s.io\n  kind: Group\n  name: system:nodes\n"
+    )
+}
+
+/// What planet-init says about this machine (`status.json`).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct UpdateStatus {
+    #[serde(default)]
+    pub release: String,
+    #[serde(default)]
+    pub slot: String,
+    #[serde(default)]
+    pub trial: bool,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub failed: Vec<String>,
+}
+
+pub fn read_update_status() -> Option<UpdateStatus> {
+    serde_json::from_slice(&std::fs::read(UPDATE_STATUS).ok()?).ok()
+}
+
+/// One request to planet-init's update socket; its answer line.
+pub fn update_request(line: &str) -> Result<String> {
+    let mut s = UnixStream::connect(UPDATE_SOCKET).with_context(|| format!("connecting to {UPDATE_SOCKET}"))?;
+    // An install downloads and writes a whole slot before it answers.
+    s.set_read_timeout(Some(Duration::from_secs(3600)))?;
+    s.write_all(format!("{line}\n").as_bytes())?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = String::new();
+    BufReader::new(s).read_line(&mut answer)?;
+    Ok(answer.trim().to_string())
+}
+
+/// The etcd version (`MAJOR.MINOR`) the running release ships, from its release manifest.
+pub fn release_etcd() -> String {
+    let v: Value = std::fs::read("/etc/planet/release.json")
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    v["debian"]["packages"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "etcd-server"))
+        .and_then(|p| p["version"].as_str())
+        .map(super::major_minor)
+        .unwrap_or_default()
+}
+
+/// The rollout record, `None` when there is none.
+pub fn read_record(kc: &str) -> Result<Option<Rollout>, String> {
+    let text = kubectl(kc, &["get", "configmap", RECORD, "-n", NAMESPACE, "-o", "json", "--ignore-not-found"])?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let v: Value = serde_json::from_str(&text).map_err(|e| format!("{RECORD}: {e}"))?;
+    let data: BTreeMap<String, String> = v["data"]
+        .as_object()
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .unwrap_or_default();
+    Rollout::from_data(&data).map(Some).map_err(|e| format!("{e:#}"))
+}
+
+/// Merges `fields` into the record.
+pub fn patch_record(kc: &str, fields: &[(&str, &str)]) -> Result<(), String> {
+    let data: BTreeMap<&str, &str> = fields.iter().copied().collect();
+    let patch = json!({ "data": data }).to_string();
+    kubectl(kc, &["patch", "configmap", RECORD, "-n", NAMESPACE, "--type=merge", "-p", &patch]).map(|_| ())
+}
+
+/// Every Node with what its agent reported.
+pub fn read_machines(kc: &str) -> Result<Vec<Machine>, String> {
+    let text = kubectl(kc, &["get", "nodes", "-o", "json"])?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| format!("nodes: {e}"))?;
+    Ok(v["items"].as_array().map(|a| a.iter().map(Machine::from_node).collect()).unwrap_or_default())
+}
+
+/// A Kubernetes Event about the rollout (on its record), and the same line on the console.
+pub fn event(kc: &str, me: &str, reason: &str, message: &str) {
+    println!("planet-node: rollout: {reason}: {message}");
+    let t = micro_time(now_secs());
+    let t = &t[..19];
+    let obj = json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": "planet-rollout.", "namespace": NAMESPACE},
+        "involvedObject": {"apiVersion": "v1", "kind": "ConfigMap", "namespace": NAMESPACE, "name": RECORD},
+        "reason": reason,
+        "message": message,
+        "type": if matches!(reason, "Stopped" | "TrialFailed" | "DrainFailed" | "InstallFailed") { "Warning" } else { "Normal" },
+        "source": {"component": "planet-rollout", "host": me},
+        "firstTimestamp": format!("{t}Z"),
+        "lastTimestamp": format!("{t}Z"),
+        "count": 1,
+    });
+    if let Err(e) = run_with_input(kc, &["create", "-f", "-", "-o", "name"], Some(&obj.to_string())) {
+        println!("planet-node: rollout: the event could not be recorded: {e}");
+    }
+}
+
+/// One lock as read from its Lease.
+#[derive(Clone, Debug, Default)]
+pub struct Lock {
+    pub name: String,
+    pub holder: String,
+    /// Unix seconds it runs out (renewed + duration).
+    pub until: u64,
+    pub resource_version: String,
+    pub exists: bool,
+}
+
+impl Lock {
+    pub fn free(&self, now: u64) -> bool {
+        self.holder.is_empty() || now >= self.until
+    }
+}
+
+/// The locks `planet-rollout-lock-0..max`.
+pub fn read_locks(kc: &str, max: u32) -> Result<Vec<Lock>, String> {
+    let text = kubectl(kc, &["get", "leases", "-n", NAMESPACE, "-o", "json"])?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| format!("leases: {e}"))?;
+    let items = v["items"].as_array().cloned().unwrap_or_default();
+    Ok((0..max)
+        .map(|i| {
+            let name = format!("{LOCK_PREFIX}{i}");
+            match items.iter().find(|l| l["metadata"]["name"] == name.as_str()) {
+                None => Lock { name, ..Default::default() },
+                Some(l) => Lock {
+                    holder: l["spec"]["holderIdentity"].as_str().unwrap_or_default().to_string(),
+                    until: l["metadata"]["annotations"][annotation("until")]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0),
+                    resource_version: l["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string(),
+                    exists: true,
+                    name,
+                },
+            }
+        })
+        .collect())
+}
+
+/// Writes `lock` held by `holder` (empty: given back) for `seconds`, on the condition that it
+/// is unchanged since it was read (the API server's resourceVersion check): two machines that
+/// race for one lock cannot both get it.
+pub fn write_lock(kc: &str, lock: &Lock, holder: &str, seconds: u64) -> Result<Lock, String> {
+    let now = now_secs();
+    let until = if holder.is_empty() { 0 } else { now + seconds };
+    let mut meta = json!({"name": lock.name, "namespace": NAMESPACE,
+                          "annotations": {annotation("until"): until.to_string()}});
+    if lock.exists {
+        meta["resourceVersion"] = json!(lock.resource_version);
+    }
+    let spec = if holder.is_empty() {
+        json!({})
+    } else {
+        json!({"holderIdentity": holder, "leaseDurationSeconds": seconds, "renewTime": micro_time(now)})
+    };
+    let obj = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta, "spec": spec});
+    let verb = if lock.exists { "replace" } else { "create" };
+    let out =
+        run_with_input(kc, &[verb, "-f", "-", "-o", "jsonpath={.metadata.resourceVersion}"], Some(&obj.to_string()))?;
+    Ok(Lock { holder: holder.to_string(), until, resource_version: out, exists: true, name: lock.name.clone() })
+}
+
+/// The lock this agent holds and how long each renewal lasts; a thread renews it.
+#[derive(Default)]
+struct Held {
+    lock: Option<Lock>,
+    seconds: u64,
+}
+
+fn renew(kc: &str, me: &str, held: &Mutex<Held>) {
+    let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
+    let seconds = h.seconds;
+    if let Some(lock) = h.lock.clone() {
+        match write_lock(kc, &lock, me, seconds) {
+            Ok(l) => h.lock = Some(l),
+            Err(e) => {
+                // Someone took it after it ran out, or it was written meanwhile: read again.
+                println!("planet-node: rollout: renewing {}: {e}", lock.name);
+                h.lock = None;
+            }
+        }
+    }
+}
+
+/// The agent's memory between ticks.
+struct Agent {
+    env: NodeEnv,
+    kc: String,
+    held: Arc<Mutex<Held>>,
+    reported: BTreeMap<String, String>,
+    /// When this trial's apps started failing with Kubernetes healthy.
+    apps_failing_since: Option<Instant>,
+    complaint: Complaint,
+    last_wait: String,
+}
+
+pub fn run() -> Result<()> {
+    let env = crate::env::load()?;
+    let kc = if env.role.is_master() { kubeconfig("admin") } else { kubeconfig("kubelet") };
+    let held = Arc::new(Mutex::new(Held::default()));
+    {
+        let (kc, me, held) = (kc.clone(), env.node_name.clone(), held.clone());
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(20));
+            renew(&kc, &me, &held);
+        });
+    }
+    if env.role.is_master() {
+        let ip = env.public_ip;
+        std::thread::spawn(move || super::serve::run(ip));
+    }
+    let mut agent = Agent {
+        env,
+        kc,
+        held,
+        reported: BTreeMap::new(),
+        apps_failing_since: None,
+        complaint: Complaint::default(),
+        last_wait: String::new(),
+    };
+    let mut objects_applied = false;
+    loop {
+        if agent.env.role.is_master() && !objects_applied {
+            objects_applied = run_with_input(&agent.kc, &["apply", "-f", "-"], Some(&cluster_objects())).is_ok();
+        }
+        match agent.tick() {
+            Ok(()) => agent.complaint.clear(),
+            Err(e) => {
+                agent.complaint.say("rollout", e);
+            }
+        }
+        std::thread::sleep(TICK);
+    }
+}
+
+impl Agent {
+    fn me(&self) -> &str {
+        &self.env.node_name
+    }
+
+    /// Reports this machine's state on its Node (only what changed).
+    fn report(&mut self, st: &UpdateStatus) -> Result<(), String> {
+        let mut want = BTreeMap::new();
+        want.insert(annotation("release"), st.release.clone());
+        want.insert(annotation("slot"), st.slot.clone());
+        want.insert(annotation("trial"), st.trial.to_string());
+        want.insert(annotation("role"), self.env.role.as_str().to_string());
+        want.insert(annotation("etcd"), release_etcd());
+        want.insert(annotation("failed"), st.failed.join(","));
+        if want == self.reported {
+            return Ok(());
+        }
+        let mut args = vec!["annotate".to_string(), "--overwrite".into(), format!("node/{}", self.me())];
+        args.extend(want.iter().map(|(k, v)| format!("{k}={v}")));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        kubectl(&self.kc, &args)?;
+        self.reported = want;
+        Ok(())
+    }
+
+    fn holding(&self) -> Option<Lock> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).lock.clone()
+    }
+
+    fn hold(&self, lock: Option<Lock>, seconds: u64) {
+        let mut h = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        h.lock = lock;
+        h.seconds = seconds;
+    }
+
+    fn tick(&mut self) -> Result<(), String> {
+        let Some(st) = read_update_status() else { return Err(format!("{UPDATE_STATUS} not readable yet")) };
+        self.report(&st)?;
+        let record = read_record(&self.kc)?;
+        // A lock this machine held before its reboot is still its own.
+        if self.holding().is_none() {
+            if let Some(r) = &record {
+                let now = now_secs();
+                let mine = read_locks(&self.kc, r.max_unavailable)?
+                    .into_iter()
+                    .find(|l| l.holder == self.me() && !l.free(now));
+                if let Some(l) = mine {
+                    self.hold(Some(l), r.reboot_seconds);
+                }
+            }
+        }
+        let machines = read_machines(&self.kc)?;
+        let me = machines.iter().find(|m| m.name == self.me()).cloned().unwrap_or_else(|| Machine {
+            name: self.me().to_string(),
+            master: self.env.role.is_master(),
+            release: Some(st.release.clone()),
+            trial: st.trial,
+            failed: st.failed.clone(),
+            ..Default::default()
+        });
+        let step = decide(record.as_ref(), &me, &machines, self.holding().is_some());
+        if !matches!(step, Step::Trial) {
+            self.apps_failing_since = None;
+        }
+        match step {
+            Step::Idle => Ok(()),
+            Step::Wait(why) => {
+                if why != self.last_wait {
+                    println!("planet-node: rollout: {why}");
+                    self.last_wait = why;
+                }
+                Ok(())
+            }
+            Step::Release => self.give_back(&me, "as the rollout is no longer running"),
+            Step::Stop(why) => {
+                let r = record.as_ref().map(|r| r.release.clone()).unwrap_or_default();
+                patch_record(&self.kc, &[("state", State::Stopped.as_str()), ("reason", &why)])?;
+                event(&self.kc, self.me(), "Stopped", &format!("rollout to release {r} stopped: {why}"));
+                self.give_back(&me, "as the rollout stopped")
+            }
+            Step::Go => self.go(record.as_ref().expect("Go needs a record"), &me),
+            Step::Trial => self.trial(record.as_ref().expect("Trial needs a record"), &me),
+            Step::Finished => {
+                let r = record.as_ref().expect("Finished needs a record");
+                event(&self.kc, self.me(), "Updated", &format!("{} is on release {}, blessed", self.me(), r.release));
+                self.give_back(&me, "once blessed")
+            }
+            Step::Done => {
+                let r = record.as_ref().expect("Done needs a record");
+                let etcd: Vec<String> =
+                    machines.iter().filter(|m| m.master).map(|m| m.etcd.clone()).filter(|e| !e.is_empty()).collect();
+                let etcd_to = etcd.iter().min().cloned().unwrap_or_default();
+                let reason = format!("every machine is on release {}", r.release);
+                patch_record(&self.kc, &[("state", State::Done.as_str()), ("reason", &reason), ("etcd_to", &etcd_to)])?;
+                event(&self.kc, self.me(), "Done", &format!("rollout {}: {reason}", r.id));
+                Ok(())
+            }
+        }
+    }
+
+    /// Uncordons this machine if it is cordoned and gives its lock back.
+    fn give_back(&mut self, me: &Machine, why: &str) -> Result<(), String> {
+        if me.cordoned {
+            kubectl(&self.kc, &["uncordon", self.me()])?;
+            event(&self.kc, self.me(), "Uncordoned", &format!("{} uncordoned {why}", self.me()));
+        }
+        if let Some(lock) = self.holding() {
+            self.hold(None, 0);
+            write_lock(&self.kc, &lock, "", 0)?;
+            event(&self.kc, self.me(), "Unlocked", &format!("{} gave {} back", self.me(), lock.name));
+        }
+        Ok(())
+    }
+
+    /// This machine's turn: a lock, cordon, drain, then planet-init installs (or rolls back)
+    /// and reboots.
+    fn go(&mut self, r: &Rollout, me: &Machine) -> Result<(), String> {
+        if self.holding().is_none() {
+            let now = now_secs();
+            let locks = read_locks(&self.kc, r.max_unavailable)?;
+            let Some(free) = locks.iter().find(|l| l.free(now)) else {
+                let holders: Vec<String> = locks.iter().map(|l| format!("{} holds {}", l.holder, l.name)).collect();
+                let why = format!("waiting for a lock: {}", holders.join(", "));
+                if why != self.last_wait {
+                    println!("planet-node: rollout: {why}");
+                    self.last_wait = why;
+                }
+                return Ok(());
+            };
+            let lock = write_lock(&self.kc, free, self.me(), r.lock_seconds)?;
+            self.hold(Some(lock.clone()), r.lock_seconds);
+            event(
+                &self.kc,
+                self.me(),
+                "Locked",
+                &format!(
+                    "{} took {} for release {} (it lasts {} s unless renewed)",
+                    self.me(),
+                    lock.name,
+                    r.release,
+                    r.lock_seconds
+                ),
+            );
+        }
+        if !me.cordoned {
+            kubectl(&self.kc, &["cordon", self.me()])?;
+            event(&self.kc, self.me(), "Cordoned", &format!("{} cordoned for release {}", self.me(), r.release));
+        }
+        let drain = kubectl_long(
+            &self.kc,
+            &[
+                "drain",
+                self.me(),
+                "--ignore-daemonsets",
+                "--delete-emptydir-data",
+                "--force",
+                &format!("--timeout={DRAIN_TIMEOUT}"),
+            ],
+        );
+        if let Err(e) = drain {
+            event(&self.kc, self.me(), "DrainFailed", &format!("{}: {e} (trying again; the lock is kept)", self.me()));
+            return Ok(());
+        }
+        event(&self.kc, self.me(), "Drained", &format!("{} drained", self.me()));
+        // From here the machine may be gone for a reboot: the lock lasts that long.
+        self.hold(self.holding(), r.reboot_seconds);
+        renew(&self.kc, self.me(), &self.held);
+        let request = match &r.action {
+            Action::Install { url } => format!("install-url {url}"),
+            Action::Rollback => format!("rollback-to {}", r.release),
+        };
+        event(&self.kc, self.me(), "Installing", &format!("{}: {request}", self.me()));
+        let answer = update_request(&request).map_err(|e| format!("{e:#}"))?;
+        if answer.starts_with("ok ") && answer.contains("rebooting") {
+            event(
+                &self.kc,
+                self.me(),
+                "Rebooting",
+                &format!("{}: {answer} (the lock lasts {} s)", self.me(), r.reboot_seconds),
+            );
+            return Ok(());
+        }
+        let why = format!("{}: planet-init answered: {}", self.me(), first_words(&answer));
+        patch_record(&self.kc, &[("state", State::Stopped.as_str()), ("reason", &why)])?;
+        event(&self.kc, self.me(), "InstallFailed", &why);
+        self.give_back(me, "after the failed install")
+    }
+
+    /// Back on the target, on trial: uncordon once Kubernetes is healthy here; the apps must
+    /// follow within the grace time, or this machine gives its trial up (and the rollout stops).
+    fn trial(&mut self, r: &Rollout, me: &Machine) -> Result<(), String> {
+        let kube: Vec<_> = crate::health::kube_checks(&self.env);
+        if let Some((name, Err(e))) = kube.iter().find(|(_, r)| r.is_err()) {
+            let why = format!("on trial, waiting for {name}: {e}");
+            if why != self.last_wait {
+                println!("planet-node: rollout: {why}");
+                self.last_wait = why;
+            }
+            return Ok(());
+        }
+        if me.cordoned {
+            kubectl(&self.kc, &["uncordon", self.me()])?;
+            event(
+                &self.kc,
+                self.me(),
+                "Uncordoned",
+                &format!("{} is healthy on release {} (on trial)", self.me(), r.release),
+            );
+        }
+        // Back and renewing: a holder that dies from here blocks the others for `lock_seconds`
+        // only, not for a whole reboot's allowance.
+        if let Some(lock) = self.holding() {
+            self.hold(Some(lock), r.lock_seconds);
+        }
+        match crate::health::app_check(&self.env) {
+            Some((_, Err(e))) => {
+                let since = *self.apps_failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= Duration::from_secs(r.app_grace_seconds) {
+                    let why = format!(
+                        "{}: release {}: the apps failed for {} s with Kubernetes healthy: {e}",
+                        self.me(),
+                        r.release,
+                        since.elapsed().as_secs()
+                    );
+                    patch_record(&self.kc, &[("state", State::Stopped.as_str()), ("reason", &why)])?;
+                    event(&self.kc, self.me(), "TrialFailed", &format!("{why}; rolling back"));
+                    let answer =
+                        update_request(&format!("fail-trial {}", first_words(&why))).map_err(|e| format!("{e:#}"))?;
+                    println!("planet-node: rollout: planet-init: {answer}");
+                }
+            }
+            _ => self.apps_failing_since = None,
+        }
+        Ok(())
+    }
+}
+
+/// kubectl for a step that may take minutes (a drain): no client-side request timeout.
+fn kubectl_long(kc: &str, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new("kubectl")
+        .arg(format!("--kubeconfig={kc}"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("running kubectl: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("kubectl failed");
+        return Err(first_words(last));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Whether the answer of a request needing a running rollout's record allows it.
+pub fn need_record(kc: &str) -> Result<Rollout> {
+    match read_record(kc) {
+        Ok(Some(r)) => Ok(r),
+        Ok(None) => bail!("there is no rollout ({NAMESPACE}/{RECORD} does not exist)"),
+        Err(e) => bail!("reading the rollout: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_is_free_when_unheld_or_run_out() {
+        let l = Lock { holder: "n1".into(), until: 100, ..Default::default() };
+        assert!(!l.free(99));
+        assert!(l.free(100));
+        assert!(Lock::default().free(0));
+    }
+
+    #[test]
+    fn the_rbac_objects_name_the_nodes_group_and_the_namespace() {
+        let text = cluster_objects();
+        assert!(text.contains("name: system:nodes") && text.contains("pods/eviction"));
+        assert_eq!(text.matches("namespace: planet-system").count(), 2);
+    }
+}

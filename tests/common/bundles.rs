@@ -1,0 +1,103 @@
+//! A test HTTP server for update bundles, on 127.0.0.1, which guests reach through guestfwd
+//! (tests/update.rs, tests/rollout.rs).
+
+use std::io::{BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{head_field, read_head};
+
+/// Serves one bundle (or 404) at any path, with byte ranges, on 127.0.0.1. Requests on one
+/// connection are answered in turn (QEMU's guestfwd carries every guest connection over one
+/// stream).
+pub struct BundleServer {
+    pub port: u16,
+    bundle: Arc<Mutex<Option<Arc<Vec<u8>>>>>,
+    log: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl BundleServer {
+    /// Serves for at most `limit` (a test that hangs does not leave a server behind for ever).
+    pub fn start(limit: Duration) -> BundleServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = BundleServer {
+            port,
+            bundle: Arc::new(Mutex::new(None)),
+            log: Arc::new(Mutex::new(Vec::new())),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let (bundle, log, stop) = (server.bundle.clone(), server.log.clone(), server.stop.clone());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        let (bundle, log, stop) = (bundle.clone(), log.clone(), stop.clone());
+                        std::thread::spawn(move || serve_bundle(s, &bundle, &log, &stop));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        server
+    }
+
+    pub fn serve(&self, bytes: Option<Vec<u8>>) {
+        *self.bundle.lock().unwrap() = bytes.map(Arc::new);
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for BundleServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve_bundle(s: TcpStream, bundle: &Mutex<Option<Arc<Vec<u8>>>>, log: &Mutex<Vec<String>>, stop: &AtomicBool) {
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    while !stop.load(Ordering::Relaxed) {
+        let head = match read_head(&mut r) {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(_) => return,
+        };
+        let line = head.lines().next().unwrap_or("").to_string();
+        let range = head_field(&head, "range");
+        log.lock().unwrap().push(format!("{line} range={}", range.as_deref().unwrap_or("-")));
+        let current = bundle.lock().unwrap().clone();
+        let res = match current {
+            None => w.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+            Some(b) => match range.as_deref().and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.split_once('-')) {
+                Some((a, z)) => {
+                    let a: usize = a.parse().unwrap();
+                    let z: usize = z.parse::<usize>().unwrap().min(b.len() - 1);
+                    let head = format!(
+                        "HTTP/1.1 206 Partial\r\nContent-Range: bytes {a}-{z}/{}\r\nContent-Length: {}\r\n\r\n",
+                        b.len(),
+                        z + 1 - a
+                    );
+                    w.write_all(head.as_bytes()).and_then(|_| w.write_all(&b[a..=z]))
+                }
+                None => w
+                    .write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len()).as_bytes())
+                    .and_then(|_| w.write_all(&b)),
+            },
+        };
+        if res.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,412 @@
+//! Cluster rollouts on real boots (issue 16): a master and two nodes of release 1 running the
+//! WordPress app, one image, each machine's update agent trusting the test's key.
+//!
+//! 1. `planet-node rollout start` of bundle 2 on the master (fetched once from the test's
+//!    server through guestfwd, served by the master to the others): masters first, then the
+//!    nodes one at a time. Every sample of the API and every rollout Event shows at most one
+//!    machine cordoned; WordPress answers with the post throughout except while the machine
+//!    it (or its MariaDB, on the master) runs on is being updated; every machine ends on
+//!    release 2, blessed. On the way, the first node is killed while it holds the lock (back
+//!    and uncordoned, its trial not yet blessed): its lock runs out, the other node goes, and
+//!    the killed one, booted again, finishes.
+//! 2. Bundle 3 carries a WordPress package whose health check fails: the master (first) gives
+//!    its trial up after the grace time and rolls back to 2 by itself, the rollout stops with
+//!    the reason, and the nodes never leave release 2.
+//!
+//! End-to-end tier (`scripts/test --e2e`): three Kubernetes machines under TCG, over an hour.
+
+mod common;
+
+use common::bundles::BundleServer;
+use common::cluster::*;
+use common::hub::Hub;
+use common::wordpress::*;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The machines' update settings: a long trial (Kubernetes takes minutes to come up under
+/// TCG), and a blessing only after the release stayed healthy 150 s, which leaves the test a
+/// window to kill a machine on trial.
+const UPDATE: &[&str] = &["--update", "bless_after=150s", "--update", "trial_timeout=50m"];
+/// One rollout through three machines, at most.
+const ROLLOUT: Duration = Duration::from_secs(7200);
+const TITLE: &str = "Planet keeps this post through rollouts 16";
+const BUNDLE_URL: &str = "http://10.0.2.100/planet-";
+
+fn keygen(s: &Scratch) -> (PathBuf, PathBuf) {
+    let base = s.path("release");
+    ok(planet_image().arg("keygen").arg("-o").arg(&base));
+    (base.with_extension("key"), base.with_extension("pub"))
+}
+
+/// The WordPress app of the fixture, version 3.0.0, whose HTTP health check asks for a page
+/// that does not exist: everything runs, the check fails.
+fn failing_wordpress(s: &Scratch) -> PathBuf {
+    let dir = s.path("wordpress-3");
+    ok(Command::new("cp").arg("-r").arg(fixture("wordpress")).arg(&dir));
+    let spec = std::fs::read_to_string(dir.join("app.yaml")).unwrap();
+    let spec = spec
+        .replace("version: 1.0.1", "version: 3.0.0")
+        .replace("path: /wp-admin/install.php", "path: /wp-admin/planet-no-such-page.php");
+    assert!(spec.contains("3.0.0") && spec.contains("planet-no-such-page"), "app.yaml changed shape:\n{spec}");
+    std::fs::write(dir.join("app.yaml"), spec).unwrap();
+    let out = s.path("wordpress-3.app");
+    ok(planet_image().arg("app").arg("build").arg(&dir).arg("-o").arg(&out));
+    out
+}
+
+/// Machine `name` of the cluster, its WordPress NodePort forwarded to `port`; the master also
+/// reaches the test's bundle server at 10.0.2.100:80.
+fn machine(
+    s: &Scratch,
+    image: &Path,
+    hub: &Hub,
+    (name, role, host): (&'static str, &str, u8),
+    port: u16,
+    server: Option<u16>,
+) -> Machine {
+    let seed = seed_with(s, name, role, &format!("{SUBNET}.{host}"), &mac(host), TOKEN, UPDATE);
+    let mut extra = vec![
+        "--seed".to_string(),
+        seed.display().to_string(),
+        "--cmdline".into(),
+        CMDLINE.into(),
+        "--forward".into(),
+        format!("{port}:30080"),
+    ];
+    if let Some(p) = server {
+        extra.extend(["--guestfwd".to_string(), format!("10.0.2.100:80={p}")]);
+    }
+    boot(s, image, hub, name, role == "master", host, &extra)
+}
+
+/// One look at the cluster and at WordPress.
+#[derive(Debug, Clone)]
+struct Sample {
+    at: u64,
+    /// `planet-node rollout status` on the master; `None` while its API (or the master) is down.
+    status: Option<String>,
+    /// Where the WordPress pod runs, when known.
+    wordpress_on: Option<String>,
+    /// Some forwarded NodePort answered the post.
+    reachable: bool,
+}
+
+impl Sample {
+    fn cordoned(&self) -> Vec<String> {
+        self.lines().filter(|l| l.starts_with("machine ") && l.contains(", cordoned")).map(machine_name).collect()
+    }
+    fn lines(&self) -> impl Iterator<Item = &str> {
+        self.status.as_deref().unwrap_or("").lines()
+    }
+    fn machine_line(&self, name: &str) -> Option<&str> {
+        let prefix = format!("machine {name} ");
+        self.lines().find(|l| l.starts_with(&prefix))
+    }
+    fn lock_holder(&self) -> Option<String> {
+        self.lines().find_map(|l| {
+            l.split_once(": held by ").map(|(_, h)| h.split_whitespace().next().unwrap_or("").to_string())
+        })
+    }
+    fn rollout_state(&self, release: &str) -> Option<&str> {
+        let line = self.lines().find(|l| l.starts_with(&format!("rollout {release}-")))?;
+        ["running", "stopped", "done"].into_iter().find(|s| line.contains(&format!(": {s} release")))
+    }
+}
+
+fn machine_name(line: &str) -> String {
+    line.split_whitespace().nth(1).unwrap_or("").to_string()
+}
+
+/// A quick GET of the posts on one forwarded port: whether the post is in the answer.
+fn post_there(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(45)));
+    let req = format!("GET /?rest_route=/wp/v2/posts HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut raw = Vec::new();
+    let _ = s.take(8 << 20).read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    text.starts_with("HTTP/1.1 200") && text.contains(TITLE)
+}
+
+struct Watch {
+    start: Instant,
+    samples: Vec<Sample>,
+}
+
+impl Watch {
+    fn sample(&mut self, master: &Machine, ports: &[u16]) -> Sample {
+        let (code, out, _) = enter_waiting(&master.sock, &["planet-node", "rollout", "status"], "", 20);
+        let status = (code == 0 && out.contains("machine ")).then_some(out);
+        let wordpress_on = status.as_ref().and_then(|_| {
+            let (code, out, _) = enter_waiting(
+                &master.sock,
+                &["kubectl", "get", "pods", "-l", "app=wordpress", "-o", "jsonpath={.items[*].spec.nodeName}"],
+                "",
+                20,
+            );
+            (code == 0 && !out.trim().is_empty()).then(|| out.trim().to_string())
+        });
+        let reachable = ports.iter().any(|p| post_there(*p));
+        let sample = Sample { at: self.start.elapsed().as_secs(), status, wordpress_on, reachable };
+        let cordoned = sample.cordoned();
+        eprintln!(
+            "t={}s api={} wordpress={} on={:?} cordoned={cordoned:?} lock={:?}",
+            sample.at,
+            if sample.status.is_some() { "up" } else { "down" },
+            if sample.reachable { "up" } else { "DOWN" },
+            sample.wordpress_on,
+            sample.lock_holder()
+        );
+        assert!(
+            cordoned.len() <= 1,
+            "more than one machine cordoned at t={}s: {cordoned:?}\n{}",
+            sample.at,
+            sample.status.as_deref().unwrap_or("")
+        );
+        self.samples.push(sample.clone());
+        sample
+    }
+
+    /// Every sample where WordPress did not answer lies in the update of the machine WordPress
+    /// or its database runs on (the API down: the master, MariaDB's machine, rebooting). Prints
+    /// each outage and its length.
+    fn check_outages(&self, master: &str, from: usize) {
+        let samples = &self.samples[from..];
+        let mut outage: Option<u64> = None;
+        for (i, s) in samples.iter().enumerate() {
+            if !s.reachable {
+                outage.get_or_insert(s.at);
+                let near = |j: usize| samples.get(j);
+                let excused =
+                    [i.checked_sub(1), Some(i), Some(i + 1)].into_iter().flatten().filter_map(near).any(|n| {
+                        n.status.is_none()
+                            || n.cordoned().iter().any(|c| {
+                                c == master
+                                    || samples[..=i]
+                                        .iter()
+                                        .rev()
+                                        .filter_map(|p| p.wordpress_on.as_deref())
+                                        .any(|w| w.contains(c.as_str()))
+                            })
+                    });
+                assert!(
+                    excused,
+                    "WordPress did not answer at t={}s with no machine of its own being updated: {s:?}",
+                    s.at
+                );
+            } else if let Some(t) = outage.take() {
+                eprintln!("WordPress outage from t={t}s to t={}s: about {} s", s.at, s.at - t);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_rollout_goes_node_by_node_survives_a_dead_lock_holder_and_stops_at_a_failing_release() {
+    let mut phases = Phases::new();
+    let s = Scratch::new("rollout");
+    let wordpress = fixture("wordpress.app");
+    assert!(wordpress.is_file(), "{} missing: scripts/test --e2e makes it", wordpress.display());
+    let (key, public) = keygen(&s);
+    let (w, p) = (wordpress.display().to_string(), public.display().to_string());
+    let mut args: Vec<&str> = FAST_BUILD.to_vec();
+    args.extend(["--app", &w, "--release-version", "1", "--update-key", &p]);
+    let image = kube_disk(&s, &args);
+    let release = fixture("planet-release.tar.gz");
+    let bundle_2 = s.path("planet-2.planet");
+    make_bundle(&release, &key, &bundle_2, "2", &["--app", &w, "--compression", "zstd:3"]);
+    let failing = failing_wordpress(&s).display().to_string();
+    let bundle_3 = s.path("planet-3.planet");
+    make_bundle(&release, &key, &bundle_3, "3", &["--app", &failing, "--compression", "zstd:3"]);
+    phases.done("image of release 1 and bundles 2 and 3 built");
+
+    let hub = Hub::start();
+    let server = BundleServer::start(Duration::from_secs(4 * 3600));
+    let ports = [free_port(), free_port(), free_port()];
+    let mut master = machine(&s, &image, &hub, ("master-1", "master", 10), ports[0], Some(server.port));
+    let mut node_1 = machine(&s, &image, &hub, ("node-1", "node", 11), ports[1], None);
+    let mut node_2 = machine(&s, &image, &hub, ("node-2", "node", 12), ports[2], None);
+    wait_up(&mut [&mut master, &mut node_1, &mut node_2], &mut phases);
+    wait_nodes_ready(&master, &["master-1", "node-1", "node-2"], &[&node_1, &node_2]);
+    wait_app(&master, "wordpress", "healthy", STEP * 2);
+    let on = placement(&master);
+    let node_port =
+        if on.lines().any(|l| l.starts_with("wordpress-") && l.ends_with(" node-1")) { ports[1] } else { ports[2] };
+    install_and_publish(node_port, TITLE);
+    wait_post(node_port, TITLE);
+    phases.done("cluster of release 1 up, WordPress installed, post published");
+
+    // 1. Release 2, node by node, with the first node killed while it holds the lock.
+    server.serve(Some(std::fs::read(&bundle_2).unwrap()));
+    let out = master.enter_ok(&[
+        "planet-node",
+        "rollout",
+        "start",
+        &format!("{BUNDLE_URL}2.planet"),
+        "--lock-seconds",
+        "60",
+        "--reboot-seconds",
+        "1800",
+        "--app-grace-seconds",
+        "600",
+    ]);
+    assert!(out.contains("release 1 → 2 on 3 machines"), "{out}");
+    let mut watch = Watch { start: Instant::now(), samples: Vec::new() };
+    let mut killed: Option<(&'static str, Instant)> = None;
+    let mut waited = None;
+    let done = loop {
+        assert!(watch.start.elapsed() < ROLLOUT, "the rollout to release 2 did not finish in {ROLLOUT:?}");
+        let sample = watch.sample(&master, &ports);
+        if sample.rollout_state("2") == Some("done") {
+            break sample;
+        }
+        assert_ne!(sample.rollout_state("2"), Some("stopped"), "the rollout stopped:\n{:?}", sample.status);
+        let holder = sample.lock_holder();
+        match killed {
+            None => {
+                // A node back on release 2, uncordoned, on trial, still holding the lock.
+                for n in [&mut node_1, &mut node_2] {
+                    let line = sample.machine_line(n.name).unwrap_or("");
+                    if holder.as_deref() == Some(n.name)
+                        && line.contains("release 2 ")
+                        && line.contains("on trial")
+                        && !line.contains("cordoned")
+                    {
+                        eprintln!("killing {} while it holds the lock: {line}", n.name);
+                        n.kill();
+                        killed = Some((n.name, Instant::now()));
+                        break;
+                    }
+                }
+            }
+            Some((name, at)) if waited.is_none() => {
+                if let Some(h) = holder.filter(|h| h != name) {
+                    let w = at.elapsed().as_secs();
+                    eprintln!("{h} took the lock {w} s after {name} was killed holding it");
+                    waited = Some(w);
+                    let n = if name == node_1.name { &mut node_1 } else { &mut node_2 };
+                    n.boot_again(&s);
+                }
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_secs(10));
+    };
+    let (victim, _) = killed.expect("no node was ever seen holding the lock on trial: the kill window was missed");
+    let waited = waited.expect("after the kill no other machine took the lock");
+    for m in ["master-1", "node-1", "node-2"] {
+        let line = done.machine_line(m).unwrap_or_else(|| panic!("no line for {m}:\n{:?}", done.status));
+        assert!(
+            line.contains("release 2 slot b") && !line.contains("trial") && !line.contains("cordoned"),
+            "{m} not on release 2 blessed: {line}"
+        );
+    }
+    watch.check_outages("master-1", 0);
+    for m in [&master, &node_1, &node_2] {
+        assert!(m.guest.console().contains("update blessed"), "{}: no blessing on the console", m.name);
+    }
+    let events = master.enter_ok(&[
+        "kubectl",
+        "get",
+        "events",
+        "-n",
+        "planet-system",
+        "-o",
+        r#"jsonpath={range .items[*]}{.metadata.resourceVersion} {.reason} {.message}{"\n"}{end}"#,
+    ]);
+    check_events(&events);
+    ports.iter().any(|p| post_there(*p)).then_some(()).expect("the post is gone after the rollout");
+    phases.done(&format!(
+        "rollout to release 2 done; {victim} killed holding the lock, the next machine waited {waited} s"
+    ));
+
+    // 2. Release 3, whose app health fails on the first machine, the master.
+    let before = watch.samples.len();
+    server.serve(Some(std::fs::read(&bundle_3).unwrap()));
+    let out = master.enter_ok(&[
+        "planet-node",
+        "rollout",
+        "start",
+        &format!("{BUNDLE_URL}3.planet"),
+        "--lock-seconds",
+        "60",
+        "--app-grace-seconds",
+        "240",
+    ]);
+    assert!(out.contains("release 2 → 3"), "{out}");
+    let stopped = loop {
+        assert!(watch.start.elapsed() < ROLLOUT * 2, "the rollout to release 3 neither stopped nor finished");
+        let sample = watch.sample(&master, &ports);
+        for n in ["node-1", "node-2"] {
+            if let Some(line) = sample.machine_line(n) {
+                assert!(
+                    line.contains("release 2 slot b") && !line.contains("trial") && !line.contains("cordoned"),
+                    "{n} left release 2: {line}"
+                );
+            }
+        }
+        assert_ne!(sample.rollout_state("3"), Some("done"), "release 3 was rolled out");
+        let master_back = sample
+            .machine_line("master-1")
+            .is_some_and(|l| l.contains("release 2 ") && !l.contains("trial") && !l.contains("cordoned"));
+        if sample.rollout_state("3") == Some("stopped") && master_back && sample.lock_holder().is_none() {
+            break sample;
+        }
+        std::thread::sleep(Duration::from_secs(10));
+    };
+    let status = stopped.status.clone().unwrap_or_default();
+    let reason = status.lines().find(|l| l.trim_start().starts_with("reason:")).unwrap_or("");
+    assert!(reason.contains("master-1") && reason.contains("release 3"), "no reason naming the machine:\n{status}");
+    assert!(
+        reason.contains("apps failed") && reason.contains("planet-no-such-page"),
+        "not the apps' failure:\n{status}"
+    );
+    let console = master.guest.console();
+    assert!(console.contains("update trial failed") && console.contains("update rolled back"), "{}", tail(&console));
+    watch.check_outages("master-1", before);
+    wait_post(node_port_now(&master, &ports), TITLE);
+    phases.done("release 3 failed on the master, rolled back, rollout stopped");
+    drop(hub);
+}
+
+/// The forwarded port of the node WordPress runs on now (the master's when unknown).
+fn node_port_now(master: &Machine, ports: &[u16; 3]) -> u16 {
+    let on = placement(master);
+    match on.lines().find(|l| l.starts_with("wordpress-")).map(|l| l.rsplit(' ').next().unwrap_or("")) {
+        Some("node-1") => ports[1],
+        Some("node-2") => ports[2],
+        _ => ports[0],
+    }
+}
+
+/// Replays the rollout's Events in the API's order: at most one machine cordoned at a time.
+fn check_events(events: &str) {
+    let mut lines: Vec<(u64, &str)> = events
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter_map(|(rv, rest)| Some((rv.parse().ok()?, rest)))
+        .collect();
+    lines.sort();
+    let mut cordoned: Vec<String> = Vec::new();
+    let mut seen = 0;
+    for (_, l) in &lines {
+        let name = l.split_whitespace().nth(1).unwrap_or("").to_string();
+        if l.starts_with("Cordoned ") {
+            seen += 1;
+            cordoned.push(name);
+            assert!(cordoned.len() <= 1, "two machines cordoned at once by the Events:\n{events}");
+        } else if l.starts_with("Uncordoned ") {
+            cordoned.retain(|c| *c != name);
+        }
+    }
+    assert!(seen >= 3, "fewer than three machines were cordoned by the rollout:\n{events}");
+    eprintln!("rollout events:\n{}", lines.iter().map(|(_, l)| *l).collect::<Vec<_>>().join("\n"));
+}
