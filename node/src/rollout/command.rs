@@ -357,7 +357,12 @@ fn download(url: &str, dest: &Path) -> Result<()> {
         }
     }
     let mut f = std::fs::File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
-    let n = std::io::copy(&mut r, &mut f).with_context(|| format!("downloading {url}"))?;
+    // Exactly the body: a server that keeps the connection open must not stall the copy.
+    let n = match length {
+        Some(want) => std::io::copy(&mut r.by_ref().take(want), &mut f),
+        None => std::io::copy(&mut r, &mut f),
+    }
+    .with_context(|| format!("downloading {url}"))?;
     if let Some(want) = length {
         if n != want {
             bail!("{url}: {n} of {want} bytes arrived");
