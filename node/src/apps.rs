@@ -438,6 +438,28 @@ mod tests {
     }
 
     #[test]
+    fn nodes_judge_the_published_health_by_state_version_and_age() {
+        let d = tempfile::tempdir().unwrap();
+        slot_with_app(d.path());
+        let apps = slot_apps(d.path()).unwrap();
+        let state = |s: &str, v: &str| AppState {
+            name: "web".into(),
+            version: v.into(),
+            state: s.into(),
+            detail: "x y".into(),
+        };
+        let data = |s: &AppState, at: u64| json!({ "web": health_value(s, at) });
+        assert!(judge_published(&data(&state("healthy", "2.0"), 1000), &apps, 1100).is_ok());
+        let e = judge_published(&data(&state("failing", "2.0"), 1000), &apps, 1100).unwrap_err();
+        assert_eq!(e, "app web 2.0: failing: x y");
+        let e = judge_published(&data(&state("healthy", "1.0"), 1000), &apps, 1100).unwrap_err();
+        assert!(e.contains("the cluster runs version 1.0"), "{e}");
+        let e = judge_published(&data(&state("healthy", "2.0"), 1000), &apps, 2000).unwrap_err();
+        assert!(e.contains("1000 s ago"), "{e}");
+        assert!(judge_published(&json!({}), &apps, 0).unwrap_err().contains("no health published"));
+    }
+
+    #[test]
     fn secrets_get_fresh_random_values_for_every_key() {
         let spec =
             SecretSpec { name: "db".into(), namespace: "default".into(), keys: vec!["password".into(), "root".into()] };

@@ -391,6 +391,27 @@ mod tests {
     }
 
     #[test]
+    fn a_download_stops_at_the_content_length_of_a_server_that_keeps_the_connection() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf).unwrap();
+            c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello").unwrap();
+            // Keep the connection open, as an HTTP/1.1 server may, until the client is done.
+            let _ = c.read(&mut buf);
+        });
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("b");
+        download(&format!("http://127.0.0.1:{port}/planet-2.planet"), &dest).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"hello");
+        server.join().unwrap();
+        let e = download("http://example.com/x", &dest).unwrap_err().to_string();
+        assert!(e.contains("IP address"), "{e}");
+    }
+
+    #[test]
     fn options_are_checked() {
         let args: Vec<String> = ["x.planet", "--lock-seconds", "30"].iter().map(|s| s.to_string()).collect();
         let (rest, o) = parse_options(&args).unwrap();
