@@ -250,6 +250,9 @@ struct Agent {
     apps_failing_since: Option<Instant>,
     complaint: Complaint,
     last_wait: String,
+    /// planet-init accepted the install and is about to stop the container: nothing more to
+    /// do in this boot (a second request could start the install again under the reboot).
+    rebooting: bool,
 }
 
 pub fn run() -> Result<()> {
@@ -275,6 +278,7 @@ pub fn run() -> Result<()> {
         apps_failing_since: None,
         complaint: Complaint::default(),
         last_wait: String::new(),
+        rebooting: false,
     };
     let mut objects_applied = false;
     loop {
@@ -327,6 +331,9 @@ impl Agent {
     }
 
     fn tick(&mut self) -> Result<(), String> {
+        if self.rebooting {
+            return Ok(());
+        }
         let Some(st) = read_update_status() else { return Err(format!("{UPDATE_STATUS} not readable yet")) };
         self.report(&st)?;
         let record = read_record(&self.kc)?;
@@ -465,6 +472,7 @@ impl Agent {
         event(&self.kc, self.me(), "Installing", &format!("{}: {request}", self.me()));
         let answer = update_request(&request).map_err(|e| format!("{e:#}"))?;
         if answer.starts_with("ok ") && answer.contains("rebooting") {
+            self.rebooting = true;
             event(
                 &self.kc,
                 self.me(),
