@@ -528,6 +528,7 @@ impl Agent {
                     let answer =
                         update_request(&format!("fail-trial {}", first_words(&why))).map_err(|e| format!("{e:#}"))?;
                     println!("planet-node: rollout: planet-init: {answer}");
+                    self.rebooting = answer.starts_with("ok ");
                 }
             }
             _ => self.apps_failing_since = None,
