@@ -216,6 +216,8 @@ pub fn http_status(addr: &str, path: &str) -> Result<u16, String> {
 pub const HEALTH_RECORD: (&str, &str) = (crate::rollout::NAMESPACE, "planet-app-health");
 /// Older than this, a published health says nothing (its master stopped publishing).
 const HEALTH_FRESH_SECS: u64 = 180;
+/// A master publishes at least this often.
+const PUBLISH_EVERY: Duration = Duration::from_secs(60);
 
 /// The health line published for one app.
 pub fn health_value(s: &AppState, now: u64) -> String {
@@ -316,6 +318,7 @@ pub fn run() -> Result<()> {
     publish(&states, &mut last);
     let mut applied = vec![false; apps.len()];
     let mut complaint = crate::kubectl::Complaint::default();
+    let mut published: Option<(std::time::Instant, String)> = None;
     loop {
         let api_ready = kubectl(&kc, &["get", "--raw=/readyz"]).is_ok_and(|b| b == "ok");
         if api_ready && !labelled {
@@ -358,11 +361,21 @@ pub fn run() -> Result<()> {
             }
         }
         publish(&states, &mut last);
-        if api_ready && !apps.is_empty() {
-            if let Err(e) = publish_health(&kc, &states) {
-                complaint.say("apps: publishing their health", e);
-            } else {
-                complaint.clear();
+        // Published when a state changes and at least every minute (nodes take an older one
+        // as no news): a kubectl run costs seconds of CPU on an emulated machine.
+        let summary: Vec<(&str, &str)> = states.iter().map(|s| (s.state.as_str(), s.detail.as_str())).collect();
+        let due = published.as_ref().is_none_or(|(at, last): &(std::time::Instant, String)| {
+            at.elapsed() >= PUBLISH_EVERY || *last != format!("{summary:?}")
+        });
+        if api_ready && !apps.is_empty() && due {
+            match publish_health(&kc, &states) {
+                Ok(()) => {
+                    complaint.clear();
+                    published = Some((std::time::Instant::now(), format!("{summary:?}")));
+                }
+                Err(e) => {
+                    complaint.say("apps: publishing their health", e);
+                }
             }
         }
         std::thread::sleep(PERIOD);

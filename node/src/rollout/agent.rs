@@ -25,8 +25,9 @@ use crate::kubectl::{first_words, micro_time, now_secs, run as kubectl, run_with
 /// planet-init's update socket and status file, as the container sees them.
 pub const UPDATE_SOCKET: &str = "/var/lib/planet-update/update.sock";
 pub const UPDATE_STATUS: &str = "/var/lib/planet-update/status.json";
-/// How often the agent looks.
+/// How often the agent looks during a rollout, and without one.
 const TICK: Duration = Duration::from_secs(15);
+const IDLE_TICK: Duration = Duration::from_secs(30);
 /// How long a drain may take before it is tried again (the lock is kept meanwhile).
 const DRAIN_TIMEOUT: &str = "900s";
 
@@ -253,6 +254,8 @@ struct Agent {
     /// planet-init accepted the install and is about to stop the container: nothing more to
     /// do in this boot (a second request could start the install again under the reboot).
     rebooting: bool,
+    /// The last look found no rollout running: the next one can wait longer.
+    idle: bool,
 }
 
 pub fn run() -> Result<()> {
@@ -279,6 +282,7 @@ pub fn run() -> Result<()> {
         complaint: Complaint::default(),
         last_wait: String::new(),
         rebooting: false,
+        idle: false,
     };
     let mut objects_applied = false;
     loop {
@@ -291,7 +295,7 @@ pub fn run() -> Result<()> {
                 agent.complaint.say("rollout", e);
             }
         }
-        std::thread::sleep(TICK);
+        std::thread::sleep(if agent.idle { IDLE_TICK } else { TICK });
     }
 }
 
@@ -349,6 +353,13 @@ impl Agent {
                 }
             }
         }
+        // No rollout running and no lock of ours: nothing to decide (and each kubectl costs
+        // seconds of CPU on an emulated machine).
+        if self.holding().is_none() && record.as_ref().is_none_or(|r| r.state != State::Running) {
+            self.idle = true;
+            return Ok(());
+        }
+        self.idle = false;
         let machines = read_machines(&self.kc)?;
         let me = machines.iter().find(|m| m.name == self.me()).cloned().unwrap_or_else(|| Machine {
             name: self.me().to_string(),
