@@ -364,8 +364,8 @@ pub fn run() -> Result<()> {
         // Published when a state changes and at least every minute (nodes take an older one
         // as no news): a kubectl run costs seconds of CPU on an emulated machine.
         let summary: Vec<(&str, &str)> = states.iter().map(|s| (s.state.as_str(), s.detail.as_str())).collect();
-        let due = published.as_ref().is_none_or(|(at, last): &(std::time::Instant, String)| {
-            at.elapsed() >= PUBLISH_EVERY || *last != format!("{summary:?}")
+        let due = !published.as_ref().is_some_and(|(at, last): &(std::time::Instant, String)| {
+            at.elapsed() < PUBLISH_EVERY && *last == format!("{summary:?}")
         });
         if api_ready && !apps.is_empty() && due {
             match publish_health(&kc, &states) {

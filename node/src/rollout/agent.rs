@@ -355,7 +355,7 @@ impl Agent {
         }
         // No rollout running and no lock of ours: nothing to decide (and each kubectl costs
         // seconds of CPU on an emulated machine).
-        if self.holding().is_none() && record.as_ref().is_none_or(|r| r.state != State::Running) {
+        if self.holding().is_none() && !record.as_ref().is_some_and(|r| r.state == State::Running) {
             self.idle = true;
             return Ok(());
         }

@@ -305,7 +305,7 @@ fn take_in(source: &str) -> Result<(String, PathBuf)> {
         let mut first = vec![0u8; planet_bundle::PRELUDE_LEN as usize];
         let n = std::fs::File::open(&tmp)?.read(&mut first)?;
         first.truncate(n);
-        let p = planet_bundle::read_prelude_unverified(&first).with_context(|| format!("{source}"))?;
+        let p = planet_bundle::read_prelude_unverified(&first).with_context(|| source.to_string())?;
         planet_bundle::check_release(&p.release)?;
         let len = std::fs::metadata(&tmp)?.len();
         if len != p.total_bytes {
