@@ -1,10 +1,10 @@
 //! Reading built images back: raw or qcow2, the GPT, partitions by label and the ESP's files.
 //! Used by `inspect` and `run`.
 
-use crate::build::plan::ESP_LABEL;
 use crate::util::command::CommandExt;
 use crate::util::digest::{sha256_file, sha256_range};
 use anyhow::{bail, Context, Result};
+use planet_config::contract::{ESP_LABEL, LOADER_ENTRIES_DIR};
 use planet_gpt::{Gpt, Partition};
 use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -157,7 +157,7 @@ impl DiskImage {
     /// The ESP as a FAT filesystem over a scratch copy of the partition (removed with `.0`).
     fn esp(&self) -> Result<(ScratchDir, fatfs::FileSystem<std::fs::File>)> {
         let gpt = self.gpt()?;
-        let esp = gpt.find(ESP_LABEL).context("the image has no partition labelled esp")?;
+        let esp = gpt.find(ESP_LABEL).with_context(|| format!("the image has no partition labelled {ESP_LABEL}"))?;
         let scratch = ScratchDir(crate::run::tempdir("planet-image-esp")?);
         let path = scratch.0.join("esp.raw");
         self.extract(esp.first_lba * gpt.sector_size, esp.sectors() * gpt.sector_size, &path)?;
@@ -172,14 +172,16 @@ impl DiskImage {
         let root = fs.root_dir();
         // systemd-boot's choice: the newest generation with tries left (loader.conf names none).
         let mut names = Vec::new();
-        for e in root.open_dir("loader/entries").context("the ESP has no loader/entries")?.iter() {
+        for e in
+            root.open_dir(LOADER_ENTRIES_DIR).with_context(|| format!("the ESP has no {LOADER_ENTRIES_DIR}"))?.iter()
+        {
             if let Some(n) = planet_config::bootentry::EntryName::parse(&e?.file_name()) {
                 names.push(n);
             }
         }
         let default =
             planet_config::bootentry::default_entry(&names).context("the ESP has no planet boot entry")?.file_name();
-        let entry = String::from_utf8_lossy(&read_fat(&root, &format!("loader/entries/{default}"))?).into_owned();
+        let entry = String::from_utf8_lossy(&read_fat(&root, &format!("{LOADER_ENTRIES_DIR}/{default}"))?).into_owned();
         let field = |k: &str| {
             entry
                 .lines()
@@ -194,13 +196,14 @@ impl DiskImage {
     pub fn loader_entries(&self) -> Result<Vec<(String, String)>> {
         let (_scratch, fs) = self.esp()?;
         let root = fs.root_dir();
-        let dir = root.open_dir("loader/entries")?;
+        let dir = root.open_dir(LOADER_ENTRIES_DIR)?;
         let mut out = Vec::new();
         for e in dir.iter() {
             let e = e?;
             if e.is_file() {
-                let text = String::from_utf8_lossy(&read_fat(&root, &format!("loader/entries/{}", e.file_name()))?)
-                    .into_owned();
+                let text =
+                    String::from_utf8_lossy(&read_fat(&root, &format!("{LOADER_ENTRIES_DIR}/{}", e.file_name()))?)
+                        .into_owned();
                 let options = text.lines().find_map(|l| l.strip_prefix("options ")).unwrap_or("").to_string();
                 out.push((e.file_name(), options));
             }

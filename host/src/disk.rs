@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use planet_config::contract::{SLOT_A_LABEL, SLOT_B_LABEL, STATE_LABEL};
 use planet_gpt::{Gpt, Guid};
 
-pub const STATE_LABEL: &str = "planet-state";
 /// Growth keeps the state partition's end 1 MiB aligned (in 512-byte sectors).
 const ALIGN_BYTES: u64 = 1 << 20;
 
@@ -223,8 +223,8 @@ pub fn repair_interrupted_growth(sysfs: &Path, dev_root: &Path, pin: Option<Guid
                 Some(pin) if gpt.disk_guid != pin => return None,
                 Some(_) => {}
                 None => {
-                    gpt.find("planet-a")?;
-                    gpt.find("planet-b")?;
+                    gpt.find(SLOT_A_LABEL)?;
+                    gpt.find(SLOT_B_LABEL)?;
                 }
             }
             if !looks_like_interrupted_growth(&mut ro, ss, &gpt) {

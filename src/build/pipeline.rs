@@ -6,7 +6,7 @@
 //! their own (`load_layout`, `kernel_package`, `load_planet_init`, `build_slot`, `build_host`),
 //! shared with `bundle`, which puts the same files into a signed update bundle.
 
-use super::plan::{self, Plan, BIOS_LABEL, ESP_LABEL, SLOT_A_LABEL, SLOT_B_LABEL, STATE_LABEL};
+use super::plan::{self, Plan, BIOS_LABEL};
 use crate::disk::{self, Content};
 use crate::esp::{self, SlotBoot};
 use crate::fetch::{Cache, PackageRecord, SYSTEMD_BOOT_PATH};
@@ -21,6 +21,7 @@ use crate::util::digest::{sha256_file, sha256_hex, sha256_range};
 use crate::util::progress::Step;
 use crate::{deb, initramfs, kernel};
 use anyhow::{bail, Context, Result};
+use planet_config::contract::{ESP_LABEL, SLOT_A_LABEL, SLOT_B_LABEL, STATE_LABEL};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -170,7 +171,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
     options.push_str(&format!(" planet.{}={disk_guid}", planet_config::DISK_GUID_PARAM));
     let release = req.release.clone().unwrap_or_else(|| rootfs.sha256[..12].to_string());
     let slots = [SlotBoot {
-        slot: "a",
+        slot: 'a',
         title: "Planet (slot a)",
         version: &release,
         vmlinuz: &kernel.vmlinuz,
