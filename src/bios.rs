@@ -186,7 +186,7 @@ pub fn install_boot_code(raw: &Path, boot_code: &[u8]) -> Result<()> {
     let mut f = std::fs::OpenOptions::new().read(true).write(true).open(raw)?;
     let mut mbr = [0u8; SECTOR];
     f.read_exact(&mut mbr)?;
-    ensure!(mbr[510..] == [0x55, 0xAA] && mbr[450] == 0xEE, "{} has no protective MBR", raw.display());
+    ensure!(planet_gpt::is_protective_mbr(&mbr), "{} has no protective MBR", raw.display());
     let mut code = boot_code.to_vec();
     code[BPB_START..BPB_END].copy_from_slice(&mbr[BPB_START..BPB_END]);
     f.seek(SeekFrom::Start(0))?;

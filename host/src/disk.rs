@@ -412,11 +412,10 @@ fn update_protective_mbr(f: &mut File, total_sectors: u64, ss: u64) -> Result<()
     let mut m = vec![0u8; ss as usize];
     f.seek(SeekFrom::Start(0))?;
     f.read_exact(&mut m)?;
-    if m[510..512] != [0x55, 0xAA] || m[446 + 4] != 0xEE {
+    if !planet_gpt::is_protective_mbr(&m) {
         return Ok(()); // a hybrid or missing MBR: not ours to touch
     }
-    let size = (total_sectors - 1).min(u64::from(u32::MAX)) as u32;
-    m[446 + 12..446 + 16].copy_from_slice(&size.to_le_bytes());
+    planet_gpt::set_protective_mbr_size(&mut m, total_sectors);
     f.seek(SeekFrom::Start(0))?;
     f.write_all(&m)?;
     Ok(())
