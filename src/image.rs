@@ -64,10 +64,9 @@ impl DiskImage {
     pub fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
         anyhow::ensure!(len <= MAX_READ_AT, "refusing to read {len} bytes of {} into memory", self.path.display());
         let scratch = crate::run::tempdir("planet-image-read")?;
-        let out = scratch.join("part.raw");
-        let res = self.extract(offset, len, &out).and_then(|_| Ok(std::fs::read(&out)?));
-        let _ = std::fs::remove_dir_all(&scratch);
-        res
+        let out = scratch.path().join("part.raw");
+        self.extract(offset, len, &out)?;
+        Ok(std::fs::read(&out)?)
     }
 
     /// Copies `len` bytes of the disk at `offset` into the file `out`, which then has exactly
@@ -148,18 +147,17 @@ impl DiskImage {
             return sha256_range(&mut f, offset, len).with_context(|| format!("hashing partition {:?}", p.name));
         }
         let scratch = crate::run::tempdir("planet-image-read")?;
-        let out = scratch.join("part.raw");
-        let res = self.extract(offset, len, &out).and_then(|_| sha256_file(&out));
-        let _ = std::fs::remove_dir_all(&scratch);
-        res
+        let out = scratch.path().join("part.raw");
+        self.extract(offset, len, &out)?;
+        sha256_file(&out)
     }
 
     /// The ESP as a FAT filesystem over a scratch copy of the partition (removed with `.0`).
-    fn esp(&self) -> Result<(ScratchDir, fatfs::FileSystem<std::fs::File>)> {
+    fn esp(&self) -> Result<(tempfile::TempDir, fatfs::FileSystem<std::fs::File>)> {
         let gpt = self.gpt()?;
         let esp = gpt.find(ESP_LABEL).with_context(|| format!("the image has no partition labelled {ESP_LABEL}"))?;
-        let scratch = ScratchDir(crate::run::tempdir("planet-image-esp")?);
-        let path = scratch.0.join("esp.raw");
+        let scratch = crate::run::tempdir("planet-image-esp")?;
+        let path = scratch.path().join("esp.raw");
         self.extract(esp.first_lba * gpt.sector_size, esp.sectors() * gpt.sector_size, &path)?;
         let f = std::fs::OpenOptions::new().read(true).write(true).open(&path)?;
         let fs = fatfs::FileSystem::new(f, fatfs::FsOptions::new()).context("opening the ESP")?;
@@ -215,15 +213,6 @@ impl DiskImage {
 
 /// Largest `read_at`: headers and the GPT, never whole partitions.
 const MAX_READ_AT: u64 = 16 << 20;
-
-/// A scratch directory removed when dropped.
-struct ScratchDir(PathBuf);
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Largest file `inspect`/`run` reads from an ESP (a kernel or initramfs is far smaller).
 const MAX_ESP_FILE: u64 = 512 << 20;

@@ -527,20 +527,21 @@ pub fn locate_planet_init(explicit: Option<&Path>) -> Result<PlanetInit> {
 /// removed when the build ends, successfully or not.
 pub struct WorkDir {
     pub path: PathBuf,
+    // Fields drop in order: the directory is removed before a signal stops covering it.
+    _dir: tempfile::TempDir,
     _registered: crate::util::interrupt::Registered,
 }
 
 impl WorkDir {
     pub fn new(beside: &Path) -> Result<WorkDir> {
-        let path = beside.join(format!(".planet-image-work-{}", std::process::id()));
+        // The output's directory may not exist yet; the output is written there later.
+        std::fs::create_dir_all(beside).with_context(|| format!("creating {}", beside.display()))?;
+        let dir = tempfile::Builder::new()
+            .prefix(".planet-image-work-")
+            .tempdir_in(beside)
+            .with_context(|| format!("creating a work directory in {}", beside.display()))?;
+        let path = dir.path().to_path_buf();
         let _registered = crate::util::interrupt::register_path(&path);
-        std::fs::create_dir_all(&path).with_context(|| format!("creating the work directory {}", path.display()))?;
-        Ok(WorkDir { path, _registered })
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        Ok(WorkDir { path, _dir: dir, _registered })
     }
 }
