@@ -16,6 +16,7 @@ use crate::deb;
 use crate::esp::SlotBoot;
 use crate::util::command::{require_tool, CommandExt};
 use anyhow::{bail, ensure, Context, Result};
+use planet_config::contract;
 use std::path::Path;
 
 /// Where the i386-pc images and modules live in `grub-pc-bin`.
@@ -76,12 +77,13 @@ pub fn grub_cfg(slots: &[SlotBoot<'_>]) -> String {
          terminal_output serial console\n\
          set timeout=0\n\
          set default=planet-{}\n",
-        slots.first().map(|s| s.slot).unwrap_or("a")
+        slots.first().map(|s| s.slot).unwrap_or('a')
     );
     for s in slots {
+        let (linux, initrd) = (contract::kernel_path(s.slot), contract::initramfs_path(s.slot));
         cfg.push_str(&format!(
-            "\nmenuentry '{}' --id planet-{} {{\n\tset gfxpayload=text\n\tlinux /planet-{}/vmlinuz {}\n\tinitrd /planet-{}/initramfs.img\n}}\n",
-            s.title, s.slot, s.slot, s.options, s.slot
+            "\nmenuentry '{}' --id planet-{} {{\n\tset gfxpayload=text\n\tlinux /{linux} {}\n\tinitrd /{initrd}\n}}\n",
+            s.title, s.slot, s.options
         ));
     }
     cfg
@@ -184,7 +186,7 @@ pub fn install_boot_code(raw: &Path, boot_code: &[u8]) -> Result<()> {
     let mut f = std::fs::OpenOptions::new().read(true).write(true).open(raw)?;
     let mut mbr = [0u8; SECTOR];
     f.read_exact(&mut mbr)?;
-    ensure!(mbr[510..] == [0x55, 0xAA] && mbr[450] == 0xEE, "{} has no protective MBR", raw.display());
+    ensure!(planet_gpt::is_protective_mbr(&mbr), "{} has no protective MBR", raw.display());
     let mut code = boot_code.to_vec();
     code[BPB_START..BPB_END].copy_from_slice(&mbr[BPB_START..BPB_END]);
     f.seek(SeekFrom::Start(0))?;
@@ -236,7 +238,7 @@ mod tests {
     #[test]
     fn grub_cfg_boots_the_slot_with_the_entry_options() {
         let slots = [SlotBoot {
-            slot: "a",
+            slot: 'a',
             title: "Planet (slot a)",
             version: "v",
             vmlinuz: b"k",

@@ -3,10 +3,10 @@
 //! holding one sparse member `disk.raw`, as `images.insert` expects).
 
 use crate::util::command::CommandExt;
+use crate::util::sparse::{data_extents, Extent, NoHoleMap};
 use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 const BLOCK: usize = 512;
@@ -22,33 +22,6 @@ pub fn qcow2(raw: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The data extents of a file, from `SEEK_DATA`/`SEEK_HOLE`, so holes are never read.
-pub fn data_extents(f: &File) -> Result<Vec<(u64, u64)>> {
-    let len = f.metadata()?.len();
-    let fd = f.as_raw_fd();
-    let mut out = Vec::new();
-    let mut pos = 0u64;
-    while pos < len {
-        // SAFETY: lseek on a file descriptor we own; errors are checked.
-        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-        if data < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::ENXIO) {
-                break; // only a hole remains
-            }
-            return Err(err).context("finding data in the raw image");
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(std::io::Error::last_os_error()).context("finding holes in the raw image");
-        }
-        out.push((data as u64, hole as u64 - data as u64));
-        pos = hole as u64;
-    }
-    Ok(out)
-}
-
 /// Writes `raw` (whose size must be a whole number of GiB) as a gzip'd GNU tar with one sparse
 /// member `disk.raw`.
 pub fn gce_archive(raw: &Path, out: &Path, mtime: u64) -> Result<()> {
@@ -59,7 +32,9 @@ pub fn gce_archive(raw: &Path, out: &Path, mtime: u64) -> Result<()> {
     }
     // Extents rounded out to 512 bytes, as tar stores them.
     let mut extents: Vec<(u64, u64)> = Vec::new();
-    for (off, len) in data_extents(&src)? {
+    // Where holes cannot be mapped this fails, as it always has, rather than archive every zero.
+    let mapped = data_extents(&src, size, NoHoleMap::Fail).context("finding data in the raw image")?;
+    for Extent { offset: off, len } in mapped {
         let start = off / BLOCK as u64 * BLOCK as u64;
         let end = (off + len).div_ceil(BLOCK as u64) * BLOCK as u64;
         match extents.last_mut() {

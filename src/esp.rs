@@ -4,11 +4,12 @@
 
 use crate::fat32;
 use anyhow::{Context, Result};
+use planet_config::contract;
 
 /// What one slot boots.
 pub struct SlotBoot<'a> {
     /// `a` or `b`.
-    pub slot: &'a str,
+    pub slot: char,
     pub title: &'a str,
     pub version: &'a str,
     pub vmlinuz: &'a [u8],
@@ -32,13 +33,12 @@ pub fn loader_conf() -> String {
 }
 
 /// The loader entry file of a slot in a freshly built image: generation 1, no boot counter.
-pub fn initial_entry_name(slot: &str) -> String {
-    let slot = slot.chars().next().unwrap_or('a');
+pub fn initial_entry_name(slot: char) -> String {
     planet_config::bootentry::EntryName::new(1, slot).file_name()
 }
 
 pub fn entry_conf(s: &SlotBoot<'_>) -> String {
-    planet_config::bootentry::entry_conf(s.title, s.version, s.slot.chars().next().unwrap_or('a'), &s.options)
+    planet_config::bootentry::entry_conf(s.title, s.version, s.slot, &s.options)
 }
 
 /// Formats and fills a FAT32 filesystem of `size` bytes; `extra_files` (path, bytes) are added
@@ -58,12 +58,13 @@ pub fn build(
     for (path, bytes) in extra_files {
         tree.add_file(path, bytes.to_vec())?;
     }
-    tree.add_file("EFI/BOOT/BOOTX64.EFI", bootloader.to_vec())?;
-    tree.add_file("loader/loader.conf", loader_conf().into_bytes())?;
+    tree.add_file(contract::REMOVABLE_BOOT_PATH, bootloader.to_vec())?;
+    tree.add_file(contract::LOADER_CONF_PATH, loader_conf().into_bytes())?;
     for s in slots {
-        tree.add_file(&format!("planet-{}/vmlinuz", s.slot), s.vmlinuz.to_vec())?;
-        tree.add_file(&format!("planet-{}/initramfs.img", s.slot), s.initramfs.to_vec())?;
-        tree.add_file(&format!("loader/entries/{}", initial_entry_name(s.slot)), entry_conf(s).into_bytes())?;
+        tree.add_file(&contract::kernel_path(s.slot), s.vmlinuz.to_vec())?;
+        tree.add_file(&contract::initramfs_path(s.slot), s.initramfs.to_vec())?;
+        let entry = format!("{}/{}", contract::LOADER_ENTRIES_DIR, initial_entry_name(s.slot));
+        tree.add_file(&entry, entry_conf(s).into_bytes())?;
     }
     let (date, time) = fat32::dos_date_time(mtime);
     let params = fat32::Params {

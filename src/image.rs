@@ -1,10 +1,10 @@
 //! Reading built images back: raw or qcow2, the GPT, partitions by label and the ESP's files.
 //! Used by `inspect` and `run`.
 
-use crate::build::plan::ESP_LABEL;
 use crate::util::command::CommandExt;
 use crate::util::digest::{sha256_file, sha256_range};
 use anyhow::{bail, Context, Result};
+use planet_config::contract::{ESP_LABEL, LOADER_ENTRIES_DIR};
 use planet_gpt::{Gpt, Partition};
 use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -64,10 +64,9 @@ impl DiskImage {
     pub fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
         anyhow::ensure!(len <= MAX_READ_AT, "refusing to read {len} bytes of {} into memory", self.path.display());
         let scratch = crate::run::tempdir("planet-image-read")?;
-        let out = scratch.join("part.raw");
-        let res = self.extract(offset, len, &out).and_then(|_| Ok(std::fs::read(&out)?));
-        let _ = std::fs::remove_dir_all(&scratch);
-        res
+        let out = scratch.path().join("part.raw");
+        self.extract(offset, len, &out)?;
+        Ok(std::fs::read(&out)?)
     }
 
     /// Copies `len` bytes of the disk at `offset` into the file `out`, which then has exactly
@@ -148,18 +147,17 @@ impl DiskImage {
             return sha256_range(&mut f, offset, len).with_context(|| format!("hashing partition {:?}", p.name));
         }
         let scratch = crate::run::tempdir("planet-image-read")?;
-        let out = scratch.join("part.raw");
-        let res = self.extract(offset, len, &out).and_then(|_| sha256_file(&out));
-        let _ = std::fs::remove_dir_all(&scratch);
-        res
+        let out = scratch.path().join("part.raw");
+        self.extract(offset, len, &out)?;
+        sha256_file(&out)
     }
 
     /// The ESP as a FAT filesystem over a scratch copy of the partition (removed with `.0`).
-    fn esp(&self) -> Result<(ScratchDir, fatfs::FileSystem<std::fs::File>)> {
+    fn esp(&self) -> Result<(tempfile::TempDir, fatfs::FileSystem<std::fs::File>)> {
         let gpt = self.gpt()?;
-        let esp = gpt.find(ESP_LABEL).context("the image has no partition labelled esp")?;
-        let scratch = ScratchDir(crate::run::tempdir("planet-image-esp")?);
-        let path = scratch.0.join("esp.raw");
+        let esp = gpt.find(ESP_LABEL).with_context(|| format!("the image has no partition labelled {ESP_LABEL}"))?;
+        let scratch = crate::run::tempdir("planet-image-esp")?;
+        let path = scratch.path().join("esp.raw");
         self.extract(esp.first_lba * gpt.sector_size, esp.sectors() * gpt.sector_size, &path)?;
         let f = std::fs::OpenOptions::new().read(true).write(true).open(&path)?;
         let fs = fatfs::FileSystem::new(f, fatfs::FsOptions::new()).context("opening the ESP")?;
@@ -172,14 +170,16 @@ impl DiskImage {
         let root = fs.root_dir();
         // systemd-boot's choice: the newest generation with tries left (loader.conf names none).
         let mut names = Vec::new();
-        for e in root.open_dir("loader/entries").context("the ESP has no loader/entries")?.iter() {
+        for e in
+            root.open_dir(LOADER_ENTRIES_DIR).with_context(|| format!("the ESP has no {LOADER_ENTRIES_DIR}"))?.iter()
+        {
             if let Some(n) = planet_config::bootentry::EntryName::parse(&e?.file_name()) {
                 names.push(n);
             }
         }
         let default =
             planet_config::bootentry::default_entry(&names).context("the ESP has no planet boot entry")?.file_name();
-        let entry = String::from_utf8_lossy(&read_fat(&root, &format!("loader/entries/{default}"))?).into_owned();
+        let entry = String::from_utf8_lossy(&read_fat(&root, &format!("{LOADER_ENTRIES_DIR}/{default}"))?).into_owned();
         let field = |k: &str| {
             entry
                 .lines()
@@ -194,13 +194,14 @@ impl DiskImage {
     pub fn loader_entries(&self) -> Result<Vec<(String, String)>> {
         let (_scratch, fs) = self.esp()?;
         let root = fs.root_dir();
-        let dir = root.open_dir("loader/entries")?;
+        let dir = root.open_dir(LOADER_ENTRIES_DIR)?;
         let mut out = Vec::new();
         for e in dir.iter() {
             let e = e?;
             if e.is_file() {
-                let text = String::from_utf8_lossy(&read_fat(&root, &format!("loader/entries/{}", e.file_name()))?)
-                    .into_owned();
+                let text =
+                    String::from_utf8_lossy(&read_fat(&root, &format!("{LOADER_ENTRIES_DIR}/{}", e.file_name()))?)
+                        .into_owned();
                 let options = text.lines().find_map(|l| l.strip_prefix("options ")).unwrap_or("").to_string();
                 out.push((e.file_name(), options));
             }
@@ -212,15 +213,6 @@ impl DiskImage {
 
 /// Largest `read_at`: headers and the GPT, never whole partitions.
 const MAX_READ_AT: u64 = 16 << 20;
-
-/// A scratch directory removed when dropped.
-struct ScratchDir(PathBuf);
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Largest file `inspect`/`run` reads from an ESP (a kernel or initramfs is far smaller).
 const MAX_ESP_FILE: u64 = 512 << 20;

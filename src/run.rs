@@ -256,7 +256,7 @@ pub fn run(req: &RunRequest) -> Result<i32> {
     // Held until QEMU is gone: names the VM and removes its socket afterwards.
     let channel = Channel::prepare(req.name.as_deref(), req.enter_socket.as_deref(), &req.image)?;
     let scratch = tempdir("planet-image-run")?;
-    let vars = scratch.join("OVMF_VARS.fd");
+    let vars = scratch.path().join("OVMF_VARS.fd");
     if req.firmware == Firmware::Uefi {
         std::fs::copy(&vars_template, &vars).with_context(|| format!("copying {}", vars_template.display()))?;
     }
@@ -314,8 +314,8 @@ pub fn run(req: &RunRequest) -> Result<i32> {
         // Boot the image's own kernel and initramfs through the firmware, with the entry's
         // options plus `extra`: the ESP itself is not modified.
         let boot = image.default_boot_entry().context("reading the default boot entry from the image's ESP")?;
-        let kernel = scratch.join("vmlinuz");
-        let initrd = scratch.join("initramfs.img");
+        let kernel = scratch.path().join("vmlinuz");
+        let initrd = scratch.path().join("initramfs.img");
         std::fs::write(&kernel, &boot.vmlinuz)?;
         std::fs::write(&initrd, &boot.initramfs)?;
         cmd.arg("-kernel").arg(&kernel).arg("-initrd").arg(&initrd);
@@ -359,20 +359,17 @@ pub fn run(req: &RunRequest) -> Result<i32> {
             // SAFETY: signalling our own child process.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let status = child.wait()?;
-            let _ = std::fs::remove_dir_all(&scratch);
             bail!("stopped by a signal; QEMU exited ({status})");
         }
         if let Some(t) = req.timeout {
             if started.elapsed() > t {
                 let _ = child.kill();
                 let _ = child.wait();
-                let _ = std::fs::remove_dir_all(&scratch);
                 bail!("the guest did not power off within {} s; QEMU was stopped", t.as_secs());
             }
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let _ = std::fs::remove_dir_all(&scratch);
     Ok(status.code().unwrap_or(1))
 }
 
@@ -390,18 +387,12 @@ fn forward_termination_signals() {
     }
 }
 
-/// A private scratch directory under $TMPDIR.
-pub fn tempdir(prefix: &str) -> Result<PathBuf> {
-    let base = std::env::temp_dir();
-    for i in 0..1000u32 {
-        let p = base.join(format!("{prefix}-{}-{i}", std::process::id()));
-        match std::fs::create_dir(&p) {
-            Ok(()) => return Ok(p),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e).with_context(|| format!("creating {}", p.display())),
-        }
-    }
-    bail!("could not create a scratch directory in {}", base.display())
+/// A new scratch directory under $TMPDIR, removed when dropped (also on an early `?` return).
+pub fn tempdir(prefix: &str) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(&format!("{prefix}-"))
+        .tempdir()
+        .with_context(|| format!("could not create a scratch directory in {}", std::env::temp_dir().display()))
 }
 
 #[cfg(test)]

@@ -119,11 +119,10 @@ impl fmt::Display for EntryName {
 }
 
 /// The text of a Boot Loader Specification entry for `slot`: its kernel and initramfs live in
-/// `/planet-SLOT/` on the ESP.
+/// the slot's directory on the ESP ([`crate::contract::esp_slot_dir`]).
 pub fn entry_conf(title: &str, version: &str, slot: char, options: &str) -> String {
-    format!(
-        "title {title}\nversion {version}\nlinux /planet-{slot}/vmlinuz\ninitrd /planet-{slot}/initramfs.img\noptions {options}\n"
-    )
+    let (linux, initrd) = (crate::contract::kernel_path(slot), crate::contract::initramfs_path(slot));
+    format!("title {title}\nversion {version}\nlinux /{linux}\ninitrd /{initrd}\noptions {options}\n")
 }
 
 /// A field (`version`, `options`, …) of an entry's text.

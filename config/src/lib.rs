@@ -13,6 +13,7 @@ pub mod app;
 pub mod bootentry;
 pub mod cloudconfig;
 mod cmdline;
+pub mod contract;
 pub mod glob;
 mod jointoken;
 pub mod update;

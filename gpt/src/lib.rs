@@ -17,6 +17,25 @@ const HEADER_SIZE: u32 = 92;
 pub const MAX_ENTRY_ARRAY_BYTES: u64 = 512 * 1024;
 const SIGNATURE: &[u8; 8] = b"EFI PART";
 const REVISION: u32 = 0x0001_0000;
+/// Where LBA 0's MBR partition table starts; the protective entry is its first.
+const MBR_TABLE: usize = 446;
+/// The protective entry's partition type: "a GPT follows" (UEFI spec 5.2.3).
+const PROTECTIVE_TYPE: u8 = 0xEE;
+const BOOT_SIGNATURE: [u8; 2] = [0x55, 0xAA];
+
+/// Whether `lba0` is a protective MBR: the boot signature and a first entry of type 0xEE. The
+/// builder and planet-init change LBA 0 only then; a hybrid or missing MBR is someone else's.
+pub fn is_protective_mbr(lba0: &[u8]) -> bool {
+    lba0.len() >= 512 && lba0[510..512] == BOOT_SIGNATURE && lba0[MBR_TABLE + 4] == PROTECTIVE_TYPE
+}
+
+/// Sets the protective entry's size to cover a disk of `total_sectors` (all but LBA 0, capped at
+/// what 32 bits hold), leaving the rest of LBA 0 (boot code, signatures) as it is: after growth
+/// fdisk and some firmware complain when the size is the old one.
+pub fn set_protective_mbr_size(lba0: &mut [u8], total_sectors: u64) {
+    let size = (total_sectors - 1).min(u64::from(u32::MAX)) as u32;
+    lba0[MBR_TABLE + 12..MBR_TABLE + 16].copy_from_slice(&size.to_le_bytes());
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GptError {
@@ -282,15 +301,13 @@ impl Gpt {
     /// The protective MBR (LBA 0): one partition of type 0xEE over the whole disk.
     pub fn protective_mbr(&self) -> Vec<u8> {
         let mut m = vec![0u8; self.sector_size as usize];
-        let p = &mut m[446..462];
+        let p = &mut m[MBR_TABLE..MBR_TABLE + 16];
         p[1..4].copy_from_slice(&[0x00, 0x02, 0x00]); // CHS of LBA 1
-        p[4] = 0xEE;
+        p[4] = PROTECTIVE_TYPE;
         p[5..8].copy_from_slice(&[0xFF, 0xFF, 0xFF]);
         p[8..12].copy_from_slice(&1u32.to_le_bytes());
-        let size = (self.total_sectors - 1).min(u64::from(u32::MAX)) as u32;
-        p[12..16].copy_from_slice(&size.to_le_bytes());
-        m[510] = 0x55;
-        m[511] = 0xAA;
+        set_protective_mbr_size(&mut m, self.total_sectors);
+        m[510..512].copy_from_slice(&BOOT_SIGNATURE);
         m
     }
 
@@ -513,6 +530,19 @@ mod tests {
             let back = Gpt::read_from(&mut disk, ss, sectors).unwrap();
             assert_eq!(back, g);
         }
+    }
+
+    #[test]
+    fn protective_mbr_is_recognised_and_resized() {
+        let g = sample(512, 32768);
+        let mut m = g.protective_mbr();
+        assert!(is_protective_mbr(&m));
+        assert_eq!(u32::from_le_bytes(m[458..462].try_into().unwrap()), 32767);
+        set_protective_mbr_size(&mut m, 1 << 40);
+        assert_eq!(u32::from_le_bytes(m[458..462].try_into().unwrap()), u32::MAX);
+        m[450] = 0x83; // a hybrid MBR's first entry
+        assert!(!is_protective_mbr(&m));
+        assert!(!is_protective_mbr(&[0u8; 100]));
     }
 
     #[test]

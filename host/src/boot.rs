@@ -104,7 +104,7 @@ impl HostParams {
     }
 
     pub fn slot_label(&self) -> String {
-        format!("planet-{}", self.slot)
+        planet_config::contract::slot_label(self.slot)
     }
 }
 

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use planet_config::contract::{SLOT_A_LABEL, SLOT_B_LABEL, STATE_LABEL};
 use planet_gpt::{Gpt, Guid};
 
-pub const STATE_LABEL: &str = "planet-state";
 /// Growth keeps the state partition's end 1 MiB aligned (in 512-byte sectors).
 const ALIGN_BYTES: u64 = 1 << 20;
 
@@ -223,8 +223,8 @@ pub fn repair_interrupted_growth(sysfs: &Path, dev_root: &Path, pin: Option<Guid
                 Some(pin) if gpt.disk_guid != pin => return None,
                 Some(_) => {}
                 None => {
-                    gpt.find("planet-a")?;
-                    gpt.find("planet-b")?;
+                    gpt.find(SLOT_A_LABEL)?;
+                    gpt.find(SLOT_B_LABEL)?;
                 }
             }
             if !looks_like_interrupted_growth(&mut ro, ss, &gpt) {
@@ -412,11 +412,10 @@ fn update_protective_mbr(f: &mut File, total_sectors: u64, ss: u64) -> Result<()
     let mut m = vec![0u8; ss as usize];
     f.seek(SeekFrom::Start(0))?;
     f.read_exact(&mut m)?;
-    if m[510..512] != [0x55, 0xAA] || m[446 + 4] != 0xEE {
+    if !planet_gpt::is_protective_mbr(&m) {
         return Ok(()); // a hybrid or missing MBR: not ours to touch
     }
-    let size = (total_sectors - 1).min(u64::from(u32::MAX)) as u32;
-    m[446 + 12..446 + 16].copy_from_slice(&size.to_le_bytes());
+    planet_gpt::set_protective_mbr_size(&mut m, total_sectors);
     f.seek(SeekFrom::Start(0))?;
     f.write_all(&m)?;
     Ok(())

@@ -6,7 +6,7 @@
 //! their own (`load_layout`, `kernel_package`, `load_planet_init`, `build_slot`, `build_host`),
 //! shared with `bundle`, which puts the same files into a signed update bundle.
 
-use super::plan::{self, Plan, BIOS_LABEL, ESP_LABEL, SLOT_A_LABEL, SLOT_B_LABEL, STATE_LABEL};
+use super::plan::{self, Plan, BIOS_LABEL};
 use crate::disk::{self, Content};
 use crate::esp::{self, SlotBoot};
 use crate::fetch::{Cache, PackageRecord, SYSTEMD_BOOT_PATH};
@@ -21,6 +21,7 @@ use crate::util::digest::{sha256_file, sha256_hex, sha256_range};
 use crate::util::progress::Step;
 use crate::{deb, initramfs, kernel};
 use anyhow::{bail, Context, Result};
+use planet_config::contract::{ESP_LABEL, SLOT_A_LABEL, SLOT_B_LABEL, STATE_LABEL};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -170,7 +171,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
     options.push_str(&format!(" planet.{}={disk_guid}", planet_config::DISK_GUID_PARAM));
     let release = req.release.clone().unwrap_or_else(|| rootfs.sha256[..12].to_string());
     let slots = [SlotBoot {
-        slot: "a",
+        slot: 'a',
         title: "Planet (slot a)",
         version: &release,
         vmlinuz: &kernel.vmlinuz,
@@ -526,20 +527,21 @@ pub fn locate_planet_init(explicit: Option<&Path>) -> Result<PlanetInit> {
 /// removed when the build ends, successfully or not.
 pub struct WorkDir {
     pub path: PathBuf,
+    // Fields drop in order: the directory is removed before a signal stops covering it.
+    _dir: tempfile::TempDir,
     _registered: crate::util::interrupt::Registered,
 }
 
 impl WorkDir {
     pub fn new(beside: &Path) -> Result<WorkDir> {
-        let path = beside.join(format!(".planet-image-work-{}", std::process::id()));
+        // The output's directory may not exist yet; the output is written there later.
+        std::fs::create_dir_all(beside).with_context(|| format!("creating {}", beside.display()))?;
+        let dir = tempfile::Builder::new()
+            .prefix(".planet-image-work-")
+            .tempdir_in(beside)
+            .with_context(|| format!("creating a work directory in {}", beside.display()))?;
+        let path = dir.path().to_path_buf();
         let _registered = crate::util::interrupt::register_path(&path);
-        std::fs::create_dir_all(&path).with_context(|| format!("creating the work directory {}", path.display()))?;
-        Ok(WorkDir { path, _registered })
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        Ok(WorkDir { path, _dir: dir, _registered })
     }
 }

@@ -3,13 +3,10 @@
 
 use crate::layout::Layout;
 use anyhow::{bail, Result};
+use planet_config::contract::{ESP_LABEL, SLOT_A_LABEL, SLOT_B_LABEL, STATE_LABEL};
 use planet_gpt::{Gpt, Guid, Partition};
 use sha2::{Digest, Sha256};
 
-pub const ESP_LABEL: &str = "esp";
-pub const SLOT_A_LABEL: &str = "planet-a";
-pub const SLOT_B_LABEL: &str = "planet-b";
-pub const STATE_LABEL: &str = "planet-state";
 /// The BIOS boot partition holding GRUB's core.img (only with legacy BIOS boot).
 pub const BIOS_LABEL: &str = "bios-boot";
 

@@ -6,3 +6,4 @@ pub mod command;
 pub mod digest;
 pub mod interrupt;
 pub mod progress;
+pub mod sparse;

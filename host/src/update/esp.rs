@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use planet_config::bootentry::{self, EntryName};
+use planet_config::contract;
 
 /// One loader entry of ours.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,11 +58,11 @@ impl Esp {
     }
 
     pub fn entries_dir(&self) -> PathBuf {
-        self.root.join("loader/entries")
+        self.root.join(contract::LOADER_ENTRIES_DIR)
     }
 
     pub fn slot_dir(&self, slot: char) -> PathBuf {
-        self.root.join(format!("planet-{slot}"))
+        self.root.join(contract::esp_slot_dir(slot))
     }
 
     /// Our entries (files that parse as `planet-GEN-SLOT…conf`), newest generation first.

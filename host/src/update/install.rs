@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use planet_bundle::{Header, KeyRing, Prelude, PRELUDE_LEN};
 use planet_config::bootentry::{self, EntryName};
+use planet_config::contract;
 
 use super::esp::{sync_dir, write_durably, Esp};
 use crate::datasource::http;
@@ -339,7 +340,7 @@ pub fn install(p: &InstallPlan<'_>) -> Result<EntryName> {
 
     // 3. Kernel and initramfs, each through a temporary name.
     let dir = p.esp.slot_dir(slot);
-    for (section, name) in [(vmlinuz, "vmlinuz"), (initramfs, "initramfs.img")] {
+    for (section, name) in [(vmlinuz, contract::KERNEL_FILE), (initramfs, contract::INITRAMFS_FILE)] {
         write_durably(&dir, name, |f| copy_section(&mut src, section.offset, section.size, &section.sha256, f, |_| {}))
             .with_context(|| format!("writing {name} of slot {slot} on the ESP"))?;
     }

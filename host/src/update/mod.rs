@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context, Result};
 use planet_bundle::KeyRing;
 use planet_config::bootentry::{EntryName, Tries, DEFAULT_TRIES};
+use planet_config::contract::{self, ESP_LABEL};
 use planet_config::UpdateConfig;
 
 use self::esp::{Entry, Esp};
@@ -65,7 +66,6 @@ pub fn release_health(root: &Path) -> Option<bool> {
 pub const KEY_PATH: &str = "/etc/planet/update.pub";
 /// The directory holding the socket and status file, as the container sees it.
 pub const CONTAINER_DIR: &str = "/var/lib/planet-update";
-pub const ESP_LABEL: &str = "esp";
 
 static REBOOT: Mutex<Option<String>> = Mutex::new(None);
 static TRIAL: AtomicBool = AtomicBool::new(false);
@@ -197,9 +197,10 @@ pub fn locate(sysfs: &Path, dev: &Path, bd: &BootDisk, running_slot: char) -> Re
     let on_disk = |label: &str| {
         devs.iter().find(|d| d.parent.as_deref() == Some(bd.disk.as_str()) && d.partname.as_deref() == Some(label))
     };
-    let esp = on_disk(ESP_LABEL).with_context(|| format!("the boot disk {} has no partition labelled esp", bd.disk))?;
+    let esp = on_disk(ESP_LABEL)
+        .with_context(|| format!("the boot disk {} has no partition labelled {ESP_LABEL}", bd.disk))?;
     let other = if running_slot == 'a' { 'b' } else { 'a' };
-    let label = format!("planet-{other}");
+    let label = contract::slot_label(other);
     let slot =
         on_disk(&label).with_context(|| format!("the boot disk {} has no partition labelled {label}", bd.disk))?;
     Ok((dev.join(&esp.name), Target { slot: other, dev: dev.join(&slot.name), bytes: slot.size_bytes() }))

@@ -6,53 +6,19 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
+
+pub use crate::util::sparse::Extent;
+use crate::util::sparse::NoHoleMap;
 
 /// The EBS direct APIs' block size.
 pub const BLOCK_SIZE: u64 = 512 * 1024;
 const GIB: u64 = 1 << 30;
 
-/// A byte range of the file that holds data (everything else is a hole).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Extent {
-    pub offset: u64,
-    pub len: u64,
-}
-
-/// The data extents of `file`, in order. A filesystem without SEEK_DATA support reports the
-/// whole file as data, which is still correct (zero blocks are skipped after reading).
+/// The data extents of `file`. A filesystem without SEEK_DATA support reports the whole file as
+/// data, which is still correct (zero blocks are skipped after reading).
 pub fn data_extents(file: &File, size: u64) -> Result<Vec<Extent>> {
-    let fd = file.as_raw_fd();
-    let mut out = Vec::new();
-    let mut pos: u64 = 0;
-    while pos < size {
-        // SAFETY: lseek on a descriptor we own; no memory is touched.
-        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-        if data < 0 {
-            let err = std::io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::ENXIO) => break, // only a hole up to the end
-                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => {
-                    out.push(Extent { offset: pos, len: size - pos });
-                    break;
-                }
-                _ => return Err(err).context("seeking to the next data range (SEEK_DATA)"),
-            }
-        }
-        let data = data as u64;
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(std::io::Error::last_os_error()).context("seeking to the next hole (SEEK_HOLE)");
-        }
-        let hole = (hole as u64).min(size);
-        if hole > data {
-            out.push(Extent { offset: data, len: hole - data });
-        }
-        pos = hole;
-    }
-    Ok(out)
+    crate::util::sparse::data_extents(file, size, NoHoleMap::AllData)
 }
 
 /// The indices of the 512 KiB blocks that overlap data extents, ascending, each once.
