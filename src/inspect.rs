@@ -1,7 +1,7 @@
 //! `planet-image inspect`: what an image holds (partition table, slot and ESP contents) and
 //! whether it still matches its manifest. A mismatch is an error (non-zero exit).
 
-use crate::image::{squashfs_info, DiskImage};
+use crate::image_reader::{squashfs_info, DiskImage};
 use crate::manifest::{self, Manifest};
 use crate::util::digest::sha256_file;
 use anyhow::{bail, Result};

@@ -18,7 +18,7 @@ pub mod enter;
 pub mod esp;
 pub mod fat32;
 pub mod fetch;
-pub mod image;
+pub mod image_reader;
 pub mod initramfs;
 pub mod inspect;
 pub mod join_token;

@@ -6,7 +6,7 @@
 
 use crate::enter::Channel;
 use crate::fetch::Cache;
-use crate::image::DiskImage;
+use crate::image_reader::DiskImage;
 use crate::util::command::require_tool;
 use anyhow::{bail, Context, Result};
 use std::os::unix::process::CommandExt;
@@ -85,7 +85,7 @@ fn qemu_path(p: &std::path::Path) -> String {
 /// named files.
 pub fn check_self_contained(image: &DiskImage) -> Result<()> {
     use std::io::{Read, Seek, SeekFrom};
-    if image.format != crate::image::Format::Qcow2 {
+    if image.format != crate::image_reader::Format::Qcow2 {
         return Ok(());
     }
     let path = &image.path;
