@@ -1,8 +1,8 @@
 //! The command line: one struct per subcommand.
 
 use crate::build::pipeline::Target;
-use crate::run::Accel;
 use crate::squashfs::Compression;
+use crate::vm::Accel;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -355,7 +355,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub seed: Option<PathBuf>,
     /// Forward a TCP port from 127.0.0.1 on the host to the guest (repeatable).
-    #[arg(long, value_name = "HOST:GUEST", value_parser = crate::run::parse_forward)]
+    #[arg(long, value_name = "HOST:GUEST", value_parser = crate::vm::parse_forward)]
     pub forward: Vec<(u16, u16)>,
     /// Extra kernel arguments: boots the image's own kernel and initramfs through the firmware
     /// with the default entry's options plus these (the image is not modified).
@@ -381,10 +381,10 @@ pub struct RunArgs {
     pub accel: Accel,
     /// Firmware: UEFI (OVMF from the cache) or legacy BIOS (QEMU's SeaBIOS; for images built with --bios).
     #[arg(long, value_enum, default_value = "uefi")]
-    pub firmware: crate::run::Firmware,
+    pub firmware: crate::vm::Firmware,
     /// Controller of the boot disk.
     #[arg(long, value_enum, default_value = "virtio")]
-    pub disk_bus: crate::run::DiskBus,
+    pub disk_bus: crate::vm::DiskBus,
     /// Logical and physical block size of the boot disk, e.g. 4096 for a 4Kn disk.
     #[arg(long, value_name = "BYTES")]
     pub block_size: Option<u32>,
@@ -401,7 +401,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub enter_socket: Option<PathBuf>,
     #[command(flatten)]
-    pub net: crate::run_net::VmNetArgs,
+    pub net: crate::vm::net::VmNetArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
 }

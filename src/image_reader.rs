@@ -36,7 +36,7 @@ impl DiskImage {
         let format = if n == 4 && &magic == b"QFI\xfb" { Format::Qcow2 } else { Format::Raw };
         let image = DiskImage { path: path.to_path_buf(), format };
         // QEMU (run) and qemu-img (inspect) would read through a file the image names.
-        crate::run::check_self_contained(&image)?;
+        crate::vm::check_self_contained(&image)?;
         Ok(image)
     }
 
@@ -63,7 +63,7 @@ impl DiskImage {
     /// the end of the disk is an error; unallocated qcow2 clusters read as zeros.
     pub fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
         anyhow::ensure!(len <= MAX_READ_AT, "refusing to read {len} bytes of {} into memory", self.path.display());
-        let scratch = crate::run::tempdir("planet-image-read")?;
+        let scratch = crate::vm::tempdir("planet-image-read")?;
         let out = scratch.path().join("part.raw");
         self.extract(offset, len, &out)?;
         Ok(std::fs::read(&out)?)
@@ -146,7 +146,7 @@ impl DiskImage {
             let mut f = std::fs::File::open(&self.path)?;
             return sha256_range(&mut f, offset, len).with_context(|| format!("hashing partition {:?}", p.name));
         }
-        let scratch = crate::run::tempdir("planet-image-read")?;
+        let scratch = crate::vm::tempdir("planet-image-read")?;
         let out = scratch.path().join("part.raw");
         self.extract(offset, len, &out)?;
         sha256_file(&out)
@@ -156,7 +156,7 @@ impl DiskImage {
     fn esp(&self) -> Result<(tempfile::TempDir, fatfs::FileSystem<std::fs::File>)> {
         let gpt = self.gpt()?;
         let esp = gpt.find(ESP_LABEL).with_context(|| format!("the image has no partition labelled {ESP_LABEL}"))?;
-        let scratch = crate::run::tempdir("planet-image-esp")?;
+        let scratch = crate::vm::tempdir("planet-image-esp")?;
         let path = scratch.path().join("esp.raw");
         self.extract(esp.first_lba * gpt.sector_size, esp.sectors() * gpt.sector_size, &path)?;
         let f = std::fs::OpenOptions::new().read(true).write(true).open(&path)?;

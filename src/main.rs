@@ -2,7 +2,7 @@ use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches};
 use planet_image::build::pipeline::{self, BuildRequest, Target};
 use planet_image::cli::{AppCommand, Cli, Command, PublishCommand};
-use planet_image::{bundle, enter, fetch, inspect, join_token, publish, run, seed};
+use planet_image::{bundle, enter, fetch, inspect, join_token, publish, seed, vm};
 use std::time::Duration;
 
 fn main() {
@@ -248,9 +248,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::GuestfwdRelay { port } => {
             // stderr is the guest's connection too: an error is the exit status only.
-            Ok(if planet_image::run_net::relay(port).is_ok() { 0 } else { 1 })
+            Ok(if planet_image::vm::net::relay(port).is_ok() { 0 } else { 1 })
         }
-        Command::Run(a) => run::run(&run::RunRequest {
+        Command::Run(a) => vm::run(&vm::RunRequest {
             image: a.image,
             seed: a.seed,
             forwards: a.forward,

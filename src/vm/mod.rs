@@ -4,6 +4,8 @@
 //! the serial console on the terminal or in a log file, and a virtio-serial port on a Unix
 //! socket for `planet-image enter` (see [`crate::enter`]: no network port for it).
 
+pub mod net;
+
 use crate::enter::Channel;
 use crate::fetch::Cache;
 use crate::image_reader::DiskImage;
@@ -35,7 +37,7 @@ pub struct RunRequest {
     /// Writes go to a throw-away overlay instead of the image.
     pub snapshot: bool,
     /// SMBIOS strings, guest-to-host forwards, links to other VMs.
-    pub net: crate::run_net::VmNetArgs,
+    pub net: crate::vm::net::VmNetArgs,
     /// The VM's name for `planet-image enter` (default: the image's file stem).
     pub name: Option<String>,
     /// Where the enter socket goes instead of the per-user directory.
