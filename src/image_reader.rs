@@ -36,7 +36,7 @@ impl DiskImage {
         let format = if n == 4 && &magic == b"QFI\xfb" { Format::Qcow2 } else { Format::Raw };
         let image = DiskImage { path: path.to_path_buf(), format };
         // QEMU (run) and qemu-img (inspect) would read through a file the image names.
-        crate::vm::check_self_contained(&image)?;
+        check_self_contained(&image)?;
         Ok(image)
     }
 
@@ -63,7 +63,7 @@ impl DiskImage {
     /// the end of the disk is an error; unallocated qcow2 clusters read as zeros.
     pub fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
         anyhow::ensure!(len <= MAX_READ_AT, "refusing to read {len} bytes of {} into memory", self.path.display());
-        let scratch = crate::vm::tempdir("planet-image-read")?;
+        let scratch = crate::util::tempdir("planet-image-read")?;
         let out = scratch.path().join("part.raw");
         self.extract(offset, len, &out)?;
         Ok(std::fs::read(&out)?)
@@ -146,7 +146,7 @@ impl DiskImage {
             let mut f = std::fs::File::open(&self.path)?;
             return sha256_range(&mut f, offset, len).with_context(|| format!("hashing partition {:?}", p.name));
         }
-        let scratch = crate::vm::tempdir("planet-image-read")?;
+        let scratch = crate::util::tempdir("planet-image-read")?;
         let out = scratch.path().join("part.raw");
         self.extract(offset, len, &out)?;
         sha256_file(&out)
@@ -156,7 +156,7 @@ impl DiskImage {
     fn esp(&self) -> Result<(tempfile::TempDir, fatfs::FileSystem<std::fs::File>)> {
         let gpt = self.gpt()?;
         let esp = gpt.find(ESP_LABEL).with_context(|| format!("the image has no partition labelled {ESP_LABEL}"))?;
-        let scratch = crate::vm::tempdir("planet-image-esp")?;
+        let scratch = crate::util::tempdir("planet-image-esp")?;
         let path = scratch.path().join("esp.raw");
         self.extract(esp.first_lba * gpt.sector_size, esp.sectors() * gpt.sector_size, &path)?;
         let f = std::fs::OpenOptions::new().read(true).write(true).open(&path)?;
@@ -211,6 +211,48 @@ impl DiskImage {
     }
 }
 
+/// Refuses a qcow2 that names another file (a backing file or an external data file): QEMU
+/// would open that file and hand its contents to the guest, so an untrusted image could read
+/// e.g. `~/.aws/credentials`. Raw images are always opened with `format=raw`.
+/// The header is read here rather than through `qemu-img info`, which would itself open the
+/// named files.
+fn check_self_contained(image: &DiskImage) -> Result<()> {
+    if image.format != Format::Qcow2 {
+        return Ok(());
+    }
+    let path = &image.path;
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = [0u8; 80];
+    f.read_exact(&mut h[..72]).with_context(|| format!("{}: truncated qcow2 header", path.display()))?;
+    let be64 = |h: &[u8; 80], o: usize| u64::from_be_bytes(h[o..o + 8].try_into().expect("8 bytes"));
+    let version = u32::from_be_bytes(h[4..8].try_into().expect("4 bytes"));
+    let (backing_offset, backing_len) = (be64(&h, 8), u32::from_be_bytes(h[16..20].try_into().expect("4 bytes")));
+    if backing_offset != 0 {
+        let mut name = vec![0u8; backing_len.min(1023) as usize];
+        let shown = match f.seek(SeekFrom::Start(backing_offset)).and_then(|_| f.read_exact(&mut name)) {
+            Ok(()) => format!("{:?}", String::from_utf8_lossy(&name)),
+            Err(_) => "(unreadable)".into(),
+        };
+        bail!(
+            "{} names a backing file {shown}: `run` boots only self-contained images (QEMU would give the \
+             guest that file); flatten it first with `qemu-img convert -O qcow2 IN OUT`",
+            path.display()
+        );
+    }
+    if version >= 3 {
+        f.read_exact(&mut h[72..80]).with_context(|| format!("{}: truncated qcow2 header", path.display()))?;
+        // Incompatible feature bit 2: the guest data lives in an external data file.
+        if be64(&h, 72) & (1 << 2) != 0 {
+            bail!(
+                "{} keeps its data in an external data file: `run` boots only self-contained images \
+                 (QEMU would give the guest that file); flatten it first with `qemu-img convert -O qcow2 IN OUT`",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Largest `read_at`: headers and the GPT, never whole partitions.
 const MAX_READ_AT: u64 = 16 << 20;
 
@@ -254,4 +296,38 @@ pub fn squashfs_info(sb: &[u8]) -> Option<SquashfsInfo> {
         compression,
         bytes_used: u64::from_le_bytes(sb[40..48].try_into().unwrap()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_qcow2_naming_another_file_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backed = tmp.path().join("e.qcow2");
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw"])
+            .arg(&backed)
+            .run_checked()
+            .unwrap();
+        let err = format!("{:#}", DiskImage::open(&backed).err().expect("refused"));
+        assert!(err.contains("backing file") && err.contains("/etc/hostname"), "{err}");
+
+        let data = tmp.path().join("data.raw");
+        let external = tmp.path().join("x.qcow2");
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-o"])
+            .arg(format!("data_file={}", data.display()))
+            .arg(&external)
+            .arg("1M")
+            .run_checked()
+            .unwrap();
+        let err = format!("{:#}", DiskImage::open(&external).err().expect("refused"));
+        assert!(err.contains("data file"), "{err}");
+
+        let plain = tmp.path().join("ok.qcow2");
+        Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&plain).arg("1M").run_checked().unwrap();
+        DiskImage::open(&plain).unwrap();
+    }
 }
