@@ -140,7 +140,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
         options.push_str(extra);
     }
     let layout_text = toml::to_string(&layout)?;
-    let mut seed_text = format!(
+    let mut input_text = format!(
         "rootfs={}\nkernel={}\nbootloader={}\nplanet-init={}\nlayout={}\ncmdline={}\ncompression={}\nepoch={}\n",
         rootfs.sha256,
         kernel_pkg.sha256,
@@ -152,22 +152,22 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
         req.epoch
     );
     if let Some(b) = &bios_pkg {
-        seed_text.push_str(&format!("bios={}\n", b.sha256));
+        input_text.push_str(&format!("bios={}\n", b.sha256));
     }
     // Only when given, so images built without them stay what they were.
     if let Some(r) = &req.release {
-        seed_text.push_str(&format!("release={r}\n"));
+        input_text.push_str(&format!("release={r}\n"));
     }
     if let Some(k) = &update_key {
-        seed_text.push_str(&format!("update-key={}\n", k.to_base64()));
+        input_text.push_str(&format!("update-key={}\n", k.to_base64()));
     }
     for app in &rootfs.apps {
-        seed_text.push_str(&format!("app={} {}\n", app.name, app.sha256));
+        input_text.push_str(&format!("app={} {}\n", app.name, app.sha256));
     }
-    let seed = sha256_hex(seed_text.as_bytes());
-    // The boot entries pin the disk by its GPT GUID (derived from the seed, as plan() does), so
+    let input_digest = sha256_hex(input_text.as_bytes());
+    // The boot entries pin the disk by its GPT GUID (derived from the input digest, as plan() does), so
     // planet-init boots only from this disk even when another planet disk is attached.
-    let disk_guid = plan::derive_guid(&seed, "disk");
+    let disk_guid = plan::derive_guid(&input_digest, "disk");
     options.push_str(&format!(" planet.{}={disk_guid}", planet_config::DISK_GUID_PARAM));
     let release = req.release.clone().unwrap_or_else(|| rootfs.sha256[..12].to_string());
     let slots = [SlotBoot {
@@ -181,14 +181,19 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
     let grub_cfg = bios_pkg.as_ref().map(|_| crate::bios::grub_cfg(&slots));
     let extra_files: Vec<(&str, &[u8])> = grub_cfg.iter().map(|c| (crate::bios::GRUB_CFG_PATH, c.as_bytes())).collect();
     let esp_content = esp::content_bytes(&bootloader, &slots);
-    let plan =
-        plan::plan(&layout, esp_content, slot_bytes, &seed, if req.target == Target::Gce { 1 << 30 } else { 1 })?;
+    let plan = plan::plan(
+        &layout,
+        esp_content,
+        slot_bytes,
+        &input_digest,
+        if req.target == Target::Gce { 1 << 30 } else { 1 },
+    )?;
     anyhow::ensure!(plan.disk_guid == disk_guid, "the disk GUID on the command line is not the table's");
 
     // 4. ESP and state filesystems.
     let step = Step::start("ESP + state", 0);
     let esp_part = plan.partition(ESP_LABEL);
-    let volume_id = u32::from_le_bytes(plan::derive_bytes(&seed, "esp-volume-id")[..4].try_into().unwrap());
+    let volume_id = u32::from_le_bytes(plan::derive_bytes(&input_digest, "esp-volume-id")[..4].try_into().unwrap());
     let esp_image = esp::build(
         esp_part.size(plan.sector_size),
         plan.sector_size as u16,
@@ -200,7 +205,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
         &extra_files,
     )?;
     let state_image = work.path.join("state.ext4");
-    let state_uuid = plan::derive_guid(&seed, "state-fs").to_string().to_lowercase();
+    let state_uuid = plan::derive_guid(&input_digest, "state-fs").to_string().to_lowercase();
     disk::make_state_fs(
         &state_image,
         plan.partition(STATE_LABEL).size(plan.sector_size),

@@ -36,22 +36,22 @@ pub struct Plan {
     pub disk_guid: Guid,
     pub total_sectors: u64,
     pub partitions: Vec<PartitionPlan>,
-    /// Seed all derived identifiers come from (digest of every input).
-    pub seed: String,
+    /// The digest of every input, which all derived identifiers come from.
+    pub input_digest: String,
 }
 
 /// An identifier derived from the build's inputs, so two builds of the same inputs agree.
-pub fn derive_bytes(seed: &str, purpose: &str) -> [u8; 32] {
+pub fn derive_bytes(input_digest: &str, purpose: &str) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(b"planet-image\0");
     h.update(purpose.as_bytes());
     h.update(b"\0");
-    h.update(seed.as_bytes());
+    h.update(input_digest.as_bytes());
     h.finalize().into()
 }
 
-pub fn derive_guid(seed: &str, purpose: &str) -> Guid {
-    let b = derive_bytes(seed, purpose);
+pub fn derive_guid(input_digest: &str, purpose: &str) -> Guid {
+    let b = derive_bytes(input_digest, purpose);
     Guid::from_random_bytes(b[..16].try_into().expect("16 bytes"))
 }
 
@@ -71,7 +71,13 @@ pub fn esp_size(layout: &Layout, esp_content: u64) -> u64 {
 
 /// Lays the partitions out; the disk's size is rounded up to `disk_multiple` bytes (GCE wants
 /// whole GiB), the backup GPT always at its very end.
-pub fn plan(layout: &Layout, esp_content: u64, slot_image: u64, seed: &str, disk_multiple: u64) -> Result<Plan> {
+pub fn plan(
+    layout: &Layout,
+    esp_content: u64,
+    slot_image: u64,
+    input_digest: &str,
+    disk_multiple: u64,
+) -> Result<Plan> {
     let ss = layout.sector_size;
     let align = layout.align_mib * MIB;
     let esp = esp_size(layout, esp_content);
@@ -110,7 +116,7 @@ pub fn plan(layout: &Layout, esp_content: u64, slot_image: u64, seed: &str, disk
         partitions.push(PartitionPlan {
             label,
             type_guid,
-            unique_guid: derive_guid(seed, &format!("partition:{label}")),
+            unique_guid: derive_guid(input_digest, &format!("partition:{label}")),
             first_lba: offset / ss,
             sectors: size / ss,
         });
@@ -120,10 +126,10 @@ pub fn plan(layout: &Layout, esp_content: u64, slot_image: u64, seed: &str, disk
     let total = round_up(offset + align, disk_multiple.max(align));
     Ok(Plan {
         sector_size: ss,
-        disk_guid: derive_guid(seed, "disk"),
+        disk_guid: derive_guid(input_digest, "disk"),
         total_sectors: total / ss,
         partitions,
-        seed: seed.to_string(),
+        input_digest: input_digest.to_string(),
     })
 }
 
@@ -163,9 +169,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn partitions_are_aligned_contiguous_and_seeded() {
+    fn partitions_are_aligned_contiguous_and_derived_from_the_inputs() {
         let layout = Layout::load(None).unwrap();
-        let p = plan(&layout, 30 * MIB, 100 * MIB, "seed", 1).unwrap();
+        let p = plan(&layout, 30 * MIB, 100 * MIB, "inputs", 1).unwrap();
         assert_eq!(p.partitions.len(), 4);
         for w in p.partitions.windows(2) {
             assert_eq!(w[0].first_lba + w[0].sectors, w[1].first_lba);
@@ -175,10 +181,10 @@ mod tests {
         }
         assert_eq!(p.partition(SLOT_A_LABEL).sectors, p.partition(SLOT_B_LABEL).sectors);
         assert!(p.partition(SLOT_A_LABEL).size(512) >= 150 * MIB);
-        assert_eq!(p, plan(&layout, 30 * MIB, 100 * MIB, "seed", 1).unwrap());
+        assert_eq!(p, plan(&layout, 30 * MIB, 100 * MIB, "inputs", 1).unwrap());
         assert_ne!(p.disk_guid, plan(&layout, 30 * MIB, 100 * MIB, "other", 1).unwrap().disk_guid);
         p.gpt().unwrap();
-        let gib = plan(&layout, 30 * MIB, 100 * MIB, "seed", 1 << 30).unwrap();
+        let gib = plan(&layout, 30 * MIB, 100 * MIB, "inputs", 1 << 30).unwrap();
         assert_eq!(gib.total_bytes() % (1 << 30), 0);
         assert_eq!(gib.partitions, p.partitions);
     }
@@ -186,9 +192,9 @@ mod tests {
     #[test]
     fn bios_boot_partition_follows_the_esp_and_state_stays_last() {
         let mut layout = Layout::load(None).unwrap();
-        let uefi = plan(&layout, 30 * MIB, 100 * MIB, "seed", 1).unwrap();
+        let uefi = plan(&layout, 30 * MIB, 100 * MIB, "inputs", 1).unwrap();
         layout.bios.enabled = true;
-        let p = plan(&layout, 30 * MIB, 100 * MIB, "seed", 1).unwrap();
+        let p = plan(&layout, 30 * MIB, 100 * MIB, "inputs", 1).unwrap();
         let labels: Vec<_> = p.partitions.iter().map(|p| p.label).collect();
         assert_eq!(labels, [ESP_LABEL, BIOS_LABEL, SLOT_A_LABEL, SLOT_B_LABEL, STATE_LABEL]);
         assert_eq!(p.partition(ESP_LABEL), uefi.partition(ESP_LABEL));
