@@ -1,4 +1,3 @@
 //! `planet-image build`: plan the disk (pure), then run the pipeline stages.
 
 pub mod pipeline;
-pub mod plan;

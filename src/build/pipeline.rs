@@ -6,7 +6,7 @@
 //! their own (`load_layout`, `kernel_package`, `load_planet_init`, `build_slot`, `build_host`),
 //! shared with `bundle`, which puts the same files into a signed update bundle.
 
-use super::plan::{self, Plan, BIOS_LABEL};
+use crate::disk::plan::{self, Plan, BIOS_LABEL};
 use crate::disk::{self, Content};
 use crate::esp::{self, SlotBoot};
 use crate::fetch::{Cache, PackageRecord, SYSTEMD_BOOT_PATH};

@@ -1,9 +1,12 @@
 //! Assembling the raw disk: a sparse file of the planned size, the GPT, and each partition's
 //! bytes at its offset. All-zero runs are skipped (left as holes), so the image takes only the
-//! space its data needs and later stages (EBS upload, qcow2) see the holes.
+//! space its data needs and later stages (EBS upload, qcow2) see the holes. Where each partition
+//! goes is [`plan`]'s, worked out before any byte is written.
 
-use crate::build::plan::Plan;
+pub mod plan;
+
 use anyhow::{Context, Result};
+use plan::Plan;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
