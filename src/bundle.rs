@@ -2,8 +2,8 @@
 //! next release's slot image, kernel and initramfs with the same stages as `build` and signs them,
 //! and `inspect` shows (and with a key verifies) a bundle.
 
-use crate::build::pipeline::{self, WorkDir};
 use crate::fetch::Cache;
+use crate::pipeline::{self, WorkDir};
 use crate::rootfs::RootfsSource;
 use crate::squashfs::Compression;
 use anyhow::{bail, Context, Result};

@@ -1,6 +1,6 @@
 //! The command line: one struct per subcommand.
 
-use crate::build::pipeline::Target;
+use crate::pipeline::Target;
 use crate::squashfs::Compression;
 use crate::vm::Accel;
 use clap::{Args, Parser, Subcommand};
@@ -597,7 +597,7 @@ fn parse_sector_size(s: &str) -> Result<u64, String> {
 /// --planet-init and its digest (the manifest records the same digest), or why there is none.
 pub fn long_version() -> String {
     let version = env!("CARGO_PKG_VERSION");
-    match crate::build::pipeline::locate_planet_init(None) {
+    match crate::pipeline::locate_planet_init(None) {
         Ok(found) => match crate::util::digest::sha256_file(&found.path) {
             Ok(digest) => format!(
                 "{version}\nplanet-init: {} ({})\nplanet-init sha256: {digest}",

@@ -2,12 +2,11 @@
 //!
 //! One module per pipeline stage: `rootfs` (inputs) → `squashfs` (slot) → `kernel` +
 //! `initramfs` (the host) → `esp` (boot loader) → `disk` (GPT, sparse raw), planned by
-//! `build::plan` and run by `build::pipeline`; `fetch`, `inspect` and `run` around it, and
-//! `bundle` for signed update bundles made of the same stages.
+//! `disk::plan` and run by `pipeline`; `fetch`, `inspect` (through `image_reader`) and `vm`
+//! (`planet-image run`) around it, and `bundle` for signed update bundles made of the same stages.
 
 pub mod app;
 pub mod bios;
-pub mod build;
 pub mod bundle;
 pub mod cli;
 pub mod cli_docs;
@@ -25,6 +24,7 @@ pub mod join_token;
 pub mod kernel;
 pub mod layout;
 pub mod manifest;
+pub mod pipeline;
 pub mod publish;
 pub mod rootfs;
 pub mod seed;

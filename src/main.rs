@@ -1,7 +1,7 @@
 use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches};
-use planet_image::build::pipeline::{self, BuildRequest, Target};
 use planet_image::cli::{AppCommand, Cli, Command, PublishCommand};
+use planet_image::pipeline::{self, BuildRequest, Target};
 use planet_image::{bundle, enter, fetch, inspect, join_token, publish, seed, vm};
 use std::time::Duration;
 

@@ -9,8 +9,8 @@ pub mod retry;
 pub mod sparse;
 pub mod upload;
 
-use crate::build::pipeline::{self, BuildRequest, Target};
 use crate::manifest::{self, AwsInfo, Manifest};
+use crate::pipeline::{self, BuildRequest, Target};
 use anyhow::{bail, Context, Result};
 use aws_config::BehaviorVersion;
 use aws_sdk_ebs::config::ProvideCredentials;

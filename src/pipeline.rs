@@ -1,6 +1,6 @@
-//! The build pipeline: rootfs → squashfs slot, kernel package → kernel + modules → initramfs,
-//! boot loader → ESP, empty ext4 state, all placed by the plan into a sparse raw disk, then
-//! converted (qcow2) and described by a manifest. Outputs appear only when complete.
+//! `planet-image build`'s pipeline: rootfs → squashfs slot, kernel package → kernel + modules →
+//! initramfs, boot loader → ESP, empty ext4 state, all placed by the plan into a sparse raw disk,
+//! then converted (qcow2) and described by a manifest. Outputs appear only when complete.
 //!
 //! The stages that make a slot — the squashfs, the kernel and the initramfs — are functions of
 //! their own (`load_layout`, `kernel_package`, `load_planet_init`, `build_slot`, `build_host`),
