@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = planet_host::datasource::http::parse_response(data);
+    let _ = planet_host::http::parse_response(data);
 });

@@ -9,6 +9,7 @@ pub mod container_kernel;
 pub mod datasource;
 pub mod disk;
 pub mod enter;
+pub mod http;
 pub mod launcher;
 pub mod mounts;
 pub mod net;

@@ -5,7 +5,8 @@
 use anyhow::{bail, Result};
 use planet_config::Source;
 
-use super::{dmi, http, retry, Attempt, Context, Datasource, Fetched};
+use super::{dmi, retry, Attempt, Context, Datasource, Fetched};
+use crate::http;
 
 pub struct Ec2;
 

@@ -6,7 +6,6 @@
 pub mod configdrive;
 pub mod ec2;
 pub mod gce;
-pub mod http;
 pub mod nocloud;
 
 use std::path::{Path, PathBuf};

@@ -6,7 +6,8 @@ use anyhow::{bail, Context as _, Result};
 use planet_config::cloudconfig;
 use planet_config::Source;
 
-use super::{find_labelled, http, read_optional, retry, with_mounted, Attempt, Context, Datasource, Fetched};
+use super::{find_labelled, read_optional, retry, with_mounted, Attempt, Context, Datasource, Fetched};
+use crate::http;
 
 pub struct NoCloud;
 

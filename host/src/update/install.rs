@@ -14,8 +14,8 @@ use planet_config::bootentry::{self, EntryName};
 use planet_config::contract;
 
 use super::esp::{sync_dir, write_durably, Esp};
-use crate::datasource::http;
 use crate::event;
+use crate::http;
 
 /// The slot an install writes: the one not running.
 #[derive(Clone, Debug)]

@@ -558,10 +558,10 @@ impl Agent {
             }
             return release_health(&self.paths.container_root).unwrap_or(true);
         };
-        let Ok(ep) = crate::datasource::http::Endpoint::parse(url, None) else { return false };
+        let Ok(ep) = crate::http::Endpoint::parse(url, None) else { return false };
         let path = if ep.prefix.is_empty() { "/" } else { "" };
         matches!(
-            crate::datasource::http::request(&ep, "GET", path, &[], Duration::from_secs(3)),
+            crate::http::request(&ep, "GET", path, &[], Duration::from_secs(3)),
             Ok(r) if (200..300).contains(&r.status)
         )
     }

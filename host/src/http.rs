@@ -1,7 +1,8 @@
-//! A small HTTP/1.1 client over `std::net::TcpStream` for metadata servers: plain HTTP to an
-//! IP address (there is no resolver in the initramfs), one request per connection, bounded
-//! body size, and an overall deadline on every exchange: a peer that sends one byte just
-//! inside each read timeout must not hold PID 1 for ever.
+//! A small HTTP/1.1 client over `std::net::TcpStream`, for the datasources' metadata servers and
+//! the update agent's bundle downloads and health checks: plain HTTP to an IP address (there is
+//! no resolver in the initramfs), one request per connection, bounded body size, and an overall
+//! deadline on every exchange: a peer that sends one byte just inside each read timeout must not
+//! hold PID 1 for ever.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
