@@ -2,7 +2,6 @@
 
 use crate::pipeline::Target;
 use crate::squashfs::Compression;
-use crate::vm::Accel;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -381,10 +380,10 @@ pub struct RunArgs {
     pub accel: Accel,
     /// Firmware: UEFI (OVMF from the cache) or legacy BIOS (QEMU's SeaBIOS; for images built with --bios).
     #[arg(long, value_enum, default_value = "uefi")]
-    pub firmware: crate::vm::Firmware,
+    pub firmware: Firmware,
     /// Controller of the boot disk.
     #[arg(long, value_enum, default_value = "virtio")]
-    pub disk_bus: crate::vm::DiskBus,
+    pub disk_bus: DiskBus,
     /// Logical and physical block size of the boot disk, e.g. 4096 for a 4Kn disk.
     #[arg(long, value_name = "BYTES")]
     pub block_size: Option<u32>,
@@ -401,9 +400,99 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub enter_socket: Option<PathBuf>,
     #[command(flatten)]
-    pub net: crate::vm::net::VmNetArgs,
+    pub net: VmNetArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    /// KVM when /dev/kvm can really create a virtual CPU, else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// What the machine boots with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Firmware {
+    /// OVMF (UEFI) from the package cache: systemd-boot.
+    Uefi,
+    /// QEMU's default SeaBIOS (legacy BIOS): GRUB from the MBR, for images built with --bios.
+    Bios,
+}
+
+/// The controller the boot disk hangs off, as on the platforms the images are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiskBus {
+    /// virtio-blk (QEMU/KVM default).
+    Virtio,
+    /// NVMe (EC2 Nitro, modern servers).
+    Nvme,
+    /// virtio-scsi with a SCSI disk (GCE).
+    Scsi,
+    /// AHCI with a SATA disk (older servers).
+    Ahci,
+}
+
+impl From<Accel> for crate::vm::Accel {
+    fn from(a: Accel) -> Self {
+        match a {
+            Accel::Auto => Self::Auto,
+            Accel::Kvm => Self::Kvm,
+            Accel::Tcg => Self::Tcg,
+        }
+    }
+}
+
+impl From<Firmware> for crate::vm::Firmware {
+    fn from(f: Firmware) -> Self {
+        match f {
+            Firmware::Uefi => Self::Uefi,
+            Firmware::Bios => Self::Bios,
+        }
+    }
+}
+
+impl From<DiskBus> for crate::vm::DiskBus {
+    fn from(b: DiskBus) -> Self {
+        match b {
+            DiskBus::Virtio => Self::Virtio,
+            DiskBus::Nvme => Self::Nvme,
+            DiskBus::Scsi => Self::Scsi,
+            DiskBus::Ahci => Self::Ahci,
+        }
+    }
+}
+
+/// `run` options for cloud look-alikes and multi-VM tests.
+#[derive(Debug, Clone, Args)]
+pub struct VmNetArgs {
+    /// An SMBIOS entry, passed to QEMU as `-smbios` (repeatable), e.g.
+    /// `type=1,manufacturer=Amazon EC2,product=t3.micro` or
+    /// `type=1,manufacturer=Google,product=Google Compute Engine`.
+    #[arg(long, value_name = "STRING")]
+    pub smbios: Vec<String>,
+    /// Guest connections to GUESTIP:PORT reach 127.0.0.1:HOSTPORT on the host (repeatable), e.g.
+    /// `10.0.2.100:80=8080` for a test metadata server with `planet.metadata_url=http://10.0.2.100`.
+    /// Each guest connection gets a connection of its own to the host port, so clients in the
+    /// guest may talk at once. Only 127.0.0.1 is reachable; the user network stays restricted.
+    #[arg(long, value_name = "GUESTIP:PORT=HOSTPORT", value_parser = crate::vm::net::parse_guestfwd)]
+    pub guestfwd: Vec<crate::vm::net::GuestFwd>,
+    /// A second virtio NIC joined to another VM through a socket on 127.0.0.1 (repeatable):
+    /// `listen:PORT` on the first VM, `connect:PORT` on the other (start the listener first).
+    #[arg(long, value_name = "listen:PORT|connect:PORT", value_parser = crate::vm::net::parse_link)]
+    pub link: Vec<crate::vm::net::Link>,
+    /// MAC address of the link NICs, in order (default: 52:54:01:PP:PP:01 for listen, …:02 for
+    /// connect, PPPP the port), e.g. for a seed's `--interface MAC`.
+    #[arg(long, value_name = "MAC", value_parser = crate::vm::net::parse_mac)]
+    pub link_mac: Vec<String>,
+}
+
+impl From<VmNetArgs> for crate::vm::net::VmNet {
+    fn from(a: VmNetArgs) -> Self {
+        Self { smbios: a.smbios, guestfwd: a.guestfwd, link: a.link, link_mac: a.link_mac }
+    }
 }
 
 #[derive(Debug, Args)]

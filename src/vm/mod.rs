@@ -37,14 +37,14 @@ pub struct RunRequest {
     /// Writes go to a throw-away overlay instead of the image.
     pub snapshot: bool,
     /// SMBIOS strings, guest-to-host forwards, links to other VMs.
-    pub net: crate::vm::net::VmNetArgs,
+    pub net: net::VmNet,
     /// The VM's name for `planet-image enter` (default: the image's file stem).
     pub name: Option<String>,
     /// Where the enter socket goes instead of the per-user directory.
     pub enter_socket: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
     /// KVM when /dev/kvm can really create a virtual CPU, else TCG.
     Auto,
@@ -53,7 +53,7 @@ pub enum Accel {
 }
 
 /// What the machine boots with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Firmware {
     /// OVMF (UEFI) from the package cache: systemd-boot.
     Uefi,
@@ -62,7 +62,7 @@ pub enum Firmware {
 }
 
 /// The controller the boot disk hangs off, as on the platforms the images are for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DiskBus {
     /// virtio-blk (QEMU/KVM default).
     Virtio,

@@ -6,27 +6,14 @@
 use std::net::Ipv4Addr;
 use std::process::Command;
 
-/// `run` options for cloud look-alikes and multi-VM tests.
-#[derive(Debug, Default, Clone, clap::Args)]
-pub struct VmNetArgs {
-    /// An SMBIOS entry, passed to QEMU as `-smbios` (repeatable), e.g.
-    /// `type=1,manufacturer=Amazon EC2,product=t3.micro` or
-    /// `type=1,manufacturer=Google,product=Google Compute Engine`.
-    #[arg(long, value_name = "STRING")]
+/// `run`'s settings for cloud look-alikes and multi-VM tests (from `cli::VmNetArgs`).
+#[derive(Debug, Default, Clone)]
+pub struct VmNet {
+    /// `-smbios` strings, in order.
     pub smbios: Vec<String>,
-    /// Guest connections to GUESTIP:PORT reach 127.0.0.1:HOSTPORT on the host (repeatable), e.g.
-    /// `10.0.2.100:80=8080` for a test metadata server with `planet.metadata_url=http://10.0.2.100`.
-    /// Each guest connection gets a connection of its own to the host port, so clients in the
-    /// guest may talk at once. Only 127.0.0.1 is reachable; the user network stays restricted.
-    #[arg(long, value_name = "GUESTIP:PORT=HOSTPORT", value_parser = parse_guestfwd)]
     pub guestfwd: Vec<GuestFwd>,
-    /// A second virtio NIC joined to another VM through a socket on 127.0.0.1 (repeatable):
-    /// `listen:PORT` on the first VM, `connect:PORT` on the other (start the listener first).
-    #[arg(long, value_name = "listen:PORT|connect:PORT", value_parser = parse_link)]
     pub link: Vec<Link>,
-    /// MAC address of the link NICs, in order (default: 52:54:01:PP:PP:01 for listen, …:02 for
-    /// connect, PPPP the port), e.g. for a seed's `--interface MAC`.
-    #[arg(long, value_name = "MAC", value_parser = parse_mac)]
+    /// MACs of the link NICs, in order; the rest get [`Link::default_mac`].
     pub link_mac: Vec<String>,
 }
 
@@ -110,7 +97,7 @@ pub fn parse_mac(s: &str) -> Result<String, String> {
     }
 }
 
-impl VmNetArgs {
+impl VmNet {
     /// Options appended to the restricted user netdev. QEMU's `guestfwd=…-tcp:HOST:PORT` opens
     /// one connection to the host when it starts and pours every guest connection into it, which
     /// mixes up clients that talk at once (a kubelet and a controller manager asking their
@@ -151,7 +138,7 @@ mod tests {
 
     #[test]
     fn options_parse_and_render() {
-        let a = VmNetArgs {
+        let a = VmNet {
             smbios: vec!["type=1,manufacturer=Google".into()],
             guestfwd: vec![parse_guestfwd("10.0.2.100:80=8080").unwrap()],
             link: vec![parse_link("listen:4000").unwrap()],
