@@ -1,6 +1,5 @@
 //! The command line: one struct per subcommand.
 
-use crate::pipeline::Target;
 use crate::squashfs::Compression;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -314,6 +313,30 @@ pub struct BundleArgs {
     pub host: HostInputArgs,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// A raw GPT disk (sparse file), for `dd` onto a disk or any hypervisor.
+    Raw,
+    /// A qcow2 image, for QEMU/KVM.
+    Qcow2,
+    /// An AMI registered in your AWS account through the EBS direct APIs (the raw image is
+    /// uploaded; it is kept only with -o).
+    Ami,
+    /// A GCE image archive: disk.raw (whole GiB) as a sparse member of a gzip'd GNU tar.
+    Gce,
+}
+
+impl From<Target> for crate::pipeline::Target {
+    fn from(t: Target) -> Self {
+        match t {
+            Target::Raw => Self::Raw,
+            Target::Qcow2 => Self::Qcow2,
+            Target::Ami => Self::Ami,
+            Target::Gce => Self::Gce,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// A raw or qcow2 image, or an update bundle (printed as JSON).
@@ -547,10 +570,28 @@ pub struct SeedArgs {
     pub partition: Option<PathBuf>,
     /// Seed layout.
     #[arg(long, value_enum, default_value = "nocloud")]
-    pub format: crate::seed::SeedFormat,
+    pub format: SeedFormat,
     /// The seed image to write (FAT, label CIDATA or config-2).
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SeedFormat {
+    /// cloud-init NoCloud, volume label CIDATA.
+    Nocloud,
+    /// OpenStack ConfigDrive (Ironic, Rackspace OnMetal), volume label config-2.
+    #[value(name = "config-2")]
+    ConfigDrive,
+}
+
+impl From<SeedFormat> for crate::seed::SeedFormat {
+    fn from(f: SeedFormat) -> Self {
+        match f {
+            SeedFormat::Nocloud => Self::Nocloud,
+            SeedFormat::ConfigDrive => Self::ConfigDrive,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -633,7 +674,7 @@ pub struct AwsArgs {
     pub tags: Vec<(String, String)>,
     /// The AMI's boot mode.
     #[arg(long, value_enum, default_value = "uefi")]
-    pub boot_mode: crate::publish::aws::BootMode,
+    pub boot_mode: BootMode,
     /// Root volume size in GiB [default: the image size rounded up to a GiB]; the state partition
     /// grows to fill it at first boot.
     #[arg(long, value_name = "GiB")]
@@ -652,6 +693,23 @@ pub struct AwsArgs {
     pub wait_timeout: u64,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BootMode {
+    /// UEFI only (the image has no BIOS boot loader).
+    Uefi,
+    /// UEFI where the instance type supports it.
+    UefiPreferred,
+}
+
+impl From<BootMode> for crate::publish::aws::BootMode {
+    fn from(m: BootMode) -> Self {
+        match m {
+            BootMode::Uefi => Self::Uefi,
+            BootMode::UefiPreferred => Self::UefiPreferred,
+        }
+    }
+}
+
 impl AwsArgs {
     /// The publisher's options; `--name` is required.
     pub fn options(&self) -> anyhow::Result<crate::publish::aws::AwsOptions> {
@@ -664,7 +722,7 @@ impl AwsArgs {
             region: self.region.clone(),
             description: self.description.clone(),
             tags: self.tags.clone(),
-            boot_mode: self.boot_mode,
+            boot_mode: self.boot_mode.into(),
             volume_size_gib: self.volume_size,
             force: self.force,
             keep_snapshot: self.keep_snapshot,

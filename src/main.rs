@@ -62,7 +62,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Build(a) => {
             let epoch = a.host.source_date_epoch.map_or_else(source_date_epoch, Ok)?;
-            let ami = match a.target {
+            let target = Target::from(a.target);
+            let ami = match target {
                 Target::Ami => Some(a.aws.options()?),
                 _ if a.aws.name.is_some() => anyhow::bail!("--name and the other AMI options need --target ami"),
                 _ => None,
@@ -73,7 +74,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 (None, None) => anyhow::bail!("-o/--output FILE is required for --target raw and qcow2"),
             };
             let req = BuildRequest {
-                target: a.target,
+                target,
                 rootfs: a.rootfs,
                 output,
                 layout: a.layout,
@@ -157,7 +158,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 interface: a.interface,
                 update: a.update,
                 join_token,
-                format: a.format,
+                format: a.format.into(),
                 output: a.output,
             };
             let summary = match &a.partition {

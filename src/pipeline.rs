@@ -24,7 +24,7 @@ use anyhow::{bail, Context, Result};
 use planet_config::contract::{ESP_LABEL, SLOT_A_LABEL, SLOT_B_LABEL, STATE_LABEL};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Target {
     /// A raw GPT disk (sparse file), for `dd` onto a disk or any hypervisor.
     Raw,

@@ -10,12 +10,11 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SeedFormat {
     /// cloud-init NoCloud, volume label CIDATA.
     Nocloud,
     /// OpenStack ConfigDrive (Ironic, Rackspace OnMetal), volume label config-2.
-    #[value(name = "config-2")]
     ConfigDrive,
 }
 

@@ -24,7 +24,7 @@ use upload::SnapshotSpec;
 /// times out (EBS volumes are NVMe on Nitro), and the cloud-init data comes from EC2 IMDSv2.
 pub const AMI_CMDLINE: &str = "nvme_core.io_timeout=4294967295 planet.datasource=ec2";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BootMode {
     /// UEFI only (the image has no BIOS boot loader).
     #[default]
