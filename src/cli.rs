@@ -1,6 +1,5 @@
 //! The command line: one struct per subcommand.
 
-use crate::squashfs::Compression;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -190,6 +189,52 @@ pub struct HostInputArgs {
     pub source_date_epoch: Option<u64>,
     #[command(flatten)]
     pub cache: CacheArgs,
+}
+
+/// `--compression`: the squashfs stage's [`crate::squashfs::Compression`] as typed on the
+/// command line, default included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Zstd(u8),
+    None,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression::Zstd(15)
+    }
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let level = match s.split_once(':') {
+            Some(("zstd", l)) => l.parse::<u8>().map_err(|_| format!("bad zstd level {l:?}"))?,
+            None if s == "zstd" => 15,
+            None if s == "none" => return Ok(Compression::None),
+            _ => return Err(format!("unknown compression {s:?}: use zstd, zstd:LEVEL (1-22) or none")),
+        };
+        if !(1..=22).contains(&level) {
+            return Err(format!("zstd level {level} is outside 1-22"));
+        }
+        Ok(Compression::Zstd(level))
+    }
+}
+
+/// The stage's spelling, so `--help`'s default reads as manifests write it.
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        crate::squashfs::Compression::from(*self).fmt(f)
+    }
+}
+
+impl From<Compression> for crate::squashfs::Compression {
+    fn from(c: Compression) -> Self {
+        match c {
+            Compression::Zstd(level) => Self::Zstd(level),
+            Compression::None => Self::None,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -761,8 +806,24 @@ pub fn long_version() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::Cli;
+    use super::{Cli, Compression};
     use clap::CommandFactory;
+
+    #[test]
+    fn parses_and_shows_compression() {
+        assert_eq!("none".parse::<Compression>(), Ok(Compression::None));
+        assert_eq!("zstd".parse::<Compression>(), Ok(Compression::Zstd(15)));
+        assert_eq!("zstd:3".parse::<Compression>(), Ok(Compression::Zstd(3)));
+        assert!("none:1".parse::<Compression>().is_err());
+        assert!("zstd:0".parse::<Compression>().is_err());
+        assert!("gzip".parse::<Compression>().unwrap_err().contains("none"));
+        // What a manifest records is accepted back by --compression.
+        use crate::squashfs::Compression as Stage;
+        for c in [Stage::None, Stage::Zstd(15), Stage::Zstd(1)] {
+            assert_eq!(c.to_string().parse::<Compression>().map(Stage::from), Ok(c));
+        }
+        assert_eq!(Compression::default().to_string(), "zstd:15");
+    }
 
     /// clap's own consistency checks over the whole tree, including `help_expected`: an
     /// argument without help text fails here, not in a user's man page.

@@ -17,34 +17,13 @@ use std::io::{BufWriter, Read};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-/// Block compression of the slot image.
+/// Block compression of the slot image. Its text (`zstd:15`, `none`) goes into manifests and the
+/// input digest; `--compression` is parsed in cli.rs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Compression {
     Zstd(u8),
     /// Data, fragments, inodes and xattrs stored uncompressed (written by `sqfstar`).
     None,
-}
-
-impl Default for Compression {
-    fn default() -> Self {
-        Compression::Zstd(15)
-    }
-}
-
-impl std::str::FromStr for Compression {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let level = match s.split_once(':') {
-            Some(("zstd", l)) => l.parse::<u8>().map_err(|_| format!("bad zstd level {l:?}"))?,
-            None if s == "zstd" => 15,
-            None if s == "none" => return Ok(Compression::None),
-            _ => return Err(format!("unknown compression {s:?}: use zstd, zstd:LEVEL (1-22) or none")),
-        };
-        if !(1..=22).contains(&level) {
-            return Err(format!("zstd level {level} is outside 1-22"));
-        }
-        Ok(Compression::Zstd(level))
-    }
 }
 
 impl std::fmt::Display for Compression {
@@ -178,19 +157,6 @@ fn root_mtime_offset(sb: &[u8; 96]) -> Result<RootMtimeOffset> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_and_shows_compression() {
-        assert_eq!("none".parse::<Compression>(), Ok(Compression::None));
-        assert_eq!("zstd".parse::<Compression>(), Ok(Compression::Zstd(15)));
-        assert_eq!("zstd:3".parse::<Compression>(), Ok(Compression::Zstd(3)));
-        assert!("none:1".parse::<Compression>().is_err());
-        assert!("zstd:0".parse::<Compression>().is_err());
-        assert!("gzip".parse::<Compression>().unwrap_err().contains("none"));
-        for c in [Compression::None, Compression::Zstd(15), Compression::Zstd(1)] {
-            assert_eq!(c.to_string().parse::<Compression>(), Ok(c));
-        }
-    }
 
     #[test]
     fn finds_the_root_inode_mtime() {
