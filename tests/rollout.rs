@@ -121,11 +121,13 @@ fn machine_name(line: &str) -> String {
     line.split_whitespace().nth(1).unwrap_or("").to_string()
 }
 
-/// A quick GET of the posts on one forwarded port: whether the post is in the answer.
+/// A GET of the posts on one forwarded port: whether the post is in the answer. A page may take
+/// a minute and more under TCG with the master busy (a bundle download, a drain): slow is not
+/// down, so the wait is [`PAGE`]'s.
 fn post_there(port: u16) -> bool {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(45)));
+    let _ = s.set_read_timeout(Some(PAGE));
     let req = format!("GET /?rest_route=/wp/v2/posts HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
     if s.write_all(req.as_bytes()).is_err() {
         return false;
