@@ -69,14 +69,10 @@ fn machine(
     server: Option<u16>,
 ) -> Machine {
     let seed = seed_with(s, name, role, &format!("{SUBNET}.{host}"), &mac(host), TOKEN, UPDATE);
-    let mut extra = vec![
-        "--seed".to_string(),
-        seed.display().to_string(),
-        "--cmdline".into(),
-        CMDLINE.into(),
-        "--forward".into(),
-        format!("{port}:30080"),
-    ];
+    // No `run --cmdline`: that boots the kernel directly, past the firmware and systemd-boot,
+    // so a reboot would always start slot a again. The image carries the extra argument in
+    // its loader entries instead (`build --cmdline`), and updates keep it.
+    let mut extra = vec!["--seed".to_string(), seed.display().to_string(), "--forward".into(), format!("{port}:30080")];
     if let Some(p) = server {
         extra.extend(["--guestfwd".to_string(), format!("10.0.2.100:80={p}")]);
     }
@@ -220,7 +216,7 @@ fn a_rollout_goes_node_by_node_survives_a_dead_lock_holder_and_stops_at_a_failin
     let (key, public) = keygen(&s);
     let (w, p) = (wordpress.display().to_string(), public.display().to_string());
     let mut args: Vec<&str> = FAST_BUILD.to_vec();
-    args.extend(["--app", &w, "--release-version", "1", "--update-key", &p]);
+    args.extend(["--app", &w, "--release-version", "1", "--update-key", &p, "--cmdline", CMDLINE]);
     let image = kube_disk(&s, &args);
     let release = fixture("planet-release.tar.gz");
     let bundle_2 = s.path("planet-2.planet");
