@@ -208,16 +208,31 @@ pub fn discover(master: Ipv4Addr, token: &JoinToken, wait: Duration) -> Result<S
 /// Serves `doc` to every `GET /planet-join/v1` on `listener`, each connection on its own
 /// thread (at most [`MAX_CONNECTIONS`]), with a deadline for the request.
 pub fn serve(listener: TcpListener, doc: Arc<String>) {
+    serve_bounded(listener, MAX_CONNECTIONS, "join-request", move |conn| {
+        let _ = answer(conn, &doc);
+    });
+}
+
+/// Answers each connection of `listener` with `handle` on a thread of its own, at most `max` at
+/// once; the others are closed at once (a flood of connections cannot exhaust the threads of
+/// the machine). Shared by the join document's and the rollout bundle's servers.
+pub fn serve_bounded(
+    listener: TcpListener,
+    max: usize,
+    name: &str,
+    handle: impl Fn(TcpStream) + Send + Sync + 'static,
+) {
     let active = Arc::new(AtomicUsize::new(0));
+    let handle = Arc::new(handle);
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
-        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+        if active.fetch_add(1, Ordering::SeqCst) >= max {
             active.fetch_sub(1, Ordering::SeqCst);
             continue;
         }
-        let (doc, mine) = (doc.clone(), active.clone());
-        let spawned = std::thread::Builder::new().name("join-request".into()).spawn(move || {
-            let _ = answer(conn, &doc);
+        let (mine, handle) = (active.clone(), handle.clone());
+        let spawned = std::thread::Builder::new().name(name.into()).spawn(move || {
+            handle(conn);
             mine.fetch_sub(1, Ordering::SeqCst);
         });
         if spawned.is_err() {

@@ -120,18 +120,8 @@ pub fn now_secs() -> u64 {
 
 /// RFC 3339 UTC with microseconds, as the API's MicroTime fields want it.
 pub fn micro_time(secs: u64) -> String {
-    let days = (secs / 86400) as i64;
+    let (year, month, day) = planet_bundle::date_from_days((secs / 86400) as i64);
     let rem = secs % 86400;
-    // Days since 1970-01-01 to a civil date (the proleptic Gregorian calendar).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.000000Z", rem / 3600, rem / 60 % 60, rem % 60)
 }
 

@@ -51,6 +51,32 @@ struct Options {
     app_grace_seconds: u64,
 }
 
+impl Options {
+    /// A running rollout of `action` from release `from` to `release` with these options.
+    fn rollout(
+        &self,
+        id: String,
+        action: Action,
+        (from, release): (String, String),
+        etcd: (String, String),
+    ) -> Rollout {
+        Rollout {
+            id,
+            action,
+            release,
+            from,
+            state: State::Running,
+            reason: String::new(),
+            max_unavailable: self.max_unavailable,
+            lock_seconds: self.lock_seconds,
+            reboot_seconds: self.reboot_seconds,
+            app_grace_seconds: self.app_grace_seconds,
+            etcd_from: etcd.0,
+            etcd_to: etcd.1,
+        }
+    }
+}
+
 fn parse_options(args: &[String]) -> Result<(Vec<String>, Options)> {
     let mut o = Options {
         max_unavailable: 1,
@@ -173,20 +199,12 @@ fn start(args: &[String]) -> Result<()> {
     }
     let url =
         format!("http://{}:{BUNDLE_PORT}/{}", env.public_ip, file.file_name().unwrap_or_default().to_string_lossy());
-    let r = Rollout {
-        id: format!("{release}-{}", now_secs()),
-        action: Action::Install { url },
-        release: release.clone(),
-        from: from.clone(),
-        state: State::Running,
-        reason: String::new(),
-        max_unavailable: o.max_unavailable,
-        lock_seconds: o.lock_seconds,
-        reboot_seconds: o.reboot_seconds,
-        app_grace_seconds: o.app_grace_seconds,
-        etcd_from: masters_etcd(&machines),
-        etcd_to: String::new(),
-    };
+    let r = o.rollout(
+        format!("{release}-{}", now_secs()),
+        Action::Install { url },
+        (from.clone(), release.clone()),
+        (masters_etcd(&machines), String::new()),
+    );
     write_record(&kc, &r)?;
     let msg = format!("rollout {}: release {from} → {release} on {} machines, masters first", r.id, machines.len());
     event(&kc, &env.node_name, "Started", &msg);
@@ -200,33 +218,19 @@ fn rollback(args: &[String]) -> Result<()> {
         bail!("rollback takes no bundle: the other slot of every machine holds the previous release\n{USAGE}");
     }
     let kc = admin()?;
+    refuse_if_running(&kc)?;
     let last = need_record(&kc)?;
-    if last.state == State::Running {
-        bail!(
-            "the rollout {} to release {} is running: stop it first (planet-node rollout stop)",
-            last.id,
-            last.release
-        );
-    }
     let machines = read_machines(&kc).map_err(anyhow::Error::msg)?;
     let running_etcd = masters_etcd(&machines);
     let target_etcd = last.etcd_from.clone();
     check_etcd_rollback(&target_etcd, &running_etcd)?;
     let env = crate::env::load()?;
-    let r = Rollout {
-        id: format!("{}-rollback-{}", last.from, now_secs()),
-        action: Action::Rollback,
-        release: last.from.clone(),
-        from: last.release.clone(),
-        state: State::Running,
-        reason: String::new(),
-        max_unavailable: o.max_unavailable,
-        lock_seconds: o.lock_seconds,
-        reboot_seconds: o.reboot_seconds,
-        app_grace_seconds: o.app_grace_seconds,
-        etcd_from: running_etcd,
-        etcd_to: target_etcd,
-    };
+    let r = o.rollout(
+        format!("{}-rollback-{}", last.from, now_secs()),
+        Action::Rollback,
+        (last.release.clone(), last.from.clone()),
+        (running_etcd, target_etcd),
+    );
     write_record(&kc, &r)?;
     let msg = format!("rollout {}: back to release {} (from {}), masters first", r.id, r.release, r.from);
     event(&kc, &env.node_name, "Started", &msg);

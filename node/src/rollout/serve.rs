@@ -9,8 +9,6 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::{BUNDLE_DIR, BUNDLE_PORT};
@@ -31,19 +29,9 @@ pub fn run(ip: Ipv4Addr) {
 }
 
 pub fn serve(listener: TcpListener, dir: PathBuf) {
-    let active = Arc::new(AtomicUsize::new(0));
-    for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
-        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            active.fetch_sub(1, Ordering::SeqCst);
-            continue;
-        }
-        let (active, dir) = (active.clone(), dir.clone());
-        std::thread::spawn(move || {
-            let _ = answer(conn, &dir);
-            active.fetch_sub(1, Ordering::SeqCst);
-        });
-    }
+    crate::join::serve_bounded(listener, MAX_CONNECTIONS, "bundle-request", move |conn| {
+        let _ = answer(conn, &dir);
+    });
 }
 
 /// The file a request path names, if it is one this server hands out.
