@@ -65,6 +65,17 @@ impl Esp {
         self.root.join(contract::esp_slot_dir(slot))
     }
 
+    /// The generation a new entry gets: one above every entry's on the ESP.
+    pub fn next_generation(&self) -> Result<u32> {
+        self.entries()?
+            .iter()
+            .map(|e| e.name.generation)
+            .max()
+            .unwrap_or(0)
+            .checked_add(1)
+            .context("the boot entries' generation numbers are used up")
+    }
+
     /// Our entries (files that parse as `planet-GEN-SLOT…conf`), newest generation first.
     pub fn entries(&self) -> Result<Vec<Entry>> {
         let dir = self.entries_dir();

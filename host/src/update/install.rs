@@ -311,15 +311,7 @@ pub fn install(p: &InstallPlan<'_>) -> Result<EntryName> {
     }
     // The slot's old boot files are unused now; removing them first makes the room counted above.
     p.esp.remove_slot_files(slot)?;
-    let generation = p
-        .esp
-        .entries()?
-        .iter()
-        .map(|e| e.name.generation)
-        .max()
-        .unwrap_or(0)
-        .checked_add(1)
-        .context("the boot entries' generation numbers are used up")?;
+    let generation = p.esp.next_generation()?;
 
     // 2. The slot.
     event!("update writing", slot = slot, release = p.header.release, bytes = rootfs.size);

@@ -763,13 +763,7 @@ impl Agent {
                 .find(|e| e.name.slot == slot && e.version == release && !e.name.is_bad())
                 .with_context(|| format!("no entry of release {release} in slot {slot} (it was replaced or failed)"))?;
             esp.check_boot_files(&from.name)?;
-            let generation = entries
-                .iter()
-                .map(|e| e.name.generation)
-                .max()
-                .unwrap_or(0)
-                .checked_add(1)
-                .context("the boot entries' generation numbers are used up")?;
+            let generation = esp.next_generation()?;
             let to = EntryName::counted(generation, slot, DEFAULT_TRIES);
             esp.rename_entry(&from.name, &to)?;
             Ok((from.name.clone(), to))
