@@ -13,7 +13,10 @@
 //!    its trial up after the grace time and rolls back to 2 by itself, the rollout stops with
 //!    the reason, and the nodes never leave release 2.
 //!
-//! End-to-end tier (`scripts/test --e2e`): three Kubernetes machines under TCG, over an hour.
+//! A shorter test takes a master and a node without apps through release 2: the loop itself.
+//!
+//! End-to-end tier (`scripts/test --e2e`): Kubernetes machines under TCG, over an hour for the
+//! three-machine test.
 
 mod common;
 
@@ -320,7 +323,7 @@ fn a_rollout_goes_node_by_node_survives_a_dead_lock_holder_and_stops_at_a_failin
         "-o",
         r#"jsonpath={range .items[*]}{.metadata.resourceVersion} {.reason} {.message}{"\n"}{end}"#,
     ]);
-    check_events(&events);
+    check_events(&events, 3);
     ports.iter().any(|p| post_there(*p)).then_some(()).expect("the post is gone after the rollout");
     phases.done(&format!(
         "rollout to release 2 done; {victim} killed holding the lock, the next machine waited {waited} s"
@@ -375,6 +378,75 @@ fn a_rollout_goes_node_by_node_survives_a_dead_lock_holder_and_stops_at_a_failin
     drop(hub);
 }
 
+/// The rollout's loop alone, in the time of a shorter run: a master and a node of release 1, no
+/// apps, bundle 2 — the master first, then the node, each locked, cordoned, drained, installed,
+/// rebooted through the firmware, blessed, uncordoned, unlocked; never two cordoned at once.
+#[test]
+fn a_master_and_a_node_take_a_release_one_after_the_other() {
+    let mut phases = Phases::new();
+    let s = Scratch::new("rollout-pair");
+    let (key, public) = keygen(&s);
+    let p = public.display().to_string();
+    let mut args: Vec<&str> = FAST_BUILD.to_vec();
+    args.extend(["--release-version", "1", "--update-key", &p, "--cmdline", CMDLINE]);
+    let image = kube_disk(&s, &args);
+    let bundle_2 = s.path("planet-2.planet");
+    make_bundle(&fixture("planet-release.tar.gz"), &key, &bundle_2, "2", &["--compression", "zstd:3"]);
+    phases.done("image of release 1 and bundle 2 built");
+
+    let hub = Hub::start();
+    let server = BundleServer::start(Duration::from_secs(3 * 3600));
+    let ports = [free_port(), free_port()];
+    let mut master = machine(&s, &image, &hub, ("master-1", "master", 10), ports[0], Some(server.port));
+    let mut node = machine(&s, &image, &hub, ("node-1", "node", 11), ports[1], None);
+    wait_up(&mut [&mut master, &mut node], &mut phases);
+    wait_nodes_ready(&master, &["master-1", "node-1"], &[&node]);
+    phases.done("two Nodes Ready");
+
+    server.serve(Some(std::fs::read(&bundle_2).unwrap()));
+    let out = master.enter_ok(&["planet-node", "rollout", "start", &format!("{BUNDLE_URL}2.planet"), "--lock-seconds", "60"]);
+    assert!(out.contains("release 1 → 2 on 2 machines"), "{out}");
+    let mut watch = Watch { start: Instant::now(), samples: Vec::new() };
+    let mut order = Vec::new();
+    let done = loop {
+        assert!(watch.start.elapsed() < ROLLOUT, "the rollout to release 2 did not finish in {ROLLOUT:?}");
+        let sample = watch.sample(&master, &[]);
+        if let Some(h) = sample.lock_holder() {
+            if order.last() != Some(&h) {
+                order.push(h);
+            }
+        }
+        if sample.rollout_state("2") == Some("done") {
+            break sample;
+        }
+        assert_ne!(sample.rollout_state("2"), Some("stopped"), "the rollout stopped:\n{:?}", sample.status);
+        std::thread::sleep(Duration::from_secs(10));
+    };
+    for m in ["master-1", "node-1"] {
+        let line = done.machine_line(m).unwrap_or_else(|| panic!("no line for {m}:\n{:?}", done.status));
+        assert!(
+            line.contains("release 2 slot b") && !line.contains("trial") && !line.contains("cordoned"),
+            "{m} not on release 2 blessed: {line}"
+        );
+    }
+    assert_eq!(order, ["master-1", "node-1"], "the lock's holders, in order");
+    for m in [&master, &node] {
+        assert!(m.guest.console().contains("update blessed"), "{}: no blessing on the console", m.name);
+    }
+    let events = master.enter_ok(&[
+        "kubectl",
+        "get",
+        "events",
+        "-n",
+        "planet-system",
+        "-o",
+        r#"jsonpath={range .items[*]}{.metadata.resourceVersion} {.reason} {.message}{"\n"}{end}"#,
+    ]);
+    check_events(&events, 2);
+    phases.done("rollout to release 2 done, master first");
+    drop(hub);
+}
+
 /// The forwarded port of the node WordPress runs on now (the master's when unknown).
 fn node_port_now(master: &Machine, ports: &[u16; 3]) -> u16 {
     let on = placement(master);
@@ -386,7 +458,7 @@ fn node_port_now(master: &Machine, ports: &[u16; 3]) -> u16 {
 }
 
 /// Replays the rollout's Events in the API's order: at most one machine cordoned at a time.
-fn check_events(events: &str) {
+fn check_events(events: &str, machines: usize) {
     let mut lines: Vec<(u64, &str)> = events
         .lines()
         .filter_map(|l| l.split_once(' '))
@@ -405,6 +477,6 @@ fn check_events(events: &str) {
             cordoned.retain(|c| *c != name);
         }
     }
-    assert!(seen >= 3, "fewer than three machines were cordoned by the rollout:\n{events}");
+    assert!(seen >= machines, "fewer than {machines} machines were cordoned by the rollout:\n{events}");
     eprintln!("rollout events:\n{}", lines.iter().map(|(_, l)| *l).collect::<Vec<_>>().join("\n"));
 }
