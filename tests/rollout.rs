@@ -404,7 +404,8 @@ fn a_master_and_a_node_take_a_release_one_after_the_other() {
     phases.done("two Nodes Ready");
 
     server.serve(Some(std::fs::read(&bundle_2).unwrap()));
-    let out = master.enter_ok(&["planet-node", "rollout", "start", &format!("{BUNDLE_URL}2.planet"), "--lock-seconds", "60"]);
+    let out =
+        master.enter_ok(&["planet-node", "rollout", "start", &format!("{BUNDLE_URL}2.planet"), "--lock-seconds", "60"]);
     assert!(out.contains("release 1 → 2 on 2 machines"), "{out}");
     let mut watch = Watch { start: Instant::now(), samples: Vec::new() };
     let mut order = Vec::new();
