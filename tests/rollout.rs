@@ -314,15 +314,7 @@ fn a_rollout_goes_node_by_node_survives_a_dead_lock_holder_and_stops_at_a_failin
     for m in [&master, &node_1, &node_2] {
         assert!(m.guest.console().contains("update blessed"), "{}: no blessing on the console", m.name);
     }
-    let events = master.enter_ok(&[
-        "kubectl",
-        "get",
-        "events",
-        "-n",
-        "planet-system",
-        "-o",
-        r#"jsonpath={range .items[*]}{.metadata.resourceVersion} {.reason} {.message}{"\n"}{end}"#,
-    ]);
+    let events = rollout_events(&master);
     check_events(&events, 3);
     ports.iter().any(|p| post_there(*p)).then_some(()).expect("the post is gone after the rollout");
     phases.done(&format!(
@@ -434,15 +426,7 @@ fn a_master_and_a_node_take_a_release_one_after_the_other() {
     for m in [&master, &node] {
         assert!(m.guest.console().contains("update blessed"), "{}: no blessing on the console", m.name);
     }
-    let events = master.enter_ok(&[
-        "kubectl",
-        "get",
-        "events",
-        "-n",
-        "planet-system",
-        "-o",
-        r#"jsonpath={range .items[*]}{.metadata.resourceVersion} {.reason} {.message}{"\n"}{end}"#,
-    ]);
+    let events = rollout_events(&master);
     check_events(&events, 2);
     phases.done("rollout to release 2 done, master first");
     drop(hub);
@@ -456,6 +440,19 @@ fn node_port_now(master: &Machine, ports: &[u16; 3]) -> u16 {
         Some("node-2") => ports[2],
         _ => ports[0],
     }
+}
+
+/// The rollout's Events, one line each: resourceVersion, reason, message.
+fn rollout_events(master: &Machine) -> String {
+    master.enter_ok(&[
+        "kubectl",
+        "get",
+        "events",
+        "-n",
+        "planet-system",
+        "-o",
+        r#"jsonpath={range .items[*]}{.metadata.resourceVersion} {.reason} {.message}{"\n"}{end}"#,
+    ])
 }
 
 /// Replays the rollout's Events in the API's order: at most one machine cordoned at a time.

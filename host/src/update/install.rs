@@ -160,23 +160,18 @@ pub fn receive(
     }
 }
 
-/// Downloads the bundle at `url` into `dest`. The first 4 KiB come first, by a range request:
-/// the key, the release and the size (from `Content-Range`) are checked on them, so a foreign,
-/// unwanted or truncated bundle is refused without fetching it. Then the whole file (see
-/// [`receive`]), whose prelude must be byte for byte the one checked: a server (or a man in the
-/// middle) that answers the two requests with different bundles gets nothing installed.
-pub fn download(
+/// The signed prelude of the bundle at `url`, by a range request for its first 4 KiB: the key,
+/// the release (`wanted`) and the size the server announces are checked, nothing more is
+/// fetched. Returns the endpoint and request path for the rest.
+fn fetch_prelude(
     url: &str,
-    dest: &Path,
     keys: &KeyRing,
-    room: Room,
     wanted: impl FnOnce(&Prelude) -> Result<()>,
-) -> Result<(Prelude, Header)> {
+) -> Result<(Prelude, http::Endpoint, &'static str)> {
     let ep = http::Endpoint::parse(url, None)?;
     let path = if ep.prefix.is_empty() { "/" } else { "" };
-    let timeout = Duration::from_secs(30);
-    let mut head =
-        http::get_stream(&ep, path, Some((0, PRELUDE_LEN - 1)), timeout).with_context(|| format!("fetching {url}"))?;
+    let mut head = http::get_stream(&ep, path, Some((0, PRELUDE_LEN - 1)), HTTP_TIMEOUT)
+        .with_context(|| format!("fetching {url}"))?;
     if !matches!(head.status, 200 | 206) {
         bail!("{url} answered HTTP {}", head.status);
     }
@@ -194,8 +189,37 @@ pub fn download(
             bail!("truncated or padded: {url} holds {n} bytes, the signature says {}", prelude.total_bytes);
         }
     }
+    Ok((prelude, ep, path))
+}
+
+/// Checks the bundle at `url` without fetching more than its first 4 KiB (see
+/// [`fetch_prelude`]), and that it would fit in `room`.
+pub fn check_remote(
+    url: &str,
+    keys: &KeyRing,
+    room: Room,
+    wanted: impl FnOnce(&Prelude) -> Result<()>,
+) -> Result<Prelude> {
+    let (prelude, _, _) = fetch_prelude(url, keys, wanted)?;
+    room.check(prelude.total_bytes)?;
+    Ok(prelude)
+}
+
+/// Downloads the bundle at `url` into `dest`. The first 4 KiB come first (see
+/// [`fetch_prelude`]), so a foreign, unwanted or truncated bundle is refused without fetching
+/// it. Then the whole file (see [`receive`]), whose prelude must be byte for byte the one
+/// checked: a server (or a man in the middle) that answers the two requests with different
+/// bundles gets nothing installed.
+pub fn download(
+    url: &str,
+    dest: &Path,
+    keys: &KeyRing,
+    room: Room,
+    wanted: impl FnOnce(&Prelude) -> Result<()>,
+) -> Result<(Prelude, Header)> {
+    let (prelude, ep, path) = fetch_prelude(url, keys, wanted)?;
     let until = Instant::now() + transfer_time(prelude.total_bytes);
-    let body = http::get_stream(&ep, path, None, timeout).with_context(|| format!("fetching {url}"))?;
+    let body = http::get_stream(&ep, path, None, HTTP_TIMEOUT).with_context(|| format!("fetching {url}"))?;
     if body.status != 200 {
         bail!("{url} answered HTTP {}", body.status);
     }
@@ -217,6 +241,8 @@ pub fn download(
 
 /// How long the first 4 KiB of a download may take.
 const PRELUDE_TIME: Duration = Duration::from_secs(60);
+/// How long connecting and each read of a download may take.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Fills `buf` as far as the stream allows; returns the bytes read.
 fn read_full(src: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {

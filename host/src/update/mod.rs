@@ -625,39 +625,22 @@ impl Agent {
             &mut dyn FnMut(&planet_bundle::Prelude) -> Result<()>,
         ) -> Result<(planet_bundle::Prelude, planet_bundle::Header)>,
     ) -> Result<Option<EntryName>> {
-        let Some(ring) = &self.key else {
-            bail!("this image was built without --update-key: it trusts no bundle");
-        };
-        if !self.paths.uefi {
-            bail!("this machine booted through legacy BIOS (GRUB); updates need UEFI boot (systemd-boot counts the tries)");
-        }
-        if self.trial() {
-            bail!("release {} is still on trial; updates wait until it is blessed", self.release);
-        }
-        let target = self.target.clone().context("the other slot was not found at boot")?;
+        let (ring, target) = self.can_install()?;
         let mut st = match self.busy.try_lock() {
             Ok(st) => st,
             Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => bail!("another update is in progress"),
         };
         let dest = self.paths.state_dir.join("incoming.planet");
-        let room = (self.room)(&self.paths.state_dir)?;
-        let failed = read_failed(&self.paths.state_dir);
-        let keys = ring.without(&read_revoked(&self.paths.state_dir));
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let screen = self.screen(ring, allow_downgrade)?;
         let mut not_wanted = false;
         let mut wanted = |p: &planet_bundle::Prelude| -> Result<()> {
-            // Signed by a trusted key: its revocations hold whether or not the bundle is wanted.
-            apply_revocations(&self.paths.state_dir, ring, p)?;
-            install::check_fresh(&p.release, p.expires, now)?;
-            if let Err(e) = install::check_wanted(&p.release, &self.release, allow_downgrade, &failed) {
-                not_wanted = true;
-                return Err(e);
-            }
+            screen.judge(p, &mut not_wanted)?;
             event!("update downloading", release = p.release, bytes = p.total_bytes);
             self.write_status(&mut Status::default(), "downloading", &format!("release {}", p.release));
             Ok(())
         };
+        let (keys, room) = (screen.keys.clone(), screen.room);
         let fetched = fetch(&dest, &keys, room, &mut wanted);
         let (_, header) = match fetched {
             Ok(v) => v,
@@ -686,6 +669,49 @@ impl Agent {
         event!("update installed", release = header.release, slot = target.slot, entry = entry);
         self.write_status(&mut st, "installed", &format!("release {} in slot {}", header.release, target.slot));
         Ok(Some(entry))
+    }
+
+    /// Whether this machine can install at all: the keys it trusts and the slot it would write.
+    fn can_install(&self) -> Result<(&KeyRing, Target)> {
+        let Some(ring) = &self.key else {
+            bail!("this image was built without --update-key: it trusts no bundle");
+        };
+        if !self.paths.uefi {
+            bail!("this machine booted through legacy BIOS (GRUB); updates need UEFI boot (systemd-boot counts the tries)");
+        }
+        if self.trial() {
+            bail!("release {} is still on trial; updates wait until it is blessed", self.release);
+        }
+        let target = self.target.clone().context("the other slot was not found at boot")?;
+        Ok((ring, target))
+    }
+
+    /// What an offered bundle's signed prelude is judged against, read once per offer.
+    fn screen<'a>(&'a self, ring: &'a KeyRing, allow_downgrade: bool) -> Result<Screen<'a>> {
+        Ok(Screen {
+            agent: self,
+            ring,
+            keys: ring.without(&read_revoked(&self.paths.state_dir)),
+            room: (self.room)(&self.paths.state_dir)?,
+            failed: read_failed(&self.paths.state_dir),
+            now: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            allow_downgrade,
+        })
+    }
+
+    /// Checks the bundle at `url` as an install would, on its first 4 KiB only (one range
+    /// request): signed by a trusted key, fresh, wanted here, with room on the state partition.
+    /// Nothing is written; the rollout asks this before it drains the machine. `signed` is set
+    /// once a prelude signed by a trusted key was read (what went wrong before that is no
+    /// business of the client's).
+    pub fn check_remote(&self, url: &str, allow_downgrade: bool, signed: &mut bool) -> Result<planet_bundle::Prelude> {
+        let (ring, _) = self.can_install()?;
+        let screen = self.screen(ring, allow_downgrade)?;
+        let mut not_wanted = false;
+        install::check_remote(url, &screen.keys, screen.room, |p| {
+            *signed = true;
+            screen.judge(p, &mut not_wanted)
+        })
     }
 
     /// Whether this boot is still a release on trial (neither blessed nor failed yet).
@@ -812,6 +838,33 @@ fn contained(thread: &str, body: impl FnOnce()) {
 
 fn fmt_hm(m: u32) -> String {
     format!("{:02}:{:02}", m / 60, m % 60)
+}
+
+/// The checks an offered bundle's prelude meets before any of it is fetched or written.
+struct Screen<'a> {
+    agent: &'a Agent,
+    ring: &'a KeyRing,
+    /// The trusted keys less the revoked ones.
+    keys: KeyRing,
+    room: install::Room,
+    failed: Vec<String>,
+    now: u64,
+    allow_downgrade: bool,
+}
+
+impl Screen<'_> {
+    /// Accepts `p` or says why not; `not_wanted` is set when it is merely not wanted here
+    /// (same, older or failed release), which is no error worth a status change.
+    fn judge(&self, p: &planet_bundle::Prelude, not_wanted: &mut bool) -> Result<()> {
+        // Signed by a trusted key: its revocations hold whether or not the bundle is wanted.
+        apply_revocations(&self.agent.paths.state_dir, self.ring, p)?;
+        install::check_fresh(&p.release, p.expires, self.now)?;
+        if let Err(e) = install::check_wanted(&p.release, &self.agent.release, self.allow_downgrade, &self.failed) {
+            *not_wanted = true;
+            return Err(e);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,9 @@
 //! * `status` — the status file's JSON;
 //! * `install-url [--allow-downgrade] http://IP[:PORT]/PATH` — fetch and install that bundle;
 //! * `install [--allow-downgrade]` — the bundle's bytes follow the line, to the end of the stream;
+//! * `check-url [--allow-downgrade] http://IP[:PORT]/PATH` — what `install-url` checks before it
+//!   downloads (trusted key, release wanted here, room), on the bundle's first 4 KiB, with
+//!   nothing written: answers `ok release R, N bytes`;
 //! * `fail-trial REASON…` — while this boot is a release on trial: mark its entry bad and reboot
 //!   into the previous release at once, instead of waiting for the boot counter to run down;
 //! * `rollback-to RELEASE` — boot the release the other slot still holds, with a fresh boot
@@ -59,6 +62,7 @@ pub fn listen(dir: &Path) -> Result<UnixListener> {
 pub enum Request {
     Status,
     InstallUrl { url: String, allow_downgrade: bool },
+    CheckUrl { url: String, allow_downgrade: bool },
     Install { allow_downgrade: bool },
     FailTrial { reason: String },
     RollbackTo { release: String },
@@ -79,6 +83,9 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
         ["install-url", rest @ .., url] if !url.starts_with("--") => {
             downgrade(rest).map(|allow_downgrade| Request::InstallUrl { url: url.to_string(), allow_downgrade })
         }
+        ["check-url", rest @ .., url] if !url.starts_with("--") => {
+            downgrade(rest).map(|allow_downgrade| Request::CheckUrl { url: url.to_string(), allow_downgrade })
+        }
         ["fail-trial", reason @ ..] if !reason.is_empty() => {
             // Control characters would reach the console as they are.
             let reason: String = reason.join(" ").chars().filter(|c| !c.is_control()).take(MAX_REASON_CHARS).collect();
@@ -92,7 +99,8 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
     req.ok_or_else(|| {
         format!(
             "unknown request {:?}: expected status, install-url [--allow-downgrade] URL, install \
-             [--allow-downgrade] followed by the bundle, fail-trial REASON, or rollback-to RELEASE",
+             [--allow-downgrade] followed by the bundle, check-url [--allow-downgrade] URL, fail-trial \
+             REASON, or rollback-to RELEASE",
             line.trim()
         )
     })
@@ -204,6 +212,22 @@ impl Agent {
                     }
                     r => r,
                 }
+            }
+            Request::CheckUrl { url, allow_downgrade } => {
+                let mut signed = false;
+                let checked = self.check_remote(&url, allow_downgrade, &mut signed);
+                if let Err(e) = &checked {
+                    event!("update check refused", source = "socket", url = url, error = format!("{e:#}"));
+                }
+                return match checked {
+                    Ok(p) => writeln!(w, "ok release {}, {} bytes", p.release, p.total_bytes),
+                    // A signed bundle this machine refuses: why (failed here, no room, older) is
+                    // the operator's business.
+                    Err(e) if signed => writeln!(w, "error {e:#}"),
+                    // As for install-url: no answer tells which addresses answer.
+                    Err(_) => writeln!(w, "error no bundle signed by a trusted key at {url} (details on the console)"),
+                }
+                .map_err(Into::into);
             }
             Request::FailTrial { reason } => {
                 match self.fail_trial(&reason) {
@@ -526,6 +550,35 @@ mod tests {
         assert_eq!(a, "ok nothing to do (same or older release)\n");
     }
 
+    /// `check-url` reads the first 4 KiB only, writes nothing, and answers what an install
+    /// would decide: a wanted bundle's release and size, a refused signed bundle's reason, and
+    /// the install-url's one fixed answer when there is no signed bundle at all.
+    #[test]
+    fn check_url_judges_a_bundle_on_its_prelude_and_writes_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let key = SecretKey::from_seed([9; 32], [9; 8]);
+        let agent = machine(t.path(), &key);
+        let listener = listen(&t.path().join("run")).unwrap();
+        let slot_before = std::fs::read(t.path().join("slot-b")).unwrap();
+        let b2 = bundle(t.path(), "2", &key);
+        let url = serve(vec![(206, b2[..4096].to_vec(), Some(b2.len() as u64))]);
+        let a = exchange(&agent, &listener, format!("check-url {url}\n").into_bytes());
+        assert_eq!(a, format!("ok release 2, {} bytes\n", b2.len()));
+        // Release 1 is the running one: refused, and the reason says so.
+        let b1 = bundle(t.path(), "1", &key);
+        let url = serve(vec![(206, b1[..4096].to_vec(), Some(b1.len() as u64))]);
+        let a = exchange(&agent, &listener, format!("check-url {url}\n").into_bytes());
+        assert!(a.starts_with("error ") && a.contains("release 1"), "{a}");
+        // Signed by another key: the fixed answer.
+        let other = bundle(t.path(), "3", &SecretKey::from_seed([4; 32], [4; 8]));
+        let url = serve(vec![(206, other[..4096].to_vec(), Some(other.len() as u64))]);
+        let a = exchange(&agent, &listener, format!("check-url {url}\n").into_bytes());
+        assert_eq!(a.replace(&url, "URL"), "error no bundle signed by a trusted key at URL (details on the console)\n");
+        assert_eq!(std::fs::read(t.path().join("slot-b")).unwrap(), slot_before, "the slot was written");
+        assert!(!t.path().join("state/incoming.planet").exists());
+        assert!(std::fs::read_dir(t.path().join("esp/loader/entries")).unwrap().count() == 1);
+    }
+
     /// Finding 8: a downgrade only by an explicit socket request; `allow_downgrade` from
     /// cloud-init data is ignored.
     #[test]
@@ -708,6 +761,11 @@ mod tests {
         assert!(parse_request("install --force\n").is_err());
         assert!(parse_request("install-url --allow-downgrade\n").is_err());
         assert!(parse_request("install-url \n").is_err());
+        assert_eq!(
+            parse_request("check-url http://10.0.0.1:6442/planet-2.planet\n"),
+            Ok(Request::CheckUrl { url: "http://10.0.0.1:6442/planet-2.planet".into(), allow_downgrade: false })
+        );
+        assert!(parse_request("check-url\n").is_err());
         assert!(parse_request("reboot\n").unwrap_err().contains("unknown request"));
         assert_eq!(
             parse_request("fail-trial  node not Ready\tafter 5m\n"),

@@ -30,6 +30,10 @@ const TICK: Duration = Duration::from_secs(15);
 const IDLE_TICK: Duration = Duration::from_secs(30);
 /// How long a drain may take before it is tried again (the lock is kept meanwhile).
 const DRAIN_TIMEOUT: &str = "900s";
+/// Installs (or rollbacks) one holder asks planet-init for under one lock before it stops the
+/// rollout: a machine that reboots and comes back on the old release, its trial never started
+/// (a firmware that does not boot the new entry), would otherwise install again forever.
+pub const MAX_ATTEMPTS: u32 = 2;
 
 /// The RBAC and namespace the rollout needs, applied by masters: the machines' kubelet
 /// credentials (group `system:nodes`) may use the rollout's objects and evict pods.
@@ -143,7 +147,7 @@ pub fn event(kc: &str, me: &str, reason: &str, message: &str) {
         "involvedObject": {"apiVersion": "v1", "kind": "ConfigMap", "namespace": NAMESPACE, "name": RECORD},
         "reason": reason,
         "message": message,
-        "type": if matches!(reason, "Stopped" | "TrialFailed" | "DrainFailed" | "InstallFailed") { "Warning" } else { "Normal" },
+        "type": if matches!(reason, "Stopped" | "TrialFailed" | "DrainFailed" | "InstallFailed" | "CheckFailed") { "Warning" } else { "Normal" },
         "source": {"component": "planet-rollout", "host": me},
         "firstTimestamp": format!("{t}Z"),
         "lastTimestamp": format!("{t}Z"),
@@ -163,6 +167,9 @@ pub struct Lock {
     pub until: u64,
     pub resource_version: String,
     pub exists: bool,
+    /// How many times the holder asked planet-init to install (or roll back) under this lock
+    /// (annotation `update.planet/attempts`; it survives the holder's reboots).
+    pub attempts: u32,
 }
 
 impl Lock {
@@ -189,6 +196,10 @@ pub fn read_locks(kc: &str, max: u32) -> Result<Vec<Lock>, String> {
                         .unwrap_or(0),
                     resource_version: l["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string(),
                     exists: true,
+                    attempts: l["metadata"]["annotations"][annotation("attempts")]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0),
                     name,
                 },
             }
@@ -198,12 +209,15 @@ pub fn read_locks(kc: &str, max: u32) -> Result<Vec<Lock>, String> {
 
 /// Writes `lock` held by `holder` (empty: given back) for `seconds`, on the condition that it
 /// is unchanged since it was read (the API server's resourceVersion check): two machines that
-/// race for one lock cannot both get it.
+/// race for one lock cannot both get it. The attempts count goes on while the holder stays the
+/// same and starts again at 0 with a new holder.
 pub fn write_lock(kc: &str, lock: &Lock, holder: &str, seconds: u64) -> Result<Lock, String> {
     let now = now_secs();
     let until = if holder.is_empty() { 0 } else { now + seconds };
+    let attempts = if !holder.is_empty() && lock.holder == holder { lock.attempts } else { 0 };
     let mut meta = json!({"name": lock.name, "namespace": NAMESPACE,
-                          "annotations": {annotation("until"): until.to_string()}});
+                          "annotations": {annotation("until"): until.to_string(),
+                                          annotation("attempts"): attempts.to_string()}});
     if lock.exists {
         meta["resourceVersion"] = json!(lock.resource_version);
     }
@@ -216,7 +230,14 @@ pub fn write_lock(kc: &str, lock: &Lock, holder: &str, seconds: u64) -> Result<L
     let verb = if lock.exists { "replace" } else { "create" };
     let out =
         run_with_input(kc, &[verb, "-f", "-", "-o", "jsonpath={.metadata.resourceVersion}"], Some(&obj.to_string()))?;
-    Ok(Lock { holder: holder.to_string(), until, resource_version: out, exists: true, name: lock.name.clone() })
+    Ok(Lock {
+        holder: holder.to_string(),
+        until,
+        resource_version: out,
+        exists: true,
+        name: lock.name.clone(),
+        attempts,
+    })
 }
 
 /// The lock this agent holds and how long each renewal lasts; a thread renews it.
@@ -332,6 +353,18 @@ impl Agent {
         let mut h = self.held.lock().unwrap_or_else(|e| e.into_inner());
         h.lock = lock;
         h.seconds = seconds;
+    }
+
+    /// Counts one more install attempt on the held lock and makes it last `seconds`, under the
+    /// mutex the renewing thread takes, so the two never write the Lease at once.
+    fn count_attempt(&self, seconds: u64) -> Result<(), String> {
+        let mut h = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lock = h.lock.clone().ok_or("the lock was lost before the install")?;
+        lock.attempts += 1;
+        let written = write_lock(&self.kc, &lock, self.me(), seconds);
+        h.seconds = seconds;
+        h.lock = written.as_ref().ok().cloned();
+        written.map(|_| ())
     }
 
     fn tick(&mut self) -> Result<(), String> {
@@ -454,6 +487,17 @@ impl Agent {
             );
         }
         if !me.cordoned {
+            // planet-init judges the bundle on its signed first 4 KiB (trusted key, release
+            // wanted here, room on the state partition) before anything is drained for it.
+            if let Action::Install { url } = &r.action {
+                let answer = update_request(&format!("check-url {url}")).map_err(|e| format!("{e:#}"))?;
+                if !answer.starts_with("ok ") {
+                    let why = format!("{}: planet-init refuses the bundle: {}", self.me(), first_words(&answer));
+                    patch_record(&self.kc, &[("state", State::Stopped.as_str()), ("reason", &why)])?;
+                    event(&self.kc, self.me(), "CheckFailed", &why);
+                    return self.give_back(me, "as its bundle was refused");
+                }
+            }
             kubectl(&self.kc, &["cordon", self.me()])?;
             event(&self.kc, self.me(), "Cordoned", &format!("{} cordoned for release {}", self.me(), r.release));
         }
@@ -473,13 +517,29 @@ impl Agent {
             return Ok(());
         }
         event(&self.kc, self.me(), "Drained", &format!("{} drained", self.me()));
-        // From here the machine may be gone for a reboot: the lock lasts that long.
-        self.hold(self.holding(), r.reboot_seconds);
-        renew(&self.kc, self.me(), &self.held);
         let request = match &r.action {
             Action::Install { url } => format!("install-url {url}"),
             Action::Rollback => format!("rollback-to {}", r.release),
         };
+        let Some(lock) = self.holding() else {
+            // The renewal found the lock taken by another machine meanwhile: start over.
+            return Ok(());
+        };
+        if lock.attempts >= MAX_ATTEMPTS {
+            let why = format!(
+                "{}: asked planet-init {} times for release {} ({request}) and came back on release {} each time",
+                self.me(),
+                lock.attempts,
+                r.release,
+                me.release.as_deref().unwrap_or("?")
+            );
+            patch_record(&self.kc, &[("state", State::Stopped.as_str()), ("reason", &why)])?;
+            event(&self.kc, self.me(), "InstallFailed", &why);
+            return self.give_back(me, "after the installs that did not take");
+        }
+        // From here the machine may be gone for a reboot: the lock lasts that long, and it
+        // counts this attempt before planet-init is asked.
+        self.count_attempt(r.reboot_seconds)?;
         event(&self.kc, self.me(), "Installing", &format!("{}: {request}", self.me()));
         let answer = update_request(&request).map_err(|e| format!("{e:#}"))?;
         if answer.starts_with("ok ") && answer.contains("rebooting") {

@@ -273,7 +273,9 @@ pub fn status_lines() -> Result<Vec<String>> {
                 if l.free(now) {
                     out.push(format!("  lock {}: free", l.name));
                 } else {
-                    out.push(format!("  lock {}: held by {} for {} s more", l.name, l.holder, l.until - now));
+                    let tries =
+                        if l.attempts > 0 { format!(", install attempt {}", l.attempts) } else { String::new() };
+                    out.push(format!("  lock {}: held by {} for {} s more{tries}", l.name, l.holder, l.until - now));
                 }
             }
         }
