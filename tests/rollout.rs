@@ -371,10 +371,12 @@ fn a_rollout_goes_node_by_node_survives_a_dead_lock_holder_and_stops_at_a_failin
 }
 
 /// The rollout's loop alone, in the time of a shorter run: a master and a node of release 1, no
-/// apps, bundle 2 — the master first, then the node, each locked, cordoned, drained, installed,
-/// rebooted through the firmware, blessed, uncordoned, unlocked; never two cordoned at once.
+/// apps, bundle 2 — the master first, then the node, each checked, locked, cordoned, drained,
+/// installed, rebooted through the firmware, blessed, uncordoned, unlocked; never two cordoned
+/// at once. Then `rollout rollback` takes both back to release 1 the same way (planet-init's
+/// `rollback-to`: slot a again, its own trial, blessed).
 #[test]
-fn a_master_and_a_node_take_a_release_one_after_the_other() {
+fn a_master_and_a_node_take_a_release_one_after_the_other_and_roll_back() {
     let mut phases = Phases::new();
     let s = Scratch::new("rollout-pair");
     let (key, public) = keygen(&s);
@@ -399,37 +401,61 @@ fn a_master_and_a_node_take_a_release_one_after_the_other() {
     let out =
         master.enter_ok(&["planet-node", "rollout", "start", &format!("{BUNDLE_URL}2.planet"), "--lock-seconds", "60"]);
     assert!(out.contains("release 1 → 2 on 2 machines"), "{out}");
+    let order = follow_to_done(&master, "2", "slot b");
+    assert_eq!(order, ["master-1", "node-1"], "the lock's holders, in order");
+    for m in [&master, &node] {
+        assert!(m.guest.console().contains("update blessed"), "{}: no blessing on the console", m.name);
+    }
+    check_events(&rollout_events(&master), 2);
+    phases.done("rollout to release 2 done, master first");
+
+    let out = master.enter_ok(&["planet-node", "rollout", "rollback", "--lock-seconds", "60"]);
+    assert!(out.contains("back to release 1 (from 2)"), "{out}");
+    let order = follow_to_done(&master, "1", "slot a");
+    assert_eq!(order, ["master-1", "node-1"], "the lock's holders in the rollback, in order");
+    for m in [&master, &node] {
+        let console = m.guest.console();
+        assert!(
+            console.contains("update rollback release=1"),
+            "{}: no rollback on the console: {}",
+            m.name,
+            tail(&console)
+        );
+    }
+    check_events(&rollout_events(&master), 4);
+    phases.done("rolled back to release 1, master first");
+    drop(hub);
+}
+
+/// Follows the rollout to `release` until it is done (every machine on it in `slot`, blessed,
+/// uncordoned), failing if it stops; returns the lock's holders in the order they held it.
+fn follow_to_done(master: &Machine, release: &str, slot: &str) -> Vec<String> {
     let mut watch = Watch { start: Instant::now(), samples: Vec::new() };
-    let mut order = Vec::new();
+    let mut order: Vec<String> = Vec::new();
     let done = loop {
-        assert!(watch.start.elapsed() < ROLLOUT, "the rollout to release 2 did not finish in {ROLLOUT:?}");
-        let sample = watch.sample(&master, &[]);
+        assert!(watch.start.elapsed() < ROLLOUT, "the rollout to release {release} did not finish in {ROLLOUT:?}");
+        let sample = watch.sample(master, &[]);
         if let Some(h) = sample.lock_holder() {
             if order.last() != Some(&h) {
                 order.push(h);
             }
         }
-        if sample.rollout_state("2") == Some("done") {
+        if sample.rollout_state(release) == Some("done") {
             break sample;
         }
-        assert_ne!(sample.rollout_state("2"), Some("stopped"), "the rollout stopped:\n{:?}", sample.status);
+        assert_ne!(sample.rollout_state(release), Some("stopped"), "the rollout stopped:\n{:?}", sample.status);
         std::thread::sleep(Duration::from_secs(10));
     };
-    for m in ["master-1", "node-1"] {
-        let line = done.machine_line(m).unwrap_or_else(|| panic!("no line for {m}:\n{:?}", done.status));
+    for line in done.lines().filter(|l| l.starts_with("machine ")) {
         assert!(
-            line.contains("release 2 slot b") && !line.contains("trial") && !line.contains("cordoned"),
-            "{m} not on release 2 blessed: {line}"
+            line.contains(&format!("release {release} {slot}"))
+                && !line.contains("trial")
+                && !line.contains("cordoned"),
+            "not on release {release} blessed: {line}"
         );
     }
-    assert_eq!(order, ["master-1", "node-1"], "the lock's holders, in order");
-    for m in [&master, &node] {
-        assert!(m.guest.console().contains("update blessed"), "{}: no blessing on the console", m.name);
-    }
-    let events = rollout_events(&master);
-    check_events(&events, 2);
-    phases.done("rollout to release 2 done, master first");
-    drop(hub);
+    assert!(done.lines().filter(|l| l.starts_with("machine ")).count() >= 2, "{:?}", done.status);
+    order
 }
 
 /// The forwarded port of the node WordPress runs on now (the master's when unknown).
