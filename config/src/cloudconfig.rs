@@ -558,8 +558,8 @@ impl Ethernet {
         if self.match_name.is_none() && self.match_mac.is_none() {
             return glob(&self.id, &nic.name);
         }
-        self.match_name.as_deref().is_none_or(|p| glob(p, &nic.name))
-            && self.match_mac.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(&nic.mac))
+        self.match_name.as_deref().map_or(true, |p| glob(p, &nic.name))
+            && self.match_mac.as_deref().map_or(true, |m| m.eq_ignore_ascii_case(&nic.mac))
     }
 }
 
@@ -739,7 +739,7 @@ pub fn parse_openstack_network(text: &str, nics: &[NicInfo]) -> Result<NetworkCo
             .map(|m| m.to_ascii_lowercase());
         let nic = nics
             .iter()
-            .find(|n| !taken.contains(&n.name) && link_mac.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(&n.mac)));
+            .find(|n| !taken.contains(&n.name) && link_mac.as_deref().map_or(true, |m| m.eq_ignore_ascii_case(&n.mac)));
         if let Some(nic) = nic {
             taken.push(nic.name.clone());
             out.addresses.push(StaticAddress { iface: nic.name.clone(), address, prefix, gateway });

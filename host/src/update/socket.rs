@@ -503,22 +503,31 @@ mod tests {
         let (answer, took) = ask("status\n");
         assert!(answer.starts_with("ok {"), "{answer}");
         assert!(took < Duration::from_secs(2), "{took:?}");
-        // Fill the slot the status request had with silent clients until one is turned away
-        // (the server frees that slot a moment after answering, so a single client racing it
-        // could land either way), then every slot is taken: the next client is told so at once.
+        // Fill the slot the status request had with a silent client. The server frees that slot
+        // a moment after answering, so a client racing it may be turned away while the slot is
+        // still taken: go on until every slot holds a silent client and one more is turned away.
+        // Then the next client is told so at once.
         let mut busy = Vec::new();
-        loop {
+        for attempt in 0.. {
+            assert!(attempt < 100, "no client was turned away with {} silent ones in", silent.len() + busy.len());
             let c = UnixStream::connect(&path).unwrap();
             c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
             let mut line = String::new();
             match BufReader::new(&c).read_line(&mut line) {
                 Ok(n) if n > 0 => {
                     assert!(line.starts_with("error too many requests at once"), "{line}");
-                    break;
+                    if silent.len() + busy.len() >= MAX_CONNECTIONS {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
                 }
                 _ => busy.push(c),
             }
-            assert!(busy.len() <= MAX_CONNECTIONS, "{} silent clients were all let in", silent.len() + busy.len());
+            assert!(
+                silent.len() + busy.len() <= MAX_CONNECTIONS,
+                "{} silent clients were all let in",
+                silent.len() + busy.len()
+            );
         }
         let (answer, took) = ask("status\n");
         assert!(answer.starts_with("error too many requests at once"), "{answer}");
