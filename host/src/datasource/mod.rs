@@ -7,6 +7,8 @@ pub mod configdrive;
 pub mod ec2;
 pub mod gce;
 pub mod nocloud;
+#[cfg(test)]
+mod testserver;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
