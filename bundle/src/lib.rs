@@ -41,9 +41,14 @@ pub const FORMAT: u32 = 1;
 pub const SECTION_ALIGN: u64 = 4096;
 /// The largest JSON header accepted: a verifier never allocates more for it.
 pub const MAX_HEADER_LEN: u32 = 64 * 1024;
-/// The sections every bundle carries, in this order: the slot's squashfs, the kernel and the
-/// initramfs it boots with.
-pub const REQUIRED_SECTIONS: [&str; 3] = ["rootfs", "vmlinuz", "initramfs"];
+/// The section holding the slot's squashfs.
+pub const SECTION_ROOTFS: &str = "rootfs";
+/// The section holding the kernel the slot boots with.
+pub const SECTION_KERNEL: &str = "vmlinuz";
+/// The section holding the initramfs the slot boots with.
+pub const SECTION_INITRAMFS: &str = "initramfs";
+/// The sections every bundle carries, in this order.
+pub const REQUIRED_SECTIONS: [&str; 3] = [SECTION_ROOTFS, SECTION_KERNEL, SECTION_INITRAMFS];
 /// Where the public key that updates must be signed with lives in the initramfs.
 pub const UPDATE_KEY_PATH: &str = "etc/planet/update.pub";
 

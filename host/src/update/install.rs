@@ -304,9 +304,9 @@ pub struct InstallPlan<'a> {
 /// Writes the slot, the boot files and the counted entry. Returns the new entry's name.
 pub fn install(p: &InstallPlan<'_>) -> Result<EntryName> {
     let slot = p.target.slot;
-    let rootfs = p.header.section("rootfs")?;
-    let vmlinuz = p.header.section("vmlinuz")?;
-    let initramfs = p.header.section("initramfs")?;
+    let rootfs = p.header.section(planet_bundle::SECTION_ROOTFS)?;
+    let vmlinuz = p.header.section(planet_bundle::SECTION_KERNEL)?;
+    let initramfs = p.header.section(planet_bundle::SECTION_INITRAMFS)?;
     if rootfs.size > p.target.bytes {
         bail!(
             "the new rootfs ({} MiB) is larger than slot {slot} ({} MiB); build an image with larger slots",

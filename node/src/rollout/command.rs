@@ -3,7 +3,7 @@
 //! agent acts on; `rollback` takes the cluster back to the release it ran before; `stop`;
 //! `status`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -345,23 +345,11 @@ fn download(url: &str, dest: &Path) -> Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n")?;
     let mut r = BufReader::new(s);
-    let mut status = String::new();
-    r.read_line(&mut status)?;
-    if status.split_whitespace().nth(1) != Some("200") {
-        bail!("{url} answered {}", status.trim());
+    let head = super::http_head::read_head(&mut r, url)?;
+    if head.start.split_whitespace().nth(1) != Some("200") {
+        bail!("{url} answered {}", head.start);
     }
-    let mut length = None;
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line)? == 0 || line.trim().is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse::<u64>().ok();
-            }
-        }
-    }
+    let length = head.field("content-length").and_then(|v| v.parse::<u64>().ok());
     let mut f = std::fs::File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
     // Exactly the body: a server that keeps the connection open must not stall the copy.
     let n = match length {

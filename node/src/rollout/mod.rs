@@ -25,6 +25,7 @@
 
 pub mod agent;
 pub mod command;
+mod http_head;
 pub mod serve;
 
 use std::collections::BTreeMap;

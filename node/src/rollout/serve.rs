@@ -6,7 +6,7 @@
 //! with the single byte range planet-init asks for first (the 4 KiB prelude). No TLS: the
 //! bundle is signed, and planet-init checks every byte against the signature.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -58,21 +58,9 @@ fn answer(conn: TcpStream, dir: &Path) -> std::io::Result<()> {
     conn.set_write_timeout(Some(Duration::from_secs(60)))?;
     let mut w = conn.try_clone()?;
     let mut r = BufReader::new(conn.take(16 * 1024));
-    let mut request = String::new();
-    r.read_line(&mut request)?;
-    let mut range = None;
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line)? == 0 || line.trim().is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("range") {
-                range = Some(v.trim().to_string());
-            }
-        }
-    }
-    let words: Vec<&str> = request.split_whitespace().collect();
+    let head = super::http_head::read_head(&mut r, "a bundle request")?;
+    let range = head.field("range");
+    let words: Vec<&str> = head.start.split_whitespace().collect();
     let file = match words.as_slice() {
         ["GET", path, ..] => file_for(dir, path),
         _ => return w.write_all(b"HTTP/1.0 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n"),
@@ -81,7 +69,7 @@ fn answer(conn: TcpStream, dir: &Path) -> std::io::Result<()> {
         return w.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n");
     };
     let len = f.metadata()?.len();
-    match range.as_deref().map(|v| parse_range(v, len)) {
+    match range.map(|v| parse_range(v, len)) {
         Some(Some((first, last))) => {
             use std::io::Seek;
             f.seek(std::io::SeekFrom::Start(first))?;
