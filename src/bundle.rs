@@ -143,8 +143,7 @@ pub fn run(req: &BundleRequest) -> Result<BundleResult> {
 
     let work = WorkDir::new(&pipeline::dir_of(&req.output))?;
     let slot_image = work.path.join("rootfs.sqfs");
-    let (slot_summary, slot_bytes) =
-        pipeline::build_slot(&source, &req.apps, &req.rootfs, &slot_image, req.compression, req.epoch)?;
+    let (slot_summary, slot_bytes) = pipeline::build_slot(&source, &req.apps, &slot_image, req.compression, req.epoch)?;
     if let Some(mib) = layout.slots.size_mib {
         if slot_bytes > mib << 20 {
             bail!(
@@ -161,8 +160,11 @@ pub fn run(req: &BundleRequest) -> Result<BundleResult> {
     std::fs::write(&initramfs_path, &initramfs).with_context(|| format!("writing {}", initramfs_path.display()))?;
 
     let step = crate::util::progress::Step::start("signing the bundle", 0);
-    let sections: [(&str, &Path); 3] =
-        [("rootfs", &slot_image), ("vmlinuz", &vmlinuz_path), ("initramfs", &initramfs_path)];
+    let sections: [(&str, &Path); 3] = [
+        (planet_bundle::SECTION_ROOTFS, &slot_image),
+        (planet_bundle::SECTION_KERNEL, &vmlinuz_path),
+        (planet_bundle::SECTION_INITRAMFS, &initramfs_path),
+    ];
     planet_bundle::write_bundle_with(&req.output, release, req.epoch, &kernel.version, &sections, &key, &claims)
         .with_context(|| format!("writing the bundle {}", req.output.display()))?;
     step.finish("");

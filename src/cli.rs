@@ -785,6 +785,164 @@ fn parse_sector_size(s: &str) -> Result<u64, String> {
     }
 }
 
+// What each subcommand's arguments become: the request its module takes. main.rs hands these
+// over; no module below the CLI sees a clap type.
+
+/// SOURCE_DATE_EPOCH when set, else now: the timestamp of whatever a command makes up.
+pub fn source_date_epoch() -> anyhow::Result<u64> {
+    if let Some(v) = std::env::var_os("SOURCE_DATE_EPOCH") {
+        let s = v.to_string_lossy();
+        return s.parse().map_err(|_| anyhow::anyhow!("SOURCE_DATE_EPOCH={s:?} is not a number of seconds"));
+    }
+    Ok(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs())
+}
+
+impl HostInputArgs {
+    /// `--source-date-epoch` (or its variable), else now.
+    pub fn epoch(&self) -> anyhow::Result<u64> {
+        self.source_date_epoch.map_or_else(source_date_epoch, Ok)
+    }
+}
+
+impl BuildArgs {
+    /// The build request, and for `--target ami` the AMI's options.
+    pub fn request(self) -> anyhow::Result<(crate::pipeline::BuildRequest, Option<crate::publish::aws::AwsOptions>)> {
+        let epoch = self.host.epoch()?;
+        let target = crate::pipeline::Target::from(self.target);
+        let ami = match target {
+            crate::pipeline::Target::Ami => Some(self.aws.options()?),
+            _ if self.aws.name.is_some() => anyhow::bail!("--name and the other AMI options need --target ami"),
+            _ => None,
+        };
+        let output = match (self.output, &ami) {
+            (Some(o), _) => o,
+            (None, Some(_)) => Default::default(),
+            (None, None) => anyhow::bail!("-o/--output FILE is required for --target raw and qcow2"),
+        };
+        let request = crate::pipeline::BuildRequest {
+            target,
+            rootfs: self.rootfs,
+            output,
+            layout: self.layout,
+            profile: self.profile,
+            sector_size: self.sector_size,
+            cmdline: self.cmdline,
+            bios: self.bios,
+            kernel_package: self.host.kernel_package,
+            bootloader_package: self.bootloader_package,
+            planet_init: self.host.planet_init,
+            cache_dir: self.host.cache.cache_dir,
+            compression: self.host.compression.into(),
+            epoch,
+            release: self.release_version,
+            update_key: self.update_key,
+            apps: self.app,
+        };
+        Ok((request, ami))
+    }
+}
+
+impl BundleArgs {
+    pub fn request(self) -> anyhow::Result<crate::bundle::BundleRequest> {
+        Ok(crate::bundle::BundleRequest {
+            epoch: self.host.epoch()?,
+            rootfs: self.rootfs,
+            key: self.key,
+            update_key: self.update_key,
+            release: self.release_version,
+            output: self.output,
+            layout: self.layout,
+            profile: self.profile,
+            kernel_package: self.host.kernel_package,
+            planet_init: self.host.planet_init,
+            cache_dir: self.host.cache.cache_dir,
+            compression: self.host.compression.into(),
+            expires: self.expires,
+            revokes: self.revokes,
+            apps: self.app,
+        })
+    }
+}
+
+impl SeedArgs {
+    /// The seed request, with the `--env-file` and `--join-token-file` contents read in.
+    pub fn request(self) -> anyhow::Result<crate::seed::SeedRequest> {
+        let mut env = self.env;
+        for f in &self.env_file {
+            env.extend(crate::seed::read_env_file(f)?);
+        }
+        let join_token = self.join_token_file.as_deref().map(crate::join_token::read_file).transpose()?;
+        Ok(crate::seed::SeedRequest {
+            role: self.role,
+            master_ip: self.master_ip,
+            provider: self.provider,
+            env,
+            hostname: self.hostname,
+            address: self.address,
+            gateway: self.gateway,
+            dns: self.dns,
+            interface: self.interface,
+            update: self.update,
+            join_token,
+            format: self.format.into(),
+            output: self.output,
+        })
+    }
+}
+
+impl From<PublishGceArgs> for crate::publish::gce::GceOptions {
+    fn from(a: PublishGceArgs) -> Self {
+        crate::publish::gce::GceOptions {
+            bucket: a.bucket,
+            project: a.project,
+            name: a.name,
+            family: a.family,
+            description: a.description,
+            object: a.object,
+            chunk_size: a.chunk_size,
+            storage_endpoint: a.storage_endpoint,
+            compute_endpoint: a.compute_endpoint,
+            wait_timeout: std::time::Duration::from_secs(a.wait_timeout),
+        }
+    }
+}
+
+impl From<EnterArgs> for crate::enter::EnterRequest {
+    fn from(a: EnterArgs) -> Self {
+        crate::enter::EnterRequest {
+            vm: a.vm,
+            command: a.command,
+            tty: (a.tty || a.no_tty).then_some(a.tty),
+            wait: std::time::Duration::from_secs(a.wait),
+        }
+    }
+}
+
+impl From<RunArgs> for crate::vm::RunRequest {
+    fn from(a: RunArgs) -> Self {
+        crate::vm::RunRequest {
+            image: a.image,
+            seed: a.seed,
+            forwards: a.forward,
+            cmdline: a.cmdline,
+            memory_mib: a.memory,
+            cpus: a.cpus,
+            serial_log: a.serial_log,
+            timeout: a.timeout.map(std::time::Duration::from_secs),
+            monitor: a.monitor,
+            cache_dir: a.cache.cache_dir,
+            accel: a.accel.into(),
+            firmware: a.firmware.into(),
+            disk_bus: a.disk_bus.into(),
+            block_size: a.block_size,
+            snapshot: a.snapshot,
+            net: a.net.into(),
+            name: a.name,
+            enter_socket: a.enter_socket,
+        }
+    }
+}
+
 /// `--version`'s text: the version, then the planet-init `build` and `bundle` use without
 /// --planet-init and its digest (the manifest records the same digest), or why there is none.
 pub fn long_version() -> String {

@@ -4,12 +4,12 @@
 
 use crate::util::command::CommandExt;
 use crate::util::sparse::{data_extents, Extent, NoHoleMap};
+use crate::util::tar_header::{put_bytes, put_number, seal, BLOCK};
 use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-const BLOCK: usize = 512;
 const GIB: u64 = 1 << 30;
 
 /// `qemu-img convert` raw → qcow2.
@@ -52,31 +52,31 @@ pub fn gce_archive(raw: &Path, out: &Path, mtime: u64) -> Result<()> {
         flate2::write::GzEncoder::new(std::io::BufWriter::with_capacity(1 << 20, file), flate2::Compression::new(6));
 
     let mut header = [0u8; BLOCK];
-    put(&mut header[0..100], b"disk.raw");
-    octal(&mut header[100..108], 0o644);
-    octal(&mut header[108..116], 0);
-    octal(&mut header[116..124], 0);
-    octal(&mut header[124..136], stored);
-    octal(&mut header[136..148], mtime);
+    put_bytes(&mut header[0..100], b"disk.raw");
+    put_number(&mut header[100..108], 0o644);
+    put_number(&mut header[108..116], 0);
+    put_number(&mut header[116..124], 0);
+    put_number(&mut header[124..136], stored);
+    put_number(&mut header[136..148], mtime);
     header[156] = b'S';
     header[257..265].copy_from_slice(b"ustar  \0");
-    put(&mut header[265..297], b"root");
-    put(&mut header[297..329], b"root");
+    put_bytes(&mut header[265..297], b"root");
+    put_bytes(&mut header[297..329], b"root");
     for (i, (off, len)) in extents.iter().take(4).enumerate() {
-        octal(&mut header[386 + i * 24..386 + i * 24 + 12], *off);
-        octal(&mut header[386 + i * 24 + 12..386 + i * 24 + 24], *len);
+        put_number(&mut header[386 + i * 24..386 + i * 24 + 12], *off);
+        put_number(&mut header[386 + i * 24 + 12..386 + i * 24 + 24], *len);
     }
     header[482] = u8::from(extents.len() > 4);
-    octal(&mut header[483..495], size);
-    checksum(&mut header);
+    put_number(&mut header[483..495], size);
+    seal(&mut header);
     gz.write_all(&header)?;
     // Extension blocks: 21 extents each, chained by their last byte.
     let rest: Vec<&(u64, u64)> = extents.iter().skip(4).collect();
     for (n, chunk) in rest.chunks(21).enumerate() {
         let mut ext = [0u8; BLOCK];
         for (i, (off, len)) in chunk.iter().enumerate() {
-            octal(&mut ext[i * 24..i * 24 + 12], *off);
-            octal(&mut ext[i * 24 + 12..i * 24 + 24], *len);
+            put_number(&mut ext[i * 24..i * 24 + 12], *off);
+            put_number(&mut ext[i * 24 + 12..i * 24 + 24], *len);
         }
         ext[504] = u8::from((n + 1) * 21 < rest.len());
         gz.write_all(&ext)?;
@@ -100,33 +100,6 @@ pub fn gce_archive(raw: &Path, out: &Path, mtime: u64) -> Result<()> {
     Ok(())
 }
 
-fn put(field: &mut [u8], s: &[u8]) {
-    field[..s.len()].copy_from_slice(s);
-}
-
-/// An octal number field; GNU's base-256 form for values that do not fit.
-fn octal(field: &mut [u8], v: u64) {
-    let w = field.len() - 1;
-    if v < 1u64 << (3 * w as u32) {
-        let s = format!("{v:0w$o}");
-        field[..w].copy_from_slice(s.as_bytes());
-        field[w] = 0;
-    } else {
-        field.fill(0);
-        field[0] = 0x80;
-        let bytes = v.to_be_bytes();
-        let n = field.len();
-        field[n - 8..].copy_from_slice(&bytes);
-    }
-}
-
-fn checksum(h: &mut [u8; BLOCK]) {
-    h[148..156].fill(b' ');
-    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
-    let s = format!("{sum:06o}\0 ");
-    h[148..156].copy_from_slice(s.as_bytes());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,8 +107,8 @@ mod tests {
 
     #[test]
     fn gnu_tar_lists_and_extracts_the_sparse_member() {
-        let dir = std::env::temp_dir().join(format!("gce-tar-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let raw = dir.join("in.raw");
         let f = File::create(&raw).unwrap();
         f.set_len(GIB).unwrap();
@@ -167,16 +140,14 @@ mod tests {
         let a = std::fs::read(&raw).unwrap();
         let b = std::fs::read(x.join("disk.raw")).unwrap();
         assert!(a == b, "extracted disk differs from the input");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn refuses_a_size_that_is_not_whole_gib() {
-        let dir = std::env::temp_dir().join(format!("gce-odd-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let raw = dir.join("odd.raw");
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("odd.raw");
         File::create(&raw).unwrap().set_len(GIB + 512).unwrap();
-        assert!(gce_archive(&raw, &dir.join("o.tar.gz"), 0).unwrap_err().to_string().contains("whole number of GiB"));
-        std::fs::remove_dir_all(&dir).unwrap();
+        let e = gce_archive(&raw, &dir.path().join("o.tar.gz"), 0).unwrap_err();
+        assert!(e.to_string().contains("whole number of GiB"), "{e:#}");
     }
 }

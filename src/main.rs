@@ -1,9 +1,7 @@
 use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches};
-use planet_image::cli::{AppCommand, Cli, Command, PublishCommand};
-use planet_image::pipeline::{self, BuildRequest, Target};
-use planet_image::{bundle, enter, fetch, inspect, join_token, publish, seed, vm};
-use std::time::Duration;
+use planet_image::cli::{source_date_epoch, AppCommand, Cli, Command, PublishCommand};
+use planet_image::{bundle, enter, fetch, inspect, join_token, pipeline, publish, seed, vm};
 
 fn main() {
     let cli = parse_command_line();
@@ -61,39 +59,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Build(a) => {
-            let epoch = a.host.source_date_epoch.map_or_else(source_date_epoch, Ok)?;
-            let target = Target::from(a.target);
-            let ami = match target {
-                Target::Ami => Some(a.aws.options()?),
-                _ if a.aws.name.is_some() => anyhow::bail!("--name and the other AMI options need --target ami"),
-                _ => None,
-            };
-            let output = match (&a.output, &ami) {
-                (Some(o), _) => o.clone(),
-                (None, Some(_)) => Default::default(),
-                (None, None) => anyhow::bail!("-o/--output FILE is required for --target raw and qcow2"),
-            };
-            let req = BuildRequest {
-                target,
-                rootfs: a.rootfs,
-                output,
-                layout: a.layout,
-                profile: a.profile,
-                sector_size: a.sector_size,
-                cmdline: a.cmdline,
-                bios: a.bios,
-                kernel_package: a.host.kernel_package,
-                bootloader_package: a.bootloader_package,
-                planet_init: a.host.planet_init,
-                cache_dir: a.host.cache.cache_dir,
-                compression: a.host.compression.into(),
-                epoch,
-                release: a.release_version,
-                update_key: a.update_key,
-                apps: a.app,
-            };
+            let keep_raw = a.output.clone();
+            let (req, ami) = a.request()?;
             if let Some(opts) = ami {
-                let result = publish::aws::build_ami(req, a.output, &opts)?;
+                let result = publish::aws::build_ami(req, keep_raw, &opts)?;
                 println!("{}", serde_json::to_string_pretty(&result)?);
                 return Ok(0);
             }
@@ -119,49 +88,14 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Bundle(a) => {
-            let epoch = a.host.source_date_epoch.map_or_else(source_date_epoch, Ok)?;
-            let result = bundle::run(&bundle::BundleRequest {
-                rootfs: a.rootfs,
-                key: a.key,
-                update_key: a.update_key,
-                release: a.release_version,
-                output: a.output,
-                layout: a.layout,
-                profile: a.profile,
-                kernel_package: a.host.kernel_package,
-                planet_init: a.host.planet_init,
-                cache_dir: a.host.cache.cache_dir,
-                compression: a.host.compression.into(),
-                epoch,
-                expires: a.expires,
-                revokes: a.revokes,
-                apps: a.app,
-            })?;
+            let result = bundle::run(&a.request()?)?;
             println!("{}", serde_json::to_string_pretty(&result)?);
             Ok(0)
         }
         Command::Seed(a) => {
-            let mut env = a.env;
-            for f in &a.env_file {
-                env.extend(seed::read_env_file(f)?);
-            }
-            let join_token = a.join_token_file.as_deref().map(join_token::read_file).transpose()?;
-            let req = seed::SeedRequest {
-                role: a.role,
-                master_ip: a.master_ip,
-                provider: a.provider,
-                env,
-                hostname: a.hostname,
-                address: a.address,
-                gateway: a.gateway,
-                dns: a.dns,
-                interface: a.interface,
-                update: a.update,
-                join_token,
-                format: a.format.into(),
-                output: a.output,
-            };
-            let summary = match &a.partition {
+            let partition = a.partition.clone();
+            let req = a.request()?;
+            let summary = match &partition {
                 Some(image) => seed::append_partition(&req, image, source_date_epoch()?)?,
                 None => seed::write(&req, source_date_epoch()?)?,
             };
@@ -182,33 +116,14 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Publish(PublishCommand::Gce(a)) => {
-            let result = publish::gce::publish_file(
-                &a.archive,
-                &publish::gce::GceOptions {
-                    bucket: a.bucket,
-                    project: a.project,
-                    name: a.name,
-                    family: a.family,
-                    description: a.description,
-                    object: a.object,
-                    chunk_size: a.chunk_size,
-                    storage_endpoint: a.storage_endpoint,
-                    compute_endpoint: a.compute_endpoint,
-                    wait_timeout: Duration::from_secs(a.wait_timeout),
-                },
-            )?;
+            let archive = a.archive.clone();
+            let result = publish::gce::publish_file(&archive, &a.into())?;
             println!("{}", serde_json::to_string_pretty(&result)?);
             Ok(0)
         }
         Command::Enter(a) => {
-            let req = enter::EnterRequest {
-                vm: a.vm,
-                command: a.command,
-                tty: (a.tty || a.no_tty).then_some(a.tty),
-                wait: Duration::from_secs(a.wait),
-            };
             // The command's own statuses are passed through; 255 is ours, as with ssh.
-            Ok(enter::run(&req).unwrap_or_else(|e| {
+            Ok(enter::run(&a.into()).unwrap_or_else(|e| {
                 print_error(&e);
                 255
             }))
@@ -251,34 +166,6 @@ fn dispatch(cli: Cli) -> Result<i32> {
             // stderr is the guest's connection too: an error is the exit status only.
             Ok(if planet_image::vm::net::relay(port).is_ok() { 0 } else { 1 })
         }
-        Command::Run(a) => vm::run(&vm::RunRequest {
-            image: a.image,
-            seed: a.seed,
-            forwards: a.forward,
-            cmdline: a.cmdline,
-            memory_mib: a.memory,
-            cpus: a.cpus,
-            serial_log: a.serial_log,
-            timeout: a.timeout.map(Duration::from_secs),
-            monitor: a.monitor,
-            cache_dir: a.cache.cache_dir,
-            accel: a.accel.into(),
-            firmware: a.firmware.into(),
-            disk_bus: a.disk_bus.into(),
-            block_size: a.block_size,
-            snapshot: a.snapshot,
-            net: a.net.into(),
-            name: a.name,
-            enter_socket: a.enter_socket,
-        }),
+        Command::Run(a) => vm::run(&a.into()),
     }
-}
-
-/// SOURCE_DATE_EPOCH when set, else now.
-fn source_date_epoch() -> Result<u64> {
-    if let Some(v) = std::env::var_os("SOURCE_DATE_EPOCH") {
-        let s = v.to_string_lossy();
-        return s.parse().map_err(|_| anyhow::anyhow!("SOURCE_DATE_EPOCH={s:?} is not a number of seconds"));
-    }
-    Ok(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs())
 }

@@ -125,7 +125,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
 
     // 1. The slot: rootfs → squashfs, streamed.
     let slot_image = work.path.join("planet-a.sqfs");
-    let (rootfs, slot_bytes) = build_slot(&source, &req.apps, &req.rootfs, &slot_image, req.compression, req.epoch)?;
+    let (rootfs, slot_bytes) = build_slot(&source, &req.apps, &slot_image, req.compression, req.epoch)?;
 
     crate::util::interrupt::check()?;
     // 2. Kernel, modules, initramfs.
@@ -361,14 +361,13 @@ pub fn load_public_key(path: &Path) -> Result<planet_bundle::KeyRing> {
 pub fn build_slot(
     source: &RootfsSource,
     apps: &[PathBuf],
-    rootfs: &Path,
     out: &Path,
     compression: Compression,
     epoch: u64,
 ) -> Result<(RootfsSummary, u64)> {
     let step = Step::start("rootfs → squashfs", 0);
-    let summary = squashfs::build_slot_image(source, apps, out, compression, epoch)
-        .with_context(|| format!("building the slot image from {}", rootfs.display()))?;
+    let summary = squashfs::write_slot_image(out, compression, epoch, |tar| source.stream_canonical_tar(tar, apps))
+        .with_context(|| format!("building the slot image from {}", source.path().display()))?;
     let bytes = std::fs::metadata(out)?.len();
     step.finish(&format!("entries={} squashfs={} MiB", summary.entries, bytes >> 20));
     Ok((summary, bytes))

@@ -562,12 +562,10 @@ mod tests {
 
     #[test]
     fn summary_never_holds_env_values() {
-        let dir = std::env::temp_dir().join(format!("seed-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile::tempdir().unwrap();
         let mut r = req();
-        r.output = dir.join("seed.img");
+        r.output = dir.path().join("seed.img");
         let summary = write(&r, 1_700_000_000).unwrap().to_string();
         assert!(!summary.contains("s3cr"), "{summary}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -10,10 +10,9 @@
 //! uncompressed on purpose (it only does so when compressing does not shrink a block), so an
 //! uncompressed slot image comes from `sqfstar` (squashfs-tools) with `-noI -noD -noF -noX`.
 
-use crate::rootfs::{RootfsSource, RootfsSummary};
 use crate::util::command::{check_status, require_tool};
 use anyhow::{bail, Context, Result};
-use std::io::{BufWriter, Read};
+use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -35,15 +34,16 @@ impl std::fmt::Display for Compression {
     }
 }
 
-/// Writes the squashfs for `source` plus the app packages `apps` at `out` and returns what the
-/// rootfs stage saw.
-pub fn build_slot_image(
-    source: &RootfsSource,
-    apps: &[std::path::PathBuf],
+/// Writes the squashfs at `out` from the canonical tar stream that `feed` writes into the tool's
+/// standard input, and returns what `feed` returned. The slot writer knows nothing of where the
+/// entries come from: the rootfs stage checks them and hands over one stream (pipeline.rs joins
+/// the two), so another writer — an in-process one — can take the same stream.
+pub fn write_slot_image<T>(
     out: &Path,
     compression: Compression,
     epoch: u64,
-) -> Result<RootfsSummary> {
+    feed: impl FnOnce(&mut dyn Write) -> Result<T>,
+) -> Result<T> {
     let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let (mut cmd, tool) = match compression {
         Compression::Zstd(level) => {
@@ -89,11 +89,17 @@ pub fn build_slot_image(
         let _ = stderr.read_to_end(&mut buf);
         buf
     });
-    let streamed = source.stream_canonical_tar(BufWriter::with_capacity(1 << 20, stdin), apps);
+    let streamed = {
+        let mut input = BufWriter::with_capacity(1 << 20, stdin);
+        feed(&mut input).and_then(|fed| {
+            input.flush().context("writing the rootfs stream")?;
+            Ok(fed)
+        })
+    };
     let status = child.wait().with_context(|| format!("waiting for {tool}"))?;
     let err = err_reader.join().unwrap_or_default();
-    let summary = match streamed {
-        Ok(s) => s,
+    let fed = match streamed {
+        Ok(fed) => fed,
         Err(e) => {
             let _ = std::fs::remove_file(out);
             // A broken pipe only means tar2sqfs stopped first; its own error says why.
@@ -110,7 +116,7 @@ pub fn build_slot_image(
     if compression == Compression::None {
         patch_root_mtime(out, epoch)?;
     }
-    Ok(summary)
+    Ok(fed)
 }
 
 /// Sets the root directory inode's mtime to `epoch` in an image whose inode table is stored

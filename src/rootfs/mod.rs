@@ -83,6 +83,13 @@ impl RootfsSource {
         Ok(RootfsSource::Tar { path: path.to_path_buf(), compression })
     }
 
+    /// The input's path as given.
+    pub fn path(&self) -> &Path {
+        match self {
+            RootfsSource::Directory(path) | RootfsSource::Tar { path, .. } => path,
+        }
+    }
+
     /// Streams the rootfs, then the app packages `apps` (each checked against its index), as
     /// a canonical tar into `out`, checking every entry.
     pub fn stream_canonical_tar<W: Write>(&self, out: W, apps: &[PathBuf]) -> Result<RootfsSummary> {

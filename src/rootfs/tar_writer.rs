@@ -3,10 +3,9 @@
 //! extended headers (needed for xattrs) and because every byte must be deterministic.
 
 use super::{Entry, EntryKind};
+use crate::util::tar_header::{fits_octal, put_bytes, put_octal, seal, BLOCK};
 use anyhow::{bail, Result};
 use std::io::{Read, Write};
-
-const BLOCK: usize = 512;
 
 pub struct TarWriter<W: Write> {
     out: W,
@@ -105,10 +104,6 @@ impl<W: Write> TarWriter<W> {
     }
 }
 
-fn fits_octal(value: u64, width: usize) -> bool {
-    value < 1u64 << (3 * (width as u32 - 1))
-}
-
 fn pax_body(records: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut body = Vec::new();
     for (k, v) in records {
@@ -141,40 +136,24 @@ fn ustar_header(
     dev: (u32, u32),
 ) -> [u8; BLOCK] {
     let mut h = [0u8; BLOCK];
-    put_str(&mut h[0..100], name);
-    put_octal(&mut h[100..108], u64::from(mode & 0o7777));
-    put_octal(&mut h[108..116], uid);
-    put_octal(&mut h[116..124], gid);
-    put_octal(&mut h[124..136], size);
-    put_octal(&mut h[136..148], mtime);
+    // Values too large for their field travel in the entry's pax record; the field says 0.
+    let put = |field: &mut [u8], v: u64| put_octal(field, if fits_octal(v, field.len()) { v } else { 0 });
+    put_bytes(&mut h[0..100], name.as_bytes());
+    put(&mut h[100..108], u64::from(mode & 0o7777));
+    put(&mut h[108..116], uid);
+    put(&mut h[116..124], gid);
+    put(&mut h[124..136], size);
+    put(&mut h[136..148], mtime);
     h[156] = typeflag;
-    put_str(&mut h[157..257], link);
+    put_bytes(&mut h[157..257], link.as_bytes());
     h[257..263].copy_from_slice(b"ustar\0");
     h[263..265].copy_from_slice(b"00");
     if typeflag == b'3' || typeflag == b'4' {
-        put_octal(&mut h[329..337], u64::from(dev.0));
-        put_octal(&mut h[337..345], u64::from(dev.1));
+        put(&mut h[329..337], u64::from(dev.0));
+        put(&mut h[337..345], u64::from(dev.1));
     }
-    h[148..156].fill(b' ');
-    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
-    put_octal(&mut h[148..155], u64::from(sum));
-    h[155] = b' ';
+    seal(&mut h);
     h
-}
-
-/// Truncated names are only ever written together with a pax record carrying the full one.
-fn put_str(field: &mut [u8], s: &str) {
-    let b = s.as_bytes();
-    let n = b.len().min(field.len());
-    field[..n].copy_from_slice(&b[..n]);
-}
-
-fn put_octal(field: &mut [u8], value: u64) {
-    let width = field.len() - 1;
-    let capped = if fits_octal(value, field.len()) { value } else { 0 };
-    let s = format!("{capped:0width$o}");
-    field[..width].copy_from_slice(s.as_bytes());
-    field[width] = 0;
 }
 
 #[cfg(test)]

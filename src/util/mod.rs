@@ -7,6 +7,7 @@ pub mod digest;
 pub mod interrupt;
 pub mod progress;
 pub mod sparse;
+pub mod tar_header;
 
 use anyhow::{Context, Result};
 
