@@ -402,6 +402,18 @@ mod tests {
         out
     }
 
+    /// An install from a machine running slot a, its marker in `dir`.
+    fn install_from_slot_a(
+        dir: &Path,
+        staged: &Path,
+        header: &Header,
+        target: &Target,
+        esp: &Esp,
+    ) -> Result<EntryName> {
+        let marker = dir.join("m");
+        install(&InstallPlan { staged, header, target, esp, options: "planet.slot=a", tries: 3, marker: &marker })
+    }
+
     fn esp(dir: &Path) -> Esp {
         let esp = Esp::new(dir.join("esp"));
         std::fs::create_dir_all(esp.entries_dir()).unwrap();
@@ -514,16 +526,7 @@ mod tests {
         let slot_dev = t.path().join("slot-b");
         std::fs::write(&slot_dev, vec![0u8; 1 << 20]).unwrap();
         let target = Target { slot: 'b', dev: slot_dev.clone(), bytes: 1 << 20 };
-        let e = install(&InstallPlan {
-            staged: &b,
-            header: &header,
-            target: &target,
-            esp: &esp,
-            options: "planet.slot=a",
-            tries: 3,
-            marker: &t.path().join("m"),
-        })
-        .unwrap_err();
+        let e = install_from_slot_a(t.path(), &b, &header, &target, &esp).unwrap_err();
         assert!(e.to_string().contains("larger than slot b"), "{e}");
         assert_eq!(std::fs::read(&slot_dev).unwrap(), vec![0u8; 1 << 20]);
         assert_eq!(esp.entries().unwrap().len(), 1);
@@ -571,16 +574,7 @@ mod tests {
         let slot_dev = t.path().join("slot-b");
         std::fs::write(&slot_dev, vec![0u8; 1 << 20]).unwrap();
         let target = Target { slot: 'b', dev: slot_dev, bytes: 1 << 20 };
-        let e = install(&InstallPlan {
-            staged: &b,
-            header: &header,
-            target: &target,
-            esp: &esp,
-            options: "planet.slot=a",
-            tries: 3,
-            marker: &t.path().join("m"),
-        })
-        .unwrap_err();
+        let e = install_from_slot_a(t.path(), &b, &header, &target, &esp).unwrap_err();
         assert!(e.to_string().contains("generation numbers are used up"), "{e}");
     }
 }
