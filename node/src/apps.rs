@@ -320,7 +320,8 @@ pub fn run() -> Result<()> {
     let mut complaint = crate::kubectl::Complaint::default();
     let mut published: Option<(std::time::Instant, String)> = None;
     loop {
-        let api_ready = kubectl(&kc, &["get", "--raw=/readyz"]).is_ok_and(|b| b == "ok");
+        // Asked directly, not through kubectl (crate::api says why).
+        let api_ready = crate::api::ApiClient::master_admin().and_then(|c| c.readyz()).is_ok();
         if api_ready && !labelled {
             // The Node appears once the kubelet has registered it.
             labelled = kubectl(&kc, &["label", "--overwrite", &node, &format!("{MASTER_LABEL}=")]).is_ok();

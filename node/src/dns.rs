@@ -85,7 +85,10 @@ pub fn run() -> Result<()> {
     let mut dnsmasq = start(env.public_ip)?;
     println!("planet-node: dns serving {CLUSTER_DOMAIN} on {}:53", env.public_ip);
     let mut complaint = crate::kubectl::Complaint::default();
-    crate::kubectl::on_change(&kubeconfig, &["get", "services", "--all-namespaces", "--watch"], RESYNC, || {
+    let master = env.role.is_master();
+    let before_watch = move || crate::api::wait_until_ready(master, "dns");
+    let watch = ["get", "services", "--all-namespaces", "--watch"];
+    crate::kubectl::on_change(&kubeconfig, &watch, RESYNC, before_watch, || {
         match dnsmasq.try_wait() {
             Ok(None) => {}
             Ok(Some(status)) => {

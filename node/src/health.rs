@@ -3,12 +3,13 @@
 //! a node the kubelet's `/healthz` and its Node object `Ready`. planet-init runs it in the
 //! container to decide whether a new release is healthy; operators run it to see why not.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+use crate::api::ApiClient;
 use crate::cluster::{self, kubeconfig};
 use crate::env::NodeEnv;
 
@@ -24,12 +25,9 @@ pub fn http_get(addr: &str, path: &str) -> std::result::Result<String, String> {
     s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
     let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
     s.write_all(request.as_bytes()).map_err(|e| format!("{addr}: {e}"))?;
-    let mut buf = Vec::new();
-    s.take(64 * 1024).read_to_end(&mut buf).map_err(|e| format!("{addr}: {e}"))?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).unwrap_or("?");
-    if status != "200" {
+    let (status, body) =
+        crate::http_head::read_answer(&mut std::io::BufReader::new(s), addr, 64 * 1024).map_err(|e| e.to_string())?;
+    if status != 200 {
         return Err(first_words(&format!("{addr}{path} answered {status}: {}", body.trim())));
     }
     Ok(body.trim().to_string())
@@ -62,16 +60,31 @@ pub fn app_check(env: &NodeEnv) -> Option<Check> {
 /// The role's Kubernetes components.
 pub fn kube_checks(env: &NodeEnv) -> Vec<Check> {
     let mut c = Vec::new();
-    if env.role.is_master() {
-        let r = kubectl(&kubeconfig("admin"), &["get", "--raw=/readyz"]);
-        c.push(("apiserver-readyz", r.and_then(|b| if b == "ok" { Ok(b) } else { Err(b) })));
+    // A master asks its own API server directly (no kubectl run: see crate::api); a node asks
+    // its master through kubectl with the kubelet's credentials.
+    let master = if env.role.is_master() { Some(ApiClient::master_admin()) } else { None };
+    if let Some(client) = &master {
+        c.push(("apiserver-readyz", client.as_ref().map_err(String::clone).and_then(ApiClient::readyz)));
     }
     // Every role runs a kubelet.
     let r = http_get(cluster::KUBELET_HEALTHZ, "/healthz");
     c.push(("kubelet-healthz", r));
-    let jsonpath = r#"-o=jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
-    let r = kubectl(&kubeconfig("kubelet"), &["get", "node", &env.node_name, jsonpath]);
-    c.push(("node-ready", r.and_then(|s| if s == "True" { Ok(s) } else { Err(format!("Ready={s}")) })));
+    let r = match &master {
+        // An API server not ready yet cannot say either.
+        Some(_) if c[0].1.is_err() => Err("the API server is not ready".to_string()),
+        Some(client) => client.as_ref().map_err(String::clone).and_then(|a| a.node_ready(&env.node_name)),
+        None => {
+            let jsonpath = r#"-o=jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
+            kubectl(&kubeconfig("kubelet"), &["get", "node", &env.node_name, jsonpath]).and_then(|s| {
+                if s == "True" {
+                    Ok(s)
+                } else {
+                    Err(format!("Ready={s}"))
+                }
+            })
+        }
+    };
+    c.push(("node-ready", r));
     c
 }
 
@@ -144,7 +157,7 @@ pub fn wait(limit: Duration) -> Result<()> {
                 results.iter().filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}"))).collect();
             bail!("not healthy after {}s: {}", limit.as_secs(), why.join("; "));
         }
-        std::thread::sleep(Duration::from_secs(2));
+        std::thread::sleep(Duration::from_secs(5));
     }
 }
 
@@ -162,6 +175,7 @@ pub fn parse_timeout(args: &[String]) -> Result<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     #[test]
     fn http_get_reads_status_and_body() {

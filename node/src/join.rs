@@ -312,18 +312,12 @@ pub fn run_server() -> Result<()> {
         return Ok(());
     };
     let admin = crate::cluster::kubeconfig("admin");
-    let mut waited = 0u32;
     loop {
-        let ready = crate::kubectl::run(&admin, &["get", "--raw=/readyz"]);
-        if ready.as_deref() == Ok("ok") {
-            match crate::kubectl::run_with_input(&admin, &["apply", "-f", "-"], Some(&bootstrap_objects(&token))) {
-                Ok(_) => break,
-                Err(e) => println!("planet-node: join-server: publishing the join token: {e}"),
-            }
-        } else if waited % 12 == 0 {
-            println!("planet-node: join-server waiting for the API server");
+        crate::api::wait_until_ready(true, "join-server");
+        match crate::kubectl::run_with_input(&admin, &["apply", "-f", "-"], Some(&bootstrap_objects(&token))) {
+            Ok(_) => break,
+            Err(e) => println!("planet-node: join-server: publishing the join token: {e}"),
         }
-        waited += 1;
         std::thread::sleep(Duration::from_secs(5));
     }
     let ca = std::fs::read_to_string(crate::cluster::pki("ca.crt")).context("reading the cluster CA")?;
@@ -333,7 +327,8 @@ pub fn run_server() -> Result<()> {
     std::thread::Builder::new().name("join-serve".into()).spawn(move || serve(listener, doc))?;
     println!("planet-node: join-server ready port={JOIN_PORT} token_id={}", token.id());
     let mut refused = std::collections::BTreeSet::new();
-    crate::kubectl::on_change(&admin, &["get", "csr", "--watch"], Duration::from_secs(60), || {
+    let before_watch = || crate::api::wait_until_ready(true, "join-server");
+    crate::kubectl::on_change(&admin, &["get", "csr", "--watch"], Duration::from_secs(60), before_watch, || {
         if let Err(e) = crate::csr::approve_pending(&admin, &mut refused) {
             println!("planet-node: join-server: reading certificate requests: {e}");
         }

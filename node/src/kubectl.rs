@@ -70,8 +70,15 @@ impl Complaint {
 /// every `resync`, for ever. Listing everything every few seconds would cost a kubectl run each
 /// time (seconds of CPU on an emulated machine); a watch costs nothing while nothing changes.
 /// A burst of events makes one call. The watch is restarted when kubectl exits (the API server
-/// ends watches after a while, or is not up yet).
-pub fn on_change(kubeconfig: &str, args: &[&str], resync: std::time::Duration, mut sync: impl FnMut()) -> ! {
+/// ends watches after a while, or is not up yet), each time after `before_watch` returns (a
+/// master's loops wait there for their API server: [`crate::api::wait_until_ready`]).
+pub fn on_change(
+    kubeconfig: &str,
+    args: &[&str],
+    resync: std::time::Duration,
+    before_watch: impl Fn() + Send + 'static,
+    mut sync: impl FnMut(),
+) -> ! {
     use std::io::BufRead;
     use std::sync::mpsc;
     use std::time::Duration;
@@ -79,6 +86,7 @@ pub fn on_change(kubeconfig: &str, args: &[&str], resync: std::time::Duration, m
     let (kubeconfig, args): (String, Vec<String>) =
         (kubeconfig.to_string(), args.iter().map(|a| a.to_string()).collect());
     std::thread::spawn(move || loop {
+        before_watch();
         let child = std::process::Command::new("kubectl")
             .arg(format!("--kubeconfig={kubeconfig}"))
             .args(&args)

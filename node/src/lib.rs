@@ -12,6 +12,7 @@
 //! Services' names ([`dns`]). The apps the slot carries: their images are loaded with the
 //! release's, and a master applies them and watches their health ([`apps`]).
 
+pub mod api;
 pub mod apps;
 pub mod cluster;
 pub mod csr;
@@ -19,6 +20,7 @@ pub mod dns;
 pub mod env;
 pub mod files;
 pub mod health;
+pub mod http_head;
 pub mod images;
 pub mod join;
 pub mod kubectl;

@@ -345,7 +345,7 @@ fn download(url: &str, dest: &Path) -> Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n")?;
     let mut r = BufReader::new(s);
-    let head = super::http_head::read_head(&mut r, url)?;
+    let head = crate::http_head::read_head(&mut r, url)?;
     if head.start.split_whitespace().nth(1) != Some("200") {
         bail!("{url} answered {}", head.start);
     }

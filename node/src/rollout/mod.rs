@@ -25,7 +25,6 @@
 
 pub mod agent;
 pub mod command;
-mod http_head;
 pub mod serve;
 
 use std::collections::BTreeMap;

@@ -58,7 +58,7 @@ fn answer(conn: TcpStream, dir: &Path) -> std::io::Result<()> {
     conn.set_write_timeout(Some(Duration::from_secs(60)))?;
     let mut w = conn.try_clone()?;
     let mut r = BufReader::new(conn.take(16 * 1024));
-    let head = super::http_head::read_head(&mut r, "a bundle request")?;
+    let head = crate::http_head::read_head(&mut r, "a bundle request")?;
     let range = head.field("range");
     let words: Vec<&str> = head.start.split_whitespace().collect();
     let file = match words.as_slice() {

@@ -1,6 +1,7 @@
-//! The head of an HTTP/1.x message — its start line and header fields — read with bounds.
-//! The bundle server reads requests with it and `rollout start` reads the answer to its
-//! download: one reader, so neither side can be fed an endless line or endless fields.
+//! The head of an HTTP/1.x message — its start line and header fields — read with bounds, and
+//! a whole short answer read with them. The bundle server reads requests with it, `rollout
+//! start` the answer to its download, the health checks the kubelet's and the API server's
+//! answers: one reader, so no peer can feed an endless line or endless fields.
 
 use std::io::{self, BufRead, Read};
 
@@ -48,6 +49,41 @@ pub fn read_head(r: &mut impl BufRead, peer: &str) -> io::Result<Head> {
     }
 }
 
+/// A whole answer to a short request (a health endpoint, one API object): its status code and
+/// body, the body at most `max_body` bytes — as long as Content-Length says, or up to the end
+/// of the stream. A TLS peer that closes without its close_notify after the last byte still
+/// gives its answer.
+pub fn read_answer(r: &mut impl BufRead, peer: &str, max_body: u64) -> io::Result<(u16, String)> {
+    let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, format!("{peer}: {what}"));
+    let head = read_head(r, peer)?;
+    let status = head
+        .start
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| bad(format!("not an HTTP answer: {:?}", crate::kubectl::first_words(&head.start))))?;
+    let length = match head.field("content-length") {
+        Some(v) => Some(v.parse::<u64>().map_err(|_| bad(format!("Content-Length {v:?}")))?),
+        None => None,
+    };
+    if length.is_some_and(|n| n > max_body) {
+        return Err(bad(format!("an answer of over {max_body} bytes")));
+    }
+    let mut body = Vec::new();
+    match r.take(length.unwrap_or(max_body + 1)).read_to_end(&mut body) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {}
+        Err(e) => return Err(e),
+    }
+    if body.len() as u64 > max_body {
+        return Err(bad(format!("an answer of over {max_body} bytes")));
+    }
+    if length.is_some_and(|n| n != body.len() as u64) {
+        return Err(bad(format!("closed after {} of {} bytes", body.len(), length.unwrap_or(0))));
+    }
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
 /// One line of at most [`MAX_LINE`] bytes into `out`; 0 at the end of the stream.
 fn read_line(r: &mut impl BufRead, out: &mut String, peer: &str) -> io::Result<usize> {
     let n = r.by_ref().take(MAX_LINE).read_line(out)?;
@@ -72,6 +108,22 @@ mod tests {
         let mut body = String::new();
         r.read_to_string(&mut body).unwrap();
         assert_eq!(body, "hello");
+    }
+
+    #[test]
+    fn an_answer_is_read_by_its_length_or_to_the_end() {
+        let mut r = io::Cursor::new(&b"HTTP/1.1 500 Internal\r\nContent-Length: 3\r\n\r\nbadxyz"[..]);
+        assert_eq!(read_answer(&mut r, "p", 100).unwrap(), (500, "bad".to_string()));
+        let mut r = io::Cursor::new(&b"HTTP/1.0 200 OK\r\n\r\nok\n"[..]);
+        assert_eq!(read_answer(&mut r, "p", 100).unwrap(), (200, "ok\n".to_string()));
+        let e = read_answer(&mut io::Cursor::new(&b"HTTP/1.0 200 OK\r\n\r\n0123456789"[..]), "api", 4);
+        assert!(e.unwrap_err().to_string().contains("api: an answer of over 4 bytes"));
+        let e = read_answer(&mut io::Cursor::new(&b"HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\nok"[..]), "p", 100);
+        assert!(e.unwrap_err().to_string().contains("closed after 2 of 9 bytes"));
+        let e = read_answer(&mut io::Cursor::new(&b"SSH-2.0-OpenSSH\r\n\r\n"[..]), "p", 100);
+        assert!(e.unwrap_err().to_string().contains("not an HTTP answer"));
+        let e = read_answer(&mut io::Cursor::new(&b"HTTP/1.0 200 OK\r\nContent-Length: -1\r\n\r\n"[..]), "p", 100);
+        assert!(e.unwrap_err().to_string().contains("Content-Length \"-1\""));
     }
 
     #[test]

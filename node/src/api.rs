@@ -1,0 +1,283 @@
+//! A master's own HTTPS client of its API server, for the questions asked over and over while
+//! Kubernetes comes up: is the API server ready, is this Node Ready. Each kubectl run costs
+//! seconds of CPU on an emulated machine (a 50 MB Go program starting), and every planet-node
+//! loop asking every few seconds starved the API server it waited for; this is one TLS
+//! handshake in the asking process. The loops wait here ([`wait_until_ready`]) before their
+//! first kubectl. Nodes keep asking through kubectl: their credentials are the kubelet's,
+//! rotated by the kubelet itself.
+
+use std::io::{BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use crate::cluster::{self, pki};
+use crate::kubectl::first_words;
+
+/// The largest answer read: a readyz listing or one Node object.
+const MAX_ANSWER: u64 = 1 << 20;
+/// How long a connection may take, and a request after it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often [`wait_until_ready`] asks.
+const WAIT_STEP: Duration = Duration::from_secs(5);
+
+/// A client of one API server with one identity, trusting only the cluster's CA.
+pub struct ApiClient {
+    config: Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+}
+
+impl ApiClient {
+    /// The client from PEM texts: the CA, the client certificate and its key (PKCS#8, as the
+    /// PKI writes them). The server is reached at `addr` and must hold a certificate for its IP.
+    pub fn from_pem(ca: &str, cert: &str, key: &str, addr: SocketAddr) -> Result<ApiClient, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+            roots.add(c.map_err(|e| format!("the CA certificate: {e}"))?).map_err(|e| format!("the CA: {e}"))?;
+        }
+        if roots.is_empty() {
+            return Err("no CA certificate".into());
+        }
+        let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("the client certificate: {e}"))?;
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| format!("the client key: {e}"))?;
+        // The provider is named: the workspace also builds rustls with another one, and with
+        // two compiled in rustls will not pick.
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| format!("the client certificate and key: {e}"))?;
+        Ok(ApiClient { config: Arc::new(config), addr })
+    }
+
+    /// A master's admin identity (its PKI) to its own API server on loopback.
+    pub fn master_admin() -> Result<ApiClient, String> {
+        let read = |f: &str| std::fs::read_to_string(pki(f)).map_err(|e| format!("{}: {e}", pki(f)));
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, cluster::API_PORT));
+        ApiClient::from_pem(&read("ca.crt")?, &read("admin.crt")?, &read("admin.key")?, addr)
+    }
+
+    /// `GET path`: the status code and the body.
+    pub fn get(&self, path: &str) -> Result<(u16, String), String> {
+        let peer = format!("https://{}{path}", self.addr);
+        let fail = |e: std::io::Error| format!("{peer}: {e}");
+        let sock = TcpStream::connect_timeout(&self.addr, CONNECT_TIMEOUT).map_err(fail)?;
+        sock.set_read_timeout(Some(REQUEST_TIMEOUT)).map_err(fail)?;
+        sock.set_write_timeout(Some(REQUEST_TIMEOUT)).map_err(fail)?;
+        let name = ServerName::IpAddress(self.addr.ip().into());
+        let conn = rustls::ClientConnection::new(self.config.clone(), name).map_err(|e| format!("{peer}: {e}"))?;
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {}\r\nAccept: application/json\r\n\r\n", self.addr);
+        tls.write_all(request.as_bytes()).map_err(fail)?;
+        tls.flush().map_err(fail)?;
+        crate::http_head::read_answer(&mut BufReader::new(tls), &peer, MAX_ANSWER).map_err(|e| e.to_string())
+    }
+
+    /// `/readyz`: `Ok("ok")`, or what is not ready yet.
+    pub fn readyz(&self) -> Result<String, String> {
+        let (status, body) = self.get("/readyz")?;
+        readyz_verdict(status, &body)
+    }
+
+    /// Whether the Node `name` has the condition Ready=True: `Ok("True")` or `Err("Ready=…")`.
+    pub fn node_ready(&self, name: &str) -> Result<String, String> {
+        let (status, body) = self.get(&format!("/api/v1/nodes/{name}"))?;
+        if status != 200 {
+            return Err(first_words(&format!("Node {name}: {status} {}", body.trim())));
+        }
+        node_ready_verdict(&body)
+    }
+}
+
+/// What `/readyz` answered, as a verdict: 200 "ok" is ready; otherwise the checks it marks
+/// failed (`[-]NAME failed: …`), the only part of its long listing worth a console line.
+pub fn readyz_verdict(status: u16, body: &str) -> Result<String, String> {
+    let body = body.trim();
+    if status == 200 && body == "ok" {
+        return Ok("ok".into());
+    }
+    let failed: Vec<&str> =
+        body.lines().filter_map(|l| l.strip_prefix("[-]")).map(|l| l.split_whitespace().next().unwrap_or(l)).collect();
+    if failed.is_empty() {
+        return Err(first_words(&format!("{status} {body}")));
+    }
+    Err(first_words(&format!("{status}, not ready: {}", failed.join(", "))))
+}
+
+/// The Ready condition of a Node object (JSON).
+pub fn node_ready_verdict(node_json: &str) -> Result<String, String> {
+    let v: serde_json::Value = serde_json::from_str(node_json).map_err(|e| format!("a Node that is not JSON: {e}"))?;
+    let ready = v["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or("");
+    if ready == "True" {
+        Ok(ready.to_string())
+    } else {
+        Err(format!("Ready={ready}"))
+    }
+}
+
+/// On a master, returns once its API server answers `/readyz` with "ok", asking every few
+/// seconds, so a service's first kubectl finds an API server to talk to; says once what it
+/// waits for. Elsewhere (a node talks to its master with the kubelet's credentials) it
+/// returns at once.
+pub fn wait_until_ready(is_master: bool, who: &str) {
+    if !is_master {
+        return;
+    }
+    let mut said = false;
+    loop {
+        match ApiClient::master_admin().and_then(|c| c.readyz()) {
+            Ok(_) => {
+                if said {
+                    println!("planet-node: {who}: the API server is ready");
+                }
+                return;
+            }
+            Err(e) if !said => {
+                println!("planet-node: {who}: waiting for the API server ({e})");
+                said = true;
+            }
+            Err(_) => {}
+        }
+        std::thread::sleep(WAIT_STEP);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::pki::{LeafSpec, Pki, Usage};
+    use std::io::BufRead;
+    use std::net::TcpListener;
+
+    /// A PKI in `dir` with an API server certificate for 127.0.0.1 and the admin's.
+    fn pki_in(dir: &std::path::Path) -> Pki {
+        let now = time::OffsetDateTime::now_utc();
+        let (pki, _) = Pki::open_or_create(dir, now).unwrap();
+        let server = LeafSpec {
+            name: "apiserver".into(),
+            common_name: "kube-apiserver".into(),
+            organizations: vec![],
+            dns_names: vec![],
+            ips: vec![Ipv4Addr::LOCALHOST.into()],
+            usage: Usage::Server,
+            owner: None,
+        };
+        pki.ensure_leaf(&server, now).unwrap();
+        pki.ensure_leaf(&LeafSpec::client("admin", "kubernetes-admin", &["system:masters"]), now).unwrap();
+        pki
+    }
+
+    /// An HTTPS server on 127.0.0.1 that, like the API server, wants a client certificate from
+    /// the cluster's CA; answers `connections` requests from `answers` by path, then stops.
+    fn api_server(pki: &Pki, connections: usize, answers: Vec<(&'static str, u16, &'static str)>) -> SocketAddr {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(pki.ca_pem().as_bytes()).unwrap()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .unwrap();
+        let chain = vec![CertificateDer::from_pem_slice(pki.read("apiserver.crt").unwrap().as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(pki.read("apiserver.key").unwrap().as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .unwrap();
+        let config = Arc::new(config);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for sock in listener.incoming().take(connections) {
+                let sock = sock.unwrap();
+                sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                let mut r = BufReader::new(rustls::StreamOwned::new(conn, sock));
+                let mut start = String::new();
+                if r.read_line(&mut start).is_err() {
+                    continue; // the handshake failed: the client did not trust us
+                }
+                let mut line = String::new();
+                while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let path = start.split_whitespace().nth(1).unwrap_or("").to_string();
+                let (status, body) =
+                    answers.iter().find(|(p, _, _)| *p == path).map(|(_, s, b)| (*s, *b)).unwrap_or((404, "{}"));
+                let tls = r.get_mut();
+                let head = format!("HTTP/1.0 {status} X\r\nContent-Length: {}\r\n\r\n", body.len());
+                tls.write_all(head.as_bytes()).unwrap();
+                tls.write_all(body.as_bytes()).unwrap();
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn a_master_asks_its_api_server_over_tls_with_the_admin_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = pki_in(dir.path());
+        let readyz = "[+]ping ok\n[-]poststarthook/rbac/bootstrap-roles failed: reason withheld\n";
+        let node = r#"{"status":{"conditions":[{"type":"Ready","status":"True"}]}}"#;
+        let addr = api_server(&pki, 3, vec![("/readyz", 500, readyz), ("/api/v1/nodes/kube-1", 200, node)]);
+        let read = |f: &str| pki.read(f).unwrap();
+        let client = ApiClient::from_pem(&read("ca.crt"), &read("admin.crt"), &read("admin.key"), addr).unwrap();
+        assert_eq!(client.readyz(), Err("500, not ready: poststarthook/rbac/bootstrap-roles".into()));
+        assert_eq!(client.node_ready("kube-1"), Ok("True".into()));
+        let e = client.node_ready("kube-2").unwrap_err();
+        assert!(e.starts_with("Node kube-2: 404"), "{e}");
+    }
+
+    #[test]
+    fn a_server_of_another_cluster_is_not_trusted() {
+        let (ours, theirs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (ours, theirs) = (pki_in(ours.path()), pki_in(theirs.path()));
+        let addr = api_server(&theirs, 1, vec![("/readyz", 200, "ok")]);
+        let read = |f: &str| ours.read(f).unwrap();
+        let client = ApiClient::from_pem(&read("ca.crt"), &read("admin.crt"), &read("admin.key"), addr).unwrap();
+        let e = client.readyz().unwrap_err();
+        assert!(e.contains("certificate"), "{e}");
+        assert!(ApiClient::from_pem("", &read("admin.crt"), &read("admin.key"), addr).is_err());
+        let e = ApiClient::from_pem(&read("ca.crt"), &read("admin.crt"), "not a key", addr).err().unwrap();
+        assert!(e.contains("the client key"), "{e}");
+    }
+
+    #[test]
+    fn readyz_names_only_the_failed_checks() {
+        assert_eq!(readyz_verdict(200, "ok\n"), Ok("ok".into()));
+        let body = "[+]ping ok\n[+]etcd ok\n[-]poststarthook/rbac/bootstrap-roles failed: reason withheld\n\
+                    [+]informer-sync ok\n[-]shutdown failed: reason withheld\nreadyz check failed\n";
+        assert_eq!(
+            readyz_verdict(500, body),
+            Err("500, not ready: poststarthook/rbac/bootstrap-roles, shutdown".into())
+        );
+        assert_eq!(readyz_verdict(401, "Unauthorized"), Err("401 Unauthorized".into()));
+    }
+
+    #[test]
+    fn a_node_is_ready_only_with_ready_true() {
+        let node = |s: &str| {
+            format!(
+                r#"{{"status":{{"conditions":[{{"type":"MemoryPressure","status":"False"}},{{"type":"Ready","status":"{s}"}}]}}}}"#
+            )
+        };
+        assert_eq!(node_ready_verdict(&node("True")), Ok("True".into()));
+        assert_eq!(node_ready_verdict(&node("False")), Err("Ready=False".into()));
+        assert_eq!(node_ready_verdict(r#"{"status":{}}"#), Err("Ready=".into()));
+        assert!(node_ready_verdict("<html>").unwrap_err().contains("not JSON"));
+    }
+}
