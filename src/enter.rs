@@ -24,11 +24,12 @@ use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use protocol::{Decoder, Frame, Hello, DATA_CHUNK, VERSION};
+
+use crate::util::sys;
 
 /// The virtio-serial port's name (planet-init looks for it).
 pub const PORT_NAME: &str = "org.planet-image.enter";
@@ -41,8 +42,7 @@ const MAX_SOCKET_PATH: usize = 107;
 pub fn vms_dir() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         Some(d) => PathBuf::from(d).join("planet-image/vms"),
-        // SAFETY: getuid has no preconditions.
-        None => PathBuf::from(format!("/tmp/planet-image-{}", unsafe { libc::getuid() })).join("vms"),
+        None => PathBuf::from(format!("/tmp/planet-image-{}", sys::getuid())).join("vms"),
     }
 }
 
@@ -89,8 +89,7 @@ fn private_dir(dir: &Path) -> Result<()> {
         Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
     }
     let m = std::fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
-    // SAFETY: getuid has no preconditions.
-    let uid = unsafe { libc::getuid() };
+    let uid = sys::getuid();
     if !m.is_dir() || m.uid() != uid || m.mode() & 0o077 != 0 {
         bail!(
             "{} is not a private directory of this user (it must be a directory owned by uid {uid} with mode 0700); \
@@ -115,16 +114,10 @@ fn private_vm_dir(vm_dir: &Path) -> Result<()> {
 }
 
 fn flock(f: &File, exclusive: bool) -> std::io::Result<bool> {
-    let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
-    // SAFETY: flock on a file we hold open.
-    if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
-        return Ok(true);
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(e)
+    match sys::flock(f, if exclusive { libc::LOCK_EX } else { libc::LOCK_SH }) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -333,26 +326,8 @@ fn not_running(name: &str, socket: &Path, why: &str) -> anyhow::Error {
     )
 }
 
-static SIGNALLED: AtomicI32 = AtomicI32::new(0);
-static WINCH: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(sig: libc::c_int) {
-    if sig == libc::SIGWINCH {
-        WINCH.store(true, Ordering::SeqCst);
-    } else {
-        SIGNALLED.store(sig, Ordering::SeqCst);
-    }
-}
-
-fn handle(sig: libc::c_int) {
-    // SAFETY: the handler only stores to atomics, which is async-signal-safe. No SA_RESTART:
-    // poll returns to look at the flags.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_signal as *const () as libc::sighandler_t;
-        libc::sigaction(sig, &sa, std::ptr::null_mut());
-    }
-}
+/// Signals that end a terminal session (the command in the VM is then hung up).
+const STOP_SIGNALS: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, libc::SIGQUIT];
 
 /// The terminal in raw mode; restored when dropped.
 struct RawTerminal {
@@ -362,39 +337,29 @@ struct RawTerminal {
 
 impl RawTerminal {
     fn enable(fd: RawFd) -> Result<RawTerminal> {
-        // SAFETY: termios is plain data filled by tcgetattr.
-        let mut t: libc::termios = unsafe { std::mem::zeroed() };
-        if unsafe { libc::tcgetattr(fd, &mut t) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("reading the terminal's settings");
-        }
-        let saved = t;
-        // SAFETY: as above.
-        unsafe { libc::cfmakeraw(&mut t) };
-        if unsafe { libc::tcsetattr(fd, libc::TCSADRAIN, &t) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("putting the terminal in raw mode");
-        }
+        let saved = sys::terminal_settings(fd).context("reading the terminal's settings")?;
+        sys::set_terminal_settings(fd, &sys::raw_mode(saved)).context("putting the terminal in raw mode")?;
         Ok(RawTerminal { fd, saved })
     }
 }
 
 impl Drop for RawTerminal {
     fn drop(&mut self) {
-        // SAFETY: restoring the settings read in enable().
-        unsafe { libc::tcsetattr(self.fd, libc::TCSADRAIN, &self.saved) };
+        // The settings read in enable().
+        let _ = sys::set_terminal_settings(self.fd, &self.saved);
     }
 }
 
 fn isatty(fd: RawFd) -> bool {
-    // SAFETY: plain query.
-    unsafe { libc::isatty(fd) == 1 }
+    sys::isatty(fd)
 }
 
 fn window_size() -> (u16, u16) {
     for fd in [0, 1, 2] {
-        // SAFETY: winsize is plain data filled by the ioctl.
-        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-        if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_row > 0 {
-            return (ws.ws_row, ws.ws_col);
+        if let Ok((rows, cols)) = sys::window_size(fd) {
+            if rows > 0 {
+                return (rows, cols);
+            }
         }
     }
     (0, 0)
@@ -468,9 +433,10 @@ pub fn run(req: &EnterRequest) -> Result<i32> {
 
     let raw = if tty && isatty(0) { Some(RawTerminal::enable(0)?) } else { None };
     if tty {
-        for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGWINCH] {
-            handle(sig);
-        }
+        // Recorded without SA_RESTART: poll returns to look at them.
+        let mut signals = STOP_SIGNALS.to_vec();
+        signals.push(libc::SIGWINCH);
+        let _ = sys::catch_signals(&signals, false);
     }
     let outcome = s.relay(&mut dec);
     // The terminal back to normal before anything is printed.
@@ -530,9 +496,9 @@ impl Session {
         if self.pending() > 0 {
             events |= libc::POLLOUT;
         }
-        let mut p = libc::pollfd { fd: self.stream.as_raw_fd(), events, revents: 0 };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut p, 1, wait.as_millis() as libc::c_int) };
+        let mut p = [libc::pollfd { fd: self.stream.as_raw_fd(), events, revents: 0 }];
+        let _ = sys::poll(&mut p, wait.as_millis() as libc::c_int);
+        let [p] = p;
         if p.revents & libc::POLLOUT != 0 {
             self.write_some()?;
         }
@@ -583,11 +549,10 @@ impl Session {
                     }
                 }
             }
-            let sig = SIGNALLED.swap(0, Ordering::SeqCst);
-            if sig != 0 {
+            if let Some(sig) = STOP_SIGNALS.into_iter().find(|s| sys::take_caught(*s)) {
                 return Ok(Outcome::Signal(sig));
             }
-            if WINCH.swap(false, Ordering::SeqCst) {
+            if sys::take_caught(libc::SIGWINCH) {
                 let (rows, cols) = window_size();
                 Frame::Resize { rows, cols }.encode(&mut self.out);
             }
@@ -600,9 +565,7 @@ impl Session {
             if stdin_open && self.pending() < CAP {
                 pfds.push(libc::pollfd { fd: 0, events: libc::POLLIN, revents: 0 });
             }
-            // SAFETY: valid pollfd array.
-            let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 250) };
-            if r < 0 {
+            if sys::poll(&mut pfds, 250).is_err() {
                 continue; // EINTR: look at the signal flags
             }
             let sock = pfds.first().map_or(0, |p| p.revents);
@@ -620,13 +583,15 @@ impl Session {
                 stdin_open = false;
                 Frame::Stdin(Vec::new()).encode(&mut self.out);
             } else if input != 0 {
-                // SAFETY: reading our stdin into a buffer we own.
-                let n = unsafe { libc::read(0, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
-                if n > 0 {
-                    Frame::Stdin(buf.get(..n as usize).unwrap_or_default().to_vec()).encode(&mut self.out);
-                } else if n == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                    stdin_open = false;
-                    Frame::Stdin(Vec::new()).encode(&mut self.out);
+                match sys::read(0, &mut buf) {
+                    Ok(n) if n > 0 => {
+                        Frame::Stdin(buf.get(..n).unwrap_or_default().to_vec()).encode(&mut self.out);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    _ => {
+                        stdin_open = false;
+                        Frame::Stdin(Vec::new()).encode(&mut self.out);
+                    }
                 }
             }
         }

@@ -93,11 +93,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("cluster.token");
         let t = generate();
-        // SAFETY: umask only changes this process's file creation mask.
-        let old = unsafe { libc::umask(0o022) };
+        let old = crate::util::sys::umask(0o022);
         let res = write_new(&p, &t);
-        // SAFETY: as above.
-        unsafe { libc::umask(old) };
+        crate::util::sys::umask(old);
         res.unwrap();
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(read_file(&p).unwrap(), t);

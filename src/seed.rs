@@ -534,11 +534,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut r = req();
         r.output = tmp.path().join("seed.img");
-        // SAFETY: umask only changes this process's file creation mask.
-        let old = unsafe { libc::umask(0o022) };
+        let old = crate::util::sys::umask(0o022);
         let res = write(&r, 1_700_000_000);
-        // SAFETY: as above.
-        unsafe { libc::umask(old) };
+        crate::util::sys::umask(old);
         res.unwrap();
         assert_eq!(std::fs::metadata(&r.output).unwrap().permissions().mode() & 0o777, 0o600);
     }

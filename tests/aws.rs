@@ -213,8 +213,8 @@ fn an_interrupted_publish_deletes_its_snapshot() {
         .unwrap_or_else(|| panic!("no snapshot started:\n{seen}"))
         .to_string();
     std::thread::sleep(Duration::from_millis(500));
-    // SAFETY: signalling our own child, not yet waited for.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    // Our own child, not yet waited for.
+    let _ = planet_image::util::sys::kill(child.id() as libc::pid_t, libc::SIGINT);
     let mut rest = String::new();
     let _ = stderr.read_to_string(&mut rest);
     let status = child.wait().unwrap();

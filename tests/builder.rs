@@ -32,8 +32,7 @@ fn special_tarball(out: &Path) {
 }
 
 fn is_root() -> bool {
-    // SAFETY: getuid has no preconditions.
-    unsafe { libc::getuid() == 0 }
+    planet_image::util::sys::getuid() == 0
 }
 
 /// A copy of a cached package where an unprivileged user can read it.
@@ -410,8 +409,8 @@ fn interrupted_builds_leave_nothing_behind() {
             line.clear();
         }
         assert!(seen.contains(at), "{name}: the build never printed {at:?}:\n{seen}");
-        // SAFETY: signalling our own child, not yet waited for.
-        unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+        // Our own child, not yet waited for.
+        let _ = planet_image::util::sys::kill(child.id() as libc::pid_t, sig);
         let mut rest = String::new();
         let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
         let status = child.wait().unwrap();

@@ -30,9 +30,9 @@ fn run_with(cmd: &mut Command) -> Output {
     let pid = child.id();
     let watchdog = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(60));
-        // SAFETY: signalling the enter process this test started (a no-op once it is reaped
-        // and its pid unused; the test has failed by then anyway).
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        // The enter process this test started (a no-op once it is reaped and its pid unused;
+        // the test has failed by then anyway).
+        let _ = planet_image::util::sys::kill(pid as i32, libc::SIGKILL);
     });
     let out = child.wait_with_output().expect("waiting for planet-image enter");
     drop(watchdog);

@@ -348,8 +348,7 @@ pub fn shutdown(env: &BootEnv) {
         Ok(n) => event!("unmounted", count = n, path = env.run.display()),
         Err(e) => event!("unmount failed", error = format!("{e:#}")),
     }
-    // SAFETY: plain syscall.
-    unsafe { libc::sync() };
+    crate::sys::sync();
 }
 
 #[cfg(test)]

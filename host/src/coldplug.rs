@@ -154,18 +154,11 @@ pub struct KernelLoader;
 impl Loader for KernelLoader {
     fn insert(&mut self, path: &Path) -> io::Result<()> {
         let f = std::fs::File::open(path)?;
-        use std::os::fd::AsRawFd;
-        let params = c"";
-        // SAFETY: valid fd and C string for the call.
-        let r = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), params.as_ptr(), 0) };
-        if r == -1 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EEXIST) {
-                return Ok(());
-            }
-            return Err(e);
+        use std::os::fd::AsFd;
+        match crate::sys::system::finit_module(f.as_fd()) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            r => r,
         }
-        Ok(())
     }
 }
 

@@ -3,13 +3,15 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use planet_config::contract::{SLOT_A_LABEL, SLOT_B_LABEL, STATE_LABEL};
 use planet_gpt::{Gpt, Guid};
+
+use crate::sys::ioctl;
 
 /// Growth keeps the state partition's end 1 MiB aligned (in 512-byte sectors).
 const ALIGN_BYTES: u64 = 1 << 20;
@@ -242,8 +244,7 @@ pub fn repair_interrupted_growth(sysfs: &Path, dev_root: &Path, pin: Option<Guid
             f.sync_all()?;
             use std::os::unix::fs::FileTypeExt;
             if f.metadata()?.file_type().is_block_device() {
-                // SAFETY: BLKRRPART takes no argument.
-                crate::sys::check(unsafe { libc::ioctl(f.as_raw_fd(), BLKRRPART, 0) })?;
+                ioctl::reread_partitions(f.as_fd())?;
             }
             Ok(true)
         })();
@@ -279,25 +280,10 @@ pub fn device_geometry(f: &File) -> Result<(u64, u64)> {
     if !meta.file_type().is_block_device() {
         return Ok((meta.len(), 512));
     }
-    let mut size: u64 = 0;
-    let mut ss: libc::c_int = 0;
-    // SAFETY: BLKGETSIZE64 writes a u64, BLKSSZGET an int.
-    unsafe {
-        crate::sys::check(libc::ioctl(f.as_raw_fd(), BLKGETSIZE64, &mut size))
-            .context("reading the disk size (BLKGETSIZE64)")?;
-        crate::sys::check(libc::ioctl(f.as_raw_fd(), BLKSSZGET, &mut ss))
-            .context("reading the sector size (BLKSSZGET)")?;
-    }
-    Ok((size, ss as u64))
+    let size = ioctl::block_size_bytes(f.as_fd()).context("reading the disk size (BLKGETSIZE64)")?;
+    let ss = ioctl::block_sector_size(f.as_fd()).context("reading the sector size (BLKSSZGET)")?;
+    Ok((size, ss))
 }
-
-const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
-const BLKSSZGET: libc::c_ulong = 0x1268;
-const BLKRRPART: libc::c_ulong = 0x125f;
-const BLKPG: libc::c_ulong = 0x1269;
-const BLKPG_RESIZE_PARTITION: libc::c_int = 3;
-/// `_IOW('f', 16, __u64)`.
-const EXT4_IOC_RESIZE_FS: libc::c_ulong = 0x4008_6610;
 
 /// What growing the GPT did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -421,51 +407,18 @@ fn update_protective_mbr(f: &mut File, total_sectors: u64, ss: u64) -> Result<()
     Ok(())
 }
 
-#[repr(C)]
-struct BlkpgPartition {
-    start: libc::c_longlong,
-    length: libc::c_longlong,
-    pno: libc::c_int,
-    devname: [libc::c_char; 64],
-    volname: [libc::c_char; 64],
-}
-
-#[repr(C)]
-struct BlkpgIoctlArg {
-    op: libc::c_int,
-    flags: libc::c_int,
-    datalen: libc::c_int,
-    data: *mut libc::c_void,
-}
-
 /// Tells the kernel about the grown partition: BLKPG resize (works even while other
 /// partitions of the disk are in use, and keeps the device node), else re-read the table.
 pub fn inform_kernel(disk: &File, g: &GptGrowth) -> Result<&'static str> {
-    let mut part = BlkpgPartition {
-        start: (g.old_first_last.0 * g.sector_size) as libc::c_longlong,
-        length: g.new_bytes() as libc::c_longlong,
-        pno: g.partn as libc::c_int,
-        devname: [0; 64],
-        volname: [0; 64],
+    let start = g.old_first_last.0 * g.sector_size;
+    let blkpg_err = match ioctl::resize_partition(disk.as_fd(), g.partn, start, g.new_bytes()) {
+        Ok(()) => return Ok("blkpg"),
+        Err(e) => e,
     };
-    let mut arg = BlkpgIoctlArg {
-        op: BLKPG_RESIZE_PARTITION,
-        flags: 0,
-        datalen: std::mem::size_of::<BlkpgPartition>() as libc::c_int,
-        data: &mut part as *mut _ as *mut libc::c_void,
+    let rr_err = match ioctl::reread_partitions(disk.as_fd()) {
+        Ok(()) => return Ok("blkrrpart"),
+        Err(e) => e,
     };
-    // SAFETY: arg points at a valid blkpg_ioctl_arg whose data lives through the call.
-    let r = unsafe { libc::ioctl(disk.as_raw_fd(), BLKPG, &mut arg) };
-    if r == 0 {
-        return Ok("blkpg");
-    }
-    let blkpg_err = io::Error::last_os_error();
-    // SAFETY: BLKRRPART takes no argument.
-    let r = unsafe { libc::ioctl(disk.as_raw_fd(), BLKRRPART, 0) };
-    if r == 0 {
-        return Ok("blkrrpart");
-    }
-    let rr_err = io::Error::last_os_error();
     bail!("re-reading the partition table: BLKPG resize failed ({blkpg_err}), BLKRRPART failed ({rr_err})")
 }
 
@@ -499,9 +452,7 @@ pub fn ext4_target_blocks(block_size: u64, blocks: u64, part_bytes: u64) -> Opti
 /// Online-grows the ext4 filesystem mounted at `mountpoint` to `blocks`.
 pub fn resize_ext4(mountpoint: &Path, blocks: u64) -> Result<()> {
     let dir = File::open(mountpoint).with_context(|| format!("opening {}", mountpoint.display()))?;
-    let mut n: u64 = blocks;
-    // SAFETY: EXT4_IOC_RESIZE_FS reads one u64.
-    crate::sys::check(unsafe { libc::ioctl(dir.as_raw_fd(), EXT4_IOC_RESIZE_FS, &mut n) }).with_context(|| {
+    ioctl::resize_ext4(dir.as_fd(), blocks).with_context(|| {
         format!("resizing ext4 at {} to {blocks} blocks (EXT4_IOC_RESIZE_FS)", mountpoint.display())
     })?;
     Ok(())

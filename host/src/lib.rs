@@ -14,6 +14,7 @@ pub mod launcher;
 pub mod mounts;
 pub mod net;
 pub mod supervise;
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod update;
 

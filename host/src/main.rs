@@ -8,8 +8,7 @@ use planet_host::{boot, console, container_kernel, event, sys, update, VERSION};
 
 /// Gives PID 1 the console on fds 0-2 if the kernel could not (no /dev/console in the cpio).
 fn ensure_console() {
-    // SAFETY: fcntl on fd 1 only queries.
-    if unsafe { libc::fcntl(1, libc::F_GETFD) } != -1 {
+    if sys::fd::is_open(1) {
         return;
     }
     let _ = std::fs::create_dir_all("/dev");
@@ -17,20 +16,7 @@ fn ensure_console() {
     if !sys::is_mountpoint(dev) {
         let _ = sys::mount(Some("devtmpfs"), dev, Some("devtmpfs"), libc::MS_NOSUID, Some("mode=0755"));
     }
-    // SAFETY: opening the console and duplicating it onto the standard fds.
-    unsafe {
-        let fd = libc::open(c"/dev/console".as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
-        if fd >= 0 {
-            for target in 0..3 {
-                if fd != target {
-                    libc::dup2(fd, target);
-                }
-            }
-            if fd > 2 {
-                libc::close(fd);
-            }
-        }
-    }
+    sys::fd::console_onto_stdio(c"/dev/console");
 }
 
 /// Prints the error chain and powers off after a short delay (tests fail fast, operators can
@@ -59,6 +45,8 @@ fn halt() -> ! {
     sys::power_off()
 }
 
+// `#[no_mangle]` counts as unsafe code: this is the C `main` symbol itself, nothing else has it.
+#[allow(unsafe_code)]
 #[no_mangle]
 pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     // planet-init started by itself to run a command in the Planet container (`planet-image

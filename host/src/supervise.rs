@@ -4,50 +4,35 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 use crate::launcher::Container;
-use crate::sys::{check, describe_status, signal_name};
+use crate::sys::process::{kill, waitpid};
+use crate::sys::{describe_status, fd, process, signal_name};
 
 /// Signals PID 1 handles synchronously through a signalfd.
 pub const SIGNALS: [libc::c_int; 6] =
     [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGPWR, libc::SIGHUP, libc::SIGUSR1];
 
 fn sigset() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data initialised by sigemptyset.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in SIGNALS {
-            libc::sigaddset(&mut set, s);
-        }
-        set
-    }
+    process::sigset(&SIGNALS)
 }
 
 /// Blocks the handled signals; must run before any thread starts so every thread inherits the
 /// mask (children get a clean mask: std's spawn and the built-in launcher reset it).
 pub fn block_signals() -> Result<()> {
-    let set = sigset();
-    // SAFETY: valid sigset.
-    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    anyhow::ensure!(r == 0, "blocking signals: {}", std::io::Error::from_raw_os_error(r));
+    process::block_signals(&sigset()).map_err(|e| anyhow::anyhow!("blocking signals: {e}"))?;
     // Ctrl-alt-del then sends SIGINT to PID 1 instead of rebooting at once.
-    // SAFETY: plain syscall.
-    unsafe { libc::reboot(libc::RB_DISABLE_CAD) };
+    crate::sys::system::disable_ctrl_alt_del();
     Ok(())
 }
 
 fn signalfd() -> Result<OwnedFd> {
-    let set = sigset();
-    // SAFETY: valid sigset; the fd is owned on success.
-    let fd = check(unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) })
-        .context("creating a signalfd")?;
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    process::signalfd(&sigset()).context("creating a signalfd")
 }
 
 /// Why the machine shuts down.
@@ -173,13 +158,12 @@ pub fn supervise(mut launch: impl FnMut() -> Result<Container>, policy: Policy, 
             events: libc::POLLIN,
             revents: 0,
         }));
-        // SAFETY: pfds is a valid array of pollfd.
-        unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 1000) };
+        let _ = fd::poll(&mut pfds, 1000);
 
         let mut request: Option<StopReason> = None;
         let mut buf = [0u8; 128];
-        // SAFETY: reading siginfo records into a stack buffer.
-        while unsafe { libc::read(sfd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, 128) } == 128 {
+        // signalfd_siginfo records of 128 bytes.
+        while fd::read(sfd.as_raw_fd(), &mut buf).ok() == Some(128) {
             let signo = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as libc::c_int;
             if signo != libc::SIGCHLD {
                 request = Some(StopReason::Signal(signal_name(signo)));
@@ -225,8 +209,7 @@ pub fn supervise(mut launch: impl FnMut() -> Result<Container>, policy: Policy, 
                             signal = signal_name(c.stop_signal),
                             timeout = format!("{}s", policy.stop_timeout.as_secs())
                         );
-                        // SAFETY: signalling our child.
-                        unsafe { libc::kill(c.pid, c.stop_signal) };
+                        let _ = kill(c.pid, c.stop_signal);
                         State::Stopping { c, deadline: deadline_after(policy.stop_timeout), killed: false }
                     }
                     State::Backoff { .. } => {
@@ -240,12 +223,10 @@ pub fn supervise(mut launch: impl FnMut() -> Result<Container>, policy: Policy, 
 
         // Reap every exited child; only the container's exit matters.
         loop {
-            let mut status = 0;
-            // SAFETY: non-blocking wait for any child.
-            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-            if pid <= 0 {
-                break;
-            }
+            let (pid, status) = match waitpid(-1, libc::WNOHANG) {
+                Ok((pid, status)) if pid > 0 => (pid, status),
+                _ => break,
+            };
             let (sk, sv) = describe_status(status);
             state = match state {
                 State::Running { c, since } if c.pid == pid => {
@@ -311,8 +292,7 @@ pub fn supervise(mut launch: impl FnMut() -> Result<Container>, policy: Policy, 
             },
             State::Stopping { c, deadline, killed: false } if Instant::now() >= deadline => {
                 crate::event!("container kill", pid = c.pid, reason = "stop timeout");
-                // SAFETY: signalling our child.
-                unsafe { libc::kill(c.pid, libc::SIGKILL) };
+                let _ = kill(c.pid, libc::SIGKILL);
                 State::Stopping { c, deadline, killed: true }
             }
             s => s,
@@ -323,16 +303,13 @@ pub fn supervise(mut launch: impl FnMut() -> Result<Container>, policy: Policy, 
 /// Terminates every other process (SIGTERM, a grace period, SIGKILL) and reaps them, so no
 /// file stays open on the state partition.
 pub fn kill_everything(grace: Duration) {
-    // SAFETY: kill(-1) from PID 1 signals every process but itself.
-    unsafe { libc::kill(-1, libc::SIGTERM) };
+    // kill(-1) from PID 1 signals every process but itself.
+    let _ = kill(-1, libc::SIGTERM);
     let until = deadline_after(grace);
     loop {
-        let mut status = 0;
-        // SAFETY: non-blocking reap.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid < 0 {
+        let Ok((pid, _)) = waitpid(-1, libc::WNOHANG) else {
             return; // ECHILD: nothing left
-        }
+        };
         if pid == 0 {
             if Instant::now() >= until {
                 break;
@@ -340,16 +317,12 @@ pub fn kill_everything(grace: Duration) {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    // SAFETY: as above.
-    unsafe { libc::kill(-1, libc::SIGKILL) };
+    let _ = kill(-1, libc::SIGKILL);
     let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until {
-        let mut status = 0;
-        // SAFETY: non-blocking reap.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid < 0 {
+        let Ok((pid, _)) = waitpid(-1, libc::WNOHANG) else {
             return;
-        }
+        };
         if pid == 0 {
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -382,9 +355,7 @@ mod tests {
     /// Blocks the handled signals in the calling (test) thread only. `block_signals` is not
     /// used: it would also disable ctrl-alt-del on the build machine.
     fn block_here() {
-        let set = sigset();
-        // SAFETY: valid sigset.
-        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+        process::block_signals(&sigset()).unwrap();
     }
 
     fn spawn_sh(script: &str) -> Result<Container> {
@@ -413,14 +384,11 @@ mod tests {
         assert!(err.to_string().contains("code=3"), "{err}");
 
         // A SIGTERM to PID 1 (here: this thread) stops the container and returns.
-        // SAFETY: gettid has no preconditions.
-        let tid = unsafe { libc::gettid() };
-        // SAFETY: getpid has no preconditions.
-        let pid = unsafe { libc::getpid() };
+        let (pid, tid) = (process::getpid(), process::gettid());
         let sender = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(500));
-            // SAFETY: a thread-directed signal to the supervising thread, which blocks it.
-            unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGTERM) };
+            // A thread-directed signal to the supervising thread, which blocks it.
+            process::tgkill(pid, tid, libc::SIGTERM).unwrap();
         });
         let started = Instant::now();
         let reason = supervise(|| spawn_sh("sleep 30"), policy, dev.path()).unwrap();

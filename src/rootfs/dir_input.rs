@@ -3,6 +3,7 @@
 
 use super::guard::CheckedSink;
 use super::{Entry, EntryKind};
+use crate::util::sys;
 use anyhow::{Context, Result};
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -133,34 +134,22 @@ fn open_same_dir(path: &Path, meta: &std::fs::Metadata) -> Result<std::fs::File>
 /// Extended attributes of `path` itself (not a symlink's target), sorted by name.
 fn read_xattrs(path: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
     let c = CString::new(path.as_os_str().as_bytes())?;
-    // SAFETY: c is a valid NUL-terminated path; a null buffer with size 0 asks for the length.
-    let len = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
-    if len < 0 {
-        let err = std::io::Error::last_os_error();
-        return if err.raw_os_error() == Some(libc::ENOTSUP) { Ok(Vec::new()) } else { Err(err) };
-    }
-    let mut names = vec![0u8; len as usize];
-    // SAFETY: names has room for len bytes.
-    let len = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    if len < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    names.truncate(len as usize);
+    // An empty buffer asks for the length.
+    let len = match sys::llistxattr(&c, &mut []) {
+        Ok(len) => len,
+        Err(err) if err.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
+        Err(err) => return Err(err),
+    };
+    let mut names = vec![0u8; len];
+    let len = sys::llistxattr(&c, &mut names)?;
+    names.truncate(len);
     let mut out = Vec::new();
     for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let cname = CString::new(name)?;
-        // SAFETY: both strings are NUL-terminated; size 0 asks for the value's length.
-        let vlen = unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), std::ptr::null_mut(), 0) };
-        if vlen < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut value = vec![0u8; vlen as usize];
-        // SAFETY: value has room for vlen bytes.
-        let vlen = unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
-        if vlen < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        value.truncate(vlen as usize);
+        let vlen = sys::lgetxattr(&c, &cname, &mut [])?;
+        let mut value = vec![0u8; vlen];
+        let vlen = sys::lgetxattr(&c, &cname, &mut value)?;
+        value.truncate(vlen);
         out.push((String::from_utf8_lossy(name).into_owned(), value));
     }
     out.sort();
@@ -192,8 +181,7 @@ mod tests {
         // Swapped for a FIFO: refused at once, not a blocked build.
         std::fs::remove_file(&f).unwrap();
         let c = std::ffi::CString::new(f.as_os_str().as_bytes()).unwrap();
-        // SAFETY: a valid path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        crate::util::sys::mkfifo(&c, 0o600).unwrap();
         assert!(open_same_file(&f, &meta).is_err());
     }
 

@@ -100,11 +100,9 @@ mod tests {
     fn private_outputs_are_0600_whatever_the_umask() {
         let tmp = tempfile::tempdir().unwrap();
         let dest = tmp.path().join("secret.img");
-        // SAFETY: umask only changes this process's file creation mask.
-        let old = unsafe { libc::umask(0o022) };
+        let old = crate::util::sys::umask(0o022);
         let p = PendingFile::new_private(&dest);
-        // SAFETY: as above.
-        unsafe { libc::umask(old) };
+        crate::util::sys::umask(old);
         let p = p.unwrap();
         std::fs::OpenOptions::new().write(true).open(p.path()).unwrap();
         p.commit().unwrap();

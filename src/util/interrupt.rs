@@ -9,17 +9,19 @@
 //! with 128 + the signal. A second signal ends the wait.
 
 use anyhow::Result;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
+
+use super::sys;
 
 /// How long the main thread may take to unwind after a signal.
 pub const GRACE: Duration = Duration::from_secs(30);
 
-static SIGNAL: AtomicI32 = AtomicI32::new(0);
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+/// Whether [`install`] ran: only then do the signals `sys` records mean an interruption.
+static INSTALLED: AtomicBool = AtomicBool::new(false);
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 static PATHS: Mutex<Vec<(u64, PathBuf)>> = Mutex::new(Vec::new());
 static CHILDREN: Mutex<Vec<(u64, u32)>> = Mutex::new(Vec::new());
@@ -31,7 +33,11 @@ pub struct Interrupted;
 
 /// Whether a signal came.
 pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
+    first_signal().is_some()
+}
+
+fn first_signal() -> Option<i32> {
+    sys::first_caught().filter(|_| INSTALLED.load(Ordering::SeqCst))
 }
 
 /// `Err(Interrupted)` once a signal came: call between steps and in long loops.
@@ -44,7 +50,7 @@ pub fn check() -> Result<()> {
 
 /// The exit status for the signal that came (130 for SIGINT), if one did.
 pub fn exit_code() -> Option<i32> {
-    interrupted().then(|| 128 + SIGNAL.load(Ordering::SeqCst))
+    first_signal().map(|s| 128 + s)
 }
 
 /// A temporary path (file or directory) removed on a signal until this is dropped.
@@ -97,72 +103,40 @@ fn remove(p: &Path) {
     }
 }
 
-extern "C" fn on_signal(sig: libc::c_int) {
-    // Async-signal-safe only: atomics and write(2).
-    if SIGNAL.load(Ordering::SeqCst) == 0 {
-        SIGNAL.store(sig, Ordering::SeqCst);
-    }
-    INTERRUPTED.store(true, Ordering::SeqCst);
-    let fd = WAKE_FD.load(Ordering::SeqCst);
-    if fd >= 0 {
-        let b = 1u8;
-        // SAFETY: writing one byte from the stack to our own pipe.
-        unsafe { libc::write(fd, &b as *const u8 as *const libc::c_void, 1) };
-    }
-}
-
 /// Installs the handler and starts the watcher. Call once, before the work starts.
 pub fn install() -> Result<()> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two fds.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    WAKE_FD.store(fds[1], Ordering::SeqCst);
-    let read_fd = fds[0];
-    std::thread::Builder::new().name("signals".into()).spawn(move || watch(read_fd))?;
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: a zeroed sigaction with a handler that only touches atomics and write(2).
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-            sa.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut sa.sa_mask);
-            if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
-                return Err(std::io::Error::last_os_error().into());
-            }
-        }
-    }
+    let (read_end, write_end) = sys::pipe()?;
+    sys::wake_on_signal(write_end);
+    INSTALLED.store(true, Ordering::SeqCst);
+    std::thread::Builder::new().name("signals".into()).spawn(move || watch(read_end))?;
+    sys::catch_signals(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP], true)?;
     Ok(())
 }
 
 /// Blocks until the pipe has a byte, or `timeout` passes; true when a byte came.
-fn wait_byte(fd: libc::c_int, timeout: Option<Duration>) -> bool {
-    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+fn wait_byte(fd: &OwnedFd, timeout: Option<Duration>) -> bool {
+    let mut p = [libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
     let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as libc::c_int);
-    // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut p, 1, ms) };
-    if n == 1 {
+    if sys::poll(&mut p, ms).ok() == Some(1) {
         let mut b = [0u8; 16];
-        // SAFETY: reading into a stack buffer from our own pipe.
-        unsafe { libc::read(fd, b.as_mut_ptr() as *mut libc::c_void, b.len()) };
+        let _ = sys::read(fd.as_raw_fd(), &mut b);
         return true;
     }
     false
 }
 
-fn watch(fd: libc::c_int) {
-    while !wait_byte(fd, None) {}
+fn watch(fd: OwnedFd) {
+    while !wait_byte(&fd, None) {}
     eprintln!("planet-image: interrupted; removing temporary files");
     remove_registered();
     let pids: Vec<u32> = lock(&CHILDREN).iter().map(|(_, p)| *p).collect();
     for pid in pids {
-        // SAFETY: signalling a child we started and have not reaped (it is unregistered first).
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        // A child we started and have not reaped (it is unregistered first).
+        let _ = sys::kill(pid as libc::pid_t, libc::SIGTERM);
     }
     // The main thread exits by itself once it has unwound; a second signal or the grace
     // period ends the wait.
-    let _ = wait_byte(fd, Some(GRACE));
+    let _ = wait_byte(&fd, Some(GRACE));
     remove_registered();
     std::process::exit(exit_code().unwrap_or(130));
 }

@@ -7,6 +7,8 @@ pub mod digest;
 pub mod interrupt;
 pub mod progress;
 pub mod sparse;
+#[allow(unsafe_code)]
+pub mod sys;
 pub mod tar_header;
 
 use anyhow::{Context, Result};

@@ -3,7 +3,6 @@
 
 use anyhow::{Context, Result};
 use std::fs::File;
-use std::os::unix::io::AsRawFd;
 
 /// A byte range of the file that holds data (everything else is a hole).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,30 +24,22 @@ pub enum NoHoleMap {
 
 /// The data extents of the first `size` bytes of `file`, in order.
 pub fn data_extents(file: &File, size: u64, no_hole_map: NoHoleMap) -> Result<Vec<Extent>> {
-    let fd = file.as_raw_fd();
     let mut out = Vec::new();
     let mut pos: u64 = 0;
     while pos < size {
-        // SAFETY: lseek on a descriptor we own; no memory is touched.
-        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-        if data < 0 {
-            let err = std::io::Error::last_os_error();
-            match err.raw_os_error() {
+        let data = match super::sys::seek_data(file, pos) {
+            Ok(data) => data,
+            Err(err) => match err.raw_os_error() {
                 Some(libc::ENXIO) => break, // only a hole up to the end
                 Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) if no_hole_map == NoHoleMap::AllData => {
                     out.push(Extent { offset: pos, len: size - pos });
                     break;
                 }
                 _ => return Err(err).context("seeking to the next data range (SEEK_DATA)"),
-            }
-        }
-        let data = data as u64;
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(std::io::Error::last_os_error()).context("seeking to the next hole (SEEK_HOLE)");
-        }
-        let hole = (hole as u64).min(size);
+            },
+        };
+        let hole = super::sys::seek_hole(file, data).context("seeking to the next hole (SEEK_HOLE)")?;
+        let hole = hole.min(size);
         if hole > data {
             out.push(Extent { offset: data, len: hole - data });
         }

@@ -10,8 +10,8 @@ use crate::enter::Channel;
 use crate::fetch::Cache;
 use crate::image_reader::DiskImage;
 use crate::util::command::require_tool;
+use crate::util::sys;
 use anyhow::{bail, Context, Result};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -177,30 +177,15 @@ fn probe_answer_says_running(answer: &str) -> bool {
 }
 
 fn kvm_device_works() -> bool {
-    use std::os::fd::AsRawFd;
-    const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
-    const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
-    const KVM_CREATE_VCPU: libc::c_ulong = 0xAE41;
+    use std::os::fd::AsFd;
     let Ok(dev) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") else {
         return false;
     };
-    // SAFETY: plain ioctls on a file descriptor we own; results are checked.
-    unsafe {
-        if libc::ioctl(dev.as_raw_fd(), KVM_GET_API_VERSION, 0) != 12 {
-            return false;
-        }
-        let vm = libc::ioctl(dev.as_raw_fd(), KVM_CREATE_VM, 0);
-        if vm < 0 {
-            return false;
-        }
-        let vcpu = libc::ioctl(vm, KVM_CREATE_VCPU, 0);
-        let ok = vcpu >= 0;
-        if ok {
-            libc::close(vcpu);
-        }
-        libc::close(vm);
-        ok
+    if sys::kvm_api_version(dev.as_fd()).ok() != Some(12) {
+        return false;
     }
+    let Ok(vm) = sys::kvm_create_vm(dev.as_fd()) else { return false };
+    sys::kvm_create_vcpu(vm.as_fd()).is_ok()
 }
 
 pub fn run(req: &RunRequest) -> Result<i32> {
@@ -294,13 +279,8 @@ pub fn run(req: &RunRequest) -> Result<i32> {
     }
     // `planet-image enter`: a virtio-serial port on a private Unix socket, never a network port.
     cmd.args(channel.qemu_args());
-    // SAFETY: umask is async-signal-safe; QEMU's sockets (and files) are then 0600.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::umask(0o177);
-            Ok(())
-        })
-    };
+    // QEMU's sockets (and files) are then 0600.
+    sys::umask_on_exec(&mut cmd, 0o177);
     eprintln!(
         "planet-image: booting {} ({accel}); `{}` opens a shell in it",
         req.image.display(),
@@ -313,10 +293,10 @@ pub fn run(req: &RunRequest) -> Result<i32> {
         if let Some(status) = child.try_wait()? {
             break status;
         }
-        if STOP_REQUESTED.load(std::sync::atomic::Ordering::Relaxed) {
+        if STOP_SIGNALS.iter().any(|s| sys::caught(*s)) {
             // Asked to stop: end QEMU too, so no guest outlives its `run`.
-            // SAFETY: signalling our own child process.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            // Our own child process, not yet waited for.
+            let _ = sys::kill(child.id() as i32, libc::SIGTERM);
             let status = child.wait()?;
             bail!("stopped by a signal; QEMU exited ({status})");
         }
@@ -332,18 +312,12 @@ pub fn run(req: &RunRequest) -> Result<i32> {
     Ok(status.code().unwrap_or(1))
 }
 
-static STOP_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn request_stop(_: libc::c_int) {
-    STOP_REQUESTED.store(true, std::sync::atomic::Ordering::Relaxed);
-}
+/// The signals that stop `run` and its QEMU.
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
 /// SIGTERM, SIGINT and SIGHUP to `run` stop its QEMU as well.
 fn forward_termination_signals() {
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(sig, request_stop as *const () as libc::sighandler_t) };
-    }
+    let _ = sys::catch_signals(&STOP_SIGNALS, true);
 }
 
 #[cfg(test)]

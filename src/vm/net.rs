@@ -58,8 +58,8 @@ pub fn relay(port: u16) -> std::io::Result<()> {
     });
     copy(&mut host_in, &mut guest_out)?;
     // The host has answered and closed: the guest's side is done too.
-    // SAFETY: shutting down fd 0's socket for writing; an error (not a socket) is ignored.
-    unsafe { libc::shutdown(0, libc::SHUT_WR) };
+    // Fd 0's socket shut down for writing; an error (not a socket) is ignored.
+    let _ = crate::util::sys::shutdown_write(0);
     upstream.join().map_err(|_| std::io::Error::other("relay thread panicked"))??;
     Ok(())
 }

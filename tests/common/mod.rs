@@ -170,13 +170,7 @@ impl Guest {
         let log = scratch.path(&format!("serial-{}.log", unique()));
         let monitor = scratch.path(&format!("monitor-{}.sock", unique()));
         let mut command = planet_image();
-        // SAFETY: setpriority is async-signal-safe and touches only the child about to exec.
-        unsafe {
-            command.pre_exec(move || match libc::setpriority(libc::PRIO_PROCESS, 0, niceness) {
-                0 => Ok(()),
-                _ => Err(std::io::Error::last_os_error()),
-            });
-        }
+        planet_image::util::sys::niceness_on_exec(&mut command, niceness);
         let child = command
             .arg("run")
             .arg(image)
@@ -245,8 +239,8 @@ impl Guest {
 impl Drop for Guest {
     fn drop(&mut self) {
         // planet-image run and its QEMU share a process group of their own: stop both.
-        // SAFETY: kill with a negative pid signals that group only.
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        // A negative pid signals that group only.
+        let _ = planet_image::util::sys::kill(-(self.child.id() as i32), libc::SIGKILL);
         let _ = self.child.wait();
     }
 }

@@ -16,15 +16,16 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 use crate::launcher::Kind;
-use crate::sys::{check, CloneArgs};
+use crate::sys::fd::{self, pipe, poll_one, read as read_fd, set_nonblocking};
+use crate::sys::process::{self, ExecArgs};
+use crate::sys::{ioctl, net};
 
 /// argv[1] that makes planet-init the helper instead of PID 1.
 pub const HELPER_FLAG: &str = "--exec-in-container";
@@ -124,31 +125,9 @@ pub struct Helper {
     reaped: Option<(i32, i32)>,
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two fds, owned below.
-    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-    // SAFETY: fresh fds.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// A copy of `fd` numbered 10 or above (so the child's dup2 onto 0-3 never collides).
-fn high(fd: OwnedFd) -> io::Result<OwnedFd> {
-    // SAFETY: duplicating an fd we own; the copy is owned below.
-    let n = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) })?;
-    Ok(unsafe { OwnedFd::from_raw_fd(n) })
-}
-
 fn dev_null(write: bool) -> io::Result<OwnedFd> {
     let f = std::fs::OpenOptions::new().read(!write).write(write).open("/dev/null")?;
     Ok(f.into())
-}
-
-pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on an fd the caller owns.
-    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
-    check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
-    Ok(())
 }
 
 impl Helper {
@@ -177,17 +156,10 @@ impl Helper {
         for a in argv {
             args.push(CString::new(a.clone()).context("an argument contains a NUL byte")?);
         }
-        let argp: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
-        let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+        let exec_args = ExecArgs::new(args, Vec::new());
 
-        let mut fds = [0; 2];
-        // SAFETY: socketpair fills two fds, owned below.
-        check(unsafe {
-            libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
-        })
-        .context("creating the helper's report channel")?;
-        // SAFETY: fresh fds.
-        let (control, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (control, theirs) =
+            net::socketpair(libc::SOCK_SEQPACKET).context("creating the helper's report channel")?;
 
         // (the helper's fd 0, 1, 2; our ends)
         let (child_fds, stdin, stdout, stderr) = match stdio {
@@ -204,42 +176,14 @@ impl Helper {
             Stdio::Tty(..) => ([dev_null(false)?, dev_null(true)?, dev_null(true)?], None, None, None),
         };
         let [c0, c1, c2] = child_fds;
+        // Numbered 10 or above, so the child's dup2 onto 0-3 never collides.
+        let high = |f: OwnedFd| fd::dup_at_least(f.as_fd(), 10);
         let child = [high(c0)?, high(c1)?, high(c2)?, high(theirs)?];
         let raw: [RawFd; 4] = [child[0].as_raw_fd(), child[1].as_raw_fd(), child[2].as_raw_fd(), child[3].as_raw_fd()];
-
-        let mut pidfd: libc::c_int = -1;
-        let mut ca = CloneArgs {
-            flags: libc::CLONE_PIDFD as u64,
-            pidfd: &mut pidfd as *mut libc::c_int as u64,
-            // No SIGCHLD (exit_signal 0): the supervisor's waitpid(-1) must not reap it.
-            ..Default::default()
-        };
-        // SAFETY: a fork-like clone3; the child only makes async-signal-safe syscalls on data
-        // prepared above and ends in execve or _exit.
-        let r = unsafe { libc::syscall(libc::SYS_clone3, &mut ca as *mut CloneArgs, std::mem::size_of::<CloneArgs>()) };
-        if r == 0 {
-            // SAFETY: child side, syscalls only.
-            unsafe {
-                for (target, fd) in raw.iter().enumerate() {
-                    if libc::dup2(*fd, target as libc::c_int) < 0 {
-                        libc::_exit(STATUS_FAILED.into());
-                    }
-                }
-                let mut empty: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut empty);
-                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-                libc::execve(exe.as_ptr(), argp.as_ptr(), envp.as_ptr());
-                libc::_exit(STATUS_FAILED.into());
-            }
-        }
-        if r < 0 {
-            return Err(io::Error::last_os_error()).context("starting the helper (clone3)");
-        }
+        let (pid, pidfd) = process::spawn_clone_child(exe, &exec_args, raw).context("starting the helper (clone3)")?;
         drop(child);
-        // SAFETY: the kernel gave us this pidfd.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
         set_nonblocking(control.as_raw_fd())?;
-        Ok(Helper { pid: r as libc::pid_t, pidfd, control, stdin, stdout, stderr, reaped: None })
+        Ok(Helper { pid, pidfd, control, stdin, stdout, stderr, reaped: None })
     }
 
     /// The next report, if one is waiting; an `UnexpectedEof` error once the helper closed
@@ -251,10 +195,7 @@ impl Helper {
     /// Sends `sig` to the helper (through its pidfd: never to a recycled pid).
     pub fn signal(&self, sig: libc::c_int) {
         if self.reaped.is_none() {
-            // SAFETY: plain syscall on our pidfd.
-            unsafe {
-                libc::syscall(libc::SYS_pidfd_send_signal, self.pidfd.as_raw_fd(), sig, std::ptr::null::<u8>(), 0)
-            };
+            let _ = process::pidfd_send_signal(self.pidfd.as_fd(), sig);
         }
     }
 
@@ -263,7 +204,7 @@ impl Helper {
     /// PID 1 take it), the failure status; callers prefer the helper's own `X` report.
     pub fn try_reap(&mut self) -> Option<(i32, i32)> {
         if self.reaped.is_none() {
-            self.reaped = match waitid(self.pidfd.as_raw_fd(), libc::WNOHANG) {
+            self.reaped = match process::waitid_pidfd(self.pidfd.as_fd(), libc::WNOHANG) {
                 Ok(r) => r,
                 // A pidfd polls readable once its process is gone, reaped or not.
                 Err(_) if poll_one(self.pidfd.as_raw_fd(), libc::POLLIN, Duration::ZERO) != 0 => {
@@ -295,7 +236,7 @@ impl Helper {
     /// SIGKILL, then waits (at most a few seconds when it cannot be waited for).
     fn kill(&mut self) -> (i32, i32) {
         self.signal(libc::SIGKILL);
-        let r = match waitid(self.pidfd.as_raw_fd(), 0) {
+        let r = match process::waitid_pidfd(self.pidfd.as_fd(), 0) {
             Ok(Some(r)) => r,
             _ => {
                 poll_one(self.pidfd.as_raw_fd(), libc::POLLIN, Duration::from_secs(5));
@@ -315,82 +256,13 @@ impl Drop for Helper {
     }
 }
 
-/// `waitid(P_PIDFD)` for a clone child: `Ok(None)` while it runs (WNOHANG); else (code,
-/// signal), code 128+signal when a signal ended it.
-fn waitid(pidfd: RawFd, flags: libc::c_int) -> io::Result<Option<(i32, i32)>> {
-    loop {
-        // SAFETY: siginfo_t is plain data, filled by waitid.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let r = unsafe {
-            libc::waitid(libc::P_PIDFD, pidfd as libc::id_t, &mut info, libc::WEXITED | libc::__WALL | flags)
-        };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(e);
-        }
-        // SAFETY: waitid filled a SIGCHLD-style siginfo (or left it zeroed under WNOHANG).
-        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
-        if pid == 0 {
-            return Ok(None);
-        }
-        return Ok(Some(if info.si_code == libc::CLD_EXITED { (status, 0) } else { (128 + status, status) }));
-    }
-}
-
-/// Waits up to `timeout` for `events` on `fd`; the revents (0 on timeout).
-pub fn poll_one(fd: RawFd, events: libc::c_short, timeout: Duration) -> libc::c_short {
-    let mut p = libc::pollfd { fd, events, revents: 0 };
-    // SAFETY: one valid pollfd.
-    let r = unsafe { libc::poll(&mut p, 1, timeout.as_millis().min(i32::MAX as u128) as libc::c_int) };
-    if r > 0 {
-        p.revents
-    } else {
-        0
-    }
-}
-
 fn recv_report(fd: RawFd) -> io::Result<Option<Report>> {
     let mut buf = [0u8; CONTROL_MAX];
-    // Room for one fd.
-    let mut cbuf = [0u64; 8];
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
-    // SAFETY: msghdr is plain data; every pointer in it refers to the buffers above.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = std::mem::size_of_val(&cbuf);
-    // SAFETY: msg describes valid buffers.
-    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::WouldBlock { Ok(None) } else { Err(e) };
-    }
+    let Some((n, passed)) = net::recv_with_fd(fd, &mut buf)? else { return Ok(None) };
     if n == 0 {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
-    let mut passed: Option<OwnedFd> = None;
-    // SAFETY: walking the control messages the kernel wrote into cbuf.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
-                let data = libc::CMSG_DATA(c) as *const RawFd;
-                for i in 0..count {
-                    let fd = OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i)));
-                    if passed.is_none() {
-                        passed = Some(fd);
-                    }
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    let msg = buf.get(..n as usize).unwrap_or_default();
+    let msg = buf.get(..n).unwrap_or_default();
     let int = |at: usize| msg.get(at..at + 4).and_then(|b| b.try_into().ok()).map(i32::from_be_bytes);
     Ok(match msg.first() {
         None => None,
@@ -405,26 +277,7 @@ fn recv_report(fd: RawFd) -> io::Result<Option<Report>> {
 }
 
 fn send_report(fd: RawFd, msg: &[u8], pass: Option<RawFd>) {
-    let msg = msg.get(..msg.len().min(CONTROL_MAX)).unwrap_or_default();
-    let mut iov = libc::iovec { iov_base: msg.as_ptr() as *mut libc::c_void, iov_len: msg.len() };
-    let mut cbuf = [0u64; 8];
-    // SAFETY: msghdr is plain data pointing at the buffers above; CMSG_* stay within cbuf,
-    // which has room for one fd.
-    unsafe {
-        let mut m: libc::msghdr = std::mem::zeroed();
-        m.msg_iov = &mut iov;
-        m.msg_iovlen = 1;
-        if let Some(pfd) = pass {
-            m.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
-            m.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
-            let c = libc::CMSG_FIRSTHDR(&m);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut RawFd, pfd);
-        }
-        libc::sendmsg(fd, &m, libc::MSG_NOSIGNAL);
-    }
+    net::send_with_fd(fd, msg.get(..msg.len().min(CONTROL_MAX)).unwrap_or_default(), pass);
 }
 
 /// Runs `argv` in the current Planet container with stdin from /dev/null and returns its exit
@@ -495,8 +348,7 @@ fn run_in(exe: &std::ffi::CStr, pid: libc::pid_t, argv: &[&str], timeout: Durati
         if let Some(fd) = &stdout {
             pfds.push(libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
         }
-        // SAFETY: valid pollfd array.
-        unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, wait.as_millis() as libc::c_int) };
+        let _ = fd::poll(&mut pfds, wait.as_millis() as libc::c_int);
         if let Some(fd) = &stdout {
             let mut buf = [0u8; 16 * 1024];
             match read_fd(fd.as_raw_fd(), &mut buf) {
@@ -517,39 +369,10 @@ fn run_in(exe: &std::ffi::CStr, pid: libc::pid_t, argv: &[&str], timeout: Durati
     Ok((code, out))
 }
 
-pub fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: reading into a buffer we own.
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-pub fn write_fd(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: writing from a buffer we own.
-    let n = unsafe { libc::write(fd, buf.as_ptr() as *const libc::c_void, buf.len()) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
 // ---- The helper process --------------------------------------------------------------------
 
-static HANGUP: AtomicBool = AtomicBool::new(false);
-static TERMINATE: AtomicBool = AtomicBool::new(false);
-static ALARM: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(sig: libc::c_int) {
-    match sig {
-        libc::SIGHUP => HANGUP.store(true, Ordering::SeqCst),
-        libc::SIGALRM => ALARM.store(true, Ordering::SeqCst),
-        _ => TERMINATE.store(true, Ordering::SeqCst),
-    }
-}
+/// The signals the helper passes on to the command (see [`wait_child`]).
+const HELPER_SIGNALS: [libc::c_int; 4] = [libc::SIGHUP, libc::SIGTERM, libc::SIGINT, libc::SIGALRM];
 
 /// Why the helper could not run the command.
 struct Failure {
@@ -570,19 +393,17 @@ fn errno_text(e: &io::Error) -> String {
     }
 }
 
-fn os_fail(what: &str) -> Failure {
-    fail(format!("{what}: {}", errno_text(&io::Error::last_os_error())))
+fn os_fail(what: &str, e: &io::Error) -> Failure {
+    fail(format!("{what}: {}", errno_text(e)))
 }
 
 /// Entry point of `planet-init --exec-in-container PID MODE TERM -- ARGV…`: returns the
 /// process's exit status. Never prints: everything goes through the report channel.
 pub fn helper_main(args: &[Vec<u8>]) -> i32 {
-    // SAFETY: marking our report fd close-on-exec so the command does not inherit it, and
-    // closing anything else inherited by mistake (best effort; needs Linux 5.9).
-    unsafe {
-        libc::fcntl(CONTROL_FD, libc::F_SETFD, libc::FD_CLOEXEC);
-        libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
-    }
+    // Our report fd close-on-exec so the command does not inherit it, and anything else
+    // inherited by mistake closed (best effort; needs Linux 5.9).
+    let _ = fd::set_cloexec(CONTROL_FD);
+    fd::close_all_from(CONTROL_FD + 1);
     match helper(args) {
         Ok(status) => status,
         Err(f) => {
@@ -619,39 +440,19 @@ fn parse_helper_args(args: &[Vec<u8>]) -> Option<HelperArgs> {
 
 fn helper(args: &[Vec<u8>]) -> std::result::Result<i32, Failure> {
     let a = parse_helper_args(args).ok_or_else(|| fail("planet-init --exec-in-container: bad arguments"))?;
-    // SAFETY: installing async-signal-safe handlers (atomic stores) without SA_RESTART, so
-    // waitpid below returns to look at them.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_signal as *const () as libc::sighandler_t;
-        for s in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT, libc::SIGALRM] {
-            libc::sigaction(s, &sa, std::ptr::null_mut());
-        }
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-    }
+    // Recorded (without SA_RESTART, so waitpid below returns to look at them).
+    let _ = process::catch_signals(&HELPER_SIGNALS);
+    process::unblock_all_signals();
     let not_running = || fail("the Planet container is not running");
     // A pidfd pins the process: the files opened below belong to it if it is still alive after.
-    // SAFETY: plain syscall; the fd is owned below.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, a.pid, 0) };
-    if pidfd < 0 {
-        return Err(not_running());
-    }
-    // SAFETY: fresh fd.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    let pidfd = process::pidfd_open(a.pid).map_err(|_| not_running())?;
     let proc = format!("/proc/{}", a.pid);
     if pidns_of("self") == pidns_of(&a.pid.to_string()) {
         return Err(fail(format!("process {} is not in a container (it shares planet-init's namespaces)", a.pid)));
     }
     let open = |p: String, flags: libc::c_int| -> std::result::Result<OwnedFd, Failure> {
         let c = crate::sys::cstr(&p).map_err(|_| fail("bad path"))?;
-        // SAFETY: valid C string; the fd is owned below.
-        let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return Err(os_fail(&format!("opening {p}")));
-        }
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        fd::open(&c, flags).map_err(|e| os_fail(&format!("opening {p}"), &e))
     };
     let root = open(format!("{proc}/root"), libc::O_PATH | libc::O_DIRECTORY)?;
     // Mount last: once in it, /proc is the container's.
@@ -666,21 +467,16 @@ fn helper(args: &[Vec<u8>]) -> std::result::Result<i32, Failure> {
         ns.push((name, flag, open(format!("{proc}/ns/{name}"), libc::O_RDONLY)?));
     }
     join_cgroup(&proc);
-    // SAFETY: signal 0 only checks that the pinned process still exists.
-    if unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), 0, std::ptr::null::<u8>(), 0) } != 0 {
+    // Signal 0 only checks that the pinned process still exists.
+    if process::pidfd_send_signal(pidfd.as_fd(), 0).is_err() {
         return Err(not_running());
     }
     for (name, flag, fd) in &ns {
-        // SAFETY: setns on an fd we opened.
-        if unsafe { libc::setns(fd.as_raw_fd(), *flag) } != 0 {
-            return Err(os_fail(&format!("entering the container's {name} namespace")));
-        }
+        process::setns(fd.as_fd(), *flag)
+            .map_err(|e| os_fail(&format!("entering the container's {name} namespace"), &e))?;
     }
     // The container's root, whether its init pivoted or chrooted into it.
-    // SAFETY: fchdir to an O_PATH directory fd, then chroot to it.
-    if unsafe { libc::fchdir(root.as_raw_fd()) } != 0 || unsafe { libc::chroot(c".".as_ptr()) } != 0 {
-        return Err(os_fail("entering the container's root"));
-    }
+    process::enter_root(root.as_fd()).map_err(|e| os_fail("entering the container's root", &e))?;
     drop(ns);
     drop(root);
 
@@ -702,10 +498,7 @@ fn helper(args: &[Vec<u8>]) -> std::result::Result<i32, Failure> {
     let cstrings = |v: &[Vec<u8>]| -> std::result::Result<Vec<CString>, Failure> {
         v.iter().map(|s| CString::new(s.clone()).map_err(|_| fail("NUL byte in an argument"))).collect()
     };
-    let argv_c = cstrings(&argv)?;
-    let env_c = cstrings(&env)?;
-    let argp: Vec<*const libc::c_char> = argv_c.iter().map(|s| s.as_ptr()).chain([std::ptr::null()]).collect();
-    let envp: Vec<*const libc::c_char> = env_c.iter().map(|s| s.as_ptr()).chain([std::ptr::null()]).collect();
+    let exec_args = ExecArgs::new(cstrings(&argv)?, cstrings(&env)?);
     let cwd: &std::ffi::CStr = if Path::new("/root").is_dir() { c"/root" } else { c"/" };
 
     let pty = match a.tty {
@@ -714,44 +507,15 @@ fn helper(args: &[Vec<u8>]) -> std::result::Result<i32, Failure> {
     };
     let (err_r, err_w) = pipe().map_err(|e| fail(format!("creating a pipe: {e}")))?;
 
-    // SAFETY: this process is single-threaded; the child only makes syscalls until execve.
-    let child = unsafe { libc::fork() };
-    if child < 0 {
-        return Err(os_fail("forking the command"));
-    }
-    if child == 0 {
-        // SAFETY: child side: syscalls only, ending in execve or _exit.
-        unsafe {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            libc::setsid();
-            if let Some((_, slave)) = &pty {
-                let s = slave.as_raw_fd();
-                libc::ioctl(s, libc::TIOCSCTTY, 0);
-                for t in 0..3 {
-                    libc::dup2(s, t);
-                }
-            }
-            for s in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT, libc::SIGALRM, libc::SIGPIPE] {
-                libc::signal(s, libc::SIG_DFL);
-            }
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            libc::chdir(cwd.as_ptr());
-            let mut errno = libc::ENOENT;
-            for c in &candidates {
-                libc::execve(c.as_ptr(), argp.as_ptr(), envp.as_ptr());
-                let e = *libc::__errno_location();
-                // As execvp: a permission problem beats "not found" further down PATH.
-                if e != libc::ENOENT || errno == libc::ENOENT {
-                    errno = e;
-                }
-            }
-            let b = errno.to_ne_bytes();
-            libc::write(err_w.as_raw_fd(), b.as_ptr() as *const libc::c_void, 4);
-            libc::_exit(if errno == libc::ENOENT { STATUS_NOT_FOUND.into() } else { STATUS_CANNOT_EXECUTE.into() });
-        }
-    }
+    // This process is single-threaded.
+    let setup = process::CommandSetup {
+        tty: pty.as_ref().map(|(_, slave)| slave.as_fd()),
+        default_signals: &[libc::SIGHUP, libc::SIGTERM, libc::SIGINT, libc::SIGALRM, libc::SIGPIPE],
+        cwd,
+        candidates: &candidates,
+        error_pipe: err_w.as_fd(),
+    };
+    let child = process::fork_command(&setup, &exec_args).map_err(|e| os_fail("forking the command", &e))?;
     drop(err_w);
     let master = pty.map(|(m, _slave)| m);
     let mut b = [0u8; 4];
@@ -790,34 +554,29 @@ fn helper(args: &[Vec<u8>]) -> std::result::Result<i32, Failure> {
 fn wait_child(child: libc::pid_t) -> (i32, i32) {
     let mut hung_up = false;
     loop {
-        if TERMINATE.swap(false, Ordering::SeqCst) || ALARM.swap(false, Ordering::SeqCst) {
-            // SAFETY: signalling the command's process group and the command.
-            unsafe {
-                libc::kill(-child, libc::SIGKILL);
-                libc::kill(child, libc::SIGKILL);
-            }
+        let terminate = process::take_caught(libc::SIGTERM) | process::take_caught(libc::SIGINT);
+        if terminate || process::take_caught(libc::SIGALRM) {
+            // The command's process group and the command.
+            let _ = process::kill(-child, libc::SIGKILL);
+            let _ = process::kill(child, libc::SIGKILL);
         }
-        if HANGUP.swap(false, Ordering::SeqCst) && !hung_up {
+        if process::take_caught(libc::SIGHUP) && !hung_up {
             hung_up = true;
-            // SAFETY: as above; alarm() makes sure a command ignoring SIGHUP still ends.
-            unsafe {
-                libc::kill(-child, libc::SIGHUP);
-                libc::kill(-child, libc::SIGCONT);
-                libc::alarm(HANGUP_GRACE_SECS);
+            let _ = process::kill(-child, libc::SIGHUP);
+            let _ = process::kill(-child, libc::SIGCONT);
+            // Makes sure a command ignoring SIGHUP still ends.
+            process::alarm(HANGUP_GRACE_SECS);
+        }
+        match process::waitpid(child, 0) {
+            Ok((pid, status)) if pid == child => {
+                return if libc::WIFSIGNALED(status) {
+                    (128 + libc::WTERMSIG(status), libc::WTERMSIG(status))
+                } else {
+                    (libc::WEXITSTATUS(status), 0)
+                };
             }
-        }
-        let mut status = 0;
-        // SAFETY: waiting for our own child.
-        let r = unsafe { libc::waitpid(child, &mut status, 0) };
-        if r == child {
-            return if libc::WIFSIGNALED(status) {
-                (128 + libc::WTERMSIG(status), libc::WTERMSIG(status))
-            } else {
-                (libc::WEXITSTATUS(status), 0)
-            };
-        }
-        if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return (STATUS_FAILED.into(), 0);
+            Err(e) if e.kind() != io::ErrorKind::Interrupted => return (STATUS_FAILED.into(), 0),
+            _ => {}
         }
     }
 }
@@ -829,8 +588,7 @@ fn join_cgroup(proc: &str) {
     let Ok(text) = std::fs::read_to_string(format!("{proc}/cgroup")) else { return };
     let Some(path) = text.lines().find_map(|l| l.strip_prefix("0::")) else { return };
     let procs = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/')).join("cgroup.procs");
-    // SAFETY: getpid has no preconditions.
-    let _ = std::fs::write(procs, format!("{}\n", unsafe { libc::getpid() }));
+    let _ = std::fs::write(procs, format!("{}\n", process::getpid()));
 }
 
 /// The command's environment: a clean, fixed base, then the container's enter.env.
@@ -905,9 +663,7 @@ pub fn parse_env_file(text: &[u8]) -> Vec<(String, Vec<u8>)> {
 }
 
 fn is_executable(p: &str) -> bool {
-    let Ok(c) = CString::new(p) else { return false };
-    // SAFETY: valid C string.
-    unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
+    CString::new(p).is_ok_and(|c| fd::is_executable(&c))
 }
 
 /// Where execve looks for `name`: itself when it has a slash, else each PATH directory (from
@@ -933,36 +689,22 @@ fn candidates(name: &[u8], env: &[Vec<u8>]) -> Vec<CString> {
 
 /// A pseudo-terminal from the container's /dev/ptmx (its own devpts instance): (master, slave).
 fn open_pty(rows: u16, cols: u16) -> std::result::Result<(OwnedFd, OwnedFd), Failure> {
-    // SAFETY: opening and configuring a pty pair; the fds are owned below.
-    unsafe {
-        let m = libc::open(c"/dev/ptmx".as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
-        if m < 0 {
-            return Err(os_fail("opening the container's /dev/ptmx"));
-        }
-        let master = OwnedFd::from_raw_fd(m);
-        let unlock: libc::c_int = 0;
-        if libc::ioctl(m, libc::TIOCSPTLCK, &unlock) != 0 {
-            return Err(os_fail("unlocking the pty"));
-        }
-        if rows > 0 && cols > 0 {
-            let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
-            libc::ioctl(m, libc::TIOCSWINSZ, &ws);
-        }
-        let mut s = libc::ioctl(m, libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
-        if s < 0 {
-            // Before Linux 4.13: by name.
-            let mut n: libc::c_uint = 0;
-            if libc::ioctl(m, libc::TIOCGPTN, &mut n) != 0 {
-                return Err(os_fail("finding the pty's number"));
-            }
-            let path = CString::new(format!("/dev/pts/{n}")).map_err(|_| fail("bad pty path"))?;
-            s = libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
-            if s < 0 {
-                return Err(os_fail("opening the pty's terminal"));
-            }
-        }
-        Ok((master, OwnedFd::from_raw_fd(s)))
+    let flags = libc::O_RDWR | libc::O_NOCTTY;
+    let master = fd::open(c"/dev/ptmx", flags).map_err(|e| os_fail("opening the container's /dev/ptmx", &e))?;
+    ioctl::unlock_pty(master.as_fd()).map_err(|e| os_fail("unlocking the pty", &e))?;
+    if rows > 0 && cols > 0 {
+        ioctl::set_window_size(master.as_fd(), rows, cols);
     }
+    let slave = match ioctl::open_pty_peer(master.as_fd()) {
+        Ok(s) => s,
+        Err(_) => {
+            // Before Linux 4.13: by name.
+            let n = ioctl::pty_number(master.as_fd()).map_err(|e| os_fail("finding the pty's number", &e))?;
+            let path = CString::new(format!("/dev/pts/{n}")).map_err(|_| fail("bad pty path"))?;
+            fd::open(&path, flags).map_err(|e| os_fail("opening the pty's terminal", &e))?
+        }
+    };
+    Ok((master, slave))
 }
 
 #[cfg(test)]
@@ -1054,13 +796,7 @@ mod tests {
 
     #[test]
     fn reports_round_trip_with_a_passed_fd() {
-        let mut fds = [0; 2];
-        // SAFETY: socketpair fills two fds.
-        assert_eq!(
-            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) },
-            0
-        );
-        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (a, b) = net::socketpair(libc::SOCK_SEQPACKET).unwrap();
         let null = dev_null(false).unwrap();
         send_report(a.as_raw_fd(), b"R", Some(null.as_raw_fd()));
         send_report(a.as_raw_fd(), b"E\x7fno such thing", None);
@@ -1070,8 +806,7 @@ mod tests {
             // A live descriptor of its own (its number depends on what else the process has open).
             Some(Report::Ready(Some(fd))) => {
                 assert_ne!(fd.as_raw_fd(), null.as_raw_fd());
-                // SAFETY: F_GETFD only queries.
-                assert_ne!(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) }, -1);
+                assert!(fd::is_open(fd.as_raw_fd()));
             }
             other => panic!("{other:?}"),
         }
@@ -1148,8 +883,7 @@ pub(crate) mod test_support {
             eprintln!("skipped: PLANET_INIT (the planet-init binary of this tree) is not set");
             return None;
         };
-        // SAFETY: plain syscall.
-        if unsafe { libc::geteuid() } != 0 {
+        if !crate::sys::system::is_root() {
             eprintln!("skipped: entering namespaces needs root");
             return None;
         }

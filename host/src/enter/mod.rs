@@ -19,15 +19,16 @@ pub mod exec;
 pub mod protocol;
 
 use std::ffi::CStr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use exec::{container_init, helper_main, run_in_container, HELPER_FLAG};
-use exec::{poll_one, read_fd, set_nonblocking, write_fd, Helper, Report, Stdio, STATUS_FAILED};
+use exec::{Helper, Report, Stdio, STATUS_FAILED};
 use protocol::{encode_data, Decoder, Frame, Hello, ProtocolError, DATA_CHUNK, VERSION};
 
 use crate::event;
+use crate::sys::fd::{self, poll_one, read as read_fd, set_nonblocking, write as write_fd};
 
 /// The virtio-serial port's name; `planet-image run` creates it.
 pub const PORT_NAME: &str = "org.planet-image.enter";
@@ -58,10 +59,7 @@ pub fn find_port(sysfs: &Path, dev: &Path) -> Result<PathBuf, String> {
                 .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
                 .ok_or_else(|| format!("{} has no device number", e.path().display()))?;
             let c = crate::sys::cstr(&node).map_err(|e| e.to_string())?;
-            // SAFETY: valid C string.
-            if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(major, minor)) } != 0 {
-                return Err(format!("creating {}: {}", node.display(), std::io::Error::last_os_error()));
-            }
+            fd::mknod_char(&c, 0o600, major, minor).map_err(|e| format!("creating {}: {e}", node.display()))?;
         }
         return Ok(node);
     }
@@ -98,18 +96,15 @@ fn run_server(sysfs: &Path, dev: &Path) {
                 return;
             }
         };
-        // SAFETY: valid C string; the fd is owned below.
-        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC) };
-        if fd < 0 {
-            event!("enter port failed", port = path.display(), error = std::io::Error::last_os_error());
-        } else {
-            // SAFETY: fresh fd.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            if attempt == 1 {
-                event!("enter ready", port = path.display());
+        match fd::open(&c, libc::O_RDWR | libc::O_NONBLOCK | libc::O_NOCTTY) {
+            Err(e) => event!("enter port failed", port = path.display(), error = e),
+            Ok(fd) => {
+                if attempt == 1 {
+                    event!("enter ready", port = path.display());
+                }
+                let e = serve(fd.as_raw_fd(), &container_init);
+                event!("enter port failed", port = path.display(), error = e);
             }
-            let e = serve(fd.as_raw_fd(), &container_init);
-            event!("enter port failed", port = path.display(), error = e);
         }
         std::thread::sleep(Duration::from_secs(2));
     }
@@ -366,7 +361,7 @@ fn relay(out: &mut Out, dec: &mut Decoder, h: &mut Helper, tty: bool) -> End {
                 Ok(Some(Frame::Resize { rows, cols })) => {
                     winsize = Some((rows, cols));
                     if let (true, Some(m)) = (tty, &child_out) {
-                        set_winsize(m.as_raw_fd(), rows, cols);
+                        set_winsize(m.as_fd(), rows, cols);
                     }
                 }
                 Ok(Some(Frame::Hello(next))) => return End::NextHello(next),
@@ -381,16 +376,14 @@ fn relay(out: &mut Out, dec: &mut Decoder, h: &mut Helper, tty: bool) -> End {
                 Ok(Some(Report::Ready(master))) => {
                     ready = true;
                     if let Some(m) = master.filter(|_| tty) {
-                        // SAFETY: duplicating the master we now own.
-                        let dup = unsafe { libc::fcntl(m.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
-                        if dup < 0 || set_nonblocking(m.as_raw_fd()).is_err() {
-                            return End::Failed(STATUS_FAILED, "setting up the terminal".into());
-                        }
+                        let dup = match fd::dup_at_least(m.as_fd(), 3) {
+                            Ok(dup) if set_nonblocking(m.as_raw_fd()).is_ok() => dup,
+                            _ => return End::Failed(STATUS_FAILED, "setting up the terminal".into()),
+                        };
                         if let Some((rows, cols)) = winsize {
-                            set_winsize(m.as_raw_fd(), rows, cols);
+                            set_winsize(m.as_fd(), rows, cols);
                         }
-                        // SAFETY: fresh fd.
-                        child_in = Some(unsafe { OwnedFd::from_raw_fd(dup) });
+                        child_in = Some(dup);
                         child_out = Some(m);
                     }
                 }
@@ -437,8 +430,7 @@ fn relay(out: &mut Out, dec: &mut Decoder, h: &mut Helper, tty: bool) -> End {
         let room = out.pending() < CAP;
         let i_out = slot(child_out.as_ref().filter(|_| room).map(|f| f.as_raw_fd()), libc::POLLIN);
         let i_err = slot(child_err.as_ref().filter(|_| room).map(|f| f.as_raw_fd()), libc::POLLIN);
-        // SAFETY: valid pollfd array.
-        unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 250) };
+        let _ = fd::poll(&mut pfds, 250);
         let rev = |i: Option<usize>| i.and_then(|i| pfds.get(i)).map_or(0, |p| p.revents);
 
         let port_rev = rev(Some(0));
@@ -501,11 +493,9 @@ fn relay(out: &mut Out, dec: &mut Decoder, h: &mut Helper, tty: bool) -> End {
     }
 }
 
-fn set_winsize(fd: RawFd, rows: u16, cols: u16) {
+fn set_winsize(fd: std::os::fd::BorrowedFd<'_>, rows: u16, cols: u16) {
     if rows > 0 && cols > 0 {
-        let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
-        // SAFETY: TIOCSWINSZ on our pty master with a valid winsize.
-        unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+        crate::sys::ioctl::set_window_size(fd, rows, cols);
     }
 }
 
@@ -514,14 +504,8 @@ mod tests {
     use super::*;
     use protocol::MAGIC;
 
-    fn pair() -> (OwnedFd, OwnedFd) {
-        let mut fds = [0; 2];
-        // SAFETY: socketpair fills two fds.
-        assert_eq!(
-            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) },
-            0
-        );
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    fn pair() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+        crate::sys::net::socketpair(libc::SOCK_STREAM).unwrap()
     }
 
     fn hello(nonce: u8) -> Hello {

@@ -6,16 +6,16 @@
 //! prepared beforehand and the child only makes syscalls; a failing step reports its index and
 //! errno through a close-on-exec pipe.
 
-use std::ffi::CString;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
 use super::{Container, Kind, LaunchSpec, Volume};
 use crate::mounts::Mount;
-use crate::sys::{check, cstr, CloneArgs};
+use crate::sys::process::{ChildStep, ContainerChild, ExecArgs};
+use crate::sys::{cstr, fd};
 
 /// One setup action inside the container's mount namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,54 +125,19 @@ impl Step {
     }
 }
 
-/// A step with its strings ready for the child.
-enum CStep {
-    Mount { src: CString, target: CString, fstype: Option<CString>, flags: libc::c_ulong, data: Option<CString> },
-    Mkdir(CString, libc::mode_t),
-    Mknod(CString, libc::mode_t, libc::dev_t),
-    Symlink(CString, CString),
-}
-
-fn compile(step: &Step) -> Result<CStep> {
+fn compile(step: &Step) -> Result<ChildStep> {
     Ok(match step {
-        Step::Mount(m) => CStep::Mount {
+        Step::Mount(m) => ChildStep::Mount {
             src: cstr(&m.source)?,
             target: cstr(&m.target)?,
             fstype: m.fstype.as_deref().map(cstr).transpose()?,
             flags: m.flags,
             data: m.data.as_deref().map(cstr).transpose()?,
         },
-        Step::Mkdir(p, mode) => CStep::Mkdir(cstr(p)?, *mode),
-        Step::Mknod { path, mode, major, minor } => CStep::Mknod(cstr(path)?, *mode, libc::makedev(*major, *minor)),
-        Step::Symlink { target, link } => CStep::Symlink(cstr(target)?, cstr(link)?),
+        Step::Mkdir(p, mode) => ChildStep::Mkdir(cstr(p)?, *mode),
+        Step::Mknod { path, mode, major, minor } => ChildStep::Mknod(cstr(path)?, *mode, libc::makedev(*major, *minor)),
+        Step::Symlink { target, link } => ChildStep::Symlink { target: cstr(target)?, link: cstr(link)? },
     })
-}
-
-/// Runs one step; only syscalls (safe between clone and exec).
-fn run_step(s: &CStep) -> libc::c_int {
-    // SAFETY: all pointers are valid C strings prepared before the clone.
-    unsafe {
-        let r = match s {
-            CStep::Mount { src, target, fstype, flags, data } => libc::mount(
-                src.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ref().map_or(std::ptr::null(), |f| f.as_ptr()),
-                *flags,
-                data.as_ref().map_or(std::ptr::null(), |d| d.as_ptr() as *const libc::c_void),
-            ),
-            CStep::Mkdir(p, mode) => libc::mkdir(p.as_ptr(), *mode),
-            CStep::Mknod(p, mode, dev) => libc::mknod(p.as_ptr(), *mode, *dev),
-            CStep::Symlink(t, l) => libc::symlink(t.as_ptr(), l.as_ptr()),
-        };
-        if r == 0 {
-            return 0;
-        }
-        let e = *libc::__errno_location();
-        match s {
-            CStep::Mkdir(..) | CStep::Mknod(..) | CStep::Symlink(..) if e == libc::EEXIST => 0,
-            _ => e,
-        }
-    }
 }
 
 /// Resolves `path` inside `root`, following symlinks as the container would see them, to pick
@@ -240,18 +205,13 @@ fn open_etc(root: &Path) -> Result<OwnedFd> {
     let name = c"etc";
     let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
     for _ in 0..2 {
-        // SAFETY: a valid directory fd and C string.
-        let fd = unsafe { libc::openat(root_fd.as_raw_fd(), name.as_ptr(), flags) };
-        if fd >= 0 {
-            // SAFETY: a fresh fd we own.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
-        let e = std::io::Error::last_os_error();
+        let e = match fd::openat(root_fd.as_fd(), name, flags, 0) {
+            Ok(fd) => return Ok(fd),
+            Err(e) => e,
+        };
         match e.raw_os_error() {
             Some(libc::ENOENT) => {
-                // SAFETY: as above.
-                if unsafe { libc::mkdirat(root_fd.as_raw_fd(), name.as_ptr(), 0o755) } != 0 {
-                    let e = std::io::Error::last_os_error();
+                if let Err(e) = fd::mkdirat(root_fd.as_fd(), name, 0o755) {
                     if e.kind() != std::io::ErrorKind::AlreadyExists {
                         return Err(e).context("creating /etc in the rootfs");
                     }
@@ -279,36 +239,24 @@ fn write_at(dir: &OwnedFd, name: &str, data: &[u8], mode: libc::mode_t) -> Resul
     use std::io::Write;
     let tmp = cstr(format!(".{name}.planet-init"))?;
     let target = cstr(name)?;
-    let d = dir.as_raw_fd();
+    let d = dir.as_fd();
     // A leftover of an interrupted write (or anything the container put there) goes first.
-    // SAFETY: valid fd and C string.
-    unsafe { libc::unlinkat(d, tmp.as_ptr(), 0) };
+    let _ = fd::unlinkat(d, &tmp);
     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-    // SAFETY: valid fd and C string; the mode is passed as the variadic argument.
-    let fd = unsafe { libc::openat(d, tmp.as_ptr(), flags, mode as libc::c_uint) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("creating a temporary file");
-    }
-    // SAFETY: a fresh fd we own.
-    let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let mut f = std::fs::File::from(fd::openat(d, &tmp, flags, mode).context("creating a temporary file")?);
     let result = (|| -> std::io::Result<()> {
         // The umask may have taken bits away; never more than `mode`.
-        // SAFETY: an fd we own.
-        check(unsafe { libc::fchmod(f.as_raw_fd(), mode) })?;
+        fd::fchmod(f.as_fd(), mode)?;
         f.write_all(data)?;
         f.sync_all()?;
-        // SAFETY: valid fd and C strings.
-        check(unsafe { libc::renameat(d, tmp.as_ptr(), d, target.as_ptr()) })?;
+        fd::renameat(d, &tmp, &target)?;
         Ok(())
     })();
     if result.is_err() {
-        // SAFETY: as above.
-        unsafe { libc::unlinkat(d, tmp.as_ptr(), 0) };
+        let _ = fd::unlinkat(d, &tmp);
     }
     result.map_err(Into::into)
 }
-
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 pub fn spawn(spec: &LaunchSpec) -> Result<Container> {
     let init_host = spec.root.join(spec.config.init.trim_start_matches('/'));
@@ -321,97 +269,39 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Container> {
     let steps = plan(&spec.root, &spec.volumes, Path::new("/dev/console"));
     let csteps = steps.iter().map(compile).collect::<Result<Vec<_>>>()?;
     let root = cstr(&spec.root)?;
-    let dot = c".";
-    let slash = c"/";
     let hostname = spec.hostname.clone().into_bytes();
     let init = cstr(&spec.config.init)?;
-    let argv_c = [init.clone()];
     let env_c = init_env().into_iter().map(cstr).collect::<std::io::Result<Vec<_>>>()?;
-    let argv: Vec<*const libc::c_char> = argv_c.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
-    let envp: Vec<*const libc::c_char> = env_c.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
+    let exec_args = ExecArgs::new(vec![init.clone()], env_c);
 
     let cgroup_fd = match &spec.cgroup {
         Some(dir) => Some(std::fs::File::open(dir).with_context(|| format!("opening cgroup {}", dir.display()))?),
         None => None,
     };
 
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two fds.
-    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }).context("creating the launch pipe")?;
-    // SAFETY: freshly created fds we own.
-    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (rd, wr) = fd::pipe().context("creating the launch pipe")?;
 
-    let ns = (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWCGROUP)
-        as u64;
-    let mut args = CloneArgs { flags: ns, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
-    if let Some(f) = &cgroup_fd {
-        args.flags |= CLONE_INTO_CGROUP;
-        args.cgroup = f.as_raw_fd() as u64;
-    }
-    let pid = loop {
-        // SAFETY: a fork-like clone3 (no new stack). The child below only makes syscalls on
-        // data prepared above and ends in execve or _exit.
-        let pid =
-            unsafe { libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, std::mem::size_of::<CloneArgs>()) };
-        if pid < 0 && args.flags & CLONE_INTO_CGROUP != 0 {
+    let ns = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWCGROUP;
+    let child = ContainerChild {
+        steps: &csteps,
+        hostname: &hostname,
+        root: &root,
+        init: &init,
+        args: &exec_args,
+        report: wr.as_fd(),
+    };
+    let pid = match crate::sys::process::clone_container(ns, cgroup_fd.as_ref().map(|f| f.as_fd()), &child) {
+        Err(e) if cgroup_fd.is_some() => {
             // Without the cgroup the container still runs, just without its own subtree.
-            let e = std::io::Error::last_os_error();
             crate::event!(
                 "cgroup unavailable",
                 error = format!("clone3 into {}: {e}", spec.cgroup.as_deref().unwrap_or(Path::new("?")).display())
             );
-            args.flags &= !CLONE_INTO_CGROUP;
-            args.cgroup = 0;
-            continue;
+            crate::sys::process::clone_container(ns, None, &child)
         }
-        break pid;
-    };
-    if pid == 0 {
-        // Child.
-        unsafe {
-            let wfd = wr.as_raw_fd();
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            libc::setsid();
-            for (i, s) in csteps.iter().enumerate() {
-                let e = run_step(s);
-                if e != 0 {
-                    child_fail(wfd, i as u32, e);
-                }
-            }
-            let n = csteps.len() as u32;
-            if libc::sethostname(hostname.as_ptr() as *const libc::c_char, hostname.len()) != 0 {
-                child_fail(wfd, n, *libc::__errno_location());
-            }
-            if libc::chdir(root.as_ptr()) != 0 {
-                child_fail(wfd, n + 1, *libc::__errno_location());
-            }
-            // pivot_root is refused when the current root is the initramfs; then move the new
-            // root over / and chroot, as switch_root does.
-            if libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) == 0 {
-                if libc::umount2(dot.as_ptr(), libc::MNT_DETACH) != 0 {
-                    child_fail(wfd, n + 2, *libc::__errno_location());
-                }
-            } else {
-                if libc::mount(dot.as_ptr(), slash.as_ptr(), std::ptr::null(), libc::MS_MOVE, std::ptr::null()) != 0 {
-                    child_fail(wfd, n + 3, *libc::__errno_location());
-                }
-                if libc::chroot(dot.as_ptr()) != 0 {
-                    child_fail(wfd, n + 4, *libc::__errno_location());
-                }
-            }
-            if libc::chdir(slash.as_ptr()) != 0 {
-                child_fail(wfd, n + 5, *libc::__errno_location());
-            }
-            libc::execve(init.as_ptr(), argv.as_ptr(), envp.as_ptr());
-            child_fail(wfd, n + 6, *libc::__errno_location());
-        }
+        r => r,
     }
-    if pid < 0 {
-        return Err(std::io::Error::last_os_error()).context("creating the container (clone3)");
-    }
-    let pid = pid as libc::pid_t;
+    .context("creating the container (clone3)")?;
     drop(wr);
     let mut report = [0u8; 8];
     let mut f = std::fs::File::from(rd);
@@ -430,24 +320,10 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Container> {
             _ => format!("executing {}", spec.config.init),
         };
         // Reap it so no zombie is left behind.
-        let mut status = 0;
-        // SAFETY: waiting for our own child.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
+        let _ = crate::sys::process::waitpid(pid, 0);
         return Err(std::io::Error::from_raw_os_error(errno)).context(format!("{what} in the container"));
     }
     Ok(Container { pid, kind: Kind::Builtin, stop_signal: stop_signal_for(&spec.root, &spec.config.init) })
-}
-
-/// Reports a failed child step through the launch pipe and exits; syscalls only.
-fn child_fail(fd: libc::c_int, step: u32, errno: libc::c_int) -> ! {
-    let mut msg = [0u8; 8];
-    msg[0..4].copy_from_slice(&step.to_ne_bytes());
-    msg[4..8].copy_from_slice(&errno.to_ne_bytes());
-    // SAFETY: writing a stack buffer to our pipe, then exiting without running destructors.
-    unsafe {
-        libc::write(fd, msg.as_ptr() as *const libc::c_void, 8);
-        libc::_exit(127)
-    }
 }
 
 /// Creates the host cgroup the container lives in and delegates the controllers to it.
@@ -606,14 +482,12 @@ mod tests {
         let root = tmp.path().join("rootfs");
         std::fs::create_dir_all(root.join("etc")).unwrap();
         let spec = etc_spec(&root);
-        // SAFETY: umask only changes this process's file creation mask.
-        let old = unsafe { libc::umask(0o022) };
+        let old = crate::sys::system::umask(0o022);
         let first = write_etc(&spec);
         std::fs::set_permissions(root.join("etc/container-environment"), std::fs::Permissions::from_mode(0o644))
             .unwrap();
         let second = write_etc(&spec);
-        // SAFETY: as above.
-        unsafe { libc::umask(old) };
+        crate::sys::system::umask(old);
         first.unwrap();
         second.unwrap();
         let m = std::fs::metadata(root.join("etc/container-environment")).unwrap();

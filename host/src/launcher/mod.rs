@@ -206,8 +206,7 @@ mod tests {
     use super::*;
 
     fn is_root() -> bool {
-        // SAFETY: plain syscall.
-        unsafe { libc::geteuid() == 0 }
+        crate::sys::system::is_root()
     }
 
     fn mkdir(p: &Path, mode: u32) {

@@ -95,15 +95,7 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Container> {
     let mut cmd = Command::new(&program);
     // PID 1 blocks the signals it reads from its signalfd; std's spawn passes the mask on, and a
     // launcher with SIGTERM blocked could never be stopped.
-    // SAFETY: the closure only makes async-signal-safe calls.
-    unsafe {
-        cmd.pre_exec(|| {
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            Ok(())
-        });
-    }
+    crate::sys::process::unblock_signals_on_exec(&mut cmd);
     let child = cmd
         .arg0(&arg0)
         .args(&prefix)
@@ -225,9 +217,7 @@ mod tests {
             cgroup: None,
         };
         let c = spawn(&spec).unwrap();
-        let mut status = 0;
-        // SAFETY: reaping our own child.
-        assert_eq!(unsafe { libc::waitpid(c.pid, &mut status, 0) }, c.pid);
+        assert_eq!(crate::sys::process::waitpid(c.pid, 0).unwrap().0, c.pid);
         let etcd = std::fs::metadata(state.join("volumes/etcd")).unwrap();
         assert_eq!(etcd.permissions().mode() & 0o7777, 0o2750);
         assert!(state.join("volumes/kubelet").is_dir());
@@ -253,9 +243,7 @@ mod tests {
             cgroup: None,
         };
         let c = spawn(&spec).unwrap();
-        let mut status = 0;
-        // SAFETY: reaping our own child.
-        assert_eq!(unsafe { libc::waitpid(c.pid, &mut status, 0) }, c.pid);
+        assert_eq!(crate::sys::process::waitpid(c.pid, 0).unwrap().0, c.pid);
         let seen = std::fs::read_to_string(&out).unwrap();
         let (env, args) = seen.split_once('|').unwrap();
         assert_eq!(env, "AWS_REGION=us-east-1,X=y");

@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::FromRawFd;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -308,53 +308,16 @@ pub struct UdpTransport {
 
 impl UdpTransport {
     pub fn open(iface: &str) -> Result<UdpTransport> {
-        // SAFETY: plain socket calls on an fd we own; option values outlive the calls.
-        let sock = unsafe {
-            let fd = crate::sys::check(libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0))
-                .context("opening a UDP socket")?;
-            let sock = UdpSocket::from_raw_fd(fd);
-            let one: libc::c_int = 1;
-            let int_len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            for opt in [libc::SO_REUSEADDR, libc::SO_BROADCAST] {
-                crate::sys::check(libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    opt,
-                    &one as *const _ as *const libc::c_void,
-                    int_len,
-                ))
-                .context("setting socket options")?;
-            }
-            crate::sys::check(libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_BINDTODEVICE,
-                iface.as_ptr() as *const libc::c_void,
-                iface.len() as libc::socklen_t,
-            ))
-            .with_context(|| format!("binding the DHCP socket to {iface}"))?;
-            sock
-        };
-        let addr = socket2_addr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, CLIENT_PORT));
-        // SAFETY: addr is a valid sockaddr_in.
-        crate::sys::check(unsafe {
-            libc::bind(
-                std::os::fd::AsRawFd::as_raw_fd(&sock),
-                &addr as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        })
-        .context("binding UDP port 68")?;
+        use crate::sys::net;
+        let fd = net::inet_dgram_socket().context("opening a UDP socket")?;
+        for opt in [libc::SO_REUSEADDR, libc::SO_BROADCAST] {
+            net::set_socket_option(fd.as_fd(), opt, 1).context("setting socket options")?;
+        }
+        net::bind_to_device(fd.as_fd(), iface).with_context(|| format!("binding the DHCP socket to {iface}"))?;
+        net::bind_v4(fd.as_fd(), SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, CLIENT_PORT))
+            .context("binding UDP port 68")?;
+        let sock = UdpSocket::from(fd);
         Ok(UdpTransport { sock })
-    }
-}
-
-fn socket2_addr(a: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
-        sin_zero: [0; 8],
     }
 }
 

@@ -183,8 +183,8 @@ fn with_esp<T>(paths: &Paths, f: impl FnOnce(&Esp) -> Result<T>) -> Result<T> {
         .perform()
         .context("mounting the ESP")?;
     let r = f(&Esp::new(&paths.esp_mount));
-    // SAFETY: plain syscall; then unmount (which writes back the FAT).
-    unsafe { libc::sync() };
+    // Then unmount (which writes back the FAT).
+    crate::sys::sync();
     if let Err(e) = crate::sys::umount(&paths.esp_mount, 0) {
         event!("update esp unmount failed", error = e);
     }
@@ -294,12 +294,8 @@ fn remove_staging_leftovers(state_dir: &Path) {
 
 /// Free bytes of the state filesystem and the reserve a download must leave.
 fn staging_room(state_dir: &Path) -> Result<install::Room> {
-    let c = std::ffi::CString::new(state_dir.as_os_str().as_encoded_bytes())?;
-    // SAFETY: statvfs fills the zeroed struct; c is a valid C string.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        bail!("statvfs {}: {}", state_dir.display(), std::io::Error::last_os_error());
-    }
+    let st =
+        crate::sys::mount::statvfs(state_dir).map_err(|e| anyhow::anyhow!("statvfs {}: {e}", state_dir.display()))?;
     let frsize = st.f_frsize as u64;
     Ok(install::Room {
         free: (st.f_bavail as u64).saturating_mul(frsize),
