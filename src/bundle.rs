@@ -3,7 +3,8 @@
 //! and `inspect` shows (and with a key verifies) a bundle.
 
 use crate::fetch::Cache;
-use crate::pipeline::{self, WorkDir};
+use crate::pipeline::{self, WORK_PREFIX};
+use crate::util::ScratchDir;
 use crate::rootfs::RootfsSource;
 use crate::squashfs::Compression;
 use anyhow::{bail, Context, Result};
@@ -141,7 +142,7 @@ pub fn run(req: &BundleRequest) -> Result<BundleResult> {
     let planet_init = pipeline::load_planet_init(req.planet_init.as_deref())?;
     let source = RootfsSource::detect(&req.rootfs)?;
 
-    let work = WorkDir::new(&pipeline::dir_of(&req.output))?;
+    let work = ScratchDir::new_in(&pipeline::dir_of(&req.output), WORK_PREFIX)?;
     let slot_image = work.path.join("rootfs.sqfs");
     let (slot_summary, slot_bytes) = pipeline::build_slot(&source, &req.apps, &slot_image, req.compression, req.epoch)?;
     if let Some(mib) = layout.slots.size_mib {

@@ -19,10 +19,15 @@ use crate::util::atomic::PendingFile;
 use crate::util::command::require_tool;
 use crate::util::digest::{sha256_file, sha256_hex, sha256_range};
 use crate::util::progress::Step;
+use crate::util::ScratchDir;
 use crate::{deb, initramfs, kernel};
 use anyhow::{bail, Context, Result};
 use planet_config::contract::{ESP_LABEL, SLOT_A_LABEL, SLOT_B_LABEL, STATE_LABEL};
 use std::path::{Path, PathBuf};
+
+/// The work directory's name beside the output (same filesystem, so big files never cross
+/// devices), removed when the build ends, successfully or not.
+pub const WORK_PREFIX: &str = ".planet-image-work-";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Target {
@@ -121,7 +126,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
         require_tool("qemu-img", "qemu-utils")?;
     }
 
-    let work = WorkDir::new(&dir_of(&req.output))?;
+    let work = ScratchDir::new_in(&dir_of(&req.output), WORK_PREFIX)?;
 
     // 1. The slot: rootfs → squashfs, streamed.
     let slot_image = work.path.join("planet-a.sqfs");
@@ -527,25 +532,3 @@ pub fn locate_planet_init(explicit: Option<&Path>) -> Result<PlanetInit> {
     )
 }
 
-/// A scratch directory beside the output (same filesystem, so big files never cross devices),
-/// removed when the build ends, successfully or not.
-pub struct WorkDir {
-    pub path: PathBuf,
-    // Fields drop in order: the directory is removed before a signal stops covering it.
-    _dir: tempfile::TempDir,
-    _registered: crate::util::interrupt::Registered,
-}
-
-impl WorkDir {
-    pub fn new(beside: &Path) -> Result<WorkDir> {
-        // The output's directory may not exist yet; the output is written there later.
-        std::fs::create_dir_all(beside).with_context(|| format!("creating {}", beside.display()))?;
-        let dir = tempfile::Builder::new()
-            .prefix(".planet-image-work-")
-            .tempdir_in(beside)
-            .with_context(|| format!("creating a work directory in {}", beside.display()))?;
-        let path = dir.path().to_path_buf();
-        let _registered = crate::util::interrupt::register_path(&path);
-        Ok(WorkDir { path, _dir: dir, _registered })
-    }
-}

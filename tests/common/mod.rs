@@ -61,26 +61,30 @@ pub fn stdout(cmd: &mut Command) -> String {
 }
 
 /// A scratch directory removed at the end of the test.
-pub struct Scratch(pub PathBuf);
+pub struct Scratch(pub PathBuf, Option<tempfile::TempDir>);
 
 impl Scratch {
+    /// A new directory `NAME-…` under a random name (a test binary's tests run in parallel
+    /// processes, and a run may follow one that was killed), removed when dropped unless
+    /// PLANET_TEST_KEEP is set; then its path is printed and it stays for a look.
     pub fn new(name: &str) -> Scratch {
+        use std::os::unix::fs::PermissionsExt;
         let base = std::env::var_os("CARGO_TARGET_TMPDIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-        let p = base.join(format!("{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
+        // 0755 as a plain mkdir would make it: some tests hand files in it to other users.
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{name}-"))
+            .permissions(std::fs::Permissions::from_mode(0o755))
+            .tempdir_in(&base)
+            .unwrap();
+        if std::env::var_os("PLANET_TEST_KEEP").is_some() {
+            let kept = dir.keep();
+            eprintln!("PLANET_TEST_KEEP: {name} keeps {}", kept.display());
+            return Scratch(kept, None);
+        }
+        Scratch(dir.path().to_path_buf(), Some(dir))
     }
     pub fn path(&self, name: &str) -> PathBuf {
         self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if std::env::var_os("PLANET_TEST_KEEP").is_none() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod upload;
 
 use crate::manifest::{self, AwsInfo, Manifest};
 use crate::pipeline::{self, BuildRequest, Target};
+use crate::util::ScratchDir;
 use anyhow::{bail, Context, Result};
 use aws_config::BehaviorVersion;
 use aws_sdk_ebs::config::ProvideCredentials;
@@ -82,7 +83,7 @@ pub fn build_ami(mut req: BuildRequest, output: Option<PathBuf>, opts: &AwsOptio
     }
     let temp = match &output {
         Some(_) => None,
-        None => Some(TempDir::new()?),
+        None => Some(ScratchDir::new_in(&std::env::temp_dir(), AMI_SCRATCH_PREFIX)?),
     };
     req.output = match (&output, &temp) {
         (Some(o), _) => o.clone(),
@@ -331,38 +332,8 @@ async fn load_config(region: Option<&str>) -> Result<(aws_config::SdkConfig, Str
     Ok((conf, region))
 }
 
-/// A temporary directory for the raw image of `build --target ami` without `-o`: created new,
-/// under a random name, mode 0700. A predictable name in the shared `/tmp` could be made in
-/// advance by another user, who could then swap the disk between build and upload.
-struct TempDir {
-    path: PathBuf,
-    _registered: crate::util::interrupt::Registered,
-}
-
-impl TempDir {
-    fn new() -> Result<TempDir> {
-        TempDir::new_in(&std::env::temp_dir())
-    }
-
-    fn new_in(base: &Path) -> Result<TempDir> {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::Builder::new()
-            .prefix("planet-image-ami-")
-            .permissions(std::fs::Permissions::from_mode(0o700))
-            .tempdir_in(base)
-            .with_context(|| format!("creating a temporary directory in {} (set TMPDIR elsewhere)", base.display()))?;
-        // Removed by Drop (and on a signal), not by tempfile's own guard.
-        let path = dir.keep();
-        let _registered = crate::util::interrupt::register_path(&path);
-        Ok(TempDir { path, _registered })
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
+/// The raw image of `build --target ami` without `-o` goes to a private scratch directory.
+const AMI_SCRATCH_PREFIX: &str = "planet-image-ami-";
 
 #[cfg(test)]
 mod tests;

@@ -170,12 +170,12 @@ fn qcow2_is_refused() {
 fn the_ami_temp_dir_is_private_and_never_an_existing_one() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let base = tempfile::tempdir().unwrap();
-    let squat = base.path().join(format!("planet-image-ami-{}", std::process::id()));
+    let squat = base.path().join(format!("{AMI_SCRATCH_PREFIX}{}", std::process::id()));
     std::fs::create_dir(&squat).unwrap();
     std::fs::set_permissions(&squat, std::fs::Permissions::from_mode(0o777)).unwrap();
     let squat_ino = std::fs::metadata(&squat).unwrap().ino();
     std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
-    let t = TempDir::new_in(base.path());
+    let t = ScratchDir::new_in(base.path(), AMI_SCRATCH_PREFIX);
     std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let t = match t {
         Ok(t) => t,
