@@ -4,9 +4,9 @@
 
 use crate::fetch::Cache;
 use crate::pipeline::{self, WORK_PREFIX};
-use crate::util::ScratchDir;
 use crate::rootfs::RootfsSource;
 use crate::squashfs::Compression;
+use crate::util::ScratchDir;
 use anyhow::{bail, Context, Result};
 use planet_bundle::{Claims, KeyRing, SecretKey};
 use rand::RngCore;

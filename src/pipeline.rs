@@ -531,4 +531,3 @@ pub fn locate_planet_init(explicit: Option<&Path>) -> Result<PlanetInit> {
         seen.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", ")
     )
 }
-

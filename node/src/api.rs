@@ -67,7 +67,15 @@ impl ApiClient {
     /// `GET path`: the status code and the body.
     pub fn get(&self, path: &str) -> Result<(u16, String), String> {
         let peer = format!("https://{}{path}", self.addr);
-        let fail = |e: std::io::Error| format!("{peer}: {e}");
+        let fail = |e: std::io::Error| match e.kind() {
+            // A read timeout shows as EAGAIN, which says nothing to a reader.
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                format!("{peer}: no answer within {}s", REQUEST_TIMEOUT.as_secs())
+            }
+            // The answer's own faults already name the peer.
+            std::io::ErrorKind::InvalidData => e.to_string(),
+            _ => format!("{peer}: {e}"),
+        };
         let sock = TcpStream::connect_timeout(&self.addr, CONNECT_TIMEOUT).map_err(fail)?;
         sock.set_read_timeout(Some(REQUEST_TIMEOUT)).map_err(fail)?;
         sock.set_write_timeout(Some(REQUEST_TIMEOUT)).map_err(fail)?;
@@ -77,7 +85,7 @@ impl ApiClient {
         let request = format!("GET {path} HTTP/1.0\r\nHost: {}\r\nAccept: application/json\r\n\r\n", self.addr);
         tls.write_all(request.as_bytes()).map_err(fail)?;
         tls.flush().map_err(fail)?;
-        crate::http_head::read_answer(&mut BufReader::new(tls), &peer, MAX_ANSWER).map_err(|e| e.to_string())
+        crate::http_head::read_answer(&mut BufReader::new(tls), &peer, MAX_ANSWER).map_err(fail)
     }
 
     /// `/readyz`: `Ok("ok")`, or what is not ready yet.
