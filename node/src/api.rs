@@ -1,10 +1,10 @@
-//! A master's own HTTPS client of its API server, for the questions asked over and over while
-//! Kubernetes comes up: is the API server ready, is this Node Ready. Each kubectl run costs
-//! seconds of CPU on an emulated machine (a 50 MB Go program starting), and every planet-node
-//! loop asking every few seconds starved the API server it waited for; this is one TLS
-//! handshake in the asking process. The loops wait here ([`wait_until_ready`]) before their
-//! first kubectl. Nodes keep asking through kubectl: their credentials are the kubelet's,
-//! rotated by the kubelet itself.
+//! planet-node's own HTTPS client of the API server, for the questions asked over and over
+//! while Kubernetes comes up: is the API server ready, is this Node Ready. Each kubectl run
+//! costs seconds of CPU on an emulated machine (a 50 MB Go program starting), and every
+//! planet-node loop asking every few seconds starved the API server it waited for; this is one
+//! TLS handshake in the asking process. The loops wait here ([`wait_until_ready`]) before their
+//! first kubectl. A master asks as its admin, on loopback; a node as its kubelet (the client
+//! certificate the kubelet got at its join and rotates), at its master.
 
 use std::io::{BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -15,6 +15,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::cluster::{self, pki};
+use crate::env::NodeEnv;
 use crate::kubectl::first_words;
 
 /// The largest answer read: a readyz listing or one Node object.
@@ -57,11 +58,18 @@ impl ApiClient {
         Ok(ApiClient { config: Arc::new(config), addr })
     }
 
-    /// A master's admin identity (its PKI) to its own API server on loopback.
-    pub fn master_admin() -> Result<ApiClient, String> {
-        let read = |f: &str| std::fs::read_to_string(pki(f)).map_err(|e| format!("{}: {e}", pki(f)));
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, cluster::API_PORT));
-        ApiClient::from_pem(&read("ca.crt")?, &read("admin.crt")?, &read("admin.key")?, addr)
+    /// This machine's client: a master's admin identity (its PKI) to its own API server on
+    /// loopback; a node's kubelet identity to its master (missing until the kubelet has joined).
+    pub fn for_machine(env: &NodeEnv) -> Result<ApiClient, String> {
+        let read = |p: &str| std::fs::read_to_string(p).map_err(|e| format!("{p}: {e}"));
+        let ca = read(&pki("ca.crt"))?;
+        if env.role.is_master() {
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, cluster::API_PORT));
+            ApiClient::from_pem(&ca, &read(&pki("admin.crt"))?, &read(&pki("admin.key"))?, addr)
+        } else {
+            let both = read(cluster::KUBELET_CLIENT_PEM)?;
+            ApiClient::from_pem(&ca, &both, &both, SocketAddr::from((env.master_ip, cluster::API_PORT)))
+        }
     }
 
     /// `GET path`: the status code and the body.
@@ -134,17 +142,13 @@ pub fn node_ready_verdict(node_json: &str) -> Result<String, String> {
     }
 }
 
-/// On a master, returns once its API server answers `/readyz` with "ok", asking every few
-/// seconds, so a service's first kubectl finds an API server to talk to; says once what it
-/// waits for. Elsewhere (a node talks to its master with the kubelet's credentials) it
-/// returns at once.
-pub fn wait_until_ready(is_master: bool, who: &str) {
-    if !is_master {
-        return;
-    }
+/// Returns once the API server answers this machine's `/readyz` with "ok" (a node: once its
+/// kubelet has joined, too), asking every few seconds, so a service's first kubectl finds an
+/// API server to talk to; says once what it waits for.
+pub fn wait_until_ready(env: &NodeEnv, who: &str) {
     let mut said = false;
     loop {
-        match ApiClient::master_admin().and_then(|c| c.readyz()) {
+        match ApiClient::for_machine(env).and_then(|c| c.readyz()) {
             Ok(_) => {
                 if said {
                     println!("planet-node: {who}: the API server is ready");
@@ -241,13 +245,17 @@ mod tests {
         let pki = pki_in(dir.path());
         let readyz = "[+]ping ok\n[-]poststarthook/rbac/bootstrap-roles failed: reason withheld\n";
         let node = r#"{"status":{"conditions":[{"type":"Ready","status":"True"}]}}"#;
-        let addr = api_server(&pki, 3, vec![("/readyz", 500, readyz), ("/api/v1/nodes/kube-1", 200, node)]);
+        let addr = api_server(&pki, 4, vec![("/readyz", 500, readyz), ("/api/v1/nodes/kube-1", 200, node)]);
         let read = |f: &str| pki.read(f).unwrap();
         let client = ApiClient::from_pem(&read("ca.crt"), &read("admin.crt"), &read("admin.key"), addr).unwrap();
         assert_eq!(client.readyz(), Err("500, not ready: poststarthook/rbac/bootstrap-roles".into()));
         assert_eq!(client.node_ready("kube-1"), Ok("True".into()));
         let e = client.node_ready("kube-2").unwrap_err();
         assert!(e.starts_with("Node kube-2: 404"), "{e}");
+        // A node's kubelet keeps its certificate and key in one file.
+        let both = read("admin.crt") + &read("admin.key");
+        let kubelet = ApiClient::from_pem(&read("ca.crt"), &both, &both, addr).unwrap();
+        assert_eq!(kubelet.node_ready("kube-1"), Ok("True".into()));
     }
 
     #[test]

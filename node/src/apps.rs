@@ -321,7 +321,7 @@ pub fn run() -> Result<()> {
     let mut published: Option<(std::time::Instant, String)> = None;
     loop {
         // Asked directly, not through kubectl (crate::api says why).
-        let api_ready = crate::api::ApiClient::master_admin().and_then(|c| c.readyz()).is_ok();
+        let api_ready = crate::api::ApiClient::for_machine(&env).and_then(|c| c.readyz()).is_ok();
         if api_ready && !labelled {
             // The Node appears once the kubelet has registered it.
             labelled = kubectl(&kc, &["label", "--overwrite", &node, &format!("{MASTER_LABEL}=")]).is_ok();

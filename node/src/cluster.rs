@@ -35,6 +35,9 @@ pub const CLUSTER_DOMAIN: &str = "cluster.local";
 pub const API_PORT: u16 = 6443;
 /// The kubelet's plain-HTTP health endpoint, bound to loopback only.
 pub const KUBELET_HEALTHZ: &str = "127.0.0.1:10248";
+/// A node's kubelet client certificate and key in one file (the kubelet's default
+/// `--cert-dir`), made at its join and rotated by the kubelet.
+pub const KUBELET_CLIENT_PEM: &str = "/var/lib/kubelet/pki/kubelet-client-current.pem";
 
 pub fn pki(name: &str) -> String {
     format!("{PKI_DIR}/{name}")

@@ -85,8 +85,8 @@ pub fn run() -> Result<()> {
     let mut dnsmasq = start(env.public_ip)?;
     println!("planet-node: dns serving {CLUSTER_DOMAIN} on {}:53", env.public_ip);
     let mut complaint = crate::kubectl::Complaint::default();
-    let master = env.role.is_master();
-    let before_watch = move || crate::api::wait_until_ready(master, "dns");
+    let me = env.clone();
+    let before_watch = move || crate::api::wait_until_ready(&me, "dns");
     let watch = ["get", "services", "--all-namespaces", "--watch"];
     crate::kubectl::on_change(&kubeconfig, &watch, RESYNC, before_watch, || {
         match dnsmasq.try_wait() {

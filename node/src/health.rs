@@ -16,7 +16,7 @@ use crate::env::NodeEnv;
 /// One check's outcome: its name and `Ok(detail)` or `Err(why)`.
 pub type Check = (&'static str, std::result::Result<String, String>);
 
-use crate::kubectl::{first_words, run as kubectl};
+use crate::kubectl::first_words;
 
 /// A plain HTTP GET on a loopback port (the kubelet's healthz), bounded in time and size.
 pub fn http_get(addr: &str, path: &str) -> std::result::Result<String, String> {
@@ -60,29 +60,18 @@ pub fn app_check(env: &NodeEnv) -> Option<Check> {
 /// The role's Kubernetes components.
 pub fn kube_checks(env: &NodeEnv) -> Vec<Check> {
     let mut c = Vec::new();
-    // A master asks its own API server directly (no kubectl run: see crate::api); a node asks
-    // its master through kubectl with the kubelet's credentials.
-    let master = if env.role.is_master() { Some(ApiClient::master_admin()) } else { None };
-    if let Some(client) = &master {
+    // Asked directly, not through kubectl (crate::api says why).
+    let client = ApiClient::for_machine(env);
+    if env.role.is_master() {
         c.push(("apiserver-readyz", client.as_ref().map_err(String::clone).and_then(ApiClient::readyz)));
     }
     // Every role runs a kubelet.
     let r = http_get(cluster::KUBELET_HEALTHZ, "/healthz");
     c.push(("kubelet-healthz", r));
-    let r = match &master {
+    let r = match c.first() {
         // An API server not ready yet cannot say either.
-        Some(_) if c[0].1.is_err() => Err("the API server is not ready".to_string()),
-        Some(client) => client.as_ref().map_err(String::clone).and_then(|a| a.node_ready(&env.node_name)),
-        None => {
-            let jsonpath = r#"-o=jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
-            kubectl(&kubeconfig("kubelet"), &["get", "node", &env.node_name, jsonpath]).and_then(|s| {
-                if s == "True" {
-                    Ok(s)
-                } else {
-                    Err(format!("Ready={s}"))
-                }
-            })
-        }
+        Some(("apiserver-readyz", Err(_))) => Err("the API server is not ready".to_string()),
+        _ => client.as_ref().map_err(String::clone).and_then(|a| a.node_ready(&env.node_name)),
     };
     c.push(("node-ready", r));
     c

@@ -313,7 +313,7 @@ pub fn run_server() -> Result<()> {
     };
     let admin = crate::cluster::kubeconfig("admin");
     loop {
-        crate::api::wait_until_ready(true, "join-server");
+        crate::api::wait_until_ready(&env, "join-server");
         match crate::kubectl::run_with_input(&admin, &["apply", "-f", "-"], Some(&bootstrap_objects(&token))) {
             Ok(_) => break,
             Err(e) => println!("planet-node: join-server: publishing the join token: {e}"),
@@ -327,7 +327,8 @@ pub fn run_server() -> Result<()> {
     std::thread::Builder::new().name("join-serve".into()).spawn(move || serve(listener, doc))?;
     println!("planet-node: join-server ready port={JOIN_PORT} token_id={}", token.id());
     let mut refused = std::collections::BTreeSet::new();
-    let before_watch = || crate::api::wait_until_ready(true, "join-server");
+    let me = env.clone();
+    let before_watch = move || crate::api::wait_until_ready(&me, "join-server");
     crate::kubectl::on_change(&admin, &["get", "csr", "--watch"], Duration::from_secs(60), before_watch, || {
         if let Err(e) = crate::csr::approve_pending(&admin, &mut refused) {
             println!("planet-node: join-server: reading certificate requests: {e}");

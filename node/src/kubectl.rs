@@ -70,8 +70,8 @@ impl Complaint {
 /// every `resync`, for ever. Listing everything every few seconds would cost a kubectl run each
 /// time (seconds of CPU on an emulated machine); a watch costs nothing while nothing changes.
 /// A burst of events makes one call. The watch is restarted when kubectl exits (the API server
-/// ends watches after a while, or is not up yet), each time after `before_watch` returns (a
-/// master's loops wait there for their API server: [`crate::api::wait_until_ready`]).
+/// ends watches after a while, or is not up yet), each time after `before_watch` returns (the
+/// loops wait there for their API server: [`crate::api::wait_until_ready`]).
 pub fn on_change(
     kubeconfig: &str,
     args: &[&str],

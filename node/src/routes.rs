@@ -127,8 +127,8 @@ pub fn run() -> Result<()> {
     let env = crate::env::load()?;
     let kubeconfig = crate::cluster::kubeconfig("kubelet");
     let mut complaint = crate::kubectl::Complaint::default();
-    let master = env.role.is_master();
-    let before_watch = move || crate::api::wait_until_ready(master, "routes");
+    let me = env.clone();
+    let before_watch = move || crate::api::wait_until_ready(&me, "routes");
     crate::kubectl::on_change(&kubeconfig, &["get", "nodes", "--watch"], RESYNC, before_watch, || {
         match sync(&env.node_name, &kubeconfig) {
             Ok(changes) => {

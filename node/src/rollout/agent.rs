@@ -306,7 +306,7 @@ pub fn run() -> Result<()> {
         idle: false,
     };
     let mut objects_applied = false;
-    crate::api::wait_until_ready(agent.env.role.is_master(), "rollout");
+    crate::api::wait_until_ready(&agent.env, "rollout");
     loop {
         if agent.env.role.is_master() && !objects_applied {
             objects_applied = run_with_input(&agent.kc, &["apply", "-f", "-"], Some(&cluster_objects())).is_ok();
