@@ -252,9 +252,16 @@ pub fn local_health(root: &Path, apps: &[(SlotApp, PackageIndex)]) -> Result<Str
 
 /// Every app of the slot healthy in the same version, as a master published within
 /// [`HEALTH_FRESH_SECS`] of `now`.
-pub fn cluster_health(kc: &str, apps: &[(SlotApp, PackageIndex)], now: u64) -> Result<String, String> {
+pub fn cluster_health(
+    api: &crate::api::ApiClient,
+    apps: &[(SlotApp, PackageIndex)],
+    now: u64,
+) -> Result<String, String> {
     let (ns, name) = HEALTH_RECORD;
-    let text = kubectl(kc, &["get", "configmap", name, "-n", ns, "-o", "json"])?;
+    let (status, text) = api.get(&format!("/api/v1/namespaces/{ns}/configmaps/{name}"))?;
+    if status != 200 {
+        return Err(first_words(&format!("{ns}/{name}: {status} {}", text.trim())));
+    }
     let v: Value = serde_json::from_str(&text).map_err(|e| format!("{ns}/{name}: {e}"))?;
     judge_published(&v["data"], apps, now)
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::api::ApiClient;
-use crate::cluster::{self, kubeconfig};
+use crate::cluster;
 use crate::env::NodeEnv;
 
 /// One check's outcome: its name and `Ok(detail)` or `Err(why)`.
@@ -52,7 +52,7 @@ pub fn app_check(env: &NodeEnv) -> Option<Check> {
     let r = if env.role.is_master() {
         crate::apps::local_health(root, &apps)
     } else {
-        crate::apps::cluster_health(&kubeconfig("kubelet"), &apps, crate::kubectl::now_secs())
+        ApiClient::for_machine(env).and_then(|a| crate::apps::cluster_health(&a, &apps, crate::kubectl::now_secs()))
     };
     Some(("apps", r))
 }
