@@ -6,7 +6,8 @@
 //! Masters act with the admin kubeconfig; nodes with their kubelet's credentials, which the
 //! RBAC objects of [`cluster_objects`] let reach the rollout's namespace and evict pods (the
 //! eviction API honours PodDisruptionBudgets); the NodeRestriction admission plugin keeps a
-//! kubelet to patching its own Node.
+//! kubelet to patching its own Node — and to the Leases of kube-node-lease, which is why the
+//! locks are ConfigMaps.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -42,8 +43,7 @@ pub fn cluster_objects() -> String {
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NAMESPACE}\n\
 ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: planet-rollout\n  namespace: {NAMESPACE}\n\
 rules:\n\
-- apiGroups: [coordination.k8s.io]\n  resources: [leases]\n  verbs: [get, list, watch, create, update, patch]\n\
-- apiGroups: [\"\"]\n  resources: [configmaps]\n  verbs: [get, list, watch, update, patch]\n\
+- apiGroups: [\"\"]\n  resources: [configmaps]\n  verbs: [get, list, watch, create, update, patch]\n\
 - apiGroups: [\"\"]\n  resources: [events]\n  verbs: [create]\n\
 ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: planet-rollout\n  namespace: {NAMESPACE}\n\
 roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: Role\n  name: planet-rollout\n\
@@ -158,7 +158,7 @@ pub fn event(kc: &str, me: &str, reason: &str, message: &str) {
     }
 }
 
-/// One lock as read from its Lease.
+/// One lock as read from its ConfigMap.
 #[derive(Clone, Debug, Default)]
 pub struct Lock {
     pub name: String,
@@ -168,7 +168,7 @@ pub struct Lock {
     pub resource_version: String,
     pub exists: bool,
     /// How many times the holder asked planet-init to install (or roll back) under this lock
-    /// (annotation `update.planet/attempts`; it survives the holder's reboots).
+    /// (it survives the holder's reboots).
     pub attempts: u32,
 }
 
@@ -180,64 +180,60 @@ impl Lock {
 
 /// The locks `planet-rollout-lock-0..max`.
 pub fn read_locks(kc: &str, max: u32) -> Result<Vec<Lock>, String> {
-    let text = kubectl(kc, &["get", "leases", "-n", NAMESPACE, "-o", "json"])?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| format!("leases: {e}"))?;
-    let items = v["items"].as_array().cloned().unwrap_or_default();
-    Ok((0..max)
+    let text = kubectl(kc, &["get", "configmaps", "-n", NAMESPACE, "-o", "json"])?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| format!("the rollout's configmaps: {e}"))?;
+    Ok(locks_from(&v, max))
+}
+
+/// The locks `planet-rollout-lock-0..max` in a ConfigMap list (absent ones free, not existing).
+pub fn locks_from(list: &Value, max: u32) -> Vec<Lock> {
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    let number = |d: &Value, k: &str| d[k].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+    (0..max)
         .map(|i| {
             let name = format!("{LOCK_PREFIX}{i}");
             match items.iter().find(|l| l["metadata"]["name"] == name.as_str()) {
                 None => Lock { name, ..Default::default() },
                 Some(l) => Lock {
-                    holder: l["spec"]["holderIdentity"].as_str().unwrap_or_default().to_string(),
-                    until: l["metadata"]["annotations"][annotation("until")]
-                        .as_str()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0),
+                    holder: l["data"]["holder"].as_str().unwrap_or_default().to_string(),
+                    until: number(&l["data"], "until"),
                     resource_version: l["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string(),
                     exists: true,
-                    attempts: l["metadata"]["annotations"][annotation("attempts")]
-                        .as_str()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0),
+                    attempts: number(&l["data"], "attempts") as u32,
                     name,
                 },
             }
         })
-        .collect())
+        .collect()
 }
 
-/// Writes `lock` held by `holder` (empty: given back) for `seconds`, on the condition that it
-/// is unchanged since it was read (the API server's resourceVersion check): two machines that
-/// race for one lock cannot both get it. The attempts count goes on while the holder stays the
-/// same and starts again at 0 with a new holder.
-pub fn write_lock(kc: &str, lock: &Lock, holder: &str, seconds: u64) -> Result<Lock, String> {
-    let now = now_secs();
+/// `lock` as held by `holder` (empty: given back) for `seconds` from `now`: the ConfigMap to
+/// write, conditional on the resourceVersion read, and the lock it makes. The attempts count
+/// goes on while the holder stays the same and starts again at 0 with a new holder.
+pub fn lock_object(lock: &Lock, holder: &str, seconds: u64, now: u64) -> (Value, Lock) {
     let until = if holder.is_empty() { 0 } else { now + seconds };
     let attempts = if !holder.is_empty() && lock.holder == holder { lock.attempts } else { 0 };
-    let mut meta = json!({"name": lock.name, "namespace": NAMESPACE,
-                          "annotations": {annotation("until"): until.to_string(),
-                                          annotation("attempts"): attempts.to_string()}});
+    let mut meta = json!({"name": lock.name, "namespace": NAMESPACE});
     if lock.exists {
         meta["resourceVersion"] = json!(lock.resource_version);
     }
-    let spec = if holder.is_empty() {
-        json!({})
-    } else {
-        json!({"holderIdentity": holder, "leaseDurationSeconds": seconds, "renewTime": micro_time(now)})
-    };
-    let obj = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta, "spec": spec});
+    let data = json!({"holder": holder, "until": until.to_string(), "attempts": attempts.to_string(),
+                      "renewed": micro_time(now)});
+    let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data});
+    let made =
+        Lock { holder: holder.to_string(), until, exists: true, name: lock.name.clone(), attempts, ..lock.clone() };
+    (obj, made)
+}
+
+/// Writes `lock` held by `holder` (empty: given back) for `seconds`, on the condition that it
+/// is unchanged since it was read (the API server's resourceVersion check; a create fails if
+/// another machine made it first): two machines that race for one lock cannot both get it.
+pub fn write_lock(kc: &str, lock: &Lock, holder: &str, seconds: u64) -> Result<Lock, String> {
+    let (obj, made) = lock_object(lock, holder, seconds, now_secs());
     let verb = if lock.exists { "replace" } else { "create" };
     let out =
         run_with_input(kc, &[verb, "-f", "-", "-o", "jsonpath={.metadata.resourceVersion}"], Some(&obj.to_string()))?;
-    Ok(Lock {
-        holder: holder.to_string(),
-        until,
-        resource_version: out,
-        exists: true,
-        name: lock.name.clone(),
-        attempts,
-    })
+    Ok(Lock { resource_version: out, ..made })
 }
 
 /// The lock this agent holds and how long each renewal lasts; a thread renews it.
@@ -357,7 +353,7 @@ impl Agent {
     }
 
     /// Counts one more install attempt on the held lock and makes it last `seconds`, under the
-    /// mutex the renewing thread takes, so the two never write the Lease at once.
+    /// mutex the renewing thread takes, so the two never write the lock at once.
     fn count_attempt(&self, seconds: u64) -> Result<(), String> {
         let mut h = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let mut lock = h.lock.clone().ok_or("the lock was lost before the install")?;
@@ -651,5 +647,44 @@ mod tests {
         let text = cluster_objects();
         assert!(text.contains("name: system:nodes") && text.contains("pods/eviction"));
         assert_eq!(text.matches("namespace: planet-system").count(), 2);
+        // Nodes make and take the lock ConfigMaps; NodeRestriction would refuse them any Lease
+        // outside kube-node-lease, so none is asked for.
+        assert!(text.contains("resources: [configmaps]\n  verbs: [get, list, watch, create, update, patch]"), "{text}");
+        assert!(!text.contains("leases"), "{text}");
+    }
+
+    #[test]
+    fn locks_are_configmaps_taken_on_their_resource_version() {
+        let list = json!({"items": [
+            {"metadata": {"name": RECORD, "resourceVersion": "5"}, "data": {"state": "running"}},
+            {"metadata": {"name": "planet-rollout-lock-1", "resourceVersion": "42"},
+             "data": {"holder": "node-1", "until": "1000", "attempts": "2"}},
+        ]});
+        let locks = locks_from(&list, 2);
+        assert_eq!(locks.len(), 2);
+        assert_eq!((locks[0].name.as_str(), locks[0].exists), ("planet-rollout-lock-0", false));
+        let l = &locks[1];
+        assert_eq!((l.holder.as_str(), l.until, l.attempts, l.resource_version.as_str()), ("node-1", 1000, 2, "42"));
+
+        // The same holder renewing: the attempts go on, the write is conditional on "42".
+        let (obj, made) = lock_object(l, "node-1", 60, 2000);
+        assert_eq!(obj["kind"], "ConfigMap");
+        assert_eq!(obj["metadata"]["namespace"], NAMESPACE);
+        assert_eq!(obj["metadata"]["resourceVersion"], "42");
+        assert_eq!(obj["data"]["until"], "2060");
+        assert_eq!(obj["data"]["attempts"], "2");
+        assert_eq!((made.until, made.attempts), (2060, 2));
+        // Read back, it is the lock written.
+        let back = locks_from(&json!({"items": [obj]}), 2);
+        assert_eq!((back[1].holder.as_str(), back[1].until, back[1].attempts), ("node-1", 2060, 2));
+
+        // A new holder starts at 0 attempts; a new lock has no resourceVersion (a create, which
+        // fails if another machine made it first); given back, it is free.
+        assert_eq!(lock_object(l, "node-2", 60, 2000).1.attempts, 0);
+        let (fresh, _) = lock_object(&locks[0], "master-1", 60, 2000);
+        assert!(fresh["metadata"].get("resourceVersion").is_none());
+        let (back, freed) = lock_object(l, "", 0, 2000);
+        assert_eq!(back["data"]["holder"], "");
+        assert!(freed.free(2000));
     }
 }

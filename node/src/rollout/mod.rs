@@ -8,11 +8,12 @@
 //!
 //! * the **record**, the ConfigMap [`RECORD`]: what is being rolled out (target release, the
 //!   bundle's URL, or a rollback) and whether the rollout runs, stopped (and why) or is done;
-//! * the **locks**, Leases `planet-rollout-lock-N` (N below `max_unavailable`): a machine
+//! * the **locks**, ConfigMaps `planet-rollout-lock-N` (N below `max_unavailable`): a machine
 //!   takes one before it cordons itself and gives it back once its new release is blessed. A
-//!   holder renews its Lease while it lives; a machine that dies holding one blocks the rollout
-//!   for at most the Lease's duration (`lock_seconds`, or `reboot_seconds` from the moment it
-//!   asks for its reboot);
+//!   holder renews its lock while it lives; a machine that dies holding one blocks the rollout
+//!   for at most the lock's duration (`lock_seconds`, or `reboot_seconds` from the moment it
+//!   asks for its reboot). ConfigMaps, not Leases: the NodeRestriction admission plugin lets a
+//!   kubelet's credentials write only the Leases of kube-node-lease, each named after itself;
 //! * each machine's **state**, annotations on its own Node ([`annotation`]): release, slot,
 //!   trial, role, etcd version, the releases that failed here.
 //!
@@ -37,7 +38,7 @@ use anyhow::{bail, Context, Result};
 pub const NAMESPACE: &str = "planet-system";
 /// The ConfigMap holding the rollout.
 pub const RECORD: &str = "planet-rollout";
-/// The Leases that are the rollout's locks: `planet-rollout-lock-0`, `-1`, ….
+/// The ConfigMaps that are the rollout's locks: `planet-rollout-lock-0`, `-1`, ….
 pub const LOCK_PREFIX: &str = "planet-rollout-lock-";
 /// The port a master serves the rollout's bundle on (beside the API server's 6443 and the join
 /// document's 6441).
@@ -91,9 +92,9 @@ pub struct Rollout {
     pub reason: String,
     /// Machines updating at once.
     pub max_unavailable: u32,
-    /// How long a living lock holder's Lease lasts between renewals.
+    /// How long a living lock holder's lock lasts between renewals.
     pub lock_seconds: u64,
-    /// How long the Lease lasts once its holder asked for its reboot: the time a machine may
+    /// How long the lock lasts once its holder asked for its reboot: the time a machine may
     /// take to come back and renew it.
     pub reboot_seconds: u64,
     /// How long the apps may fail on a machine back on the new release, its Kubernetes healthy,
