@@ -80,8 +80,8 @@ impl ApiClient {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
                 format!("{peer}: no answer within {}s", REQUEST_TIMEOUT.as_secs())
             }
-            // The answer's own faults already name the peer.
-            std::io::ErrorKind::InvalidData => e.to_string(),
+            // read_answer's own faults already name the peer; TLS faults do not.
+            _ if e.to_string().starts_with(&peer) => e.to_string(),
             _ => format!("{peer}: {e}"),
         };
         let sock = TcpStream::connect_timeout(&self.addr, CONNECT_TIMEOUT).map_err(fail)?;
@@ -266,7 +266,7 @@ mod tests {
         let read = |f: &str| ours.read(f).unwrap();
         let client = ApiClient::from_pem(&read("ca.crt"), &read("admin.crt"), &read("admin.key"), addr).unwrap();
         let e = client.readyz().unwrap_err();
-        assert!(e.contains("certificate"), "{e}");
+        assert!(e.contains("certificate") && e.starts_with(&format!("https://{addr}/readyz: ")), "{e}");
         assert!(ApiClient::from_pem("", &read("admin.crt"), &read("admin.key"), addr).is_err());
         let e = ApiClient::from_pem(&read("ca.crt"), &read("admin.crt"), "not a key", addr).err().unwrap();
         assert!(e.contains("the client key"), "{e}");

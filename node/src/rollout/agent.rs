@@ -188,7 +188,6 @@ pub fn read_locks(kc: &str, max: u32) -> Result<Vec<Lock>, String> {
 /// The locks `planet-rollout-lock-0..max` in a ConfigMap list (absent ones free, not existing).
 pub fn locks_from(list: &Value, max: u32) -> Vec<Lock> {
     let items = list["items"].as_array().cloned().unwrap_or_default();
-    let number = |d: &Value, k: &str| d[k].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
     (0..max)
         .map(|i| {
             let name = format!("{LOCK_PREFIX}{i}");
@@ -196,15 +195,20 @@ pub fn locks_from(list: &Value, max: u32) -> Vec<Lock> {
                 None => Lock { name, ..Default::default() },
                 Some(l) => Lock {
                     holder: l["data"]["holder"].as_str().unwrap_or_default().to_string(),
-                    until: number(&l["data"], "until"),
+                    until: data_number(&l["data"], "until"),
                     resource_version: l["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string(),
                     exists: true,
-                    attempts: number(&l["data"], "attempts") as u32,
+                    attempts: data_number(&l["data"], "attempts"),
                     name,
                 },
             }
         })
         .collect()
+}
+
+/// A number kept as a ConfigMap's string value; 0 when missing or not one.
+fn data_number<T: std::str::FromStr + Default>(data: &Value, key: &str) -> T {
+    data[key].as_str().and_then(|s| s.parse().ok()).unwrap_or_default()
 }
 
 /// `lock` as held by `holder` (empty: given back) for `seconds` from `now`: the ConfigMap to
@@ -220,8 +224,7 @@ pub fn lock_object(lock: &Lock, holder: &str, seconds: u64, now: u64) -> (Value,
     let data = json!({"holder": holder, "until": until.to_string(), "attempts": attempts.to_string(),
                       "renewed": micro_time(now)});
     let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data});
-    let made =
-        Lock { holder: holder.to_string(), until, exists: true, name: lock.name.clone(), attempts, ..lock.clone() };
+    let made = Lock { holder: holder.to_string(), until, attempts, exists: true, ..lock.clone() };
     (obj, made)
 }
 
