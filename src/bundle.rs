@@ -143,7 +143,7 @@ pub fn run(req: &BundleRequest) -> Result<BundleResult> {
     let source = RootfsSource::detect(&req.rootfs)?;
 
     let work = ScratchDir::new_in(&pipeline::dir_of(&req.output), WORK_PREFIX)?;
-    let slot_image = work.path.join("rootfs.sqfs");
+    let slot_image = work.path().join("rootfs.sqfs");
     let (slot_summary, slot_bytes) = pipeline::build_slot(&source, &req.apps, &slot_image, req.compression, req.epoch)?;
     if let Some(mib) = layout.slots.size_mib {
         if slot_bytes > mib << 20 {
@@ -155,8 +155,8 @@ pub fn run(req: &BundleRequest) -> Result<BundleResult> {
         }
     }
     let (kernel, initramfs) = pipeline::build_host(&kernel_pkg, &layout, &planet_init, Some(&update_key), req.epoch)?;
-    let vmlinuz_path = work.path.join("vmlinuz");
-    let initramfs_path = work.path.join("initramfs.img");
+    let vmlinuz_path = work.path().join("vmlinuz");
+    let initramfs_path = work.path().join("initramfs.img");
     std::fs::write(&vmlinuz_path, &kernel.vmlinuz).with_context(|| format!("writing {}", vmlinuz_path.display()))?;
     std::fs::write(&initramfs_path, &initramfs).with_context(|| format!("writing {}", initramfs_path.display()))?;
 

@@ -129,7 +129,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
     let work = ScratchDir::new_in(&dir_of(&req.output), WORK_PREFIX)?;
 
     // 1. The slot: rootfs → squashfs, streamed.
-    let slot_image = work.path.join("planet-a.sqfs");
+    let slot_image = work.path().join("planet-a.sqfs");
     let (rootfs, slot_bytes) = build_slot(&source, &req.apps, &slot_image, req.compression, req.epoch)?;
 
     crate::util::interrupt::check()?;
@@ -209,7 +209,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
         &slots,
         &extra_files,
     )?;
-    let state_image = work.path.join("state.ext4");
+    let state_image = work.path().join("state.ext4");
     let state_uuid = plan::derive_guid(&input_digest, "state-fs").to_string().to_lowercase();
     disk::make_state_fs(
         &state_image,
@@ -224,7 +224,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
     let bios_boot = match (&bios_pkg, plan.find(BIOS_LABEL)) {
         (Some(pkg), Some(part)) => {
             let step = Step::start("GRUB for BIOS boot", 0);
-            let b = crate::bios::build(&pkg.file, &work.path, part.first_lba, part.size(plan.sector_size), volume_id)?;
+            let b = crate::bios::build(&pkg.file, work.path(), part.first_lba, part.size(plan.sector_size), volume_id)?;
             step.finish(&format!("core.img={} KiB", b.core.len().div_ceil(1024)));
             Some(b)
         }
@@ -237,7 +237,7 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
     let pending = PendingFile::new(&req.output)?;
     let raw_path = match req.target {
         Target::Raw | Target::Ami => pending.path().to_path_buf(),
-        Target::Qcow2 | Target::Gce => work.path.join("disk.raw"),
+        Target::Qcow2 | Target::Gce => work.path().join("disk.raw"),
     };
     let mut contents = vec![
         (ESP_LABEL, Content::Bytes(&esp_image)),

@@ -11,7 +11,7 @@ pub mod sparse;
 pub mod sys;
 pub mod tar_header;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
@@ -21,9 +21,8 @@ use anyhow::{Context, Result};
 /// could then swap what is in it — and removed when dropped and when a signal stops the
 /// process ([`interrupt`]).
 pub struct ScratchDir {
-    pub path: PathBuf,
     // Fields drop in order: the directory is removed before a signal stops covering it.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     _registered: interrupt::Registered,
 }
 
@@ -38,9 +37,12 @@ impl ScratchDir {
             .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir_in(base)
             .with_context(|| format!("creating a scratch directory in {}", base.display()))?;
-        let path = dir.path().to_path_buf();
-        let _registered = interrupt::register_path(&path);
-        Ok(ScratchDir { path, _dir: dir, _registered })
+        let _registered = interrupt::register_path(dir.path());
+        Ok(ScratchDir { dir, _registered })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
     }
 }
 

@@ -87,7 +87,7 @@ pub fn build_ami(mut req: BuildRequest, output: Option<PathBuf>, opts: &AwsOptio
     };
     req.output = match (&output, &temp) {
         (Some(o), _) => o.clone(),
-        (None, Some(t)) => t.path.join(format!("{}.raw", sanitize(&opts.name))),
+        (None, Some(t)) => t.path().join(format!("{}.raw", sanitize(&opts.name))),
         (None, None) => unreachable!(),
     };
     req.target = Target::Ami;

@@ -182,10 +182,10 @@ fn the_ami_temp_dir_is_private_and_never_an_existing_one() {
         // As root, 0555 does not stop mkdir; as another user it does, which is also safe.
         Err(e) => panic!("{e:#}"),
     };
-    let m = std::fs::metadata(&t.path).unwrap();
+    let m = std::fs::metadata(t.path()).unwrap();
     assert_ne!(m.ino(), squat_ino, "the pre-made directory was reused");
     assert_eq!(m.permissions().mode() & 0o777, 0o700);
-    let path = t.path.clone();
+    let path = t.path().to_path_buf();
     drop(t);
     assert!(!path.exists());
     assert!(squat.exists(), "someone else's directory is left alone");
