@@ -135,15 +135,39 @@ pub fn read_machines(kc: &str) -> Result<Vec<Machine>, String> {
     Ok(v["items"].as_array().map(|a| a.iter().map(Machine::from_node).collect()).unwrap_or_default())
 }
 
-/// A Kubernetes Event about the rollout (on its record), and the same line on the console.
+/// Tries at recording an Event: the API server may be busy for a while (a drain, a machine
+/// rebooting), and a lost Event is a hole in the rollout's history.
+const EVENT_TRIES: u32 = 3;
+const EVENT_PAUSE: Duration = Duration::from_secs(5);
+
+/// A Kubernetes Event about the rollout (on its record), and the same line on the console. It is
+/// tried [`EVENT_TRIES`] times under one name: a try that timed out after the API server took it
+/// makes the next one fail with AlreadyExists, not record it twice.
 pub fn event(kc: &str, me: &str, reason: &str, message: &str) {
     println!("planet-node: rollout: {reason}: {message}");
-    let t = micro_time(now_secs());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let obj = event_object(me, reason, message, now);
+    for attempt in 1..=EVENT_TRIES {
+        match run_with_input(kc, &["create", "-f", "-", "-o", "name"], Some(&obj.to_string())) {
+            Ok(_) => return,
+            Err(e) if e.contains("(AlreadyExists)") => return,
+            Err(e) if attempt == EVENT_TRIES => {
+                println!("planet-node: rollout: the event could not be recorded ({EVENT_TRIES} tries): {e}");
+            }
+            Err(_) => std::thread::sleep(EVENT_PAUSE * attempt),
+        }
+    }
+}
+
+/// The Event [`event`] creates at `now` (since the epoch): named after the machine and the
+/// time, so every try of one Event has the same name.
+pub fn event_object(me: &str, reason: &str, message: &str, now: Duration) -> Value {
+    let t = micro_time(now.as_secs());
     let t = &t[..19];
-    let obj = json!({
+    json!({
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"generateName": "planet-rollout.", "namespace": NAMESPACE},
+        "metadata": {"name": format!("planet-rollout.{me}.{:x}", now.as_nanos()), "namespace": NAMESPACE},
         "involvedObject": {"apiVersion": "v1", "kind": "ConfigMap", "namespace": NAMESPACE, "name": RECORD},
         "reason": reason,
         "message": message,
@@ -152,10 +176,7 @@ pub fn event(kc: &str, me: &str, reason: &str, message: &str) {
         "firstTimestamp": format!("{t}Z"),
         "lastTimestamp": format!("{t}Z"),
         "count": 1,
-    });
-    if let Err(e) = run_with_input(kc, &["create", "-f", "-", "-o", "name"], Some(&obj.to_string())) {
-        println!("planet-node: rollout: the event could not be recorded: {e}");
-    }
+    })
 }
 
 /// One lock as read from its ConfigMap.
@@ -246,6 +267,11 @@ struct Held {
     seconds: u64,
 }
 
+/// Renews the held lock. A renewal refused because the lock changed (Conflict: another machine
+/// took it after it ran out; NotFound, AlreadyExists: it was deleted or made anew) loses it, and
+/// so does any failure once it has run out; any other failure (a timeout, the API server busy or
+/// restarting) keeps it, to be renewed on the next round: the write is conditional on the
+/// resourceVersion read, so trying again can never take it from someone else.
 fn renew(kc: &str, me: &str, held: &Mutex<Held>) {
     let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
     let seconds = h.seconds;
@@ -253,12 +279,24 @@ fn renew(kc: &str, me: &str, held: &Mutex<Held>) {
         match write_lock(kc, &lock, me, seconds) {
             Ok(l) => h.lock = Some(l),
             Err(e) => {
-                // Someone took it after it ran out, or it was written meanwhile: read again.
-                println!("planet-node: rollout: renewing {}: {e}", lock.name);
-                h.lock = None;
+                let kept = renewal_keeps(&e, &lock, now_secs());
+                println!(
+                    "planet-node: rollout: renewing {}: {e} ({})",
+                    lock.name,
+                    if kept { "kept: trying again" } else { "lost: reading the locks again" }
+                );
+                if !kept {
+                    h.lock = None;
+                }
             }
         }
     }
+}
+
+/// Whether a lock whose renewal failed with `error` at `now` is still this machine's.
+pub fn renewal_keeps(error: &str, lock: &Lock, now: u64) -> bool {
+    let changed = ["(Conflict)", "(NotFound)", "(AlreadyExists)"].iter().any(|c| error.contains(c));
+    !changed && now < lock.until
 }
 
 /// The agent's memory between ticks.
@@ -654,6 +692,42 @@ mod tests {
         // outside kube-node-lease, so none is asked for.
         assert!(text.contains("resources: [configmaps]\n  verbs: [get, list, watch, create, update, patch]"), "{text}");
         assert!(!text.contains("leases"), "{text}");
+    }
+
+    #[test]
+    fn a_failed_renewal_keeps_the_lock_only_while_it_is_unchanged_and_not_run_out() {
+        let l = Lock { holder: "node-1".into(), until: 1000, ..Default::default() };
+        let timeout = "Unable to connect to the server: net/http: request canceled (Client.Timeout exceeded)";
+        assert!(renewal_keeps(timeout, &l, 999));
+        assert!(!renewal_keeps(timeout, &l, 1000));
+        let conflict = "Error from server (Conflict): error when replacing \"STDIN\": Operation cannot be fulfilled on configmaps \"planet-rollout-lock-0\": the object has been modified";
+        assert!(!renewal_keeps(conflict, &l, 10));
+        assert!(!renewal_keeps("Error from server (NotFound): configmaps \"planet-rollout-lock-0\" not found", &l, 10));
+        assert!(!renewal_keeps(
+            "Error from server (AlreadyExists): configmaps \"planet-rollout-lock-0\" already exists",
+            &l,
+            10
+        ));
+    }
+
+    #[test]
+    fn an_event_has_one_name_for_all_its_tries() {
+        let at = Duration::new(1_800_000_000, 123_456_789);
+        let a = event_object("node-1", "Cordoned", "node-1 cordoned for release 2", at);
+        let b = event_object("node-1", "Cordoned", "node-1 cordoned for release 2", at);
+        assert_eq!(a, b);
+        let name = a["metadata"]["name"].as_str().unwrap();
+        assert_eq!(name, format!("planet-rollout.node-1.{:x}", at.as_nanos()));
+        // A DNS subdomain, as the API server wants an object's name.
+        assert!(
+            name.len() <= 253
+                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        );
+        assert_eq!(a["metadata"]["namespace"], NAMESPACE);
+        assert_eq!(a["type"], "Normal");
+        assert_eq!(a["firstTimestamp"], "2027-01-15T08:00:00Z");
+        assert_eq!(event_object("node-1", "TrialFailed", "x", at)["type"], "Warning");
+        assert_ne!(event_object("node-1", "Cordoned", "x", at + Duration::from_nanos(1))["metadata"]["name"], name);
     }
 
     #[test]
