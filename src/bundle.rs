@@ -3,6 +3,7 @@
 //! and `inspect` shows (and with a key verifies) a bundle.
 
 use crate::fetch::Cache;
+use crate::host::HostInputs;
 use crate::pipeline::{self, WORK_PREFIX};
 use crate::rootfs::RootfsSource;
 use crate::squashfs::Compression;
@@ -81,6 +82,8 @@ pub struct BundleRequest {
     pub revokes: Vec<String>,
     /// App packages the next release carries in its slot (`--app`), applied in this order.
     pub apps: Vec<PathBuf>,
+    /// Use (and fill) the host stage cache in the package cache's `host/`.
+    pub host_cache: bool,
 }
 
 /// The result of `bundle`, printed on stdout as JSON.
@@ -144,7 +147,22 @@ pub fn run(req: &BundleRequest) -> Result<BundleResult> {
 
     let work = ScratchDir::new_in(&pipeline::dir_of(&req.output), WORK_PREFIX)?;
     let slot_image = work.path().join("rootfs.sqfs");
-    let (slot_summary, slot_bytes) = pipeline::build_slot(&source, &req.apps, &slot_image, req.compression, req.epoch)?;
+    // The slot and the host side by side, as `build` makes them.
+    let host_inputs = HostInputs {
+        kernel_package: &kernel_pkg,
+        modules: &layout.kernel.modules,
+        planet_init: &planet_init,
+        update_key: Some(&update_key),
+        epoch: req.epoch,
+    };
+    let host_cache = req.host_cache.then_some(cache.dir.as_path());
+    let (slot, host) = std::thread::scope(|s| {
+        let host = s.spawn(|| crate::host::build(&host_inputs, host_cache));
+        let slot = pipeline::build_slot(&source, &req.apps, &slot_image, req.compression, req.epoch);
+        (slot, host.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the host stage panicked"))))
+    });
+    let (slot_summary, slot_bytes) = slot?;
+    let host = host?;
     if let Some(mib) = layout.slots.size_mib {
         if slot_bytes > mib << 20 {
             bail!(
@@ -154,11 +172,11 @@ pub fn run(req: &BundleRequest) -> Result<BundleResult> {
             );
         }
     }
-    let (kernel, initramfs) = pipeline::build_host(&kernel_pkg, &layout, &planet_init, Some(&update_key), req.epoch)?;
     let vmlinuz_path = work.path().join("vmlinuz");
     let initramfs_path = work.path().join("initramfs.img");
-    std::fs::write(&vmlinuz_path, &kernel.vmlinuz).with_context(|| format!("writing {}", vmlinuz_path.display()))?;
-    std::fs::write(&initramfs_path, &initramfs).with_context(|| format!("writing {}", initramfs_path.display()))?;
+    std::fs::write(&vmlinuz_path, &host.vmlinuz).with_context(|| format!("writing {}", vmlinuz_path.display()))?;
+    std::fs::write(&initramfs_path, &host.initramfs)
+        .with_context(|| format!("writing {}", initramfs_path.display()))?;
 
     let step = crate::util::progress::Step::start("signing the bundle", 0);
     let sections: [(&str, &Path); 3] = [
@@ -166,7 +184,7 @@ pub fn run(req: &BundleRequest) -> Result<BundleResult> {
         (planet_bundle::SECTION_KERNEL, &vmlinuz_path),
         (planet_bundle::SECTION_INITRAMFS, &initramfs_path),
     ];
-    planet_bundle::write_bundle_with(&req.output, release, req.epoch, &kernel.version, &sections, &key, &claims)
+    planet_bundle::write_bundle_with(&req.output, release, req.epoch, &host.kernel_version, &sections, &key, &claims)
         .with_context(|| format!("writing the bundle {}", req.output.display()))?;
     step.finish("");
 

@@ -187,6 +187,10 @@ pub struct HostInputArgs {
     /// same inputs and same value give byte-identical output [default: now].
     #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
     pub source_date_epoch: Option<u64>,
+    /// Make the kernel + initramfs anew, without reading or filling the host stage cache (the
+    /// package cache's host/, keyed by the digest of every input; entries are checked before use).
+    #[arg(long)]
+    pub no_host_cache: bool,
     #[command(flatten)]
     pub cache: CacheArgs,
 }
@@ -837,6 +841,7 @@ impl BuildArgs {
             release: self.release_version,
             update_key: self.update_key,
             apps: self.app,
+            host_cache: !self.host.no_host_cache,
         };
         Ok((request, ami))
     }
@@ -860,6 +865,7 @@ impl BundleArgs {
             expires: self.expires,
             revokes: self.revokes,
             apps: self.app,
+            host_cache: !self.host.no_host_cache,
         })
     }
 }

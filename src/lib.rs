@@ -17,6 +17,7 @@ pub mod enter;
 pub mod esp;
 pub mod fat32;
 pub mod fetch;
+pub mod host;
 pub mod image_reader;
 pub mod initramfs;
 pub mod inspect;

@@ -3,24 +3,25 @@
 //! then converted (qcow2) and described by a manifest. Outputs appear only when complete.
 //!
 //! The stages that make a slot — the squashfs, the kernel and the initramfs — are functions of
-//! their own (`load_layout`, `kernel_package`, `load_planet_init`, `build_slot`, `build_host`),
-//! shared with `bundle`, which puts the same files into a signed update bundle.
+//! their own (`load_layout`, `kernel_package`, `load_planet_init`, `build_slot`, and
+//! [`crate::host`], cached by its inputs), shared with `bundle`, which puts the same files into
+//! a signed update bundle. The slot and the host are made side by side.
 
 use crate::disk::plan::{self, Plan, BIOS_LABEL};
 use crate::disk::{self, Content};
 use crate::esp::{self, SlotBoot};
 use crate::fetch::{Cache, PackageRecord, SYSTEMD_BOOT_PATH};
-use crate::kernel::Kernel;
+use crate::host::{self, HostInputs};
 use crate::layout::Layout;
 use crate::manifest::{self, ImageInfo, KernelInfo, Manifest, PackageInfo, PartitionInfo, PlanetInitInfo, RootfsInfo};
 use crate::rootfs::{RootfsSource, RootfsSummary};
 use crate::squashfs::{self, Compression};
 use crate::util::atomic::PendingFile;
 use crate::util::command::require_tool;
-use crate::util::digest::{sha256_file, sha256_hex, sha256_range};
+use crate::util::digest::{sha256_file, sha256_hex};
 use crate::util::progress::Step;
 use crate::util::ScratchDir;
-use crate::{deb, initramfs, kernel};
+use crate::{deb, initramfs};
 use anyhow::{bail, Context, Result};
 use planet_config::contract::{ESP_LABEL, SLOT_A_LABEL, SLOT_B_LABEL, STATE_LABEL};
 use std::path::{Path, PathBuf};
@@ -87,6 +88,8 @@ pub struct BuildRequest {
     pub update_key: Option<PathBuf>,
     /// App packages (`app build`'s .app files) added to the slot, applied in this order.
     pub apps: Vec<PathBuf>,
+    /// Use (and fill) the host stage cache in the package cache's `host/`.
+    pub host_cache: bool,
 }
 
 /// The result, printed on stdout as JSON.
@@ -128,13 +131,26 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
 
     let work = ScratchDir::new_in(&dir_of(&req.output), WORK_PREFIX)?;
 
-    // 1. The slot: rootfs → squashfs, streamed.
+    // 1 and 2 side by side: the slot (rootfs → squashfs, streamed) and the host (kernel,
+    // modules, initramfs; cached by its inputs).
     let slot_image = work.path().join("planet-a.sqfs");
-    let (rootfs, slot_bytes) = build_slot(&source, &req.apps, &slot_image, req.compression, req.epoch)?;
+    let host_inputs = HostInputs {
+        kernel_package: &kernel_pkg,
+        modules: &layout.kernel.modules,
+        planet_init: &planet_init,
+        update_key: update_key.as_ref(),
+        epoch: req.epoch,
+    };
+    let host_cache = req.host_cache.then_some(cache.dir.as_path());
+    let (slot, host) = std::thread::scope(|s| {
+        let host = s.spawn(|| host::build(&host_inputs, host_cache));
+        let slot = build_slot(&source, &req.apps, &slot_image, req.compression, req.epoch);
+        (slot, host.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the host stage panicked"))))
+    });
+    let (rootfs, slot_bytes) = slot?;
+    let host = host?;
 
     crate::util::interrupt::check()?;
-    // 2. Kernel, modules, initramfs.
-    let (kernel, initramfs) = build_host(&kernel_pkg, &layout, &planet_init, update_key.as_ref(), req.epoch)?;
     let bootloader = read_from_deb(&boot_pkg.file, SYSTEMD_BOOT_PATH)?;
 
     // 3. The plan: everything derived from a digest of all inputs.
@@ -179,8 +195,8 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
         slot: 'a',
         title: "Planet (slot a)",
         version: &release,
-        vmlinuz: &kernel.vmlinuz,
-        initramfs: &initramfs,
+        vmlinuz: &host.vmlinuz,
+        initramfs: &host.initramfs,
         options: options.clone(),
     }];
     let grub_cfg = bios_pkg.as_ref().map(|_| crate::bios::grub_cfg(&slots));
@@ -253,8 +269,10 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
         crate::bios::install_boot_code(&raw_path, &b.boot_code)
             .with_context(|| format!("writing GRUB's boot.img into the MBR of {}", raw_path.display()))?;
     }
-    let partitions = partition_digests(&plan, &raw_path)?;
-    let raw_sha256 = sha256_file(&raw_path)?;
+    // One pass over the disk for every partition's digest and the whole disk's.
+    let digests = disk::digests(&plan, &raw_path)?;
+    let partitions = partition_infos(&plan, &digests);
+    let raw_sha256 = digests.whole;
     step.finish(&format!("{} MiB", plan.total_bytes() >> 20));
 
     match req.target {
@@ -271,7 +289,11 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
         Target::Raw | Target::Ami => {}
     }
 
-    let sha256 = sha256_file(pending.path())?;
+    // A raw image is the disk just hashed.
+    let sha256 = match req.target {
+        Target::Raw | Target::Ami => raw_sha256.clone(),
+        Target::Qcow2 | Target::Gce => sha256_file(pending.path())?,
+    };
     let file_size = std::fs::metadata(pending.path())?.len();
     let manifest = Manifest {
         format_version: manifest::FORMAT_VERSION,
@@ -299,10 +321,10 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
             .map(PackageInfo::from)
             .collect(),
         kernel: KernelInfo {
-            version: kernel.version.clone(),
-            modules: kernel.modules.len(),
-            initramfs_sha256: sha256_hex(&initramfs),
-            initramfs_bytes: initramfs.len() as u64,
+            version: host.kernel_version.clone(),
+            modules: host.modules,
+            initramfs_sha256: sha256_hex(&host.initramfs),
+            initramfs_bytes: host.initramfs.len() as u64,
         },
         planet_init: PlanetInitInfo { version: env!("CARGO_PKG_VERSION").into(), sha256: sha256_hex(&planet_init) },
         layout,
@@ -378,35 +400,6 @@ pub fn build_slot(
     Ok((summary, bytes))
 }
 
-/// Stage 2, the host: the kernel and its modules from the package, and the initramfs
-/// (planet-init, the layout's module classes, the update key when there is one).
-pub fn build_host(
-    kernel_pkg: &PackageRecord,
-    layout: &Layout,
-    planet_init: &[u8],
-    update_key: Option<&planet_bundle::KeyRing>,
-    epoch: u64,
-) -> Result<(Kernel, Vec<u8>)> {
-    let step = Step::start("kernel + initramfs", 0);
-    let kernel = kernel::extract(&kernel_pkg.file, &layout.kernel.modules)?;
-    let extra: Vec<initramfs::ExtraFile> = update_key
-        .map(|k| initramfs::ExtraFile {
-            path: planet_bundle::UPDATE_KEY_PATH.to_string(),
-            mode: 0o644,
-            data: k.to_text().into_bytes(),
-        })
-        .into_iter()
-        .collect();
-    let initramfs = initramfs::build(planet_init, &kernel, &extra, epoch, 9)?;
-    step.finish(&format!(
-        "kernel={} modules={} initramfs={} KiB",
-        kernel.version,
-        kernel.modules.len(),
-        initramfs.len() >> 10
-    ));
-    Ok((kernel, initramfs))
-}
-
 /// The directory a file is written into (`.` for a bare name).
 pub fn dir_of(file: &Path) -> PathBuf {
     match file.parent() {
@@ -415,22 +408,22 @@ pub fn dir_of(file: &Path) -> PathBuf {
     }
 }
 
-/// The digest of each partition's range of the raw disk.
-pub fn partition_digests(plan: &Plan, raw: &Path) -> Result<Vec<PartitionInfo>> {
-    let mut f = std::fs::File::open(raw)?;
-    let mut out = Vec::new();
-    for (i, p) in plan.partitions.iter().enumerate() {
-        out.push(PartitionInfo {
+/// The manifest's partition entries: the plan's, with the digests taken of the disk.
+pub fn partition_infos(plan: &Plan, digests: &disk::DiskDigests) -> Vec<PartitionInfo> {
+    plan.partitions
+        .iter()
+        .zip(&digests.partitions)
+        .enumerate()
+        .map(|(i, (p, sha256))| PartitionInfo {
             number: i as u32 + 1,
             label: p.label.to_string(),
             type_guid: p.type_guid.to_string(),
             guid: p.unique_guid.to_string(),
             offset: p.offset(plan.sector_size),
             size: p.size(plan.sector_size),
-            sha256: sha256_range(&mut f, p.offset(plan.sector_size), p.size(plan.sector_size))?,
-        });
-    }
-    Ok(out)
+            sha256: sha256.clone(),
+        })
+        .collect()
 }
 
 fn package(cache: &Cache, role: &str, explicit: Option<&Path>) -> Result<PackageRecord> {

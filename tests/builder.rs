@@ -214,6 +214,68 @@ fn same_inputs_same_epoch_give_identical_images_and_inspect_catches_a_flipped_by
     assert!(err.contains("partition 2 (planet-a)"), "{err}");
 }
 
+/// The host stage cache (kernel + initramfs, keyed by their inputs) changes no byte of an
+/// image: built without it, filling it, from it, and after one of its files was damaged (which
+/// is noticed, not built in, and made again), the image is the same.
+#[test]
+fn the_host_cache_changes_no_byte_and_a_damaged_entry_is_made_again() {
+    let s = Scratch::new("host-cache");
+    let tarball = s.path("special.tar");
+    special_tarball(&tarball);
+    let cache = s.path("cache");
+    std::fs::create_dir(&cache).unwrap();
+    let (kernel, boot) = (readable_package("kernel", &s.0), readable_package("bootloader", &s.0));
+    let build_with = |name: &str, extra: &[&str]| -> (String, String) {
+        let out = s.path(name);
+        let res = build(
+            "raw",
+            &tarball,
+            &out,
+            &[
+                &["--cache-dir", cache.to_str().unwrap()],
+                &["--kernel-package", kernel.to_str().unwrap()],
+                &["--bootloader-package", boot.to_str().unwrap()],
+                extra,
+            ]
+            .concat(),
+        );
+        let digest = stdout(Command::new("sha256sum").arg(&out)).split_whitespace().next().unwrap().to_string();
+        (digest, String::from_utf8_lossy(&res.stderr).into_owned())
+    };
+    let entries = || -> Vec<std::path::PathBuf> {
+        match std::fs::read_dir(cache.join("host")) {
+            Ok(d) => d.map(|e| e.unwrap().path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    };
+
+    let (without, log) = build_with("without.raw", &["--no-host-cache"]);
+    assert!(log.contains("kernel + initramfs done") && log.contains("made:"), "{log}");
+    assert!(entries().is_empty(), "--no-host-cache wrote the cache: {:?}", entries());
+
+    let (filling, log) = build_with("filling.raw", &[]);
+    assert!(log.contains("made:"), "{log}");
+    let stored = entries();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let (cached, log) = build_with("cached.raw", &[]);
+    assert!(log.contains("from the cache:"), "{log}");
+
+    // One byte of the cached initramfs flipped.
+    let initramfs = stored[0].join("initramfs.img");
+    let mut bytes = std::fs::read(&initramfs).unwrap();
+    bytes[4096] ^= 0x20;
+    std::fs::write(&initramfs, bytes).unwrap();
+    let (after_damage, log) = build_with("after-damage.raw", &[]);
+    assert!(log.contains("is damaged") && log.contains("initramfs.img has sha256"), "{log}");
+    assert!(log.contains("made:"), "{log}");
+    let (again, log) = build_with("again.raw", &[]);
+    assert!(log.contains("from the cache:"), "the entry was not made again: {log}");
+
+    for (name, d) in [("filling", &filling), ("cached", &cached), ("after damage", &after_damage), ("again", &again)] {
+        assert_eq!(d, &without, "the image {name} differs from the one built without the cache");
+    }
+}
+
 fn assert_refused(tarball: &Path, out: &Path, entry: &str) {
     let res =
         planet_image().args(["build", "--target", "raw", "--rootfs"]).arg(tarball).arg("-o").arg(out).output().unwrap();

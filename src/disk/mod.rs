@@ -83,6 +83,98 @@ fn copy_sparse<R: Read, W: Write + Seek>(src: &mut R, dst: &mut W, offset: u64, 
     Ok(pos)
 }
 
+/// The digests of a disk image: each partition's range, and the whole file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskDigests {
+    /// sha256 of each partition's byte range, in the plan's order.
+    pub partitions: Vec<String>,
+    /// sha256 of the whole file.
+    pub whole: String,
+}
+
+/// Hashes a disk image once: every partition's range and the whole file, in one pass over it.
+/// Holes (from its sparse map) are hashed as the zeros they read as, without being read; the
+/// whole-file digest runs on a thread of its own beside the partitions'.
+pub fn digests(plan: &Plan, raw: &Path) -> Result<DiskDigests> {
+    use crate::util::sparse::{data_extents, NoHoleMap};
+    use sha2::{Digest, Sha256};
+    const BLOCK: usize = 1 << 20;
+    /// What passes to the whole-file hasher: bytes read, or a run of zeros.
+    enum Piece {
+        Data(Vec<u8>),
+        Zeros(u64),
+    }
+    fn feed_zeros(h: &mut Sha256, mut n: u64) {
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        while n > 0 {
+            let k = n.min(ZEROS.len() as u64) as usize;
+            h.update(&ZEROS[..k]);
+            n -= k as u64;
+        }
+    }
+
+    let mut f = File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
+    let total = f.metadata()?.len();
+    let extents = data_extents(&f, total, NoHoleMap::AllData)?;
+    let ranges: Vec<(u64, u64)> = plan
+        .partitions
+        .iter()
+        .map(|p| (p.offset(plan.sector_size), p.offset(plan.sector_size) + p.size(plan.sector_size)))
+        .collect();
+    let mut parts: Vec<Sha256> = ranges.iter().map(|_| Sha256::new()).collect();
+    // Each piece of the file (start, data or zeros) also goes to the partitions it overlaps.
+    let mut to_parts = |start: u64, data: Option<&[u8]>, len: u64| {
+        for (i, (a, b)) in ranges.iter().enumerate() {
+            let (from, to) = (start.max(*a), (start + len).min(*b));
+            if from < to {
+                match data {
+                    Some(d) => parts[i].update(&d[(from - start) as usize..(to - start) as usize]),
+                    None => feed_zeros(&mut parts[i], to - from),
+                }
+            }
+        }
+    };
+    let whole = std::thread::scope(|s| -> Result<String> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Piece>(4);
+        let hasher = s.spawn(move || {
+            let mut h = Sha256::new();
+            for piece in rx {
+                match piece {
+                    Piece::Data(d) => h.update(&d[..]),
+                    Piece::Zeros(n) => feed_zeros(&mut h, n),
+                }
+            }
+            hex::encode(h.finalize())
+        });
+        let mut pos = 0u64;
+        let mut walk = || -> Result<()> {
+            for e in extents.iter().chain(std::iter::once(&crate::util::sparse::Extent { offset: total, len: 0 })) {
+                if e.offset > pos {
+                    to_parts(pos, None, e.offset - pos);
+                    let _ = tx.send(Piece::Zeros(e.offset - pos));
+                    pos = e.offset;
+                }
+                let end = e.offset + e.len;
+                f.seek(SeekFrom::Start(pos))?;
+                while pos < end {
+                    let n = (end - pos).min(BLOCK as u64) as usize;
+                    let mut block = vec![0u8; n];
+                    f.read_exact(&mut block)?;
+                    to_parts(pos, Some(&block), n as u64);
+                    let _ = tx.send(Piece::Data(block));
+                    pos += n as u64;
+                }
+            }
+            Ok(())
+        };
+        let walked = walk().with_context(|| format!("reading {}", raw.display()));
+        drop(tx);
+        let whole = hasher.join().map_err(|_| anyhow::anyhow!("the disk hasher panicked"))?;
+        walked.map(|()| whole)
+    })?;
+    Ok(DiskDigests { partitions: parts.into_iter().map(|h| hex::encode(h.finalize())).collect(), whole })
+}
+
 /// Creates the empty ext4 state filesystem with `mkfs.ext4`, reproducibly: UUID and hash
 /// seed derived from the inputs, timestamps fixed to SOURCE_DATE_EPOCH.
 pub fn make_state_fs(path: &Path, size: u64, uuid: &str, label: &str, epoch: u64) -> Result<()> {
@@ -119,6 +211,36 @@ mod tests {
         assert_eq!(d[512], 0xFF); // first chunk skipped
         assert_eq!(d[512 + CHUNK + 5], 1);
         assert_eq!(d[512 + 2 * CHUNK + 1], 0xFF);
+    }
+
+    #[test]
+    fn one_pass_digests_are_those_of_each_range_and_of_the_file() {
+        use crate::util::digest::{sha256_file, sha256_range};
+        let layout = crate::layout::Layout::load_profile(None, "default").unwrap();
+        let plan = plan::plan(&layout, 3 << 20, 70 << 20, &"ab".repeat(32), 1).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("disk.raw");
+        // A sparse disk: the GPT, data across a partition's start and across the 1 MiB blocks
+        // of the pass, data at the very end, holes everywhere else.
+        let slot_a = plan.partition(planet_config::contract::SLOT_A_LABEL).offset(plan.sector_size);
+        let mut f = File::create(&raw).unwrap();
+        f.set_len(plan.total_bytes()).unwrap();
+        plan.gpt().unwrap().write_to(&mut f).unwrap();
+        for (at, len) in [(slot_a - 4096, 8192u64), (slot_a + (1 << 20) - 7, 3 << 20), (plan.total_bytes() - 100, 100)]
+        {
+            f.seek(SeekFrom::Start(at)).unwrap();
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8 + 1).collect();
+            f.write_all(&bytes).unwrap();
+        }
+        drop(f);
+        let d = digests(&plan, &raw).unwrap();
+        assert_eq!(d.whole, sha256_file(&raw).unwrap());
+        let mut f = File::open(&raw).unwrap();
+        assert_eq!(d.partitions.len(), plan.partitions.len());
+        for (p, got) in plan.partitions.iter().zip(&d.partitions) {
+            let want = sha256_range(&mut f, p.offset(plan.sector_size), p.size(plan.sector_size)).unwrap();
+            assert_eq!(got, &want, "partition {}", p.label);
+        }
     }
 
     #[test]
