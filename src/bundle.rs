@@ -156,13 +156,9 @@ pub fn run(req: &BundleRequest) -> Result<BundleResult> {
         epoch: req.epoch,
     };
     let host_cache = req.host_cache.then_some(cache.dir.as_path());
-    let (slot, host) = std::thread::scope(|s| {
-        let host = s.spawn(|| crate::host::build(&host_inputs, host_cache));
-        let slot = pipeline::build_slot(&source, &req.apps, &slot_image, req.compression, req.epoch);
-        (slot, host.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the host stage panicked"))))
-    });
-    let (slot_summary, slot_bytes) = slot?;
-    let host = host?;
+    let ((slot_summary, slot_bytes), host) = crate::host::beside(&host_inputs, host_cache, || {
+        pipeline::build_slot(&source, &req.apps, &slot_image, req.compression, req.epoch)
+    })?;
     if let Some(mib) = layout.slots.size_mib {
         if slot_bytes > mib << 20 {
             bail!(

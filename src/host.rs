@@ -116,6 +116,21 @@ pub fn build(inputs: &HostInputs<'_>, cache_dir: Option<&Path>) -> Result<Host> 
     Ok(host)
 }
 
+/// Runs `slot` (the squashfs stage) on this thread while [`build`] makes the host on another:
+/// the slot's time goes to tar2sqfs, the host's to xz and zstd. The slot's error comes first.
+pub fn beside<T>(
+    inputs: &HostInputs<'_>,
+    cache_dir: Option<&Path>,
+    slot: impl FnOnce() -> Result<T>,
+) -> Result<(T, Host)> {
+    let (slot, host) = std::thread::scope(|s| {
+        let host = s.spawn(|| build(inputs, cache_dir));
+        let slot = slot();
+        (slot, host.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the host stage panicked"))))
+    });
+    Ok((slot?, host?))
+}
+
 /// What an entry records beside its two files.
 #[derive(Debug, Serialize, Deserialize)]
 struct Entry {
@@ -208,7 +223,7 @@ impl HostCache {
                 Some((used, e.path()))
             })
             .collect();
-        entries.sort_by(|a, b| b.0.cmp(&a.0));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.0));
         for (_, old) in entries.into_iter().skip(KEEP_ENTRIES) {
             let _ = std::fs::remove_dir_all(old);
         }

@@ -142,13 +142,9 @@ pub fn run(req: &BuildRequest) -> Result<BuildResult> {
         epoch: req.epoch,
     };
     let host_cache = req.host_cache.then_some(cache.dir.as_path());
-    let (slot, host) = std::thread::scope(|s| {
-        let host = s.spawn(|| host::build(&host_inputs, host_cache));
-        let slot = build_slot(&source, &req.apps, &slot_image, req.compression, req.epoch);
-        (slot, host.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the host stage panicked"))))
-    });
-    let (rootfs, slot_bytes) = slot?;
-    let host = host?;
+    let ((rootfs, slot_bytes), host) = host::beside(&host_inputs, host_cache, || {
+        build_slot(&source, &req.apps, &slot_image, req.compression, req.epoch)
+    })?;
 
     crate::util::interrupt::check()?;
     let bootloader = read_from_deb(&boot_pkg.file, SYSTEMD_BOOT_PATH)?;
