@@ -324,6 +324,8 @@ pub fn run() -> Result<()> {
     let mut last = BTreeMap::new();
     publish(&states, &mut last);
     let mut applied = vec![false; apps.len()];
+    // Loaded here, not before the kubelet: see crate::images.
+    let mut images_loaded = apps.is_empty();
     let mut complaint = crate::kubectl::Complaint::default();
     let mut published: Option<(std::time::Instant, String)> = None;
     loop {
@@ -336,8 +338,23 @@ pub fn run() -> Result<()> {
         if apps.is_empty() && labelled {
             return Ok(());
         }
+        if api_ready && !images_loaded {
+            for st in states.iter_mut() {
+                *st = AppState { state: "waiting".into(), detail: "loading the images".into(), ..st.clone() };
+            }
+            publish(&states, &mut last);
+            match crate::images::load_app_images(Path::new("/")) {
+                Ok(()) => images_loaded = true,
+                Err(e) => {
+                    let why = first_words(&format!("{e:#}"));
+                    for st in states.iter_mut() {
+                        *st = AppState { state: "failing".into(), detail: why.clone(), ..st.clone() };
+                    }
+                }
+            }
+        }
         for (i, (app, index)) in apps.iter().enumerate() {
-            if !api_ready {
+            if !api_ready || !images_loaded {
                 break;
             }
             let st = &mut states[i];

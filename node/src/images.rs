@@ -1,8 +1,14 @@
 //! `planet-node load-images`: the container images a release ships (docker archives under
-//! `/usr/share/planet/images`) and those of the slot's apps are loaded into docker at boot, so
-//! the kubelet finds the pause image and the apps' images without asking any registry. An app
+//! `/usr/share/planet/images`) and those of the slot's apps are loaded into docker, so the
+//! kubelet finds the pause image and the apps' images without asking any registry. An app
 //! image docker already holds (same ID under every tag: a reboot, or an update that kept it) is
 //! not loaded again; loading hundreds of MiB costs minutes on a slow machine.
+//!
+//! When: the release's own images at boot, before the kubelet. The apps' images on a node
+//! also before its kubelet (no pod lands there before its image does); on a master only once
+//! its API server is ready, by `planet-node apps` just before it applies them: dockerd
+//! unpacking an app's layers beside a starting etcd and API server kept the API server from
+//! becoming ready for over twenty minutes on an emulated machine, while every node waited.
 
 use std::path::Path;
 use std::process::Command;
@@ -46,9 +52,19 @@ pub fn run() -> Result<()> {
     for a in list {
         println!("planet-node: {} ({})", load(&a)?, a.display());
     }
+    if crate::env::load()?.role.is_master() {
+        println!("planet-node: the apps' images are loaded by planet-apps once the API server is ready");
+        return Ok(());
+    }
+    load_app_images(Path::new("/"))
+}
+
+/// Loads the images of the slot's apps (under `root`) that docker does not hold yet; an image
+/// that fails does not stop the others, and the error names each that failed.
+pub fn load_app_images(root: &Path) -> Result<()> {
     let mut failed = Vec::new();
-    for (app, index) in crate::apps::slot_apps(Path::new("/"))? {
-        let base = crate::apps::app_dir(Path::new("/"), &app.name);
+    for (app, index) in crate::apps::slot_apps(root)? {
+        let base = crate::apps::app_dir(root, &app.name);
         for img in &index.images {
             let tags = img.tags.join(", ");
             if present(&img.id, &img.tags) {
