@@ -84,6 +84,10 @@ pub struct BundleRequest {
     pub apps: Vec<PathBuf>,
     /// Use (and fill) the host stage cache in the package cache's `host/`.
     pub host_cache: bool,
+    /// Index every section by content-defined chunks (`--no-chunks` turns it off).
+    pub chunks: bool,
+    /// `--estimate-from`: the earlier bundle whose machines' download is estimated.
+    pub estimate_from: Option<PathBuf>,
 }
 
 /// The result of `bundle`, printed on stdout as JSON.
@@ -103,10 +107,43 @@ pub struct BundleResult {
     /// Key ids this bundle revokes.
     pub revokes: Vec<String>,
     pub total_bytes: u64,
+    /// Whether the sections carry chunk indexes (machines can fetch only what changed).
+    pub chunked: bool,
     pub sections: Vec<SectionInfo>,
     /// The apps in the slot, in order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub apps: Vec<planet_config::app::SlotApp>,
+    /// What a machine on `--estimate-from`'s release downloads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<DownloadEstimate>,
+}
+
+/// `--estimate-from`: the download of a machine that holds the old bundle's sections.
+#[derive(Debug, serde::Serialize)]
+pub struct DownloadEstimate {
+    pub from: PathBuf,
+    /// Bytes fetched: the bundle's start (prelude, header, chunk indexes) and the chunks the
+    /// machine does not hold.
+    pub download_bytes: u64,
+    /// The same as a share of the whole bundle, in percent.
+    pub download_percent: f64,
+    pub chunks: u64,
+    pub fetch_chunks: u64,
+}
+
+/// What a machine holding `old`'s sections downloads to make the chunked bundle `new`.
+pub fn estimate_download(new: &Path, old: &Path) -> Result<DownloadEstimate> {
+    let (t, start) = planet_bundle::assemble::estimate(new, old)
+        .with_context(|| format!("estimating the download from {}", old.display()))?;
+    let total = std::fs::metadata(new).with_context(|| format!("reading {}", new.display()))?.len();
+    let download_bytes = start + t.fetch_bytes;
+    Ok(DownloadEstimate {
+        from: old.to_path_buf(),
+        download_bytes,
+        download_percent: (download_bytes as f64 * 10_000.0 / total.max(1) as f64).round() / 100.0,
+        chunks: t.chunks,
+        fetch_chunks: t.fetch_chunks,
+    })
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -139,6 +176,14 @@ pub fn run(req: &BundleRequest) -> Result<BundleResult> {
         None => key.public().into(),
     };
     let claims = claims(req.expires.as_deref(), &req.revokes, &update_key, &key)?;
+    if let Some(old) = &req.estimate_from {
+        // Checked before the build, not after it.
+        planet_bundle::read_unverified(old)
+            .with_context(|| format!("--estimate-from {}: not a readable update bundle", old.display()))?;
+        if !req.chunks {
+            bail!("--estimate-from needs a chunked bundle: drop --no-chunks");
+        }
+    }
     let layout = pipeline::load_layout(req.layout.as_deref(), &req.profile, None, false)?;
     let cache = Cache::new(req.cache_dir.as_deref())?;
     let kernel_pkg = pipeline::kernel_package(&cache, &layout, req.kernel_package.as_deref())?;
@@ -180,13 +225,33 @@ pub fn run(req: &BundleRequest) -> Result<BundleResult> {
         (planet_bundle::SECTION_KERNEL, &vmlinuz_path),
         (planet_bundle::SECTION_INITRAMFS, &initramfs_path),
     ];
-    planet_bundle::write_bundle_with(&req.output, release, req.epoch, &host.kernel_version, &sections, &key, &claims)
+    let options = planet_bundle::WriteOptions {
+        claims,
+        chunks: req.chunks.then_some(planet_bundle::chunks::ChunkParams::DEFAULT),
+    };
+    planet_bundle::write_bundle_opts(&req.output, release, req.epoch, &host.kernel_version, &sections, &key, &options)
         .with_context(|| format!("writing the bundle {}", req.output.display()))?;
     step.finish("");
 
     // Read back what was written, as a machine will.
     let (prelude, header) = planet_bundle::verify_file(&req.output, &key.public())
         .with_context(|| format!("verifying the bundle just written, {}", req.output.display()))?;
+    let estimate = match &req.estimate_from {
+        Some(old) => {
+            let e = estimate_download(&req.output, old)?;
+            eprintln!(
+                "a machine running the release of {} downloads {} bytes of this bundle's {} ({}%: {} of {} chunks)",
+                old.display(),
+                e.download_bytes,
+                prelude.total_bytes,
+                e.download_percent,
+                e.fetch_chunks,
+                e.chunks
+            );
+            Some(e)
+        }
+        None => None,
+    };
     Ok(BundleResult {
         bundle: req.output.clone(),
         release: prelude.release,
@@ -197,8 +262,10 @@ pub fn run(req: &BundleRequest) -> Result<BundleResult> {
         expires_utc: prelude.expires.map(planet_bundle::format_utc),
         revokes: prelude.revokes,
         total_bytes: prelude.total_bytes,
+        chunked: prelude.head.is_some(),
         sections: header.sections.iter().map(SectionInfo::from).collect(),
         apps: slot_summary.apps,
+        estimate,
     })
 }
 
@@ -225,7 +292,7 @@ fn claims(expires: Option<&str>, revokes: &[String], update_key: &KeyRing, key: 
     if ids.len() > planet_bundle::MAX_REVOKES {
         bail!("--revoke: at most {} keys per bundle", planet_bundle::MAX_REVOKES);
     }
-    Ok(Claims { expires, revokes: ids })
+    Ok(Claims { expires, revokes: ids, head: None })
 }
 
 /// Whether `path` starts with the bundle magic.
@@ -255,6 +322,8 @@ pub struct BundleInspection {
     /// Key ids the bundle revokes on machines that trust its signer.
     pub revokes: Vec<String>,
     pub total_bytes: u64,
+    /// Whether the sections carry chunk indexes (`chunks-*` sections; docs/updates.md).
+    pub chunked: bool,
     pub sections: Vec<SectionInfo>,
     /// Signature, size and section digests checked against `--key`; without one, nothing is.
     pub verified: bool,
@@ -284,6 +353,7 @@ pub fn inspect(path: &Path, key: Option<&Path>) -> Result<BundleInspection> {
         }),
         revokes: prelude.revokes.clone(),
         total_bytes: prelude.total_bytes,
+        chunked: prelude.head.is_some(),
         sections: header.sections.iter().map(SectionInfo::from).collect(),
         verified: prelude.is_verified(),
     })

@@ -358,6 +358,16 @@ pub struct BundleArgs {
     /// order the master applies them): an update brings the next versions of the apps.
     #[arg(long, value_name = "NAME.app")]
     pub app: Vec<PathBuf>,
+    /// Write the bundle without chunk indexes, for machines whose planet-init predates chunked
+    /// bundles (they refuse the signed header digest that chunked bundles carry). By default
+    /// every section is indexed by content-defined chunks, so a machine can fetch only the
+    /// chunks it does not hold (docs/updates.md).
+    #[arg(long)]
+    pub no_chunks: bool,
+    /// Also print how many bytes a machine running the release of OLD.planet (an earlier
+    /// bundle) would download to update to this one, against the bundle's whole size.
+    #[arg(long, value_name = "OLD.planet", conflicts_with = "no_chunks")]
+    pub estimate_from: Option<PathBuf>,
     #[command(flatten)]
     pub host: HostInputArgs,
 }
@@ -866,6 +876,8 @@ impl BundleArgs {
             revokes: self.revokes,
             apps: self.app,
             host_cache: !self.host.no_host_cache,
+            chunks: !self.no_chunks,
+            estimate_from: self.estimate_from,
         })
     }
 }

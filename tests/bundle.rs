@@ -136,7 +136,9 @@ fn keygen_bundle_and_inspect_and_minisign_agree_and_tampering_is_refused() {
     let total = std::fs::metadata(&out).unwrap().len();
     assert_eq!(info["total_bytes"], total);
     let names: Vec<&str> = info["sections"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["rootfs", "vmlinuz", "initramfs"]);
+    // Chunk indexes first (one range with the header), then the data.
+    assert_eq!(names, ["chunks-rootfs", "chunks-vmlinuz", "chunks-initramfs", "rootfs", "vmlinuz", "initramfs"]);
+    assert_eq!((made["chunked"].clone(), info["chunked"].clone()), (true.into(), true.into()));
     // Without a key it shows what the bundle claims, and says it verified nothing.
     let claimed = inspect(&out, None);
     assert_eq!(claimed["verified"], false);
@@ -347,7 +349,8 @@ fn bundles_carry_an_expiry_and_revocations_and_rotate_keys() {
     assert_eq!(initramfs_file(&initramfs, "etc/planet/update.pub"), Some(ring_text));
     // The expiry is in the signed comment, so minisign sees it too.
     let sig = String::from_utf8(prelude_signature(&out)).unwrap();
-    assert!(sig.contains(" expires=4102358400\n"), "{sig}");
+    // (then the header digest of a chunked bundle)
+    assert!(sig.contains(" expires=4102358400 head="), "{sig}");
 
     // Signed by the new key, trusting only it, revoking the old one, valid 30 days.
     let out = s.path("revoke.planet");
@@ -383,4 +386,103 @@ fn bundles_carry_an_expiry_and_revocations_and_rotate_keys() {
     let err = fails(&mut base(&["--revoke", "xyz"]));
     assert!(err.contains("16 hex digits"), "{err}");
     assert!(!s.path("bad.planet").exists());
+}
+
+/// `bundle` indexes its sections by chunks (the index parsed here by hand: the format in
+/// docs/design.md), `--estimate-from` says what a machine on an earlier release downloads, and
+/// `--no-chunks` writes a bundle without indexes.
+#[test]
+fn bundles_are_chunked_and_estimate_the_download_from_an_earlier_one() {
+    let s = Scratch::new("bundle-chunks");
+    let key = s.path("k");
+    keygen(&key);
+    let secret = s.path("k.key");
+    let rootfs = tiny_rootfs(&s);
+    let b1 = s.path("1.planet");
+    bundle(&rootfs, &secret, &b1, "1", &[]);
+
+    // The index covers its section exactly, chunk by chunk, each digest the chunk's.
+    let info = inspect(&b1, Some(&s.path("k.pub")));
+    let bytes = std::fs::read(&b1).unwrap();
+    let (ix_off, ix_len) = section(&info, "chunks-rootfs");
+    let (data_off, data_len) = section(&info, "rootfs");
+    let ix = &bytes[ix_off as usize..(ix_off + ix_len) as usize];
+    assert_eq!(&ix[..8], b"PLCHUNK1");
+    let count = u64::from_le_bytes(ix[24..32].try_into().unwrap()) as usize;
+    assert_eq!(ix.len(), 32 + 36 * count);
+    let mut at = data_off;
+    for e in ix[32..].chunks(36) {
+        let len = u32::from_le_bytes(e[..4].try_into().unwrap()) as u64;
+        assert!(len <= 256 << 10, "a chunk of {len} bytes");
+        let chunk = s.path("chunk");
+        dd_range(&b1, at, len, &chunk);
+        let digest = stdout(Command::new("sha256sum").arg(&chunk));
+        assert_eq!(digest.split_whitespace().next().unwrap(), hex(&e[4..]));
+        at += len;
+    }
+    assert_eq!(at, data_off + data_len, "the chunks cover the section");
+
+    // Release 2 changes one file: a machine on release 1 downloads a small part of it.
+    let tar2 = s.path("tiny-2.tar");
+    ok(Command::new("sh").arg("-c").arg(format!(
+        "cp '{}' '{}' && mkdir -p '{d}/etc' && echo 2 > '{d}/etc/release-2' && tar -C '{d}' -rf '{}' etc",
+        rootfs.display(),
+        tar2.display(),
+        tar2.display(),
+        d = s.path("extra").display()
+    )));
+    let b2 = s.path("2.planet");
+    let made = bundle(&tar2, &secret, &b2, "2", &["--estimate-from", b1.to_str().unwrap()]);
+    let e = &made["estimate"];
+    let total = made["total_bytes"].as_u64().unwrap();
+    let download = e["download_bytes"].as_u64().unwrap();
+    assert!(download > 0 && download < total / 2, "{made}");
+    assert!(e["fetch_chunks"].as_u64().unwrap() < e["chunks"].as_u64().unwrap(), "{made}");
+    // From itself, only the start of the file.
+    let again = bundle(&tar2, &secret, &s.path("2b.planet"), "2", &["--estimate-from", b2.to_str().unwrap()]);
+    assert_eq!(again["estimate"]["fetch_chunks"], 0, "{again}");
+    assert_eq!(again["estimate"]["download_bytes"].as_u64().unwrap(), data_start(&again));
+
+    // Without chunks: the three data sections, and nothing to estimate from.
+    let plain = s.path("plain.planet");
+    let made = bundle(&rootfs, &secret, &plain, "1", &["--no-chunks"]);
+    assert_eq!(made["chunked"], false);
+    let names: Vec<&str> = made["sections"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["rootfs", "vmlinuz", "initramfs"]);
+    let bundle_3 = |extra: &[&str], old: &Path| {
+        fails(
+            planet_image()
+                .args(["bundle", "--release-version", "3"])
+                .args(extra)
+                .arg("--estimate-from")
+                .arg(old)
+                .arg("--rootfs")
+                .arg(&rootfs)
+                .arg("--key")
+                .arg(&secret)
+                .arg("-o")
+                .arg(s.path("3.planet")),
+        )
+    };
+    let err = bundle_3(&["--no-chunks"], &b1);
+    assert!(err.contains("cannot be used with"), "{err}");
+    let err = bundle_3(&[], &s.path("k.pub"));
+    assert!(err.contains("--estimate-from") && err.contains("not a readable update bundle"), "{err}");
+    assert!(!s.path("3.planet").exists());
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where a bundle's data sections start (after the header and the chunk indexes).
+fn data_start(made: &serde_json::Value) -> u64 {
+    made["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| !s["name"].as_str().unwrap().starts_with("chunks-"))
+        .map(|s| s["offset"].as_u64().unwrap())
+        .min()
+        .unwrap()
 }

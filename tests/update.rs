@@ -3,7 +3,10 @@
 //! release 1 takes bundle 2 from a test server on 127.0.0.1 (reached through guestfwd), reboots
 //! into slot b and blesses it; bundle 3, whose init fails, is rolled back by systemd-boot's boot
 //! counting; bad, truncated and foreign bundles are refused without touching the boot path; a
-//! power cut in the middle of a slot write leaves the previous release running.
+//! power cut in the middle of a slot write leaves the previous release running. Bundles are
+//! chunked: the machine fetches what `bundle --estimate-from` said, a chunk altered on the
+//! server is refused, and a download broken half-way resumes without fetching again what it
+//! had verified.
 
 mod common;
 
@@ -56,6 +59,42 @@ fn bundle(s: &Scratch, rootfs: &Path, release: &str, key: &Path) -> PathBuf {
     make_bundle(rootfs, key, &out, release, &[]);
     out
 }
+
+/// A bundle made with `--estimate-from old`, and the bytes the estimate says a machine on
+/// `old`'s release downloads.
+fn bundle_estimated(s: &Scratch, rootfs: &Path, release: &str, key: &Path, old: &Path) -> (PathBuf, u64) {
+    let out = s.path(&format!("update-{release}-estimated.planet"));
+    let o = make_bundle(rootfs, key, &out, release, &["--estimate-from", &old.display().to_string()]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["chunked"], true, "{v}");
+    let bytes = v["estimate"]["download_bytes"].as_u64().unwrap_or_else(|| panic!("no estimate: {v}"));
+    assert!(bytes < v["total_bytes"].as_u64().unwrap(), "{v}");
+    (out, bytes)
+}
+
+/// A bundle's header sections: (name, offset, size).
+fn sections(bundle: &[u8]) -> Vec<(String, u64, u64)> {
+    let len = u32::from_le_bytes(bundle[4096..4100].try_into().unwrap()) as usize;
+    let h: serde_json::Value = serde_json::from_slice(&bundle[4100..4100 + len]).unwrap();
+    h["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap().to_string(), s["offset"].as_u64().unwrap(), s["size"].as_u64().unwrap()))
+        .collect()
+}
+
+/// A number field of the last console line starting with `prefix`.
+fn console_field(console: &str, prefix: &str, field: &str) -> u64 {
+    let line = console.lines().filter(|l| l.contains(prefix)).last().unwrap_or_else(|| panic!("no {prefix:?} line"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{field}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {field}= in {line:?}"))
+}
+
+/// The largest chunk (`ChunkParams::DEFAULT.max`): an estimate is exact up to one chunk.
+const MAX_CHUNK: u64 = 256 << 10;
 
 /// A raw image of release 1 trusting `pubkey`, with a disk 1 GiB larger than the image so the
 /// state partition (where bundles are staged) grows at first boot.
@@ -171,7 +210,9 @@ fn an_update_is_installed_blessed_and_a_failing_one_rolls_back() {
     let s = Scratch::new("update-flow");
     let (key, pubkey) = keygen(&s, "release");
     let image = release_1_image(&s, &pubkey, &[]);
-    let b2 = bundle(&s, &demo_release(&s, "2", PLAIN), "2", &key);
+    // Bundle 1 only tells the estimate what a machine on release 1 holds.
+    let b1 = bundle(&s, &demo_release(&s, "1", PLAIN), "1", &key);
+    let (b2, estimate) = bundle_estimated(&s, &demo_release(&s, "2", PLAIN), "2", &key, &b1);
     let failing = "replaced.add('sbin/init')\ndef extra(o):\n    add_file(o, 'sbin/init', b'#!/bin/sh\\necho release 3 init fails\\nexit 3\\n', 0o755)\n";
     let b3 = bundle(&s, &demo_release(&s, "3", failing), "3", &key);
     let seed = seed(&s);
@@ -182,6 +223,16 @@ fn an_update_is_installed_blessed_and_a_failing_one_rolls_back() {
 
     // Release 1 finds bundle 2, installs it into slot b and reboots.
     g.wait_for("planet-init: release running=1 slot=a entry=planet-0001-a.conf trial=false", BOOT);
+    // Fetched by chunks: what the estimate said (up to one chunk), the rest taken from slot a
+    // and the running kernel and initramfs.
+    g.wait_for("planet-init: update fetched release=2", BOOT);
+    let sent = server.sent();
+    let console = g.console();
+    let fetched = console_field(&console, "update fetched release=2", "fetched");
+    assert!(fetched.abs_diff(estimate) <= MAX_CHUNK, "fetched {fetched}, estimated {estimate}:\n{console}");
+    assert!(console_field(&console, "update fetched release=2", "reused") > 0, "{console}");
+    // The server's count: the download plus the 4 KiB preludes of the checks.
+    assert!(sent >= fetched && sent <= fetched + 3 * 4096, "server sent {sent}, the machine fetched {fetched}");
     g.wait_for("planet-init: update installed release=2 slot=b entry=planet-0002-b+3.conf", BOOT);
     g.wait_for("planet-init: update rebooting", BOOT);
     // systemd-boot starts the first try (renaming +3 to +2-1) and the trial passes.
@@ -236,11 +287,23 @@ fn bad_bundles_are_refused_and_a_power_cut_keeps_the_previous_release() {
     let layout_arg = s.path("layout.toml").display().to_string();
     let image = release_1_image(&s, &pubkey, &["--layout", &layout_arg]);
     let big = "def extra(o):\n    add_file(o, 'var/blob', os.urandom(96 << 20))\n";
-    let b2 = std::fs::read(bundle(&s, &demo_release(&s, "2", big), "2", &key)).unwrap();
+    let rootfs_2 = demo_release(&s, "2", big);
+    let b1 = bundle(&s, &demo_release(&s, "1", PLAIN), "1", &key);
+    let (b2, estimate) = bundle_estimated(&s, &rootfs_2, "2", &key, &b1);
+    let b2 = std::fs::read(b2).unwrap();
     let foreign = std::fs::read(bundle(&s, &demo_release(&s, "2", PLAIN), "2", &other_key)).unwrap();
-    let mut flipped = b2.clone();
+    // A bundle without chunks is downloaded whole, then refused for its signature.
+    let plain = s.path("update-2-plain.planet");
+    make_bundle(&rootfs_2, &key, &plain, "2", &["--no-chunks"]);
+    let mut flipped = std::fs::read(&plain).unwrap();
     let at = flipped.len() - 3 * 4096;
     flipped[at] ^= 0x40;
+    // A chunked one whose blob the server altered: refused at that chunk.
+    let layout = sections(&b2);
+    let (_, rootfs_at, rootfs_len) = layout.iter().find(|(n, _, _)| n == "rootfs").unwrap().clone();
+    let data_start = layout.iter().filter(|(n, _, _)| !n.starts_with("chunks-")).map(|(_, o, _)| *o).min().unwrap();
+    let mut altered = b2.clone();
+    altered[(rootfs_at + rootfs_len / 2) as usize] ^= 0x01;
     let truncated = b2[..b2.len() - 1 - (1 << 20)].to_vec();
 
     let before = boot_path_digests(&image);
@@ -258,6 +321,8 @@ fn bad_bundles_are_refused_and_a_power_cut_keeps_the_previous_release() {
     g.wait_for("truncated", BOOT);
     server.serve(Some(flipped));
     g.wait_for("signature does not match", BOOT);
+    server.serve(Some(altered));
+    g.wait_for("does not match the signed index", BOOT);
     let text = g.console();
     assert!(!text.contains("update writing"), "{text}");
     server.serve(None);
@@ -267,8 +332,27 @@ fn bad_bundles_are_refused_and_a_power_cut_keeps_the_previous_release() {
     let full_gets = server.log().iter().filter(|l| l.contains("range=-")).count();
     assert!(full_gets >= 1, "{:?}", server.log());
 
-    // A good bundle: cut the power as soon as the slot write has started.
+    // A good bundle, whose download breaks once half-way through a request for chunks: the
+    // next check resumes, keeping every chunk the broken request had delivered whole.
+    server.break_once_from(data_start);
     server.serve(Some(b2));
+    g.wait_for("planet-init: update fetched release=2", BOOT);
+    let console = g.console();
+    let broke: u64 = server
+        .log()
+        .iter()
+        .find_map(|l| l.strip_prefix("broke the connection after ")?.strip_suffix(" bytes")?.parse().ok())
+        .unwrap_or_else(|| panic!("the connection was not broken: {:?}", server.log()));
+    let resumed = console_field(&console, "update fetched release=2", "resumed");
+    let fetched = console_field(&console, "update fetched release=2", "fetched");
+    assert!(resumed + MAX_CHUNK >= broke, "resumed {resumed} of the {broke} bytes before the break:\n{console}");
+    // What the broken request delivered whole is not fetched again.
+    assert!(
+        fetched + broke <= estimate + 2 * MAX_CHUNK,
+        "fetched {fetched} after {broke} bytes before the break, estimated {estimate}: chunks fetched twice\n{console}"
+    );
+
+    // Cut the power as soon as the slot write has started.
     let start = Instant::now();
     loop {
         let text = g.console();

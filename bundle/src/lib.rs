@@ -12,12 +12,21 @@
 //!   sections (rootfs, vmlinuz, initramfs) at 4096-aligned absolute offsets, zero padding
 //!   between them, the file ending right after the last one.
 //!
-//! The trusted comment, `planet-bundle format=1 release=R bytes=N[ expires=T][ revokes=ID,…]`,
-//! tells a verifier the release, the total size, when the bundle stops being valid (Unix
-//! seconds) and which older keys it revokes, from the first 4096 bytes alone, authenticated by
-//! the global signature. (A machine older than the optional fields refuses bundles that carry
-//! them: it parses the comment exactly.)
+//! The trusted comment, `planet-bundle format=1 release=R bytes=N[ expires=T][ revokes=ID,…][
+//! head=SHA256]`, tells a verifier the release, the total size, when the bundle stops being
+//! valid (Unix seconds), which older keys it revokes and the digest of the header, from the
+//! first 4096 bytes alone, authenticated by the global signature. (A machine older than the
+//! optional fields refuses bundles that carry them: it parses the comment exactly.)
 //! Verification streams: nothing is held in memory but the header.
+//!
+//! A chunked bundle (`head=` present) carries, before the data sections, one chunk index
+//! section per data section (`chunks-rootfs`, …: [`chunks`]). The header's digest in the
+//! trusted comment authenticates the header, the header the indexes' digests, and the indexes
+//! every chunk: a machine that fetches the prelude, header and indexes can check each chunk it
+//! fetches by range before writing it, long before it has the whole file to check the signature.
+
+pub mod assemble;
+pub mod chunks;
 
 use anyhow::{bail, ensure, Context, Result};
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -394,6 +403,8 @@ pub struct Prelude {
     /// Key ids (16 hex digits) the signer revokes: machines that trust the signer and see this
     /// stop trusting those keys for good (only keys older than the signer in their key ring).
     pub revokes: Vec<String>,
+    /// SHA-256 (lower-case hex) of the header (its u32 length and JSON): chunked bundles only.
+    pub head: Option<String>,
     /// The minisign signature text: a `.minisig` file for the bytes from `PRELUDE_LEN` on.
     pub signature_text: String,
     signature: [u8; 64],
@@ -501,6 +512,7 @@ fn finish_prelude(format: u32, text: String, sig: Minisig, key: Option<Verifying
         key_id: key_id_hex(&sig.key_id),
         expires: claims.expires,
         revokes: claims.revokes,
+        head: claims.head,
         signature_text: text,
         signature: sig.signature,
         key,
@@ -514,6 +526,8 @@ pub struct Claims {
     pub expires: Option<u64>,
     /// Ids (16 hex digits) of older keys the signing key revokes.
     pub revokes: Vec<String>,
+    /// The header's SHA-256: set by the writer of a chunked bundle, never by its caller.
+    pub head: Option<String>,
 }
 
 /// At most this many revoked key ids in one bundle (they share the prelude with the signature).
@@ -527,6 +541,9 @@ fn trusted_comment(release: &str, total_bytes: u64, claims: &Claims) -> String {
     if !claims.revokes.is_empty() {
         tc.push_str(&format!(" revokes={}", claims.revokes.join(",")));
     }
+    if let Some(h) = &claims.head {
+        tc.push_str(&format!(" head={h}"));
+    }
     tc
 }
 
@@ -534,8 +551,8 @@ fn untrusted_comment(release: &str) -> String {
     format!("planet update bundle, release {release}")
 }
 
-/// `planet-bundle format=F release=R bytes=N[ expires=T][ revokes=ID,…]`, exactly (it is
-/// re-made and compared).
+/// `planet-bundle format=F release=R bytes=N[ expires=T][ revokes=ID,…][ head=SHA256]`,
+/// exactly (it is re-made and compared).
 fn parse_trusted_comment(tc: &str) -> Result<(u32, String, u64, Claims)> {
     let bad = || format!("the signature's trusted comment {tc:?} is not a planet bundle's");
     let rest = tc.strip_prefix("planet-bundle ").with_context(bad)?;
@@ -551,9 +568,12 @@ fn parse_trusted_comment(tc: &str) -> Result<(u32, String, u64, Claims)> {
             ensure!(claims.expires.is_none() && claims.revokes.is_empty(), bad());
             claims.expires = Some(v.parse().ok().with_context(bad)?);
         } else if let Some(v) = field.strip_prefix("revokes=") {
-            ensure!(claims.revokes.is_empty(), bad());
+            ensure!(claims.revokes.is_empty() && claims.head.is_none(), bad());
             claims.revokes = v.split(',').map(str::to_string).collect();
             check_revokes(&claims.revokes).with_context(bad)?;
+        } else if let Some(v) = field.strip_prefix("head=") {
+            ensure!(claims.head.is_none() && is_sha256_hex(v), bad());
+            claims.head = Some(v.to_string());
         } else {
             bail!(bad());
         }
@@ -698,9 +718,26 @@ pub fn parse_header(after_prelude: &[u8], prelude: &Prelude) -> Result<Header> {
         "truncated: the header needs {needed} bytes after the prelude, only {} are there",
         after_prelude.len()
     );
+    if let Some(head) = &prelude.head {
+        let actual = hex(&Sha256::digest(&after_prelude[..needed]));
+        ensure!(
+            actual == *head,
+            "bad bundle header: its sha256 is {actual}, the signed comment says {head}: the header was altered"
+        );
+    }
     let header: Header = serde_json::from_slice(&after_prelude[4..needed]).context("bad bundle header")?;
     check_header(&header, prelude, header_end).context("bad bundle header")?;
+    if prelude.head.is_some() {
+        for name in REQUIRED_SECTIONS {
+            header.section(&chunks::index_section(name)).context("bad bundle header: a chunked bundle")?;
+        }
+    }
     Ok(header)
+}
+
+/// Whether `v` is 64 lower-case hex digits.
+fn is_sha256_hex(v: &str) -> bool {
+    v.len() == 64 && v.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn check_header(h: &Header, prelude: &Prelude, header_end: u64) -> Result<()> {
@@ -740,12 +777,7 @@ fn check_header(h: &Header, prelude: &Prelude, header_end: u64) -> Result<()> {
                 prelude.total_bytes
             )
         };
-        ensure!(
-            s.sha256.len() == 64 && s.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
-            "section {}: bad sha256 {:?}",
-            s.name,
-            s.sha256
-        );
+        ensure!(is_sha256_hex(&s.sha256), "section {}: bad sha256 {:?}", s.name, s.sha256);
         end = s_end;
     }
     ensure!(
@@ -881,6 +913,55 @@ pub fn write_bundle_with(
     key: &SecretKey,
     claims: &Claims,
 ) -> Result<()> {
+    let options = WriteOptions { claims: claims.clone(), chunks: None };
+    write_bundle_opts(out, release, created, kernel, sections, key, &options)
+}
+
+/// What a bundle says beyond its sections.
+#[derive(Clone, Debug, Default)]
+pub struct WriteOptions {
+    pub claims: Claims,
+    /// Write a chunked bundle: an index of each section's chunks, and the header's digest in
+    /// the signed comment (machines before chunked bundles refuse it).
+    pub chunks: Option<chunks::ChunkParams>,
+}
+
+/// Where a section's bytes come from.
+enum SectionSource<'a> {
+    File(&'a Path),
+    Bytes(Vec<u8>),
+}
+
+impl SectionSource<'_> {
+    fn open(&self) -> Result<Box<dyn Read + '_>> {
+        Ok(match self {
+            SectionSource::File(p) => {
+                Box::new(std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?)
+            }
+            SectionSource::Bytes(b) => Box::new(&b[..]),
+        })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            SectionSource::File(p) => p.display().to_string(),
+            SectionSource::Bytes(_) => "a chunk index".into(),
+        }
+    }
+}
+
+/// `write_bundle` with every option.
+pub fn write_bundle_opts(
+    out: &Path,
+    release: &str,
+    created: u64,
+    kernel: &str,
+    sections: &[(&str, &Path)],
+    key: &SecretKey,
+    options: &WriteOptions,
+) -> Result<()> {
+    let mut claims = options.claims.clone();
+    ensure!(claims.head.is_none(), "the header's digest is the writer's to set");
     check_release(release)?;
     if !claims.revokes.is_empty() {
         check_revokes(&claims.revokes)?;
@@ -893,10 +974,35 @@ pub fn write_bundle_with(
     ensure!(!kernel.trim().is_empty(), "the bundle needs the kernel release");
     let mut header =
         Header { format: FORMAT, release: release.to_string(), created, kernel: kernel.into(), sections: vec![] };
+    // The indexes come first, so that the header and all of them are one range of the file.
+    let mut sources = Vec::new();
+    let mut data = Vec::new();
     for (name, path) in sections {
-        let (size, sha256) = sha256_file(path)?;
-        header.sections.push(Section { name: name.to_string(), offset: 0, size, sha256 });
+        let (size, sha256) = match options.chunks {
+            Some(params) => {
+                let mut f = HashingReader {
+                    inner: std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
+                    hash: Sha256::new(),
+                    len: 0,
+                };
+                let list = chunks::ChunkList::of_reader(&mut f, params)
+                    .with_context(|| format!("chunking {}", path.display()))?;
+                let index = list.to_index();
+                header.sections.push(Section {
+                    name: chunks::index_section(name),
+                    offset: 0,
+                    size: index.len() as u64,
+                    sha256: hex(&Sha256::digest(&index)),
+                });
+                sources.push(SectionSource::Bytes(index));
+                (f.len, hex(&f.hash.finalize()))
+            }
+            None => sha256_file(path)?,
+        };
+        data.push(Section { name: name.to_string(), offset: 0, size, sha256 });
     }
+    header.sections.extend(data);
+    sources.extend(sections.iter().map(|(_, p)| SectionSource::File(p)));
     // Offsets depend on the header's length, which depends on the offsets' digits: settle.
     let mut json = Vec::new();
     for _ in 0..8 {
@@ -923,6 +1029,7 @@ pub fn write_bundle_with(
         key_id: String::new(),
         expires: None,
         revokes: Vec::new(),
+        head: None,
         signature_text: String::new(),
         signature: [0; 64],
         key: None,
@@ -930,6 +1037,11 @@ pub fn write_bundle_with(
     check_header(&header, &prelude, PRELUDE_LEN + 4 + json.len() as u64)
         .context("the sections do not make a valid bundle")?;
 
+    if options.chunks.is_some() {
+        let mut head = (json.len() as u32).to_le_bytes().to_vec();
+        head.extend_from_slice(&json);
+        claims.head = Some(hex(&Sha256::digest(&head)));
+    }
     let temp = TempFile::new(out)?;
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -940,14 +1052,14 @@ pub fn write_bundle_with(
     w.out.write_all(&[0; PRELUDE_LEN as usize])?;
     w.write_all(&(json.len() as u32).to_le_bytes())?;
     w.write_all(&json)?;
-    for ((_, path), s) in sections.iter().zip(&header.sections) {
+    for (source, s) in sources.iter().zip(&header.sections) {
         w.pad_to(s.offset - PRELUDE_LEN)?;
-        let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut f = source.open()?;
         let mut digest = Sha256::new();
         let mut buf = vec![0; 1 << 20];
         let mut copied = 0u64;
         loop {
-            let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+            let n = f.read(&mut buf).with_context(|| format!("reading {}", source.describe()))?;
             if n == 0 {
                 break;
             }
@@ -958,11 +1070,11 @@ pub fn write_bundle_with(
         ensure!(
             copied == s.size && hex(&digest.finalize()) == s.sha256,
             "{} changed while the bundle was being written",
-            path.display()
+            source.describe()
         );
     }
     let hash: [u8; 64] = w.hash.finalize().into();
-    let text = key.sign_prehashed(&hash, &untrusted_comment(release), &trusted_comment(release, total_bytes, claims));
+    let text = key.sign_prehashed(&hash, &untrusted_comment(release), &trusted_comment(release, total_bytes, &claims));
     let prelude_bytes = prelude_bytes(&text)?;
     let mut file = w.out.into_inner().map_err(|e| e.into_error()).context("writing the bundle")?;
     file.seek(SeekFrom::Start(0))?;
@@ -970,6 +1082,22 @@ pub fn write_bundle_with(
     file.sync_all().with_context(|| format!("syncing {}", temp.path.display()))?;
     drop(file);
     temp.commit()
+}
+
+/// A reader that hashes and counts what passes through it.
+struct HashingReader<R> {
+    inner: R,
+    hash: Sha256,
+    len: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
 }
 
 /// The prelude holding the signature text `text`.

@@ -444,7 +444,7 @@ fn expiry_and_revocations_are_signed_claims() {
     let sections: Vec<(&str, PathBuf)> = f.parts.iter().map(|(n, _)| (*n, dir.join(n))).collect();
     let sections: Vec<(&str, &Path)> = sections.iter().map(|(n, p)| (*n, p.as_path())).collect();
     let old = test_key(8);
-    let claims = Claims { expires: Some(1_800_000_000), revokes: vec![old.key_id_hex()] };
+    let claims = Claims { expires: Some(1_800_000_000), revokes: vec![old.key_id_hex()], head: None };
     let out = dir.join("claims.planet");
     write_bundle_with(&out, "3", 1, "6.1", &sections, &f.key, &claims).unwrap();
     let (prelude, _) = verify_file(&out, &f.key.public()).unwrap();
@@ -479,7 +479,7 @@ fn expiry_and_revocations_are_signed_claims() {
     assert_eq!(parse_trusted_comment(tc).unwrap().3.revokes.len(), 2);
 
     // A bundle cannot revoke its own key.
-    let own = Claims { expires: None, revokes: vec![f.key.key_id_hex()] };
+    let own = Claims { expires: None, revokes: vec![f.key.key_id_hex()], head: None };
     let e = write_bundle_with(&dir.join("x.planet"), "3", 1, "6.1", &sections, &f.key, &own).unwrap_err();
     assert!(e.to_string().contains("cannot revoke the key that signs it"), "{e}");
 }

@@ -1,5 +1,6 @@
-//! Update bundles as the update agent reads them: the prelude, the header, and the whole
-//! streamed verification. Property: a bundle verifies only if the fuzz key signed exactly it.
+//! Update bundles as the update agent reads them: the prelude, the header, the whole streamed
+//! verification, and chunk indexes. Properties: a bundle verifies only if the fuzz key signed
+//! exactly it; an index that parses writes back as the same bytes.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
@@ -11,4 +12,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = planet_bundle::read_prelude(data, &key);
     let _ = planet_bundle::verify_reader(&mut &data[..], data.len() as u64, &key);
+    if let Ok(list) = planet_bundle::chunks::ChunkList::from_index(data, None) {
+        assert_eq!(list.to_index(), data, "an index that parses must write back as itself");
+    }
 });

@@ -3,20 +3,30 @@
 
 use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{head_field, read_head};
 
 /// Serves one bundle (or 404) at any path, with byte ranges, on 127.0.0.1. Requests on one
-/// connection are answered in turn (QEMU's guestfwd carries every guest connection over one
-/// stream).
+/// connection are answered in turn. It counts the body bytes it sends, and can break one
+/// connection in the middle of a response.
 pub struct BundleServer {
     pub port: u16,
     bundle: Arc<Mutex<Option<Arc<Vec<u8>>>>>,
     log: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
+    state: Arc<Counters>,
+}
+
+/// Bytes sent, and a connection to break.
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    /// The first response to a range starting at or after this offset sends half its body,
+    /// then the connection is closed (once; `u64::MAX`: never).
+    break_from: AtomicU64,
 }
 
 impl BundleServer {
@@ -30,15 +40,17 @@ impl BundleServer {
             bundle: Arc::new(Mutex::new(None)),
             log: Arc::new(Mutex::new(Vec::new())),
             stop: Arc::new(AtomicBool::new(false)),
+            state: Arc::new(Counters { sent: AtomicU64::new(0), break_from: AtomicU64::new(u64::MAX) }),
         };
         let (bundle, log, stop) = (server.bundle.clone(), server.log.clone(), server.stop.clone());
+        let state = server.state.clone();
         std::thread::spawn(move || {
             let started = Instant::now();
             while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
                 match listener.accept() {
                     Ok((s, _)) => {
-                        let (bundle, log, stop) = (bundle.clone(), log.clone(), stop.clone());
-                        std::thread::spawn(move || serve_bundle(s, &bundle, &log, &stop));
+                        let (bundle, log, stop, state) = (bundle.clone(), log.clone(), stop.clone(), state.clone());
+                        std::thread::spawn(move || serve_bundle(s, &bundle, &log, &stop, &state));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
                 }
@@ -54,6 +66,17 @@ impl BundleServer {
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
+
+    /// Body bytes sent so far.
+    pub fn sent(&self) -> u64 {
+        self.state.sent.load(Ordering::SeqCst)
+    }
+
+    /// Breaks the connection of the first response to a range starting at or after `offset`,
+    /// half-way through its body.
+    pub fn break_once_from(&self, offset: u64) {
+        self.state.break_from.store(offset, Ordering::SeqCst);
+    }
 }
 
 impl Drop for BundleServer {
@@ -62,7 +85,13 @@ impl Drop for BundleServer {
     }
 }
 
-fn serve_bundle(s: TcpStream, bundle: &Mutex<Option<Arc<Vec<u8>>>>, log: &Mutex<Vec<String>>, stop: &AtomicBool) {
+fn serve_bundle(
+    s: TcpStream,
+    bundle: &Mutex<Option<Arc<Vec<u8>>>>,
+    log: &Mutex<Vec<String>>,
+    stop: &AtomicBool,
+    state: &Counters,
+) {
     s.set_nonblocking(false).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
     let mut w = s.try_clone().unwrap();
@@ -89,11 +118,32 @@ fn serve_bundle(s: TcpStream, bundle: &Mutex<Option<Arc<Vec<u8>>>>, log: &Mutex<
                         b.len(),
                         z + 1 - a
                     );
-                    w.write_all(head.as_bytes()).and_then(|_| w.write_all(&b[a..=z]))
+                    let cut = state
+                        .break_from
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |f| (a as u64 >= f).then_some(u64::MAX))
+                        .is_ok();
+                    if cut {
+                        let half = &b[a..a + (z + 1 - a) / 2];
+                        let _ = w.write_all(head.as_bytes()).and_then(|_| w.write_all(half));
+                        state.sent.fetch_add(half.len() as u64, Ordering::SeqCst);
+                        log.lock().unwrap().push(format!("broke the connection after {} bytes", half.len()));
+                        return;
+                    }
+                    let r = w.write_all(head.as_bytes()).and_then(|_| w.write_all(&b[a..=z]));
+                    if r.is_ok() {
+                        state.sent.fetch_add((z + 1 - a) as u64, Ordering::SeqCst);
+                    }
+                    r
                 }
-                None => w
-                    .write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len()).as_bytes())
-                    .and_then(|_| w.write_all(&b)),
+                None => {
+                    let r = w
+                        .write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len()).as_bytes())
+                        .and_then(|_| w.write_all(&b));
+                    if r.is_ok() {
+                        state.sent.fetch_add(b.len() as u64, Ordering::SeqCst);
+                    }
+                    r
+                }
             },
         };
         if res.is_err() {

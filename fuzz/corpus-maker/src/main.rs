@@ -86,6 +86,14 @@ fn bundle(dir: &Path, scratch: &Path) {
     let bytes = std::fs::read(&out).unwrap();
     put(dir, "signed", None, &bytes);
     put(dir, "prelude-only", None, &bytes[..planet_bundle::PRELUDE_LEN as usize]);
+    let chunked = scratch.join("seed-chunked.planet");
+    let params = planet_bundle::chunks::ChunkParams { min: 64, avg: 128, max: 256 };
+    let options = planet_bundle::WriteOptions { chunks: Some(params), ..Default::default() };
+    planet_bundle::write_bundle_opts(&chunked, "1.2.0", 1_700_000_000, "6.1.0-56-cloud-amd64", &refs, &key, &options)
+        .unwrap();
+    put(dir, "signed-chunked", None, &std::fs::read(&chunked).unwrap());
+    let data: Vec<u8> = (0..2000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    put(dir, "chunk-index", None, &planet_bundle::chunks::ChunkList::of_bytes(&data, params).unwrap().to_index());
 }
 
 fn http_response(dir: &Path) {

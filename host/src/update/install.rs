@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use planet_bundle::assemble::{LocalData, RangeSource};
 use planet_bundle::{Header, KeyRing, Prelude, PRELUDE_LEN};
 use planet_config::bootentry::{self, EntryName};
 use planet_config::contract;
@@ -23,6 +24,8 @@ pub struct Target {
     pub slot: char,
     pub dev: PathBuf,
     pub bytes: u64,
+    /// The running slot's device: a chunked download takes the chunks it holds from there.
+    pub running_dev: Option<PathBuf>,
 }
 
 /// Progress lines are printed every this many bytes written to the slot.
@@ -162,12 +165,13 @@ pub fn receive(
 
 /// The signed prelude of the bundle at `url`, by a range request for its first 4 KiB: the key,
 /// the release (`wanted`) and the size the server announces are checked, nothing more is
-/// fetched. Returns the endpoint and request path for the rest.
+/// fetched. Returns the endpoint and request path for the rest, and whether the server
+/// answered the range request with a range (206).
 fn fetch_prelude(
     url: &str,
     keys: &KeyRing,
     wanted: impl FnOnce(&Prelude) -> Result<()>,
-) -> Result<(Prelude, http::Endpoint, &'static str)> {
+) -> Result<(Prelude, http::Endpoint, &'static str, bool)> {
     let ep = http::Endpoint::parse(url, None)?;
     let path = if ep.prefix.is_empty() { "/" } else { "" };
     let mut head = http::get_stream(&ep, path, Some((0, PRELUDE_LEN - 1)), HTTP_TIMEOUT)
@@ -175,7 +179,8 @@ fn fetch_prelude(
     if !matches!(head.status, 200 | 206) {
         bail!("{url} answered HTTP {}", head.status);
     }
-    let server_total = if head.status == 206 { head.range_total } else { head.length };
+    let ranges = head.status == 206;
+    let server_total = if ranges { head.range_total } else { head.length };
     let mut first = vec![0u8; PRELUDE_LEN as usize];
     // 4 KiB within a minute, however slowly the server drips them.
     let got = read_full(&mut Deadline { inner: &mut head, until: Instant::now() + PRELUDE_TIME }, &mut first)
@@ -189,7 +194,7 @@ fn fetch_prelude(
             bail!("truncated or padded: {url} holds {n} bytes, the signature says {}", prelude.total_bytes);
         }
     }
-    Ok((prelude, ep, path))
+    Ok((prelude, ep, path, ranges))
 }
 
 /// Checks the bundle at `url` without fetching more than its first 4 KiB (see
@@ -200,25 +205,33 @@ pub fn check_remote(
     room: Room,
     wanted: impl FnOnce(&Prelude) -> Result<()>,
 ) -> Result<Prelude> {
-    let (prelude, _, _) = fetch_prelude(url, keys, wanted)?;
+    let (prelude, _, _, _) = fetch_prelude(url, keys, wanted)?;
     room.check(prelude.total_bytes)?;
     Ok(prelude)
 }
 
 /// Downloads the bundle at `url` into `dest`. The first 4 KiB come first (see
 /// [`fetch_prelude`]), so a foreign, unwanted or truncated bundle is refused without fetching
-/// it. Then the whole file (see [`receive`]), whose prelude must be byte for byte the one
-/// checked: a server (or a man in the middle) that answers the two requests with different
-/// bundles gets nothing installed.
+/// it. A chunked bundle from a server that answers range requests is then made from `local`
+/// data (called only now: it may copy files) and the chunks it lacks (see [`fetch_chunked`]);
+/// any other is fetched whole (see [`receive`]). Either way the prelude fetched again must be
+/// byte for byte the one checked: a server (or a man in the middle) that answers the requests
+/// with different bundles gets nothing installed.
 pub fn download(
     url: &str,
     dest: &Path,
     keys: &KeyRing,
     room: Room,
     wanted: impl FnOnce(&Prelude) -> Result<()>,
+    local: &dyn Fn() -> Vec<LocalData>,
 ) -> Result<(Prelude, Header)> {
-    let (prelude, ep, path) = fetch_prelude(url, keys, wanted)?;
+    let (prelude, ep, path, ranges) = fetch_prelude(url, keys, wanted)?;
     let until = Instant::now() + transfer_time(prelude.total_bytes);
+    if prelude.head.is_some() && ranges {
+        room.check(prelude.total_bytes)?;
+        return fetch_chunked(url, &ep, path, until, dest, keys, &prelude, &local())
+            .with_context(|| format!("downloading {url} by chunks"));
+    }
     let body = http::get_stream(&ep, path, None, HTTP_TIMEOUT).with_context(|| format!("fetching {url}"))?;
     if body.status != 200 {
         bail!("{url} answered HTTP {}", body.status);
@@ -237,6 +250,71 @@ pub fn download(
         Ok(())
     })
     .with_context(|| format!("downloading {url}"))
+}
+
+/// The bundle's bytes by HTTP range requests, each read bounded by the transfer's deadline.
+struct HttpRanges<'a> {
+    ep: &'a http::Endpoint,
+    path: &'a str,
+    until: Instant,
+}
+
+impl RangeSource for HttpRanges<'_> {
+    fn open_range(&mut self, offset: u64, len: u64) -> Result<Box<dyn Read + '_>> {
+        ensure!(len > 0, "an empty range");
+        let body = http::get_stream(self.ep, self.path, Some((offset, offset + len - 1)), HTTP_TIMEOUT)?;
+        ensure!(body.status == 206, "answered HTTP {} to a range request (206 expected)", body.status);
+        ensure!(
+            body.length == Some(len),
+            "answered {} bytes to a range request of {len}",
+            body.length.map_or("an unknown number of".to_string(), |n| n.to_string())
+        );
+        Ok(Box::new(Deadline { inner: body, until: self.until }))
+    }
+}
+
+/// Makes the chunked bundle at `url` in `dest` from `local` data and the chunks it lacks
+/// (`planet_bundle::assemble`: each chunk checked against the signed index before it is
+/// written; `DEST.partial` keeps them across a broken connection or a reboot).
+#[allow(clippy::too_many_arguments)]
+fn fetch_chunked(
+    url: &str,
+    ep: &http::Endpoint,
+    path: &str,
+    until: Instant,
+    dest: &Path,
+    keys: &KeyRing,
+    checked: &Prelude,
+    local: &[LocalData],
+) -> Result<(Prelude, Header)> {
+    let mut remote = HttpRanges { ep, path, until };
+    let mut last = Instant::now();
+    let mut progress = |line: &str| {
+        if last.elapsed() >= Duration::from_secs(10) {
+            event!("update fetching", release = checked.release, detail = line);
+            last = Instant::now();
+        }
+    };
+    let (prelude, header, a) = planet_bundle::assemble::assemble(&mut remote, keys, local, dest, &mut progress)?;
+    if prelude.signature_text != checked.signature_text {
+        let _ = std::fs::remove_file(dest);
+        bail!(
+            "{url} sent release {} by chunks, not the bundle whose first 4 KiB were checked (release {}): the \
+             file changed between the requests, or someone on the way swapped it",
+            prelude.release,
+            checked.release
+        );
+    }
+    event!(
+        "update fetched",
+        release = prelude.release,
+        bytes = a.total_bytes,
+        fetched = a.fetched_bytes,
+        requests = a.requests,
+        reused = a.reused_bytes,
+        resumed = a.resumed_bytes
+    );
+    Ok((prelude, header))
 }
 
 /// How long the first 4 KiB of a download may take.
@@ -402,6 +480,110 @@ mod tests {
         out
     }
 
+    /// A chunked bundle (64 KiB chunks on average, as `planet-image bundle` makes them).
+    fn chunked_bundle(dir: &Path, release: &str, rootfs: &[u8], sk: &SecretKey) -> PathBuf {
+        let mut sections = Vec::new();
+        for (n, b) in [("rootfs", rootfs), ("vmlinuz", b"KERNEL".as_slice()), ("initramfs", b"INITRD".as_slice())] {
+            let p = dir.join(format!("{release}-{n}"));
+            std::fs::write(&p, b).unwrap();
+            sections.push((n, p));
+        }
+        let refs: Vec<(&str, &Path)> = sections.iter().map(|(n, p)| (*n, p.as_path())).collect();
+        let out = dir.join(format!("{release}.planet"));
+        let options = planet_bundle::WriteOptions {
+            chunks: Some(planet_bundle::chunks::ChunkParams::DEFAULT),
+            ..Default::default()
+        };
+        planet_bundle::write_bundle_opts(&out, release, 1, "6.1.0-test", &refs, sk, &options).unwrap();
+        out
+    }
+
+    /// Serves `data` on 127.0.0.1 with byte ranges (or ignoring them), counting the body bytes
+    /// sent; at most `requests` requests.
+    fn range_server(
+        data: Vec<u8>,
+        honour_ranges: bool,
+        requests: usize,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+        use std::io::BufRead;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/b.planet", l.local_addr().unwrap());
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = sent.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming().take(requests) {
+                let Ok(mut c) = c else { return };
+                let mut r = std::io::BufReader::new(c.try_clone().unwrap());
+                let mut range = None;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                        let (a, z) = v.trim().split_once('-').unwrap();
+                        range = Some((a.parse::<usize>().unwrap(), z.parse::<usize>().unwrap()));
+                    }
+                }
+                let (head, body) = match range.filter(|_| honour_ranges) {
+                    Some((a, z)) => (
+                        format!(
+                            "HTTP/1.1 206 P\r\nContent-Range: bytes {a}-{z}/{}\r\nContent-Length: {}\r\n",
+                            data.len(),
+                            z + 1 - a
+                        ),
+                        &data[a..=z],
+                    ),
+                    None => (format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n", data.len()), &data[..]),
+                };
+                let _ = c.write_all((head + "Connection: close\r\n\r\n").as_bytes());
+                if c.write_all(body).is_ok() {
+                    counter.fetch_add(body.len() as u64, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        });
+        (url, sent)
+    }
+
+    #[test]
+    fn a_chunked_bundle_is_fetched_by_ranges_taking_what_the_running_slot_holds() {
+        let t = tempfile::tempdir().unwrap();
+        let sk = key(3);
+        let mut x = 1u64;
+        let old: Vec<u8> = (0..3_000_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        let mut new = old.clone();
+        new[1_500_000..1_500_100].fill(7);
+        let b2 = std::fs::read(chunked_bundle(t.path(), "2", &new, &sk)).unwrap();
+        let slot_a = t.path().join("slot-a");
+        let mut dev = old.clone();
+        dev.extend_from_slice(&[1; 65536]);
+        std::fs::write(&slot_a, &dev).unwrap();
+        let local = || vec![LocalData { path: slot_a.clone(), len: Some(old.len() as u64) }];
+        let dest = t.path().join("incoming.planet");
+        let ring = KeyRing::from(sk.public());
+        let (url, sent) = range_server(b2.clone(), true, 50);
+        let (p, h) = download(&url, &dest, &ring, Room::ANY, |_| Ok(()), &local).unwrap();
+        assert_eq!((p.release.as_str(), h.kernel.as_str()), ("2", "6.1.0-test"));
+        assert_eq!(std::fs::read(&dest).unwrap(), b2, "the bundle made is the one signed");
+        let sent = sent.load(std::sync::atomic::Ordering::SeqCst);
+        // The start of the file, the changed chunk or two, kernel and initramfs: well under a tenth.
+        assert!(sent < b2.len() as u64 / 10, "{sent} of {} bytes sent", b2.len());
+
+        // A server that ignores ranges gets the whole file fetched, as before chunks.
+        std::fs::remove_file(&dest).unwrap();
+        let (url, sent) = range_server(b2.clone(), false, 5);
+        download(&url, &dest, &ring, Room::ANY, |_| Ok(()), &local).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b2);
+        assert!(sent.load(std::sync::atomic::Ordering::SeqCst) >= b2.len() as u64);
+    }
+
     /// An install from a machine running slot a, its marker in `dir`.
     fn install_from_slot_a(
         dir: &Path,
@@ -455,7 +637,7 @@ mod tests {
         std::fs::create_dir_all(esp.slot_dir('b')).unwrap();
         std::fs::write(esp.slot_dir('b').join("vmlinuz.tmp"), b"left by a power cut").unwrap();
         std::fs::write(esp.slot_dir('b').join("vmlinuz"), b"OLD").unwrap();
-        let target = Target { slot: 'b', dev: slot_dev.clone(), bytes: 16 << 20 };
+        let target = Target { slot: 'b', dev: slot_dev.clone(), bytes: 16 << 20, running_dev: None };
         let marker = t.path().join("installing");
         let name = install(&InstallPlan {
             staged: &staged,
@@ -525,7 +707,7 @@ mod tests {
         let esp = esp(t.path());
         let slot_dev = t.path().join("slot-b");
         std::fs::write(&slot_dev, vec![0u8; 1 << 20]).unwrap();
-        let target = Target { slot: 'b', dev: slot_dev.clone(), bytes: 1 << 20 };
+        let target = Target { slot: 'b', dev: slot_dev.clone(), bytes: 1 << 20, running_dev: None };
         let e = install_from_slot_a(t.path(), &b, &header, &target, &esp).unwrap_err();
         assert!(e.to_string().contains("larger than slot b"), "{e}");
         assert_eq!(std::fs::read(&slot_dev).unwrap(), vec![0u8; 1 << 20]);
@@ -573,7 +755,7 @@ mod tests {
         std::fs::write(esp.entries_dir().join(format!("planet-{}-a.conf", u32::MAX)), text).unwrap();
         let slot_dev = t.path().join("slot-b");
         std::fs::write(&slot_dev, vec![0u8; 1 << 20]).unwrap();
-        let target = Target { slot: 'b', dev: slot_dev, bytes: 1 << 20 };
+        let target = Target { slot: 'b', dev: slot_dev, bytes: 1 << 20, running_dev: None };
         let e = install_from_slot_a(t.path(), &b, &header, &target, &esp).unwrap_err();
         assert!(e.to_string().contains("generation numbers are used up"), "{e}");
     }

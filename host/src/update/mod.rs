@@ -203,8 +203,22 @@ pub fn locate(sysfs: &Path, dev: &Path, bd: &BootDisk, running_slot: char) -> Re
     let label = contract::slot_label(other);
     let slot =
         on_disk(&label).with_context(|| format!("the boot disk {} has no partition labelled {label}", bd.disk))?;
-    Ok((dev.join(&esp.name), Target { slot: other, dev: dev.join(&slot.name), bytes: slot.size_bytes() }))
+    let running_dev = on_disk(&contract::slot_label(running_slot)).map(|d| dev.join(&d.name));
+    Ok((dev.join(&esp.name), Target { slot: other, dev: dev.join(&slot.name), bytes: slot.size_bytes(), running_dev }))
 }
+
+/// The bytes of the squashfs at the start of `dev` (its superblock's `bytes_used`, rounded up to
+/// the 4 KiB the image file was padded to); `None` when `dev` does not start with a squashfs.
+fn squashfs_len(dev: &Path) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut sb = [0u8; 48];
+    std::fs::File::open(dev).ok()?.read_exact_at(&mut sb, 0).ok()?;
+    (&sb[..4] == b"hsqs").then(|| u64::from_le_bytes(sb[40..48].try_into().expect("8 bytes")).next_multiple_of(4096))
+}
+
+/// The running kernel and initramfs, copied off the ESP for a chunked download.
+const RUNNING_COPIES: [(&str, &str); 2] =
+    [(contract::KERNEL_FILE, "running-vmlinuz"), (contract::INITRAMFS_FILE, "running-initramfs.img")];
 
 fn read_failed(state_dir: &Path) -> Vec<String> {
     std::fs::read_to_string(state_dir.join("failed"))
@@ -595,9 +609,45 @@ impl Agent {
         }
     }
 
+    /// What a chunked download can take chunks from: the running slot's squashfs, and the
+    /// running kernel and initramfs (copied off the ESP into the staging directory; removed by
+    /// [`Agent::drop_local_data`]). What cannot be read is left out: it is only fetched instead.
+    pub fn local_data(&self) -> Vec<planet_bundle::assemble::LocalData> {
+        use planet_bundle::assemble::LocalData;
+        let mut v = Vec::new();
+        if let Some(dev) = self.target.as_ref().and_then(|t| t.running_dev.clone()) {
+            let len = squashfs_len(&dev);
+            v.push(LocalData { path: dev, len });
+        }
+        let r = with_esp(&self.paths, |esp| {
+            for (name, copy) in RUNNING_COPIES {
+                let to = self.paths.state_dir.join(copy);
+                std::fs::copy(esp.slot_dir(self.running_slot).join(name), &to)
+                    .with_context(|| format!("copying the running {name} off the ESP"))?;
+                v.push(LocalData { path: to, len: None });
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            event!("update local chunks", error = format!("{e:#}"));
+        }
+        v
+    }
+
+    /// Removes what [`Agent::local_data`] copied.
+    pub fn drop_local_data(&self) {
+        for (_, copy) in RUNNING_COPIES {
+            let _ = std::fs::remove_file(self.paths.state_dir.join(copy));
+        }
+    }
+
     fn check_url(&self, url: &str) {
         event!("update check", url = url);
-        match self.install_from(false, |dest, keys, room, wanted| install::download(url, dest, keys, room, wanted)) {
+        let local = || self.local_data();
+        let r = self
+            .install_from(false, |dest, keys, room, wanted| install::download(url, dest, keys, room, wanted, &local));
+        self.drop_local_data();
+        match r {
             Ok(Some(entry)) => self.reboot_into(&entry),
             Ok(None) => {}
             Err(e) => {
@@ -926,7 +976,7 @@ mod tests {
         let prelude = |signer: usize, revokes: Vec<String>| {
             let out = t.path().join("b.planet");
             let sections: [(&str, &Path); 3] = [("rootfs", &part), ("vmlinuz", &part), ("initramfs", &part)];
-            let claims = planet_bundle::Claims { expires: None, revokes };
+            let claims = planet_bundle::Claims { expires: None, revokes, head: None };
             planet_bundle::write_bundle_with(&out, "9", 1, "6.1", &sections, &keys[signer], &claims).unwrap();
             planet_bundle::verify_file_ring(&out, &ring).unwrap().0
         };

@@ -195,11 +195,20 @@ impl Agent {
             Request::InstallUrl { url, allow_downgrade } => {
                 let mut found = false;
                 let r = self.install_from(allow_downgrade, |dest, keys, room, wanted| {
-                    install::download(&url, dest, keys, room, |p| {
-                        found = true;
-                        wanted(p)
-                    })
+                    let local = || self.local_data();
+                    install::download(
+                        &url,
+                        dest,
+                        keys,
+                        room,
+                        |p| {
+                            found = true;
+                            wanted(p)
+                        },
+                        &local,
+                    )
                 });
+                self.drop_local_data();
                 match r {
                     Err(e) if !found => {
                         // What went wrong (refused, HTTP status, not a bundle) is for the console only.
@@ -325,7 +334,7 @@ mod tests {
             uefi: true,
             container_root: t.join("rootfs"),
         };
-        let target = Target { slot: 'b', dev: t.join("slot-b"), bytes: 8 << 20 };
+        let target = Target { slot: 'b', dev: t.join("slot-b"), bytes: 8 << 20, running_dev: None };
         Agent::for_tests(paths, Some(key.public().into()), target, "1", record_reboot)
     }
 
@@ -425,7 +434,7 @@ mod tests {
         let newer = bundle(t.path(), "2", &key);
         let older = bundle(t.path(), "0.5", &key);
         let url = serve(vec![(206, newer[..4096].to_vec(), Some(newer.len() as u64)), (200, older.clone(), None)]);
-        let r = agent.install_from(false, |d, k, f, w| install::download(&url, d, k, f, w));
+        let r = agent.install_from(false, |d, k, f, w| install::download(&url, d, k, f, w, &Vec::new));
         let e = format!("{:#}", r.unwrap_err());
         assert!(e.contains("not the bundle whose first 4 KiB were checked"), "{e}");
         assert_eq!(std::fs::read(t.path().join("slot-b")).unwrap(), vec![0u8; 8 << 20]);
@@ -434,7 +443,7 @@ mod tests {
 
         // The same bundle both times installs.
         let url = serve(vec![(206, newer[..4096].to_vec(), Some(newer.len() as u64)), (200, newer.clone(), None)]);
-        let entry = agent.install_from(false, |d, k, f, w| install::download(&url, d, k, f, w)).unwrap();
+        let entry = agent.install_from(false, |d, k, f, w| install::download(&url, d, k, f, w, &Vec::new)).unwrap();
         assert_eq!(entry.unwrap().file_name(), "planet-0002-b+3.conf");
     }
 
@@ -458,7 +467,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(500));
             let url = serve(vec![(206, b2[..4096].to_vec(), Some(b2.len() as u64)), (200, b2.clone(), None)]);
             let other = Instant::now();
-            let e = agent.install_from(false, |d, k, f, w| install::download(&url, d, k, f, w)).unwrap_err();
+            let e = agent.install_from(false, |d, k, f, w| install::download(&url, d, k, f, w, &Vec::new)).unwrap_err();
             assert!(e.to_string().contains("another update is in progress"), "{e}");
             assert!(other.elapsed() < Duration::from_secs(1), "{:?}", other.elapsed());
             server.join().unwrap().unwrap();
@@ -625,18 +634,18 @@ mod tests {
             req.extend(std::fs::read(out).unwrap());
             req
         };
-        let expired = planet_bundle::Claims { expires: Some(1_700_000_000), revokes: vec![] };
+        let expired = planet_bundle::Claims { expires: Some(1_700_000_000), revokes: vec![], head: None };
         let a = exchange(&agent, &listener, make("2", &new, expired));
         assert!(a.starts_with("error the bundle of release 2 expired at 2023-11-14 22:13:20 UTC"), "{a}");
 
         // The old key tries to revoke the new one: ignored (and release 1 is not wanted anyway).
-        let coup = planet_bundle::Claims { expires: None, revokes: vec![new.key_id_hex()] };
+        let coup = planet_bundle::Claims { expires: None, revokes: vec![new.key_id_hex()], head: None };
         let a = exchange(&agent, &listener, make("1", &old, coup));
         assert_eq!(a, "ok nothing to do (same or older release)\n");
         assert!(!t.path().join("state/revoked-keys").exists());
 
         // The new key revokes the old one, in a bundle that is not even installed.
-        let revoke = planet_bundle::Claims { expires: None, revokes: vec![old.key_id_hex()] };
+        let revoke = planet_bundle::Claims { expires: None, revokes: vec![old.key_id_hex()], head: None };
         let a = exchange(&agent, &listener, make("1", &new, revoke));
         assert_eq!(a, "ok nothing to do (same or older release)\n");
         let revoked = std::fs::read_to_string(t.path().join("state/revoked-keys")).unwrap();
@@ -706,7 +715,7 @@ mod tests {
         // Release 2 runs in slot b (blessed); slot a still holds release 1.
         agent.running_slot = 'b';
         agent.release = "2".into();
-        agent.target = Some(Target { slot: 'a', dev: t.path().join("slot-b"), bytes: 8 << 20 });
+        agent.target = Some(Target { slot: 'a', dev: t.path().join("slot-b"), bytes: 8 << 20, running_dev: None });
         let entries = t.path().join("esp/loader/entries");
         let new = planet_config::bootentry::entry_conf("Planet 2", "2", 'b', "planet.slot=b");
         std::fs::write(entries.join("planet-0002-b.conf"), new).unwrap();
