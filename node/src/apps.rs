@@ -324,8 +324,8 @@ pub fn run() -> Result<()> {
     let mut last = BTreeMap::new();
     publish(&states, &mut last);
     let mut applied = vec![false; apps.len()];
-    // Loaded here, not before the kubelet: see crate::images.
-    let mut images_loaded = apps.is_empty();
+    // On a master (not a dev machine) loaded here, not before the kubelet: see crate::images.
+    let mut images_loaded = apps.is_empty() || env.role != crate::env::Role::Master;
     let mut complaint = crate::kubectl::Complaint::default();
     let mut published: Option<(std::time::Instant, String)> = None;
     loop {

@@ -4,11 +4,14 @@
 //! image docker already holds (same ID under every tag: a reboot, or an update that kept it) is
 //! not loaded again; loading hundreds of MiB costs minutes on a slow machine.
 //!
-//! When: the release's own images at boot, before the kubelet. The apps' images on a node
-//! also before its kubelet (no pod lands there before its image does); on a master only once
-//! its API server is ready, by `planet-node apps` just before it applies them: dockerd
-//! unpacking an app's layers beside a starting etcd and API server kept the API server from
-//! becoming ready for over twenty minutes on an emulated machine, while every node waited.
+//! When: the release's own images at boot, before the kubelet. The apps' images on a node and
+//! on a dev machine also before the kubelet (no pod lands there before its image does); on a
+//! master (role `master`) only once its API server is ready, by `planet-node apps` just before
+//! it applies them: dockerd unpacking an app's layers beside a starting etcd and API server
+//! kept a cluster's master from becoming ready for over twenty minutes on an emulated machine,
+//! while every node waited. A dev machine has nobody waiting on it, and there loading after
+//! the API server made the app ready later (26 minutes instead of 8 in `scripts/demo --app
+//! wordpress` under TCG), so it keeps the first order.
 
 use std::path::Path;
 use std::process::Command;
@@ -52,7 +55,7 @@ pub fn run() -> Result<()> {
     for a in list {
         println!("planet-node: {} ({})", load(&a)?, a.display());
     }
-    if crate::env::load()?.role.is_master() {
+    if crate::env::load()?.role == crate::env::Role::Master {
         println!("planet-node: the apps' images are loaded by planet-apps once the API server is ready");
         return Ok(());
     }

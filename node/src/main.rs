@@ -12,9 +12,9 @@ commands:
                  configuration for its role (from /etc/container-environment), start the
                  role's targets (planet-setup.service runs it at every boot); a node
                  first checks its master with the join token and fetches the cluster CA
-  load-images    load the docker archives under /usr/share/planet/images and, on nodes,
-                 those of the slot's apps (/usr/share/planet/apps) into docker
-  apps           (masters) once the API server is ready, load the apps' images, apply the
+  load-images    load the docker archives under /usr/share/planet/images and, but on
+                 role master, those of the slot's apps (/usr/share/planet/apps) into docker
+  apps           (masters) once the API server is ready, load the apps' images (role master), apply the
                  slot's apps in order and once per package (recorded in
                  kube-system/planet-apps), and watch their health
   status         this machine: role, health checks, one line per app, and the cluster's

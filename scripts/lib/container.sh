@@ -192,7 +192,7 @@ RestartSec=5
 EOF
     unit "$s" planet-images.service <<EOF
 [Unit]
-Description=Planet: load the release's container images (nodes: and the apps') into docker
+Description=Planet: load the release's container images (but on masters, the apps' too) into docker
 After=docker.service
 Requires=docker.service
 Before=kubelet.service

@@ -59,7 +59,9 @@ k8s_fetch_source() {
 }
 
 # k8s_build CACHE DSC: builds the commands (once per source digest and Go version) and prints
-# the directory holding them; the unpacked source is removed once they are.
+# the directory holding them. The unpacked tree (3 GiB with its _output) is removed once they
+# are; what the release still reads of the source (the pause container's pause.c, the
+# changelog for SOURCE_DATE_EPOCH) is kept beside bin/, in source/.
 k8s_build() {
     local cache=$1 dsc=$2 key dir tree go_version sde start cmd stamp what=()
     go_version=$(go version) || die "go is not installed"
@@ -68,19 +70,19 @@ k8s_build() {
     key=$(sha256sum "$dsc" | cut -c1-16)
     dir="$cache/$key"
     stamp=$(printf '%s\n' "$go_version" "${K8S_COMMANDS[@]}")
+    tree="$dir/tree"
     if [ -f "$dir/bin/.complete" ] && [ "$(cat "$dir/bin/.complete")" = "$stamp" ]; then
         log "kubernetes $K8S_VERSION: cached build $dir/bin"
+        if [ ! -f "$dir/source/pause.c" ]; then
+            # A cache from before source/ was kept.
+            k8s_unpack "$dsc" "$tree"
+            k8s_keep_source "$tree" "$dir"
+        fi
         printf '%s\n' "$dir/bin"
         return 0
     fi
     mkdir -p "$dir" "$cache/gocache"
-    tree="$dir/tree"
-    if [ ! -f "$tree/.planet-extracted" ]; then
-        rm -rf "$tree"
-        log "unpacking $(basename "$dsc") (dpkg-source checks it against the .dsc)"
-        dpkg-source -x "$dsc" "$tree" >&2 || die "dpkg-source -x $dsc failed"
-        touch "$tree/.planet-extracted"
-    fi
+    k8s_unpack "$dsc" "$tree"
     sde=$(cd "$tree" && dpkg-parsechangelog -STimestamp) || die "reading $tree/debian/changelog"
     for cmd in "${K8S_COMMANDS[@]}"; do what+=("cmd/$cmd"); done
     start=$(date +%s)
@@ -99,9 +101,29 @@ k8s_build() {
     printf '%s\n' "$stamp" >"$dir/bin.tmp/.complete"
     rm -rf "$dir/bin"
     mv "$dir/bin.tmp" "$dir/bin"
-    # The unpacked tree and its _output are 3 GiB that a cached build never reads again (a
-    # rebuild unpacks the source anew, in a minute).
-    rm -rf "$tree"
+    k8s_keep_source "$tree" "$dir"
     log "kubernetes built in $(($(date +%s) - start))s"
     printf '%s\n' "$dir/bin"
+}
+
+# k8s_unpack DSC TREE: unpacks the source package into TREE (once; dpkg-source checks it).
+k8s_unpack() {
+    local dsc=$1 tree=$2
+    [ -f "$tree/.planet-extracted" ] && return 0
+    rm -rf "$tree"
+    log "unpacking $(basename "$dsc") (dpkg-source checks it against the .dsc)"
+    dpkg-source -x "$dsc" "$tree" >&2 || die "dpkg-source -x $dsc failed"
+    touch "$tree/.planet-extracted"
+}
+
+# k8s_keep_source TREE DIR: keeps DIR/source/{pause.c,changelog} and removes TREE.
+k8s_keep_source() {
+    local tree=$1 dir=$2
+    rm -rf "$dir/source.tmp"
+    mkdir -p "$dir/source.tmp"
+    cp "$tree/build/pause/linux/pause.c" "$tree/debian/changelog" "$dir/source.tmp/" \
+        || die "keeping pause.c and the changelog of $tree"
+    rm -rf "$dir/source"
+    mv "$dir/source.tmp" "$dir/source"
+    rm -rf "$tree"
 }
