@@ -86,7 +86,7 @@ fn sections(bundle: &[u8]) -> Vec<(String, u64, u64)> {
 
 /// A number field of the last console line starting with `prefix`.
 fn console_field(console: &str, prefix: &str, field: &str) -> u64 {
-    let line = console.lines().filter(|l| l.contains(prefix)).last().unwrap_or_else(|| panic!("no {prefix:?} line"));
+    let line = console.lines().rfind(|l| l.contains(prefix)).unwrap_or_else(|| panic!("no {prefix:?} line"));
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(&format!("{field}=")))
         .and_then(|v| v.parse().ok())
