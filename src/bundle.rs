@@ -327,10 +327,14 @@ pub struct BundleInspection {
     pub sections: Vec<SectionInfo>,
     /// Signature, size and section digests checked against `--key`; without one, nothing is.
     pub verified: bool,
+    /// With `--estimate-from`: what a machine on that bundle's release downloads for this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<DownloadEstimate>,
 }
 
-/// A bundle's prelude and header; with `key`, everything verified (an error if anything fails).
-pub fn inspect(path: &Path, key: Option<&Path>) -> Result<BundleInspection> {
+/// A bundle's prelude and header; with `key`, everything verified (an error if anything fails);
+/// with `estimate_from` (an earlier bundle), the download of a machine on its release.
+pub fn inspect(path: &Path, key: Option<&Path>, estimate_from: Option<&Path>) -> Result<BundleInspection> {
     let (prelude, header) = match key {
         Some(k) => {
             let keys: KeyRing = pipeline::load_public_key(k)?;
@@ -356,5 +360,6 @@ pub fn inspect(path: &Path, key: Option<&Path>) -> Result<BundleInspection> {
         chunked: prelude.head.is_some(),
         sections: header.sections.iter().map(SectionInfo::from).collect(),
         verified: prelude.is_verified(),
+        estimate: estimate_from.map(|old| estimate_download(path, old)).transpose()?,
     })
 }

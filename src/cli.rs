@@ -53,6 +53,19 @@ pub enum Command {
         the signed part (bytes 4096 to the end) with the prelude's signature text. The file appears \
         only when complete; the result is JSON on stdout.")]
     Bundle(BundleArgs),
+    /// Fetch a signed update bundle over HTTP(S), taking every chunk that earlier bundles here
+    /// already hold (--from) and fetching only the rest.
+    #[command(long_about = "Fetch a signed update bundle over HTTP(S), fetching only what is not here.\n\n\
+        A chunked bundle (the default of `bundle`) on a server that answers range requests is made \
+        chunk by chunk, as a machine's planet-init makes it when it updates: chunks that the --from \
+        files hold (an earlier bundle's sections, or any file) are copied from them, the rest are \
+        fetched by range, and every chunk is checked against the signed index before it is written. \
+        A broken pull leaves OUT.partial, and the next pull of the same bundle fetches only what is \
+        still missing. A bundle without chunks, or a server that ignores ranges, is fetched whole. \
+        Either way the file is verified whole against --key before it appears under its name. \
+        For a mirror at the edge, a cluster's own copy, or to measure what an update downloads; \
+        the counts are printed as JSON.")]
+    Pull(PullArgs),
     /// Boot an image in QEMU with UEFI firmware (or SeaBIOS: --firmware bios).
     Run(RunArgs),
     /// A shell, or one command (`enter VM -- CMD ARGS…`), inside the Planet container of a VM
@@ -407,6 +420,28 @@ pub struct InspectArgs {
     /// section's digest); the result says "verified": true, or the command fails.
     #[arg(long, value_name = "NAME.pub")]
     pub key: Option<PathBuf>,
+    /// For a chunked update bundle: also print how many bytes a machine running the release of
+    /// OLD.planet (an earlier bundle) downloads to update to this one.
+    #[arg(long, value_name = "OLD.planet")]
+    pub estimate_from: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The bundle's http:// or https:// URL.
+    #[arg(value_name = "URL")]
+    pub url: String,
+    /// The public key the bundle must be signed with (keygen's NAME.pub; several concatenated
+    /// are a key ring).
+    #[arg(long, value_name = "NAME.pub")]
+    pub key: PathBuf,
+    /// Where to write the bundle (it appears only when complete and verified).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// An earlier bundle whose sections may hold chunks of this one (or any other file);
+    /// repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub from: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

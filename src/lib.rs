@@ -27,6 +27,7 @@ pub mod layout;
 pub mod manifest;
 pub mod pipeline;
 pub mod publish;
+pub mod pull;
 pub mod rootfs;
 pub mod seed;
 pub mod squashfs;

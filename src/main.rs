@@ -72,12 +72,13 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Inspect(a) => {
             if bundle::is_bundle_file(&a.image)? {
-                let result = bundle::inspect(&a.image, a.key.as_deref())?;
+                let result = bundle::inspect(&a.image, a.key.as_deref(), a.estimate_from.as_deref())?;
                 println!("{}", serde_json::to_string_pretty(&result)?);
                 return Ok(0);
             }
-            if a.key.is_some() {
-                anyhow::bail!("--key verifies update bundles; {} is not one", a.image.display());
+            if a.key.is_some() || a.estimate_from.is_some() {
+                let flag = if a.key.is_some() { "--key" } else { "--estimate-from" };
+                anyhow::bail!("{flag} is for update bundles; {} is not one", a.image.display());
             }
             print!("{}", inspect::run(&a.image, a.manifest.as_deref())?);
             Ok(0)
@@ -89,6 +90,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Bundle(a) => {
             let result = bundle::run(&a.request()?)?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
+            Ok(0)
+        }
+        Command::Pull(a) => {
+            let req = planet_image::pull::PullRequest { url: a.url, output: a.output, key: a.key, from: a.from };
+            let result = planet_image::pull::run(&req)?;
             println!("{}", serde_json::to_string_pretty(&result)?);
             Ok(0)
         }

@@ -35,12 +35,21 @@ pub trait RangeSource {
 /// Adjacent missing chunks are fetched in requests of at most this many bytes.
 const MAX_REQUEST: u64 = 8 << 20;
 
-/// Local data whose chunks may be in the new bundle: a file, or its first `len` bytes (a slot
-/// partition holds a squashfs followed by whatever was there before).
+/// Local data whose chunks may be in the new bundle: a file, or its `len` bytes from `offset`
+/// (a slot partition holds a squashfs followed by whatever was there before; an earlier bundle
+/// holds its sections at their offsets).
 #[derive(Clone, Debug)]
 pub struct LocalData {
     pub path: PathBuf,
+    pub offset: u64,
     pub len: Option<u64>,
+}
+
+impl LocalData {
+    /// The whole of `path`, or its first `len` bytes.
+    pub fn file(path: impl Into<PathBuf>, len: Option<u64>) -> LocalData {
+        LocalData { path: path.into(), offset: 0, len }
+    }
 }
 
 /// Where each chunk went from.
@@ -196,9 +205,12 @@ impl LocalChunks {
                 Ok(f) => f,
                 Err(_) => continue,
             };
+            if (&f).seek(SeekFrom::Start(l.offset)).is_err() {
+                continue;
+            }
             let mut r = (&f).take(l.len.unwrap_or(u64::MAX));
             let Ok(list) = ChunkList::of_reader(&mut r, params) else { continue };
-            let mut offset = 0u64;
+            let mut offset = l.offset;
             for c in &list.chunks {
                 by_digest.entry(c.sha256).or_insert(LocalChunk { source: files.len(), offset, len: c.len });
                 offset += u64::from(c.len);
@@ -482,9 +494,9 @@ mod tests {
         std::fs::write(&slot, &dev).unwrap();
         std::fs::write(b.path("vmlinuz-running"), kernel).unwrap();
         vec![
-            LocalData { path: slot, len: Some(rootfs.len() as u64) },
-            LocalData { path: b.path("vmlinuz-running"), len: None },
-            LocalData { path: b.path("no-such-initramfs"), len: None },
+            LocalData::file(slot, Some(rootfs.len() as u64)),
+            LocalData::file(b.path("vmlinuz-running"), None),
+            LocalData::file(b.path("no-such-initramfs"), None),
         ]
     }
 

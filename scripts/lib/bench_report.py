@@ -8,6 +8,7 @@ RESULTS holds one fact a line (see scripts/bench): time, step, size, squashfs, b
 and info lines.
 """
 import math
+import os
 import statistics
 import sys
 from collections import defaultdict
@@ -30,7 +31,7 @@ BUILD_ROWS = [
 
 def load(path):
     r = {"time": defaultdict(list), "step": defaultdict(list), "size": {}, "squashfs": {},
-         "boot": defaultdict(list), "upload": defaultdict(list), "info": {}, "version": {}}
+         "boot": defaultdict(list), "upload": defaultdict(list), "update": {}, "info": {}, "version": {}}
     for line in open(path):
         f = line.split()
         if not f:
@@ -50,6 +51,8 @@ def load(path):
                 r["info"]["accel"] = f[5]
         elif kind == "upload":
             r["upload"][f[1]].append((float(f[2]), float(f[3]), int(f[4]), int(f[5]), int(f[6]), int(f[7])))
+        elif kind == "update":
+            r["update"][f[1]] = tuple(int(x) for x in f[2:6]) + tuple(float(x) for x in f[6:8])
         elif kind == "info" and len(f) >= 2:
             if f[1] == "version":
                 r["version"][f[2]] = " ".join(f[3:])
@@ -247,6 +250,61 @@ def upload_table(r):
     return out, bars
 
 
+UPDATE_BEGIN = "<!-- update sizes: begin -->"
+UPDATE_END = "<!-- update sizes: end -->"
+
+
+def update_section(r):
+    """The update-size section, between markers that `--splice-update` finds again."""
+    u, info = r["update"], r["info"]
+    if not u:
+        return []
+    mbit = info.get("update_mbit", "?")
+    p = [UPDATE_BEGIN, "## Update size: what a machine on release N downloads to reach N+1", ""]
+    p.append("N+1 is the real Planet release (`scripts/make-planet-release`: Debian bookworm, Kubernetes built "
+             "from source, planet-node) with the WordPress app (`scripts/make-wordpress-app`), bundled by "
+             "`planet-image bundle` (zstd:15, chunked). Each N differs from it in one thing. "
+             "`planet-image pull URL --from N.planet` makes N+1 from the chunks N holds and fetches the rest by "
+             "range from a server on 127.0.0.1 (`scripts/lib/bench_ranges.py`) limited to %s Mbit/s, as planet-init "
+             "does on a machine running N; the whole bundle is `curl` from the same server. Every pulled file was "
+             "compared with N+1 (`cmp`). One run each%s." % (
+                 mbit, " (update section: %s s)" % info["update_seconds"] if "update_seconds" in info else ""))
+    p.append("")
+    p.append("| N → N+1 changes | bundle | downloaded | of the bundle | `--estimate-from` said | server sent | pull wall s | whole bundle wall s |")
+    p.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+    labels = [("deb", "(a) one Debian package: " + info.get("update_deb", "?")),
+              ("k8s", "(b) Kubernetes: " + info.get("update_k8s", "?")),
+              ("app", "(c) one app image: " + info.get("update_app", "?"))]
+    for key, label in labels:
+        if key not in u:
+            continue
+        full, fetched, sent, estimate, wall, full_wall = u[key]
+        p.append("| %s | %s | %s | **%.2f %%** | %s | %s | %.1f | %.1f |" % (
+            label, mib(full), mib(fetched), 100.0 * fetched / full, mib(estimate), mib(sent), wall, full_wall))
+    p.append("")
+    p.append("Goal for (a): under 5 % of the bundle. \"downloaded\" is what `pull` fetched (the bundle's "
+             "start, its chunk indexes, the missing chunks); \"server sent\" is the server's own count.")
+    p.append(UPDATE_END)
+    return p
+
+
+def splice_update(results, doc):
+    """Replaces the update section of DOC (or appends it) with the one RESULTS makes."""
+    section = update_section(load(results))
+    if not section:
+        sys.exit("%s holds no update results" % results)
+    text = open(doc).read() if os.path.exists(doc) else ""
+    if UPDATE_BEGIN in text and UPDATE_END in text:
+        head, rest = text.split(UPDATE_BEGIN, 1)
+        tail = rest.split(UPDATE_END, 1)[1]
+        text = head + "\n".join(section) + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
+    with open(doc + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(doc + ".tmp", doc)
+
+
 def svg(bars, title, subtitle):
     """Horizontal bars of ratios (log scale, 1× = planet-image or the boot floor)."""
     bars = [(l, v) for l, v in bars if v]
@@ -281,8 +339,14 @@ def svg(bars, title, subtitle):
 
 
 def main():
+    if sys.argv[1] == "--splice-update":
+        splice_update(sys.argv[2], sys.argv[3])
+        return
     if sys.argv[1] == "--tables":
         r = load(sys.argv[2])
+        if not r["time"] and r["update"]:
+            print("\n".join(l for l in update_section(r) if not l.startswith("<!--")))
+            return
         page, _ = render(r)
         print("\n".join(l for l in page if not l.startswith("<!--")))
         return
@@ -371,6 +435,10 @@ def render(r):
     p.extend(t)
     bars.extend(b)
     p.append("")
+    update = update_section(r)
+    if update:
+        p.extend(update)
+        p.append("")
     p.append(NOTES.rstrip("\n"))
     return p, bars
 

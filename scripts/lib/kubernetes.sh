@@ -58,18 +58,19 @@ k8s_fetch_source() {
     printf '%s\n' "$dsc"
 }
 
-# k8s_build CACHE DSC: builds the commands (once per source digest and Go version) and prints
-# the directory holding them. The unpacked tree (3 GiB with its _output) is removed once they
+# k8s_build CACHE DSC [PATCH]: builds the commands (once per source digest and Go version) and
+# prints the directory holding them; with PATCH, a build of the tree without that one of
+# Debian's patches (debian/patches/PATCH reversed), cached apart. The unpacked tree (3 GiB with its _output) is removed once they
 # are; what the release still reads of the source (the pause container's pause.c, the
 # changelog for SOURCE_DATE_EPOCH) is kept beside bin/, in source/.
 k8s_build() {
-    local cache=$1 dsc=$2 key dir tree go_version sde start cmd stamp what=()
+    local cache=$1 dsc=$2 drop=${3:-} key dir tree go_version sde start cmd stamp what=()
     go_version=$(go version) || die "go is not installed"
     # Keyed by the source package's digest (the .dsc lists the digests of the rest); the stamp
     # records the Go version and commands, and a change of either rebuilds in place.
     key=$(sha256sum "$dsc" | cut -c1-16)
-    dir="$cache/$key"
-    stamp=$(printf '%s\n' "$go_version" "${K8S_COMMANDS[@]}")
+    dir="$cache/$key${drop:+-without-$drop}"
+    stamp=$(printf '%s\n' "$go_version" "${K8S_COMMANDS[@]}" "$drop")
     tree="$dir/tree"
     if [ -f "$dir/bin/.complete" ] && [ "$(cat "$dir/bin/.complete")" = "$stamp" ]; then
         log "kubernetes $K8S_VERSION: cached build $dir/bin"
@@ -83,6 +84,13 @@ k8s_build() {
     fi
     mkdir -p "$dir" "$cache/gocache"
     k8s_unpack "$dsc" "$tree"
+    if [ -n "$drop" ] && [ ! -f "$tree/.planet-reversed" ]; then
+        [ -f "$tree/debian/patches/$drop" ] || die "the source package has no patch $drop (see --list-kubernetes-patches)"
+        log "reversing Debian's patch $drop"
+        (cd "$tree" && patch -R -p1 --no-backup-if-mismatch -s <"debian/patches/$drop") >&2 \
+            || die "reversing debian/patches/$drop failed"
+        touch "$tree/.planet-reversed"
+    fi
     sde=$(cd "$tree" && dpkg-parsechangelog -STimestamp) || die "reading $tree/debian/changelog"
     for cmd in "${K8S_COMMANDS[@]}"; do what+=("cmd/$cmd"); done
     start=$(date +%s)
@@ -126,4 +134,12 @@ k8s_keep_source() {
     rm -rf "$dir/source"
     mv "$dir/source.tmp" "$dir/source"
     rm -rf "$tree"
+}
+
+# k8s_patches DSC: Debian's patches to the tree, in the order they apply (debian/patches/series).
+k8s_patches() {
+    local debian
+    debian=$(ls "$(dirname "$1")/${K8S_SOURCE}_${K8S_SOURCE_VERSION%%-*}"*.debian.tar.* 2>/dev/null | head -n 1)
+    [ -n "$debian" ] || die "the debian tarball of $(basename "$1") is missing"
+    tar -xOf "$debian" debian/patches/series | sed -e 's/#.*//' -e '/^[[:space:]]*$/d'
 }

@@ -565,7 +565,7 @@ mod tests {
         let mut dev = old.clone();
         dev.extend_from_slice(&[1; 65536]);
         std::fs::write(&slot_a, &dev).unwrap();
-        let local = || vec![LocalData { path: slot_a.clone(), len: Some(old.len() as u64) }];
+        let local = || vec![LocalData::file(slot_a.clone(), Some(old.len() as u64))];
         let dest = t.path().join("incoming.planet");
         let ring = KeyRing::from(sk.public());
         let (url, sent) = range_server(b2.clone(), true, 50);

@@ -617,14 +617,14 @@ impl Agent {
         let mut v = Vec::new();
         if let Some(dev) = self.target.as_ref().and_then(|t| t.running_dev.clone()) {
             let len = squashfs_len(&dev);
-            v.push(LocalData { path: dev, len });
+            v.push(LocalData::file(dev, len));
         }
         let r = with_esp(&self.paths, |esp| {
             for (name, copy) in RUNNING_COPIES {
                 let to = self.paths.state_dir.join(copy);
                 std::fs::copy(esp.slot_dir(self.running_slot).join(name), &to)
                     .with_context(|| format!("copying the running {name} off the ESP"))?;
-                v.push(LocalData { path: to, len: None });
+                v.push(LocalData::file(to, None));
             }
             Ok(())
         });
