@@ -58,9 +58,22 @@ k8s_fetch_source() {
     printf '%s\n' "$dsc"
 }
 
+# k8s_version [PATCH]: the version the binaries carry: K8S_VERSION, or for a build without one
+# of Debian's patches a pre-release of it that says so (v1.20.2-0.without-cve-2021-25743), so
+# the two builds differ as a patch release does, in the code and in the version.
+k8s_version() {
+    local drop=${1:-} id
+    if [ -z "$drop" ]; then
+        printf '%s\n' "$K8S_VERSION"
+        return 0
+    fi
+    id=$(printf '%s' "${drop%.patch}" | tr 'A-Z' 'a-z' | tr -c 'a-z0-9-' '-')
+    printf '%s-0.without-%s\n' "$K8S_VERSION" "$id"
+}
+
 # k8s_build CACHE DSC [PATCH]: builds the commands (once per source digest and Go version) and
 # prints the directory holding them; with PATCH, a build of the tree without that one of
-# Debian's patches (debian/patches/PATCH reversed), cached apart. The unpacked tree (3 GiB with its _output) is removed once they
+# Debian's patches (debian/patches/PATCH reversed) and with k8s_version's version, cached apart. The unpacked tree (3 GiB with its _output) is removed once they
 # are; what the release still reads of the source (the pause container's pause.c, the
 # changelog for SOURCE_DATE_EPOCH) is kept beside bin/, in source/.
 k8s_build() {
@@ -94,11 +107,11 @@ k8s_build() {
     sde=$(cd "$tree" && dpkg-parsechangelog -STimestamp) || die "reading $tree/debian/changelog"
     for cmd in "${K8S_COMMANDS[@]}"; do what+=("cmd/$cmd"); done
     start=$(date +%s)
-    log "building kubernetes $K8S_VERSION (${K8S_COMMANDS[*]}) with $go_version; a cold build takes 15-30 minutes on 2 cores, log in $dir/build.log"
+    log "building kubernetes $(k8s_version "$drop") (${K8S_COMMANDS[*]}) with $go_version; a cold build takes 15-30 minutes on 2 cores, log in $dir/build.log"
     # GOPATH mode with the tree's own vendor/, as Debian's rules and upstream's hack/ scripts do.
     (
         cd "$tree" && env HOME="$dir/home" GOCACHE="$cache/gocache" GOFLAGS= GO111MODULE=off CGO_ENABLED=0 \
-            SOURCE_DATE_EPOCH="$sde" KUBE_GIT_VERSION="$K8S_VERSION" GOLDFLAGS="-s -w -buildid=" \
+            SOURCE_DATE_EPOCH="$sde" KUBE_GIT_VERSION="$(k8s_version "$drop")" GOLDFLAGS="-s -w -buildid=" \
             make WHAT="${what[*]}"
     ) >"$dir/build.log" 2>&1 || { tail -n 30 "$dir/build.log" >&2; die "building kubernetes failed; see $dir/build.log"; }
     rm -rf "$dir/bin.tmp"
