@@ -226,6 +226,11 @@ Description=Kubernetes network proxy
 After=planet-setup.service
 PartOf=planet-node.target
 [Service]
+# On a node kube-proxy uses the kubelet's credentials, which exist once the kubelet has joined
+# (after the node has loaded its images: many minutes under TCG); it waits for them here rather
+# than failing and starting again every few seconds, which cost a node's CPU all that time.
+ExecStartPre=/bin/sh -c 'kc=\$\$(sed -n "s/^  kubeconfig: //p" $kube/kube-proxy.yaml); [ -n "\$\$kc" ] || exit 1; until [ -s "\$\$kc" ]; do sleep 2; done'
+TimeoutStartSec=infinity
 ExecStart=/usr/bin/kube-proxy --config=$kube/kube-proxy.yaml
 Restart=always
 RestartSec=5
