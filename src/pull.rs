@@ -58,10 +58,17 @@ struct HttpRanges {
     url: String,
 }
 
+/// A server's answer to a range request.
+enum Answer {
+    /// The range asked for (206).
+    Range(Box<dyn Read + Send>),
+    /// The whole file (200): the server does not do ranges.
+    Whole(Box<dyn Read + Send>),
+}
+
 impl HttpRanges {
-    /// `[offset, offset + len)`, or `None` when the server answers with the whole file (200):
-    /// it does not do ranges.
-    fn range(&self, offset: u64, len: u64) -> Result<Option<Box<dyn Read + Send>>> {
+    /// Asks for `[offset, offset + len)`.
+    fn range(&self, offset: u64, len: u64) -> Result<Answer> {
         ensure!(len > 0, "an empty range");
         let end = offset + len - 1;
         let resp = self
@@ -79,9 +86,9 @@ impl HttpRanges {
                     "{}: asked for bytes {offset}-{end}, the server answered with Content-Range {got:?}",
                     shown(&self.url)
                 );
-                Ok(Some(Box::new(resp.into_reader().take(len))))
+                Ok(Answer::Range(Box::new(resp.into_reader().take(len))))
             }
-            200 => Ok(None),
+            200 => Ok(Answer::Whole(resp.into_reader())),
             s => bail!("{}: the server answered {s} to a range request", shown(&self.url)),
         }
     }
@@ -90,8 +97,8 @@ impl HttpRanges {
 impl RangeSource for HttpRanges {
     fn open_range(&mut self, offset: u64, len: u64) -> Result<Box<dyn Read + '_>> {
         match self.range(offset, len)? {
-            Some(r) => Ok(r),
-            None => bail!("{}: the server stopped answering range requests", shown(&self.url)),
+            Answer::Range(r) => Ok(r),
+            Answer::Whole(_) => bail!("{}: the server stopped answering range requests", shown(&self.url)),
         }
     }
 }
@@ -136,64 +143,74 @@ pub fn run(req: &PullRequest) -> Result<PullResult> {
         ensure!(parent.is_dir(), "-o {}: the directory {} does not exist", dest.display(), parent.display());
     }
     // One look at the prelude decides: chunked and served by ranges, or the whole file.
-    let first = match remote.range(0, PRELUDE_LEN)? {
-        Some(mut r) => {
-            let mut b = Vec::new();
-            r.read_to_end(&mut b).with_context(|| format!("reading {}", shown(&req.url)))?;
-            Some(b)
+    let mut first = Vec::new();
+    let rest: Box<dyn Read + Send> = match remote.range(0, PRELUDE_LEN)? {
+        Answer::Whole(body) => body,
+        Answer::Range(mut r) => {
+            r.read_to_end(&mut first).with_context(|| format!("reading {}", shown(&req.url)))?;
+            let prelude = planet_bundle::read_prelude_ring(&first, &ring).with_context(|| {
+                format!("{}: not a bundle signed by a key of {}", shown(&req.url), req.key.display())
+            })?;
+            if prelude.head.is_some() {
+                let mut progress = |line: &str| eprintln!("planet-image: pull: {line}");
+                let (prelude, _, a) = assemble::assemble(&mut remote, &ring, &local, dest, &mut progress)
+                    .with_context(|| format!("pulling {} into {}", shown(&req.url), dest.display()))?;
+                return Ok(PullResult {
+                    output: dest.clone(),
+                    release: prelude.release,
+                    total_bytes: a.total_bytes,
+                    chunked: true,
+                    fetched_bytes: a.fetched_bytes + first.len() as u64,
+                    requests: a.requests + 1,
+                    reused_bytes: a.reused_bytes,
+                    resumed_bytes: a.resumed_bytes,
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+            }
+            // Not chunked: the rest of the file after the prelude already read.
+            let after = prelude.total_bytes.saturating_sub(first.len() as u64);
+            if after == 0 {
+                Box::new(std::io::empty())
+            } else {
+                match remote.range(first.len() as u64, after)? {
+                    Answer::Range(r) => r,
+                    Answer::Whole(_) => bail!("{}: the server stopped answering range requests", shown(&req.url)),
+                }
+            }
         }
-        None => None,
     };
-    let chunked = match &first {
-        Some(b) => planet_bundle::read_prelude_ring(b, &ring)
-            .with_context(|| format!("{}: not a bundle signed by a key of {}", shown(&req.url), req.key.display()))?
-            .head
-            .is_some(),
-        None => false,
-    };
-    if chunked {
-        let mut progress = |line: &str| eprintln!("planet-image: pull: {line}");
-        let (prelude, _, a) = assemble::assemble(&mut remote, &ring, &local, dest, &mut progress)
-            .with_context(|| format!("pulling {} into {}", shown(&req.url), dest.display()))?;
-        return Ok(PullResult {
-            output: dest.clone(),
-            release: prelude.release,
-            total_bytes: a.total_bytes,
-            chunked: true,
-            fetched_bytes: a.fetched_bytes + PRELUDE_LEN,
-            requests: a.requests + 1,
-            reused_bytes: a.reused_bytes,
-            resumed_bytes: a.resumed_bytes,
-            seconds: started.elapsed().as_secs_f64(),
-        });
-    }
-    let (release, total, fetched) = fetch_whole(&remote, &ring, dest)?;
+    let requests = if first.is_empty() { 1 } else { 2 };
+    let (release, total, fetched) = fetch_whole(&first, rest, &req.url, &ring, dest)?;
     Ok(PullResult {
         output: dest.clone(),
         release,
         total_bytes: total,
         chunked: false,
-        fetched_bytes: fetched + first.map_or(0, |b| b.len() as u64),
-        requests: 2,
+        fetched_bytes: fetched,
+        requests,
         reused_bytes: 0,
         resumed_bytes: 0,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
 
-/// The whole file into `DEST.partial`, verified, then renamed; returns the release, the size
-/// and the bytes fetched.
-fn fetch_whole(remote: &HttpRanges, ring: &KeyRing, dest: &Path) -> Result<(String, u64, u64)> {
-    let resp = remote.agent.get(&remote.url).call().map_err(|e| describe(&remote.url, e))?;
-    ensure!(resp.status() == 200, "{}: the server answered {}", shown(&remote.url), resp.status());
+/// `head` (bytes already fetched) and then `body` into `DEST.partial`, verified, then renamed;
+/// returns the release, the size and the bytes fetched. A file that fails is removed.
+fn fetch_whole(
+    head: &[u8],
+    mut body: Box<dyn Read + Send>,
+    url: &str,
+    ring: &KeyRing,
+    dest: &Path,
+) -> Result<(String, u64, u64)> {
     let partial = assemble::partial_path(dest);
     let mut out = std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
-    let mut body = resp.into_reader();
+    out.write_all(head).with_context(|| format!("writing {}", partial.display()))?;
     let mut buf = vec![0u8; 1 << 20];
-    let mut fetched = 0u64;
+    let mut fetched = head.len() as u64;
     let mut last = Instant::now();
     loop {
-        let n = body.read(&mut buf).with_context(|| format!("reading {}", shown(&remote.url)))?;
+        let n = body.read(&mut buf).with_context(|| format!("reading {}", shown(url)))?;
         if n == 0 {
             break;
         }
@@ -210,7 +227,7 @@ fn fetch_whole(remote: &HttpRanges, ring: &KeyRing, dest: &Path) -> Result<(Stri
         Ok(v) => v,
         Err(e) => {
             let _ = std::fs::remove_file(&partial);
-            return Err(e.context(format!("verifying the download from {}: removed", shown(&remote.url))));
+            return Err(e.context(format!("verifying the download from {}: removed", shown(url))));
         }
     };
     std::fs::rename(&partial, dest).with_context(|| format!("renaming {} to {}", partial.display(), dest.display()))?;

@@ -562,8 +562,12 @@ fn pull_fetches_only_what_earlier_bundles_lack_and_checks_every_chunk() {
     bundle(&rootfs, &secret, &plain, "1", &["--no-chunks"]);
     let plain_bytes = std::fs::read(&plain).unwrap();
     server.serve(Some(plain_bytes.clone()));
+    let before = server.sent();
     let whole = json(&ok(&mut pull(&url, &public, &s.path("whole.planet"), &[&b1])));
     assert_eq!(whole["chunked"], false, "{whole}");
+    // Every byte once: the prelude already read is not fetched again.
+    assert_eq!(whole["fetched_bytes"].as_u64().unwrap(), plain_bytes.len() as u64, "{whole}");
+    assert_eq!(server.sent() - before, plain_bytes.len() as u64, "{whole}");
     assert!(std::fs::read(s.path("whole.planet")).unwrap() == plain_bytes);
     let mut bad = plain_bytes;
     let last = bad.len() - 100;
