@@ -76,6 +76,10 @@ def ratio(x, base):
     return "%.2f×" % (x / base) if x / base >= 0.1 else "%.3f×" % (x / base)
 
 
+# The corpora measured with every row; the others run a few rows only, and list those.
+EVERY_ROW = ("planet-like@3", "demo@15")
+
+
 def build_table(r, corpus):
     """Rows of (key, label, wall, cpu, rss) for a corpus, and the Markdown."""
     base = med(w for w, _, _ in r["time"].get((corpus, "planet-image-raw"), []))
@@ -93,7 +97,7 @@ def build_table(r, corpus):
             continue
         runs = r["time"].get((corpus, key))
         if not runs:
-            if not corpus.endswith("@15") or corpus.startswith("demo"):
+            if corpus in EVERY_ROW:
                 out.append("| %s | not run | | | | | |" % label)
             continue
         w = med(x[0] for x in runs)
@@ -108,6 +112,32 @@ def build_table(r, corpus):
         out.append("| %s | %.2f | %.2f | %.0f | %s | %s | %s |" % (label, w, c, m, ratio(w, base), sizetext, sqtext))
         bars.append((label, w / base if base else None))
     return out, bars
+
+
+# planet-image's rows whose runs record every stage of its log ("step CORPUS ROW:STAGE S").
+STAGE_ROWS = [("planet-image-raw", "host cache warm"), ("planet-image-raw-cold", "host not cached"),
+              ("planet-image-rebuild", "rebuild, one file changed")]
+
+
+def stages_table(r, corpus):
+    """Where planet-image's wall time goes on one corpus: each stage its log timed, median of
+    the runs, for each planet-image row that recorded them; [] when none did."""
+    rows = [(k, l) for k, l in STAGE_ROWS if any(c == corpus and key.startswith(k + ":") for c, key in r["step"])]
+    if not rows:
+        return []
+    stages = []
+    for c, key in r["step"]:
+        stage = key.split(":", 1)[1] if ":" in key else None
+        if c == corpus and stage and stage not in stages:
+            stages.append(stage)
+    out = ["| stage (planet-image's log) | " + " | ".join("%s, s" % l for _, l in rows) + " |",
+           "|---|" + "---:|" * len(rows)]
+    for stage in stages:
+        cells = [med(r["step"].get((corpus, "%s:%s" % (k, stage)), [])) for k, _ in rows]
+        out.append("| %s | %s |" % (stage.replace("_", " "), " | ".join("–" if v is None else "%.1f" % v for v in cells)))
+    walls = [med(x[0] for x in r["time"].get((corpus, k), [])) for k, _ in rows]
+    out.append("| **whole run (wall)** | %s |" % " | ".join("–" if v is None else "**%.2f**" % v for v in walls))
+    return out
 
 
 def spread(xs):
@@ -379,10 +409,12 @@ def render(r):
     p.append("")
     total = int(info.get("total_seconds", "0"))
     p.append("Last run: %s, on %s (%s; QEMU accelerator: %s). `scripts/bench` took %d min %02d s "
-             "(build %s s, scaling %s s, boot %s s, upload %s s; the rest is installing, compiling and corpus making)." % (
+             "(build %s s, real release %s s, scaling %s s, boot %s s, upload %s s, update sizes %s s; the rest is installing, "
+             "compiling and corpus making)." % (
                  info.get("date", "?"), info.get("machine", "?"), info.get("cpu", "?"), info.get("accel", "?"),
-                 total // 60, total % 60, info.get("build_seconds", "?"), info.get("scale_seconds", "?"),
-                 info.get("boot_seconds", "?"), info.get("upload_seconds", "?")))
+                 total // 60, total % 60, info.get("build_seconds", "?"), info.get("release_seconds", "?"),
+                 info.get("scale_seconds", "?"), info.get("boot_seconds", "?"), info.get("upload_seconds", "?"),
+                 info.get("update_seconds", "?")))
     p.append("")
     p.append("Versions: " + "; ".join("%s %s" % (k, v[k]) for k in sorted(v)) + ".")
     p.append("")
@@ -402,7 +434,10 @@ def render(r):
     bars = []
     sections = [("planet-like@3", "Planet-like rootfs, zstd level 3, every row", info.get("runs")),
                 ("planet-like@15", "Planet-like rootfs, zstd level 15 (the peers' default and planet-image's)", info.get("runs15")),
-                ("demo@15", "demo rootfs, zstd level 15", info.get("runs"))]
+                ("demo@15", "demo rootfs, zstd level 15", info.get("runs")),
+                ("release@3", "the real Planet release (%s), zstd level 3" % info.get("release", "?"), info.get("runs"))]
+    # A run without the release section (--only) leaves its table out rather than empty.
+    sections = [s for s in sections if s[0] != "release@3" or (s[0], "planet-image-raw") in r["time"]]
     for key, title, n in sections:
         tar = r["size"].get((key, "input"))
         p.append("## Build: %s (%s tar; median of %s)" % (title, mib(tar[0]) if tar else "?", n))
@@ -410,6 +445,13 @@ def render(r):
         t, b = build_table(r, key)
         p.extend(t)
         p.append("")
+        st = stages_table(r, key)
+        if st:
+            p.append("Where planet-image's time goes (its own log, 0.1 s resolution; the squashfs and the "
+                     "kernel + initramfs stages run side by side, the others one after the other):")
+            p.append("")
+            p.extend(st)
+            p.append("")
         if key == "planet-like@15":
             p.append("At level 15 only these rows run, %s time%s each (`--runs15`): level 15 compresses several "
                      "times slower than level 3, and three runs of every row at 15 would not fit the half hour "
@@ -491,6 +533,10 @@ NOTES = """## What each row is
   writing the image's bytes.
 - **Size**: "allocated" is the blocks the sparse file really uses (`stat %b`); qcow2 files are
   not sparse.
+- **The real Planet release**: the rootfs `scripts/make-planet-release` makes (Debian 12 with
+  systemd, docker, etcd, the Kubernetes commands built from Debian's source package, planet-node),
+  uncompressed as the other corpora are, at zstd level 3; planet-image's rows against the
+  squashfs step alone and the compression floor of the same tar.
 - **Scaling**: the Planet-like tar with its `/usr` copied to `/usr.copy1`… (2× and 4× the tar).
   squashfs deduplicates identical files, so the outputs barely grow while the input does: the
   time shows how reading, hashing and streaming grow with the input.
