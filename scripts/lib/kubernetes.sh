@@ -73,9 +73,10 @@ k8s_version() {
 
 # k8s_build CACHE DSC [PATCH]: builds the commands (once per source digest and Go version) and
 # prints the directory holding them; with PATCH, a build of the tree without that one of
-# Debian's patches (debian/patches/PATCH reversed) and with k8s_version's version, cached apart. The unpacked tree (3 GiB with its _output) is removed once they
-# are; what the release still reads of the source (the pause container's pause.c, the
-# changelog for SOURCE_DATE_EPOCH) is kept beside bin/, in source/.
+# Debian's patches (debian/patches/PATCH reversed) and with k8s_version's version, cached
+# apart. The unpacked tree (3 GiB with its _output) is removed once they are; what the release
+# still reads of the source (the pause container's pause.c, the changelog for
+# SOURCE_DATE_EPOCH) is kept beside bin/, in source/.
 k8s_build() {
     local cache=$1 dsc=$2 drop=${3:-} key dir tree go_version sde start cmd stamp what=()
     go_version=$(go version) || die "go is not installed"
@@ -86,7 +87,7 @@ k8s_build() {
     stamp=$(printf '%s\n' "$go_version" "${K8S_COMMANDS[@]}" "$drop")
     tree="$dir/tree"
     if [ -f "$dir/bin/.complete" ] && [ "$(cat "$dir/bin/.complete")" = "$stamp" ]; then
-        log "kubernetes $K8S_VERSION: cached build $dir/bin"
+        log "kubernetes $(k8s_version "$drop"): cached build $dir/bin"
         if [ ! -f "$dir/source/pause.c" ]; then
             # A cache from before source/ was kept.
             k8s_unpack "$dsc" "$tree"
