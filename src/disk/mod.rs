@@ -31,10 +31,7 @@ pub fn assemble(plan: &Plan, contents: &[(&str, Content<'_>)], out: &Path) -> Re
         let limit = part.size(plan.sector_size);
         let written = match content {
             Content::Bytes(b) => copy_sparse(&mut &b[..], &mut f, offset, limit),
-            Content::File(p) => {
-                let mut src = File::open(p).with_context(|| format!("opening {}", p.display()))?;
-                copy_sparse(&mut src, &mut f, offset, limit)
-            }
+            Content::File(p) => copy_file_data(p, &mut f, offset, limit),
             Content::Empty => Ok(0),
         }
         .with_context(|| format!("writing partition {label} into {}", out.display()))?;
@@ -51,6 +48,22 @@ pub fn write_sparse(path: &Path, bytes: &[u8]) -> Result<()> {
     copy_sparse(&mut &bytes[..], &mut f, 0, bytes.len() as u64)?;
     f.sync_all()?;
     Ok(())
+}
+
+/// Copies the file at `path` to `dst` at `offset`, reading only its data extents: a sparse
+/// content file (the state filesystem is a few MiB of metadata in hundreds of MiB) would
+/// otherwise have every hole read as zeros by the kernel, which the profile of a build showed
+/// as a fifth of its CPU time. Returns the file's length.
+fn copy_file_data(path: &Path, dst: &mut File, offset: u64, limit: u64) -> Result<u64> {
+    use crate::util::sparse::{data_extents, NoHoleMap};
+    let mut src = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let len = src.metadata().with_context(|| format!("reading the size of {}", path.display()))?.len();
+    anyhow::ensure!(len <= limit, "{} ({len} bytes) does not fit its partition ({limit} bytes)", path.display());
+    for e in data_extents(&src, len, NoHoleMap::AllData)? {
+        src.seek(SeekFrom::Start(e.offset))?;
+        copy_sparse(&mut (&mut src).take(e.len), dst, offset + e.offset, limit - e.offset)?;
+    }
+    Ok(len)
 }
 
 /// Copies `src` to `dst` at `offset`, seeking over all-zero chunks. Errors if more than
@@ -198,6 +211,37 @@ pub fn make_state_fs(path: &Path, size: u64, uuid: &str, label: &str, epoch: u64
 mod tests {
     use super::*;
     use std::io::Cursor;
+
+    #[test]
+    fn a_sparse_file_is_copied_by_its_data_extents() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (src_path, dst_path) = (dir.path().join("src"), dir.path().join("dst"));
+        let mib = 1u64 << 20;
+        let src = File::create(&src_path).unwrap();
+        src.set_len(8 * mib).unwrap();
+        src.write_all_at(b"superblock", 1024).unwrap();
+        src.write_all_at(&[7u8; 100_000], 5 * mib + 3).unwrap();
+        drop(src);
+        let mut dst = File::options().create(true).truncate(true).read(true).write(true).open(&dst_path).unwrap();
+        dst.set_len(16 * mib).unwrap();
+        let at = 4096;
+        assert_eq!(copy_file_data(&src_path, &mut dst, at, 8 * mib).unwrap(), 8 * mib);
+        let mut want = vec![0u8; 16 * mib as usize];
+        want[(at + 1024) as usize..][..10].copy_from_slice(b"superblock");
+        want[(at + 5 * mib + 3) as usize..][..100_000].fill(7);
+        assert!(std::fs::read(&dst_path).unwrap() == want, "the copy differs from the file");
+        // The holes stay holes in the destination too.
+        let written: u64 = crate::util::sparse::data_extents(&dst, 16 * mib, crate::util::sparse::NoHoleMap::Fail)
+            .unwrap()
+            .iter()
+            .map(|e| e.len)
+            .sum();
+        assert!(written < 2 * mib, "{written} bytes of data in the destination");
+        // A file larger than its partition is refused before anything is written.
+        let err = copy_file_data(&src_path, &mut dst, at, 8 * mib - 1).unwrap_err();
+        assert!(format!("{err:#}").contains("does not fit its partition"), "{err:#}");
+    }
 
     #[test]
     fn zero_chunks_are_not_written() {
