@@ -552,6 +552,19 @@ fn pull_fetches_only_what_earlier_bundles_lack_and_checks_every_chunk() {
     assert!(resumed["fetched_bytes"].as_u64().unwrap() < total - off + 3 * 4096, "{resumed}");
     assert!(std::fs::read(&broken).unwrap() == b2_bytes);
 
+    // A server that ignores ranges answers the first look with the whole chunked bundle: that
+    // answer is the download (one request, every byte once), verified like any other.
+    server.ignore_ranges(true);
+    let (before, requests) = (server.sent(), server.log().len());
+    let plain_server = json(&ok(&mut pull(&url, &public, &s.path("no-ranges.planet"), &[&b1])));
+    assert_eq!(plain_server["chunked"], false, "{plain_server}");
+    assert_eq!(plain_server["requests"], 1, "{plain_server}");
+    assert_eq!(plain_server["fetched_bytes"].as_u64().unwrap(), b2_bytes.len() as u64, "{plain_server}");
+    assert_eq!(server.sent() - before, b2_bytes.len() as u64, "{plain_server}");
+    assert_eq!(server.log().len() - requests, 1, "{:?}", &server.log()[requests..]);
+    assert!(std::fs::read(s.path("no-ranges.planet")).unwrap() == b2_bytes);
+    server.ignore_ranges(false);
+
     // Another key's bundle is refused before anything is written.
     let err = fails(&mut pull(&url, &s.path("other.pub"), &s.path("x.planet"), &[]));
     assert!(err.contains("not a bundle signed by a key of"), "{err}");

@@ -27,6 +27,8 @@ struct Counters {
     /// The first response to a range starting at or after this offset sends half its body,
     /// then the connection is closed (once; `u64::MAX`: never).
     break_from: AtomicU64,
+    /// Answer every request with the whole file (200), as a server without range support does.
+    ignore_ranges: AtomicBool,
 }
 
 impl BundleServer {
@@ -40,7 +42,11 @@ impl BundleServer {
             bundle: Arc::new(Mutex::new(None)),
             log: Arc::new(Mutex::new(Vec::new())),
             stop: Arc::new(AtomicBool::new(false)),
-            state: Arc::new(Counters { sent: AtomicU64::new(0), break_from: AtomicU64::new(u64::MAX) }),
+            state: Arc::new(Counters {
+                sent: AtomicU64::new(0),
+                break_from: AtomicU64::new(u64::MAX),
+                ignore_ranges: AtomicBool::new(false),
+            }),
         };
         let (bundle, log, stop) = (server.bundle.clone(), server.log.clone(), server.stop.clone());
         let state = server.state.clone();
@@ -77,6 +83,12 @@ impl BundleServer {
     pub fn break_once_from(&self, offset: u64) {
         self.state.break_from.store(offset, Ordering::SeqCst);
     }
+
+    /// From now on answers range requests with the whole file, as a server that does not do
+    /// ranges (a plain static file server, a proxy that strips them).
+    pub fn ignore_ranges(&self, ignore: bool) {
+        self.state.ignore_ranges.store(ignore, Ordering::SeqCst);
+    }
 }
 
 impl Drop for BundleServer {
@@ -104,7 +116,7 @@ fn serve_bundle(
             Err(_) => return,
         };
         let line = head.lines().next().unwrap_or("").to_string();
-        let range = head_field(&head, "range");
+        let range = head_field(&head, "range").filter(|_| !state.ignore_ranges.load(Ordering::SeqCst));
         log.lock().unwrap().push(format!("{line} range={}", range.as_deref().unwrap_or("-")));
         let current = bundle.lock().unwrap().clone();
         let res = match current {
