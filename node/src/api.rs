@@ -74,12 +74,6 @@ impl ApiClient {
 
     /// `GET path`: the status code and the body.
     pub fn get(&self, path: &str) -> Result<(u16, String), String> {
-        self.get_as(path, "application/json")
-    }
-
-    /// `GET path` asking for the media type `accept` (a list of objects' metadata only, say:
-    /// a Node's status, with its images, is most of its size).
-    pub fn get_as(&self, path: &str, accept: &str) -> Result<(u16, String), String> {
         let peer = format!("https://{}{path}", self.addr);
         let fail = |e: std::io::Error| match e.kind() {
             // A read timeout shows as EAGAIN, which says nothing to a reader.
@@ -96,23 +90,10 @@ impl ApiClient {
         let name = ServerName::IpAddress(self.addr.ip().into());
         let conn = rustls::ClientConnection::new(self.config.clone(), name).map_err(|e| format!("{peer}: {e}"))?;
         let mut tls = rustls::StreamOwned::new(conn, sock);
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {}\r\nAccept: {accept}\r\n\r\n", self.addr);
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {}\r\nAccept: application/json\r\n\r\n", self.addr);
         tls.write_all(request.as_bytes()).map_err(fail)?;
         tls.flush().map_err(fail)?;
         crate::http_head::read_answer(&mut BufReader::new(tls), &peer, MAX_ANSWER).map_err(fail)
-    }
-
-    /// The Nodes whose metadata `annotation` has the value `value`.
-    pub fn nodes_annotated(&self, annotation: &str, value: &str) -> Result<Vec<String>, String> {
-        let (mut status, mut body) = self.get_as("/api/v1/nodes", NODE_METADATA)?;
-        if status == 406 {
-            // A server that cannot give metadata only: the whole objects.
-            (status, body) = self.get("/api/v1/nodes")?;
-        }
-        if status != 200 {
-            return Err(first_words(&format!("the Nodes: {status} {}", body.trim())));
-        }
-        nodes_annotated(&body, annotation, value)
     }
 
     /// `/readyz`: `Ok("ok")`, or what is not ready yet.
@@ -129,22 +110,6 @@ impl ApiClient {
         }
         node_ready_verdict(&body)
     }
-}
-
-/// The media type of a list of objects' metadata (names, labels, annotations) without their
-/// spec and status.
-const NODE_METADATA: &str = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
-
-/// The names in a list of objects (or of their metadata) whose `annotation` is `value`.
-pub fn nodes_annotated(list_json: &str, annotation: &str, value: &str) -> Result<Vec<String>, String> {
-    let v: serde_json::Value = serde_json::from_str(list_json).map_err(|e| format!("the Nodes: {e}"))?;
-    Ok(v["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|n| n["metadata"]["annotations"][annotation] == value)
-        .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_string))
-        .collect())
 }
 
 /// What `/readyz` answered, as a verdict: 200 "ok" is ready; otherwise the checks it marks
@@ -317,17 +282,6 @@ mod tests {
             Err("500, not ready: poststarthook/rbac/bootstrap-roles, shutdown".into())
         );
         assert_eq!(readyz_verdict(401, "Unauthorized"), Err("401 Unauthorized".into()));
-    }
-
-    #[test]
-    fn nodes_are_picked_by_an_annotation() {
-        let list = r#"{"kind":"PartialObjectMetadataList","items":[
-            {"metadata":{"name":"node-1","annotations":{"apps.planet/images":"loaded"}}},
-            {"metadata":{"name":"node-2","annotations":{"apps.planet/images":"loading"}}},
-            {"metadata":{"name":"master-1"}}]}"#;
-        assert_eq!(nodes_annotated(list, "apps.planet/images", "loaded"), Ok(vec!["node-1".to_string()]));
-        assert_eq!(nodes_annotated(r#"{"items":[]}"#, "apps.planet/images", "loaded"), Ok(vec![]));
-        assert!(nodes_annotated("<html>", "a", "b").unwrap_err().starts_with("the Nodes: "));
     }
 
     #[test]

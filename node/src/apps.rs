@@ -10,10 +10,6 @@
 //! its first apply; nothing prints them. Each app's state — applied, healthy, failing with the
 //! reason — is one console line when it changes and one line of `planet-node status`
 //! (`/run/planet/apps.status`).
-//!
-//! A node with apps registers tainted ([`APP_IMAGES_TAINT`]) and loads their images once its
-//! kubelet runs; a master takes the taint off when the node's agent reports them loaded, so no
-//! pod is placed on a node before its image is there.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,7 +19,7 @@ use anyhow::{Context, Result};
 use planet_config::app::{self as contract, HealthCheck, PackageIndex, SecretSpec, SlotApp};
 use serde_json::{json, Value};
 
-use crate::cluster::{kubeconfig, APP_IMAGES_ANNOTATION, APP_IMAGES_TAINT};
+use crate::cluster::kubeconfig;
 use crate::kubectl::{first_words, run as kubectl, run_with_input};
 
 /// The record of applied apps, in the cluster.
@@ -332,13 +328,9 @@ pub fn run() -> Result<()> {
     let mut images_loaded = apps.is_empty() || env.role != crate::env::Role::Master;
     let mut complaint = crate::kubectl::Complaint::default();
     let mut published: Option<(std::time::Instant, String)> = None;
-    let mut untainted = UntaintedNodes::default();
     loop {
         // Asked directly, not through kubectl (crate::api says why).
         let api_ready = crate::api::ApiClient::for_machine(&env).and_then(|c| c.readyz()).is_ok();
-        if api_ready {
-            untainted.round(&env, &kc);
-        }
         if api_ready && !labelled {
             // The Node appears once the kubelet has registered it.
             labelled = kubectl(&kc, &["label", "--overwrite", &node, &format!("{MASTER_LABEL}=")]).is_ok();
@@ -415,45 +407,6 @@ pub fn run() -> Result<()> {
     }
 }
 
-/// The nodes this master took the [`APP_IMAGES_TAINT`] off (or found without it) since it
-/// started: each costs one kubectl run, once.
-#[derive(Default)]
-struct UntaintedNodes {
-    done: std::collections::BTreeSet<String>,
-    complaint: crate::kubectl::Complaint,
-}
-
-impl UntaintedNodes {
-    /// Takes the taint off every Node whose agent reports the apps' images loaded
-    /// ([`APP_IMAGES_ANNOTATION`]): from then on pods may be scheduled there.
-    fn round(&mut self, env: &crate::env::NodeEnv, kc: &str) {
-        let loaded = match crate::api::ApiClient::for_machine(env)
-            .and_then(|c| c.nodes_annotated(APP_IMAGES_ANNOTATION, "loaded"))
-        {
-            Ok(l) => l,
-            Err(e) => {
-                self.complaint.say("apps: reading which nodes have the apps' images", e);
-                return;
-            }
-        };
-        let pending: Vec<String> = loaded.into_iter().filter(|n| !self.done.contains(n)).collect();
-        for node in pending {
-            let taint = format!("{APP_IMAGES_TAINT}:NoSchedule-");
-            match kubectl(kc, &["taint", "nodes", &node, &taint]) {
-                Ok(_) => println!("planet-node: {node} holds the apps' images: its {APP_IMAGES_TAINT} taint is off"),
-                // Gone already (taken off before this master restarted, or a Node registered
-                // after the images were there).
-                Err(e) if e.contains("not found") => {}
-                Err(e) => {
-                    self.complaint.say(&format!("apps: taking the {APP_IMAGES_TAINT} taint off {node}"), e);
-                    continue;
-                }
-            }
-            self.done.insert(node);
-        }
-    }
-}
-
 /// The lines of `planet-node status` about apps.
 pub fn status_lines(root: &Path, is_master: bool) -> Vec<String> {
     let apps = match slot_apps(root) {
@@ -497,24 +450,6 @@ mod tests {
         std::fs::write(dir.join("package.json"), index.to_string()).unwrap();
         std::fs::write(root.join(contract::SLOT_APPS_INDEX), r#"[{"name":"web","version":"2.0","sha256":"ff"}]"#)
             .unwrap();
-    }
-
-    #[test]
-    fn the_images_record_says_loaded_only_for_this_slots_images() {
-        let d = tempfile::tempdir().unwrap();
-        // No apps: nothing to load, nothing to wait for.
-        assert_eq!(crate::images::record_text(d.path()).unwrap(), "");
-        assert!(crate::images::loaded(d.path()).unwrap());
-        slot_with_app(d.path());
-        assert_eq!(crate::images::record_text(d.path()).unwrap(), "sha256:ab\n");
-        assert!(!crate::images::loaded(d.path()).unwrap(), "loaded without a record");
-        let record = d.path().join(crate::cluster::APP_IMAGES_RECORD.trim_start_matches('/'));
-        std::fs::create_dir_all(record.parent().unwrap()).unwrap();
-        // A record of another slot's images (an update that changed them) is not this one's.
-        std::fs::write(&record, "sha256:0ld\n").unwrap();
-        assert!(!crate::images::loaded(d.path()).unwrap());
-        std::fs::write(&record, "sha256:ab\n").unwrap();
-        assert!(crate::images::loaded(d.path()).unwrap());
     }
 
     #[test]

@@ -39,18 +39,6 @@ pub const KUBELET_HEALTHZ: &str = "127.0.0.1:10248";
 /// `--cert-dir`), made at its join and rotated by the kubelet.
 pub const KUBELET_CLIENT_PEM: &str = "/var/lib/kubelet/pki/kubelet-client-current.pem";
 
-/// The taint a node whose slot carries apps registers its Node with: no pod is scheduled there
-/// before the apps' images are loaded (which takes minutes, and a pod placed before them would
-/// make its kubelet ask a registry). A master removes it once the node reports them loaded
-/// ([`APP_IMAGES_ANNOTATION`]); it is set only when the Node is first registered.
-pub const APP_IMAGES_TAINT: &str = "apps.planet/images-loading";
-/// The annotation on a machine's Node saying whether docker holds every image of its slot's
-/// apps (`loaded`) or not yet (`loading`), reported by the machine's rollout agent.
-pub const APP_IMAGES_ANNOTATION: &str = "apps.planet/images";
-/// The image IDs of the slot's apps, one a line, written once docker holds them all (this
-/// boot's /run: every boot checks docker again).
-pub const APP_IMAGES_RECORD: &str = "/run/planet/app-images";
-
 pub fn pki(name: &str) -> String {
     format!("{PKI_DIR}/{name}")
 }

@@ -33,31 +33,11 @@ pub fn http_get(addr: &str, path: &str) -> std::result::Result<String, String> {
     Ok(body.trim().to_string())
 }
 
-/// Every check of the machine: its Kubernetes components, a node's apps' images, then the
-/// apps' health.
+/// Every check of the machine: its Kubernetes components, then its apps'.
 pub fn checks(env: &NodeEnv) -> Vec<Check> {
     let mut c = kube_checks(env);
-    c.extend(images_check(env));
     c.extend(app_check(env));
     c
-}
-
-/// On a node, whether docker holds the slot's apps' images (loaded once its kubelet runs): a
-/// new release is blessed, and a rollout uncordons the node, only once it does. `None` on other
-/// roles (their images are in before the apps are applied) and for a slot without apps.
-pub fn images_check(env: &NodeEnv) -> Option<Check> {
-    if env.role != crate::env::Role::Node {
-        return None;
-    }
-    let root = std::path::Path::new("/");
-    // A slot whose apps cannot be read: app_check says why.
-    if crate::images::record_text(root).ok()?.is_empty() {
-        return None;
-    }
-    Some(match crate::images::loaded(root) {
-        Ok(true) => ("app-images", Ok("loaded".into())),
-        _ => ("app-images", Err("not all in docker yet (planet-app-images.service)".into())),
-    })
 }
 
 /// The apps' health, part of "healthy" (a new release is blessed only with its apps healthy):

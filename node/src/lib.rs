@@ -9,9 +9,8 @@
 //! whether the machine is healthy. Across machines: a master's `join-server` lets nodes with
 //! the cluster's join token check it and join ([`join`], [`csr`]); on every machine `routes`
 //! keeps the pod network's routes in step with the Nodes ([`routes`]) and `dns` serves the
-//! Services' names ([`dns`]). The apps the slot carries: their images are loaded beside the
-//! release's ([`images`] says when, by role), and a master applies them and watches their
-//! health ([`apps`]).
+//! Services' names ([`dns`]). The apps the slot carries: their images are loaded with the
+//! release's, and a master applies them and watches their health ([`apps`]).
 
 pub mod api;
 pub mod apps;

@@ -1,5 +1,5 @@
 //! planet-node: see the library's documentation. Subcommands are run by the release's systemd
-//! units (`setup`, `load-images`, `load-app-images`), by planet-init (`health`) and by people (`health`, `wait`).
+//! units (`setup`, `load-images`), by planet-init (`health`) and by people (`health`, `wait`).
 
 use std::process::ExitCode;
 
@@ -12,11 +12,8 @@ commands:
                  configuration for its role (from /etc/container-environment), start the
                  role's targets (planet-setup.service runs it at every boot); a node
                  first checks its master with the join token and fetches the cluster CA
-  load-images    load the docker archives under /usr/share/planet/images into docker and,
-                 on role dev, those of the slot's apps (/usr/share/planet/apps)
-  load-app-images
-                 (nodes, once the kubelet runs) load the slot's apps' images; the Node
-                 keeps the apps.planet/images-loading taint until a master sees them loaded
+  load-images    load the docker archives under /usr/share/planet/images and, but on
+                 role master, those of the slot's apps (/usr/share/planet/apps) into docker
   apps           (masters) once the API server is ready, load the apps' images (role master), apply the
                  slot's apps in order and once per package (recorded in
                  kube-system/planet-apps), and watch their health
@@ -41,7 +38,6 @@ fn main() -> ExitCode {
     let r = match args.first().map(String::as_str) {
         Some("setup") => planet_node::setup::run(),
         Some("load-images") => planet_node::images::run(),
-        Some("load-app-images") => planet_node::images::run_app_images(),
         Some("apps") => planet_node::apps::run(),
         Some("status") => planet_node::health::status(),
         Some("rollout") => planet_node::rollout::command::run(&args[1..]),

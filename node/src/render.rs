@@ -54,16 +54,11 @@ pub fn cloud_flags(env: &NodeEnv) -> String {
     }
 }
 
-/// The taints the kubelet registers its Node with: a master's keeps workloads off it; a node
-/// whose slot carries apps keeps them off until it has loaded their images (see
-/// [`cluster::APP_IMAGES_TAINT`]).
-pub fn register_taints(env: &NodeEnv, slot_has_apps: bool) -> String {
+/// The taints the kubelet registers its Node with: a master's keeps workloads off it.
+pub fn register_taints(env: &NodeEnv) -> String {
     let mut t = Vec::new();
     if !env.role.takes_workloads() {
         t.push("node-role.kubernetes.io/master=:NoSchedule".to_string());
-    }
-    if env.role == crate::env::Role::Node && slot_has_apps {
-        t.push(format!("{}=:NoSchedule", cluster::APP_IMAGES_TAINT));
     }
     t.extend(env.taints.iter().cloned());
     t.join(",")
@@ -80,7 +75,7 @@ pub fn api_server_url(env: &NodeEnv) -> String {
 }
 
 /// `/etc/planet/kube.env`: the values the units put on their command lines.
-pub fn unit_env(env: &NodeEnv, slot_has_apps: bool) -> String {
+pub fn unit_env(env: &NodeEnv) -> String {
     format!(
         "# Written by planet-node setup at every boot from /etc/container-environment.\n\
          PLANET_ROLE={}\nPLANET_NODE_NAME={}\nPLANET_ADVERTISE_IP={}\nPLANET_MASTER_IP={}\n\
@@ -94,7 +89,7 @@ pub fn unit_env(env: &NodeEnv, slot_has_apps: bool) -> String {
         cluster::SERVICE_CIDR,
         cluster::CLUSTER_CIDR,
         cluster::PAUSE_IMAGE,
-        register_taints(env, slot_has_apps),
+        register_taints(env),
         cloud_flags(env),
     )
 }
@@ -187,24 +182,12 @@ mod tests {
         assert_eq!(api_server_url(&dev()), "https://127.0.0.1:6443");
         let node = parse("PLANET_ROLE=node\nPLANET_PUBLIC_IP=10.0.0.3\nPLANET_MASTER_IP=10.0.0.2\n").unwrap();
         assert_eq!(api_server_url(&node), "https://10.0.0.2:6443");
-        assert!(unit_env(&node, false).contains("PLANET_ADVERTISE_IP=10.0.0.3\n"));
-    }
-
-    #[test]
-    fn only_a_node_with_apps_registers_tainted_until_their_images_are_loaded() {
-        let node = parse("PLANET_ROLE=node\nPLANET_PUBLIC_IP=10.0.0.3\nPLANET_MASTER_IP=10.0.0.2\n").unwrap();
-        let master = parse("PLANET_ROLE=master\nPLANET_PUBLIC_IP=10.0.0.2\n").unwrap();
-        assert_eq!(register_taints(&node, true), "apps.planet/images-loading=:NoSchedule");
-        assert!(unit_env(&node, true).contains("\nPLANET_REGISTER_TAINTS=apps.planet/images-loading=:NoSchedule\n"));
-        assert_eq!(register_taints(&node, false), "");
-        // A dev machine loads them before its kubelet; a master takes no workloads anyway.
-        assert_eq!(register_taints(&dev(), true), "");
-        assert_eq!(register_taints(&master, true), "node-role.kubernetes.io/master=:NoSchedule");
+        assert!(unit_env(&node).contains("PLANET_ADVERTISE_IP=10.0.0.3\n"));
     }
 
     #[test]
     fn the_cloud_provider_reaches_the_flags_and_its_credentials_do_not() {
-        assert!(unit_env(&dev(), false).contains("\nPLANET_CLOUD_FLAGS=\n"));
+        assert!(unit_env(&dev()).contains("\nPLANET_CLOUD_FLAGS=\n"));
         let aws = parse(
             "PLANET_ROLE=node\nPLANET_PUBLIC_IP=10.0.0.3\nPLANET_MASTER_IP=10.0.0.2\nPLANET_CLOUD_PROVIDER=aws\n\
              AWS_SECRET_ACCESS_KEY=s3cr3t\n",
@@ -213,7 +196,7 @@ mod tests {
         assert_eq!(cloud_flags(&aws), "--cloud-provider=aws");
         let with_file = NodeEnv { cloud_config: Some("[Global]\n".into()), ..aws.clone() };
         assert_eq!(cloud_flags(&with_file), "--cloud-provider=aws --cloud-config=/etc/planet/cloud-provider.conf");
-        let t = unit_env(&with_file, false);
+        let t = unit_env(&with_file);
         assert!(t.contains("\nPLANET_CLOUD_FLAGS=--cloud-provider=aws --cloud-config="), "{t}");
         assert!(!t.contains("s3cr3t"), "{t}");
     }

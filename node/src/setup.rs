@@ -148,10 +148,7 @@ fn write_node_config(env: &NodeEnv, root: &Path) -> Result<()> {
     let kube_dir = at(KUBE_DIR);
     files::write_if_changed(kube_dir.join("kubelet.yaml"), render::kubelet_config(env).as_bytes(), 0o644)?;
     files::write_if_changed(kube_dir.join("kube-proxy.yaml"), render::kube_proxy_config(env).as_bytes(), 0o644)?;
-    // A slot whose apps cannot be read registers untainted: no record of loaded images would
-    // ever come to take the taint off (planet-node apps and load-app-images report the error).
-    let slot_has_apps = crate::apps::slot_apps(root).is_ok_and(|a| !a.is_empty());
-    files::write_if_changed(at(cluster::UNIT_ENV), render::unit_env(env, slot_has_apps).as_bytes(), 0o644)?;
+    files::write_if_changed(at(cluster::UNIT_ENV), render::unit_env(env).as_bytes(), 0o644)?;
     files::write_if_changed(at(cluster::CLOUD_ENV), env.operator_env.lines().as_bytes(), 0o600)?;
     match &env.cloud_config {
         Some(text) => {

@@ -99,7 +99,7 @@ EOF
     unit "$s" planet-node.target <<EOF
 [Unit]
 Description=Planet node: docker, the kubelet, kube-proxy, pod routes and cluster DNS
-Wants=docker.service planet-images.service kubelet.service planet-app-images.service kube-proxy.service planet-routes.service planet-dns.service planet-rollout.service
+Wants=docker.service planet-images.service kubelet.service kube-proxy.service planet-routes.service planet-dns.service planet-rollout.service
 After=planet-setup.service
 EOF
     mkdir -p "$s/etc/systemd/system/etcd.service.d"
@@ -192,7 +192,7 @@ RestartSec=5
 EOF
     unit "$s" planet-images.service <<EOF
 [Unit]
-Description=Planet: load the release's container images (on dev machines, the apps' too) into docker
+Description=Planet: load the release's container images (but on masters, the apps' too) into docker
 After=docker.service
 Requires=docker.service
 Before=kubelet.service
@@ -201,21 +201,6 @@ PartOf=planet-node.target
 Type=oneshot
 RemainAfterExit=yes
 ExecStart=/usr/bin/planet-node load-images
-StandardOutput=journal+console
-EOF
-    # A node's apps' images, once its kubelet runs: it joins without waiting for them, its Node
-    # tainted until a master sees them loaded (planet-node's images.rs says why).
-    unit "$s" planet-app-images.service <<EOF
-[Unit]
-Description=Planet: load the apps' images on a node, once its kubelet runs
-After=docker.service kubelet.service
-Requires=docker.service
-PartOf=planet-node.target
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=/usr/bin/planet-node load-app-images
-TimeoutStartSec=infinity
 StandardOutput=journal+console
 EOF
     unit "$s" kubelet.service <<EOF
@@ -242,8 +227,8 @@ After=planet-setup.service
 PartOf=planet-node.target
 [Service]
 # On a node kube-proxy uses the kubelet's credentials, which exist once the kubelet has joined
-# (minutes under TCG); it waits for them here rather than failing and starting again every few
-# seconds, which cost a node's CPU all that time.
+# (after the node has loaded its images: many minutes under TCG); it waits for them here rather
+# than failing and starting again every few seconds, which cost a node's CPU all that time.
 ExecStartPre=/bin/sh -c 'kc=\$\$(sed -n "s/^  kubeconfig: //p" $kube/kube-proxy.yaml); [ -n "\$\$kc" ] || exit 1; until [ -s "\$\$kc" ]; do sleep 2; done'
 TimeoutStartSec=infinity
 ExecStart=/usr/bin/kube-proxy --config=$kube/kube-proxy.yaml

@@ -372,13 +372,6 @@ impl Agent {
         want.insert(annotation("role"), self.env.role.as_str().to_string());
         want.insert(annotation("etcd"), release_etcd());
         want.insert(annotation("failed"), st.failed.join(","));
-        // Whether docker holds the slot's apps' images: a master takes a new node's
-        // APP_IMAGES_TAINT off once it does.
-        let images = crate::images::loaded(std::path::Path::new("/")).unwrap_or(false);
-        want.insert(
-            crate::cluster::APP_IMAGES_ANNOTATION.to_string(),
-            if images { "loaded" } else { "loading" }.into(),
-        );
         if want == self.reported {
             return Ok(());
         }
@@ -606,10 +599,7 @@ impl Agent {
     /// Back on the target, on trial: uncordon once Kubernetes is healthy here; the apps must
     /// follow within the grace time, or this machine gives its trial up (and the rollout stops).
     fn trial(&mut self, r: &Rollout, me: &Machine) -> Result<(), String> {
-        // Kubernetes, and a node's apps' images: pods drained elsewhere come back once it is
-        // uncordoned, and should not find their image missing.
-        let kube: Vec<_> =
-            crate::health::kube_checks(&self.env).into_iter().chain(crate::health::images_check(&self.env)).collect();
+        let kube: Vec<_> = crate::health::kube_checks(&self.env);
         if let Some((name, Err(e))) = kube.iter().find(|(_, r)| r.is_err()) {
             let why = format!("on trial, waiting for {name}: {e}");
             if why != self.last_wait {
