@@ -141,18 +141,22 @@ fn serve_bundle(
                         log.lock().unwrap().push(format!("broke the connection after {} bytes", half.len()));
                         return;
                     }
+                    // Counted before the bytes go out (and taken back if they do not): a client
+                    // that has read them all must find them counted.
+                    state.sent.fetch_add((z + 1 - a) as u64, Ordering::SeqCst);
                     let r = w.write_all(head.as_bytes()).and_then(|_| w.write_all(&b[a..=z]));
-                    if r.is_ok() {
-                        state.sent.fetch_add((z + 1 - a) as u64, Ordering::SeqCst);
+                    if r.is_err() {
+                        state.sent.fetch_sub((z + 1 - a) as u64, Ordering::SeqCst);
                     }
                     r
                 }
                 None => {
+                    state.sent.fetch_add(b.len() as u64, Ordering::SeqCst);
                     let r = w
                         .write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len()).as_bytes())
                         .and_then(|_| w.write_all(&b));
-                    if r.is_ok() {
-                        state.sent.fetch_add(b.len() as u64, Ordering::SeqCst);
+                    if r.is_err() {
+                        state.sent.fetch_sub(b.len() as u64, Ordering::SeqCst);
                     }
                     r
                 }
