@@ -97,6 +97,17 @@ impl Drop for BundleServer {
     }
 }
 
+/// Writes an answer's head and body, the body counted in `sent` before it goes out (and taken
+/// back if it does not): a client that has read it all must find it counted.
+fn send_counted(w: &mut TcpStream, head: &str, body: &[u8], sent: &AtomicU64) -> std::io::Result<()> {
+    sent.fetch_add(body.len() as u64, Ordering::SeqCst);
+    let r = w.write_all(head.as_bytes()).and_then(|_| w.write_all(body));
+    if r.is_err() {
+        sent.fetch_sub(body.len() as u64, Ordering::SeqCst);
+    }
+    r
+}
+
 fn serve_bundle(
     s: TcpStream,
     bundle: &Mutex<Option<Arc<Vec<u8>>>>,
@@ -141,24 +152,11 @@ fn serve_bundle(
                         log.lock().unwrap().push(format!("broke the connection after {} bytes", half.len()));
                         return;
                     }
-                    // Counted before the bytes go out (and taken back if they do not): a client
-                    // that has read them all must find them counted.
-                    state.sent.fetch_add((z + 1 - a) as u64, Ordering::SeqCst);
-                    let r = w.write_all(head.as_bytes()).and_then(|_| w.write_all(&b[a..=z]));
-                    if r.is_err() {
-                        state.sent.fetch_sub((z + 1 - a) as u64, Ordering::SeqCst);
-                    }
-                    r
+                    send_counted(&mut w, &head, &b[a..=z], &state.sent)
                 }
                 None => {
-                    state.sent.fetch_add(b.len() as u64, Ordering::SeqCst);
-                    let r = w
-                        .write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len()).as_bytes())
-                        .and_then(|_| w.write_all(&b));
-                    if r.is_err() {
-                        state.sent.fetch_sub(b.len() as u64, Ordering::SeqCst);
-                    }
-                    r
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len());
+                    send_counted(&mut w, &head, &b, &state.sent)
                 }
             },
         };
