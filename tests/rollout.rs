@@ -236,7 +236,7 @@ fn a_rollout_goes_node_by_node_survives_a_dead_lock_holder_and_stops_at_a_failin
     let mut node_1 = machine(&s, &image, &hub, ("node-1", "node", 11), ports[1], None);
     let mut node_2 = machine(&s, &image, &hub, ("node-2", "node", 12), ports[2], None);
     wait_up(&mut [&mut master, &mut node_1, &mut node_2], &mut phases);
-    wait_nodes_ready_within(&master, &["master-1", "node-1", "node-2"], &[&node_1, &node_2], APP_NODES_READY);
+    wait_nodes_ready(&master, &["master-1", "node-1", "node-2"], &[&node_1, &node_2]);
     wait_app(&master, "wordpress", "healthy", STEP * 2);
     let on = placement(&master);
     let node_port =

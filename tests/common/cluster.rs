@@ -16,13 +16,6 @@ pub const KUBE_READY: u64 = 3600;
 /// Steps after that (all Nodes Ready, pods scheduled and running, answers through Services).
 pub const STEP: Duration = Duration::from_secs(1200);
 
-/// All Nodes Ready, counted from the master's readiness, when two nodes load WordPress's images
-/// (MariaDB 146 MB, WordPress 330 MB) before their kubelets start: `docker load` ran at about
-/// 0.35 MB/s on each of two nodes beside a master, three TCG guests on 2 shared cores (mostly
-/// system time in dockerd's untar), so MariaDB was in at about 870 s of node uptime and
-/// WordPress would follow at about 1800 s, some 1700 s after the master was ready.
-pub const APP_NODES_READY: Duration = Duration::from_secs(2700);
-
 /// The cluster's join token, in kubeadm's format (`[a-z0-9]{6}.[a-z0-9]{16}`).
 pub const TOKEN: &str = "abcdef.0123456789abcdef";
 /// A token of the right format that is not the cluster's.
@@ -273,19 +266,13 @@ pub fn nodes(master: &Machine) -> Vec<(String, bool)> {
 
 /// Waits until the Nodes are exactly `want`, all Ready; fails with the consoles of `nodes`.
 pub fn wait_nodes_ready(master: &Machine, want: &[&str], nodes_of: &[&Machine]) {
-    wait_nodes_ready_within(master, want, nodes_of, STEP)
-}
-
-/// [`wait_nodes_ready`] for up to `limit`: nodes that load an app's images before their kubelet
-/// starts need longer (see [`APP_NODES_READY`]).
-pub fn wait_nodes_ready_within(master: &Machine, want: &[&str], nodes_of: &[&Machine], limit: Duration) {
-    let ready = poll(limit, || {
+    let ready = poll(STEP, || {
         let n = nodes(master);
         (n.len() == want.len() && want.iter().all(|w| n.iter().any(|(name, r)| name == w && *r))).then_some(n)
     });
     if ready.is_none() {
         let consoles: Vec<String> =
             nodes_of.iter().map(|m| format!("{} console:\n{}", m.name, tail(&m.guest.console()))).collect();
-        panic!("not all of {want:?} Ready within {limit:?}: {:?}\n{}", nodes(master), consoles.join("\n"));
+        panic!("not all of {want:?} Ready within {STEP:?}: {:?}\n{}", nodes(master), consoles.join("\n"));
     }
 }
