@@ -147,8 +147,7 @@ fn serve_bundle(
                         .is_ok();
                     if cut {
                         let half = &b[a..a + (z + 1 - a) / 2];
-                        let _ = w.write_all(head.as_bytes()).and_then(|_| w.write_all(half));
-                        state.sent.fetch_add(half.len() as u64, Ordering::SeqCst);
+                        let _ = send_counted(&mut w, &head, half, &state.sent);
                         log.lock().unwrap().push(format!("broke the connection after {} bytes", half.len()));
                         return;
                     }
