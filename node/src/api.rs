@@ -1,10 +1,13 @@
-//! planet-node's own HTTPS client of the API server, for the questions asked over and over
-//! while Kubernetes comes up: is the API server ready, is this Node Ready. Each kubectl run
-//! costs seconds of CPU on an emulated machine (a 50 MB Go program starting), and every
-//! planet-node loop asking every few seconds starved the API server it waited for; this is one
-//! TLS handshake in the asking process. The loops wait here ([`wait_until_ready`]) before their
-//! first kubectl. A master asks as its admin, on loopback; a node as its kubelet (the client
-//! certificate the kubelet got at its join and rotates), at its master.
+//! planet-node's own HTTPS client of the API server, for the questions its loops ask over and
+//! over: is the API server ready, is this Node Ready, the rollout's record, locks and machines,
+//! the apps' workloads — and the apps' health a master publishes every minute. Each kubectl run
+//! costs seconds of CPU on an emulated machine (a 50 MB Go program starting, finding the API's
+//! resources), and with every loop of three machines asking every few seconds, kubectl and the
+//! API server answering it kept a master's two CPUs busy and starved the nodes that shared its
+//! host; this is one TLS handshake in the asking process. Rarer writes (a lock, a cordon, an
+//! Event, an app's manifests) stay with kubectl. A master asks as its admin, on loopback; a node
+//! as its kubelet (the client certificate the kubelet got at its join and rotates), at its
+//! master.
 
 use std::io::{BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -13,13 +16,14 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::{json, Value};
 
 use crate::cluster::{self, pki};
 use crate::env::NodeEnv;
 use crate::kubectl::first_words;
 
-/// The largest answer read: a readyz listing or one Node object.
-const MAX_ANSWER: u64 = 1 << 20;
+/// The largest answer read: a readyz listing, an object, the list of a cluster's Nodes.
+const MAX_ANSWER: u64 = 16 << 20;
 /// How long a connection may take, and a request after it.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,6 +78,12 @@ impl ApiClient {
 
     /// `GET path`: the status code and the body.
     pub fn get(&self, path: &str) -> Result<(u16, String), String> {
+        self.request("GET", path, None)
+    }
+
+    /// One request, with `body` (its content type and text) if any: the status code and the
+    /// answer's body.
+    pub fn request(&self, method: &str, path: &str, body: Option<(&str, &str)>) -> Result<(u16, String), String> {
         let peer = format!("https://{}{path}", self.addr);
         let fail = |e: std::io::Error| match e.kind() {
             // A read timeout shows as EAGAIN, which says nothing to a reader.
@@ -90,10 +100,48 @@ impl ApiClient {
         let name = ServerName::IpAddress(self.addr.ip().into());
         let conn = rustls::ClientConnection::new(self.config.clone(), name).map_err(|e| format!("{peer}: {e}"))?;
         let mut tls = rustls::StreamOwned::new(conn, sock);
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {}\r\nAccept: application/json\r\n\r\n", self.addr);
+        let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {}\r\nAccept: application/json\r\n", self.addr);
+        if let Some((kind, text)) = body {
+            request.push_str(&format!("Content-Type: {kind}\r\nContent-Length: {}\r\n\r\n{text}", text.len()));
+        } else {
+            request.push_str("\r\n");
+        }
         tls.write_all(request.as_bytes()).map_err(fail)?;
         tls.flush().map_err(fail)?;
         crate::http_head::read_answer(&mut BufReader::new(tls), &peer, MAX_ANSWER).map_err(fail)
+    }
+
+    /// `GET path` of an object or a list, as JSON; `None` when there is no such object (404).
+    pub fn get_json(&self, path: &str) -> Result<Option<Value>, String> {
+        let (status, body) = self.get(path)?;
+        match status {
+            200 => serde_json::from_str(&body).map(Some).map_err(|e| format!("{path}: not JSON: {e}")),
+            404 => Ok(None),
+            _ => Err(api_error(path, status, &body)),
+        }
+    }
+
+    /// Merges `data` into the ConfigMap `ns/name`, which is made (empty but for `data`) when it
+    /// does not exist yet.
+    pub fn merge_configmap(&self, ns: &str, name: &str, data: &Value) -> Result<(), String> {
+        let path = format!("/api/v1/namespaces/{ns}/configmaps/{name}");
+        let patch = json!({ "data": data }).to_string();
+        let (status, body) = self.request("PATCH", &path, Some(("application/merge-patch+json", &patch)))?;
+        match status {
+            200 => Ok(()),
+            404 => {
+                let obj = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                                 "metadata": {"name": name, "namespace": ns}, "data": data})
+                .to_string();
+                let list = format!("/api/v1/namespaces/{ns}/configmaps");
+                let (status, body) = self.request("POST", &list, Some(("application/json", &obj)))?;
+                match status {
+                    201 | 200 => Ok(()),
+                    _ => Err(api_error(&list, status, &body)),
+                }
+            }
+            _ => Err(api_error(&path, status, &body)),
+        }
     }
 
     /// `/readyz`: `Ok("ok")`, or what is not ready yet.
@@ -110,6 +158,15 @@ impl ApiClient {
         }
         node_ready_verdict(&body)
     }
+}
+
+/// An API server's refusal as one line: the `message` of its Status object when it sent one.
+pub fn api_error(path: &str, status: u16, body: &str) -> String {
+    let message = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| body.trim().to_string());
+    first_words(&format!("{path}: {status} {message}"))
 }
 
 /// What `/readyz` answered, as a verdict: 200 "ok" is ready; otherwise the checks it marks
@@ -170,7 +227,7 @@ mod tests {
     use super::*;
 
     use crate::pki::{LeafSpec, Pki, Usage};
-    use std::io::BufRead;
+    use std::io::{BufRead, Read};
     use std::net::TcpListener;
 
     /// A PKI in `dir` with an API server certificate for 127.0.0.1 and the admin's.
@@ -192,8 +249,19 @@ mod tests {
     }
 
     /// An HTTPS server on 127.0.0.1 that, like the API server, wants a client certificate from
-    /// the cluster's CA; answers `connections` requests from `answers` by path, then stops.
+    /// the cluster's CA; answers `connections` requests from `answers` by `METHOD PATH` or by
+    /// path, then stops.
     fn api_server(pki: &Pki, connections: usize, answers: Vec<(&'static str, u16, &'static str)>) -> SocketAddr {
+        api_server_seeing(pki, connections, answers).0
+    }
+
+    /// [`api_server`], and what it was sent: `METHOD PATH`, the content type and the body.
+    fn api_server_seeing(
+        pki: &Pki,
+        connections: usize,
+        answers: Vec<(&'static str, u16, &'static str)>,
+    ) -> (SocketAddr, std::sync::mpsc::Receiver<(String, String, String)>) {
+        let (seen, seeing) = std::sync::mpsc::channel();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from_pem_slice(pki.ca_pem().as_bytes()).unwrap()).unwrap();
@@ -221,13 +289,28 @@ mod tests {
                 if r.read_line(&mut start).is_err() {
                     continue; // the handshake failed: the client did not trust us
                 }
-                let mut line = String::new();
+                let (mut line, mut length, mut kind) = (String::new(), 0, String::new());
                 while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    if let Some((k, v)) = line.split_once(':') {
+                        match k.to_ascii_lowercase().as_str() {
+                            "content-length" => length = v.trim().parse().unwrap(),
+                            "content-type" => kind = v.trim().to_string(),
+                            _ => {}
+                        }
+                    }
                     line.clear();
                 }
-                let path = start.split_whitespace().nth(1).unwrap_or("").to_string();
-                let (status, body) =
-                    answers.iter().find(|(p, _, _)| *p == path).map(|(_, s, b)| (*s, *b)).unwrap_or((404, "{}"));
+                let mut sent = vec![0; length];
+                r.read_exact(&mut sent).unwrap();
+                let mut words = start.split_whitespace();
+                let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                let request = format!("{method} {path}");
+                let _ = seen.send((request.clone(), kind, String::from_utf8(sent).unwrap()));
+                let (status, body) = answers
+                    .iter()
+                    .find(|(p, _, _)| *p == path || *p == request)
+                    .map(|(_, s, b)| (*s, *b))
+                    .unwrap_or((404, "{}"));
                 let tls = r.get_mut();
                 let head = format!("HTTP/1.0 {status} X\r\nContent-Length: {}\r\n\r\n", body.len());
                 tls.write_all(head.as_bytes()).unwrap();
@@ -236,7 +319,66 @@ mod tests {
                 let _ = tls.flush();
             }
         });
-        addr
+        (addr, seeing)
+    }
+
+    fn admin_client(pki: &Pki, addr: SocketAddr) -> ApiClient {
+        let read = |f: &str| pki.read(f).unwrap();
+        ApiClient::from_pem(&read("ca.crt"), &read("admin.crt"), &read("admin.key"), addr).unwrap()
+    }
+
+    #[test]
+    fn objects_are_read_as_json_and_a_missing_one_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = pki_in(dir.path());
+        let forbidden = r#"{"kind":"Status","status":"Failure","message":"configmaps is forbidden: User \"x\" cannot list","code":403}"#;
+        let answers = vec![
+            ("/api/v1/namespaces/a/configmaps/b", 200, r#"{"data":{"k":"v"}}"#),
+            ("/api/v1/namespaces/a/configmaps", 403, forbidden),
+            ("/api/v1/nodes", 200, "<html>"),
+        ];
+        let addr = api_server(&pki, 4, answers);
+        let api = admin_client(&pki, addr);
+        let v = api.get_json("/api/v1/namespaces/a/configmaps/b").unwrap().unwrap();
+        assert_eq!(v["data"]["k"], "v");
+        assert_eq!(api.get_json("/api/v1/namespaces/a/configmaps/c"), Ok(None));
+        let e = api.get_json("/api/v1/namespaces/a/configmaps").unwrap_err();
+        assert_eq!(e, "/api/v1/namespaces/a/configmaps: 403 configmaps is forbidden: User \"x\" cannot list");
+        assert!(api.get_json("/api/v1/nodes").unwrap_err().contains("not JSON"), "HTML is no answer");
+    }
+
+    #[test]
+    fn a_configmap_is_patched_or_made_when_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = pki_in(dir.path());
+        let answers = vec![
+            ("PATCH /api/v1/namespaces/a/configmaps/there", 200, "{}"),
+            ("POST /api/v1/namespaces/a/configmaps", 201, "{}"),
+            ("PATCH /api/v1/namespaces/b/configmaps/x", 409, r#"{"message":"conflict"}"#),
+        ];
+        let (addr, seen) = api_server_seeing(&pki, 4, answers);
+        let api = admin_client(&pki, addr);
+        let data = json!({"wordpress": "healthy 1.0.1 1700000000 2 checks pass"});
+        api.merge_configmap("a", "there", &data).unwrap();
+        let (request, kind, body) = seen.recv().unwrap();
+        assert_eq!(
+            (request.as_str(), kind.as_str()),
+            ("PATCH /api/v1/namespaces/a/configmaps/there", "application/merge-patch+json")
+        );
+        assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), json!({ "data": data }));
+        // Missing (the unknown path answers 404): made with the data, in its namespace.
+        api.merge_configmap("a", "new", &data).unwrap();
+        assert_eq!(seen.recv().unwrap().0, "PATCH /api/v1/namespaces/a/configmaps/new");
+        let (request, kind, body) = seen.recv().unwrap();
+        assert_eq!((request.as_str(), kind.as_str()), ("POST /api/v1/namespaces/a/configmaps", "application/json"));
+        let made: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (&made["kind"], &made["metadata"]["name"], &made["metadata"]["namespace"]),
+            (&json!("ConfigMap"), &json!("new"), &json!("a"))
+        );
+        assert_eq!(made["data"], data);
+        let e = api.merge_configmap("b", "x", &data).unwrap_err();
+        assert_eq!(e, "/api/v1/namespaces/b/configmaps/x: 409 conflict");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use anyhow::{Context, Result};
 use planet_config::app::{self as contract, HealthCheck, PackageIndex, SecretSpec, SlotApp};
 use serde_json::{json, Value};
 
+use crate::api::ApiClient;
 use crate::cluster::kubeconfig;
 use crate::kubectl::{first_words, run as kubectl, run_with_input};
 
@@ -119,19 +120,13 @@ fn ensure_secrets(kc: &str, app: &str, secrets: &[SecretSpec]) -> Result<(), Str
 }
 
 /// The record's data, or an empty map when there is none yet.
-fn read_record(kc: &str) -> Result<BTreeMap<String, String>, String> {
+fn read_record(api: &ApiClient) -> Result<BTreeMap<String, String>, String> {
     let (ns, name) = RECORD;
-    match kubectl(kc, &["get", "configmap", name, "-n", ns, "-o", "json", "--ignore-not-found"]) {
-        Ok(s) if s.is_empty() => Ok(BTreeMap::new()),
-        Ok(s) => {
-            let v: Value = serde_json::from_str(&s).map_err(|e| format!("the record {ns}/{name}: {e}"))?;
-            Ok(v["data"]
-                .as_object()
-                .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
-                .unwrap_or_default())
-        }
-        Err(e) => Err(e),
-    }
+    let v = api.get_json(&format!("/api/v1/namespaces/{ns}/configmaps/{name}"))?.unwrap_or_default();
+    Ok(v["data"]
+        .as_object()
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .unwrap_or_default())
 }
 
 fn write_record(kc: &str, app: &SlotApp) -> Result<(), String> {
@@ -148,8 +143,8 @@ fn write_record(kc: &str, app: &SlotApp) -> Result<(), String> {
 
 /// Applies one app unless the record says this very package was applied; `Ok(true)` when it
 /// applied now.
-fn apply(kc: &str, root: &Path, app: &SlotApp, index: &PackageIndex) -> Result<bool, String> {
-    if read_record(kc)?.get(&app.name) == Some(&record_value(app)) {
+fn apply(kc: &str, api: &ApiClient, root: &Path, app: &SlotApp, index: &PackageIndex) -> Result<bool, String> {
+    if read_record(api)?.get(&app.name) == Some(&record_value(app)) {
         return Ok(false);
     }
     ensure_secrets(kc, &app.name, &index.spec.secrets)?;
@@ -164,14 +159,16 @@ fn apply(kc: &str, root: &Path, app: &SlotApp, index: &PackageIndex) -> Result<b
 }
 
 /// `Ok(detail)` when every health check passes, else the first failure.
-fn health(kc: &str, checks: &[HealthCheck]) -> Result<String, String> {
+fn health(api: &ApiClient, checks: &[HealthCheck]) -> Result<String, String> {
     for c in checks {
         if let Some(r) = &c.ready {
-            ready(kc, r, &c.namespace)?;
+            ready(api, r, &c.namespace)?;
         } else if let Some(h) = &c.http {
-            let ip =
-                kubectl(kc, &["get", "service", &h.service, "-n", &c.namespace, "-o", "jsonpath={.spec.clusterIP}"])
-                    .map_err(|e| format!("service {}: {e}", h.service))?;
+            let service = api
+                .get_json(&format!("/api/v1/namespaces/{}/services/{}", c.namespace, h.service))
+                .and_then(|v| v.ok_or_else(|| "not found".to_string()))
+                .map_err(|e| format!("service {}: {e}", h.service))?;
+            let ip = service["spec"]["clusterIP"].as_str().unwrap_or("");
             let status = http_status(&format!("{ip}:{}", h.port), &h.path)
                 .map_err(|e| format!("http {}:{}{}: {e}", h.service, h.port, h.path))?;
             if !(200..400).contains(&status) {
@@ -182,10 +179,21 @@ fn health(kc: &str, checks: &[HealthCheck]) -> Result<String, String> {
     Ok(format!("{} checks pass", checks.len()))
 }
 
+/// Where the API serves `KIND/NAME` (one of the spec's ready kinds) in namespace `ns`.
+fn workload_path(what: &str, ns: &str) -> Result<String, String> {
+    let (kind, name) = what.split_once('/').ok_or_else(|| format!("{what}: not KIND/NAME"))?;
+    if !contract::READY_KINDS.contains(&kind) {
+        return Err(format!("{what}: KIND is one of {}", contract::READY_KINDS.join(", ")));
+    }
+    Ok(format!("/apis/apps/v1/namespaces/{ns}/{kind}s/{name}"))
+}
+
 /// A deployment's, statefulset's or daemonset's pods all ready (and at least one).
-fn ready(kc: &str, what: &str, ns: &str) -> Result<(), String> {
-    let text = kubectl(kc, &["get", what, "-n", ns, "-o", "json"]).map_err(|e| format!("{what}: {e}"))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| format!("{what}: {e}"))?;
+fn ready(api: &ApiClient, what: &str, ns: &str) -> Result<(), String> {
+    let v = api
+        .get_json(&workload_path(what, ns)?)
+        .and_then(|v| v.ok_or_else(|| "not found".to_string()))
+        .map_err(|e| format!("{what}: {e}"))?;
     let n = |p: &str| v.pointer(p).and_then(Value::as_u64).unwrap_or(0);
     let (ready, want) = if what.starts_with("daemonset/") {
         (n("/status/numberReady"), n("/status/desiredNumberScheduled"))
@@ -225,13 +233,11 @@ pub fn health_value(s: &AppState, now: u64) -> String {
 }
 
 /// Publishes `states` in [`HEALTH_RECORD`] (made on first use).
-fn publish_health(kc: &str, states: &[AppState]) -> Result<(), String> {
+fn publish_health(api: &ApiClient, states: &[AppState]) -> Result<(), String> {
     let (ns, name) = HEALTH_RECORD;
     let now = crate::kubectl::now_secs();
     let data: BTreeMap<&str, String> = states.iter().map(|s| (s.name.as_str(), health_value(s, now))).collect();
-    let obj =
-        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns}, "data": data});
-    run_with_input(kc, &["apply", "-f", "-", "-o", "name"], Some(&obj.to_string())).map(|_| ())
+    api.merge_configmap(ns, name, &json!(data))
 }
 
 /// Every app of the slot healthy, as this master's planet-apps.service last found.
@@ -329,8 +335,10 @@ pub fn run() -> Result<()> {
     let mut complaint = crate::kubectl::Complaint::default();
     let mut published: Option<(std::time::Instant, String)> = None;
     loop {
-        // Asked directly, not through kubectl (crate::api says why).
-        let api_ready = crate::api::ApiClient::for_machine(&env).and_then(|c| c.readyz()).is_ok();
+        // Asked directly, not through kubectl (crate::api says why); a client only once the
+        // API server is ready.
+        let api = ApiClient::for_machine(&env).ok().filter(|c| c.readyz().is_ok());
+        let api_ready = api.is_some();
         if api_ready && !labelled {
             // The Node appears once the kubelet has registered it.
             labelled = kubectl(&kc, &["label", "--overwrite", &node, &format!("{MASTER_LABEL}=")]).is_ok();
@@ -354,12 +362,10 @@ pub fn run() -> Result<()> {
             }
         }
         for (i, (app, index)) in apps.iter().enumerate() {
-            if !api_ready || !images_loaded {
-                break;
-            }
+            let (Some(api), true) = (&api, images_loaded) else { break };
             let st = &mut states[i];
             if !applied[i] {
-                match apply(&kc, Path::new("/"), app, index) {
+                match apply(&kc, api, Path::new("/"), app, index) {
                     Ok(now) => {
                         applied[i] = true;
                         st.state = "applied".into();
@@ -374,7 +380,7 @@ pub fn run() -> Result<()> {
                 }
             }
             let st = &mut states[i];
-            match health(&kc, &index.spec.health) {
+            match health(api, &index.spec.health) {
                 Ok(d) => {
                     st.state = "healthy".into();
                     st.detail = d;
@@ -392,8 +398,8 @@ pub fn run() -> Result<()> {
         let due = !published.as_ref().is_some_and(|(at, last): &(std::time::Instant, String)| {
             at.elapsed() < PUBLISH_EVERY && *last == format!("{summary:?}")
         });
-        if api_ready && !apps.is_empty() && due {
-            match publish_health(&kc, &states) {
+        if let (Some(api), false, true) = (&api, apps.is_empty(), due) {
+            match publish_health(api, &states) {
                 Ok(()) => {
                     complaint.clear();
                     published = Some((std::time::Instant::now(), format!("{summary:?}")));
@@ -450,6 +456,21 @@ mod tests {
         std::fs::write(dir.join("package.json"), index.to_string()).unwrap();
         std::fs::write(root.join(contract::SLOT_APPS_INDEX), r#"[{"name":"web","version":"2.0","sha256":"ff"}]"#)
             .unwrap();
+    }
+
+    #[test]
+    fn a_ready_check_names_its_workload_in_the_apps_api() {
+        assert_eq!(
+            workload_path("deployment/wordpress", "web"),
+            Ok("/apis/apps/v1/namespaces/web/deployments/wordpress".into())
+        );
+        assert_eq!(workload_path("statefulset/db", "web"), Ok("/apis/apps/v1/namespaces/web/statefulsets/db".into()));
+        assert_eq!(
+            workload_path("daemonset/x", "kube-system"),
+            Ok("/apis/apps/v1/namespaces/kube-system/daemonsets/x".into())
+        );
+        assert!(workload_path("pod/x", "web").unwrap_err().contains("KIND is one of"));
+        assert!(workload_path("x", "web").is_err());
     }
 
     #[test]

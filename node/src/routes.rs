@@ -22,8 +22,8 @@ const RESYNC: Duration = Duration::from_secs(120);
 /// `CIDR → next hop`.
 pub type Routes = BTreeMap<String, Ipv4Addr>;
 
-/// Each other Node's pod CIDR via its address, from lines `NAME CIDR IP` (what the jsonpath in
-/// [`read_nodes`] prints). Nodes without a CIDR or an address yet are skipped.
+/// Each other Node's pod CIDR via its address, from lines `NAME CIDR IP` (what [`node_lines`]
+/// makes of the Nodes). Nodes without a CIDR or an address yet are skipped.
 pub fn wanted(own_name: &str, nodes: &str) -> Routes {
     nodes
         .lines()
@@ -73,16 +73,35 @@ fn ip(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The Nodes as `NAME CIDR INTERNALIP` lines.
-fn read_nodes(kubeconfig: &str) -> Result<String, String> {
-    let jsonpath = r#"-o=jsonpath={range .items[*]}{.metadata.name} {.spec.podCIDR} {.status.addresses[?(@.type=="InternalIP")].address}{"\n"}{end}"#;
-    crate::kubectl::run(kubeconfig, &["get", "nodes", jsonpath])
+/// The Nodes as `NAME CIDR INTERNALIP` lines, asked as the kubelet (crate::api: every Node
+/// change starts a pass, on every machine).
+fn read_nodes(env: &crate::env::NodeEnv) -> Result<String, String> {
+    let list = crate::api::ApiClient::for_machine(env)?.get_json("/api/v1/nodes")?.unwrap_or_default();
+    Ok(node_lines(&list))
+}
+
+/// A NodeList as [`wanted`] reads it: `NAME CIDR INTERNALIP`, empty fields where a Node has none.
+pub fn node_lines(list: &serde_json::Value) -> String {
+    let items = list["items"].as_array().map(Vec::as_slice).unwrap_or_default();
+    items
+        .iter()
+        .map(|n| {
+            let ip = n["status"]["addresses"]
+                .as_array()
+                .and_then(|a| a.iter().find(|a| a["type"] == "InternalIP"))
+                .and_then(|a| a["address"].as_str())
+                .unwrap_or("");
+            let (name, cidr) =
+                (n["metadata"]["name"].as_str().unwrap_or(""), n["spec"]["podCIDR"].as_str().unwrap_or(""));
+            format!("{name} {cidr} {ip}\n")
+        })
+        .collect()
 }
 
 /// One pass: reads the Nodes and the table, applies the difference. Returns what changed.
-pub fn sync(own_name: &str, kubeconfig: &str) -> Result<Vec<Change>> {
-    let nodes = read_nodes(kubeconfig).map_err(|e| anyhow::anyhow!("reading the Nodes: {e}"))?;
-    let want = wanted(own_name, &nodes);
+pub fn sync(env: &crate::env::NodeEnv) -> Result<Vec<Change>> {
+    let nodes = read_nodes(env).map_err(|e| anyhow::anyhow!("reading the Nodes: {e}"))?;
+    let want = wanted(&env.node_name, &nodes);
     let have = current(&ip(&["-4", "-o", "route", "show", "proto", ROUTE_PROTO])?);
     let changes = plan(&want, &have);
     for c in &changes {
@@ -129,20 +148,18 @@ pub fn run() -> Result<()> {
     let mut complaint = crate::kubectl::Complaint::default();
     let me = env.clone();
     let before_watch = move || crate::api::wait_until_ready(&me, "routes");
-    crate::kubectl::on_change(&kubeconfig, &["get", "nodes", "--watch"], RESYNC, before_watch, || {
-        match sync(&env.node_name, &kubeconfig) {
-            Ok(changes) => {
-                for c in changes {
-                    match c {
-                        Change::Set(cidr, via) => println!("planet-node: route pods={cidr} via={via}"),
-                        Change::Remove(cidr) => println!("planet-node: route removed pods={cidr}"),
-                    }
+    crate::kubectl::on_change(&kubeconfig, &["get", "nodes", "--watch"], RESYNC, before_watch, || match sync(&env) {
+        Ok(changes) => {
+            for c in changes {
+                match c {
+                    Change::Set(cidr, via) => println!("planet-node: route pods={cidr} via={via}"),
+                    Change::Remove(cidr) => println!("planet-node: route removed pods={cidr}"),
                 }
-                complaint.clear();
             }
-            Err(e) => {
-                complaint.say("routes not in step yet", format!("{e:#}"));
-            }
+            complaint.clear();
+        }
+        Err(e) => {
+            complaint.say("routes not in step yet", format!("{e:#}"));
         }
     })
 }
@@ -172,6 +189,22 @@ mod tests {
                 ("10.244.2.0/24".to_string(), Ipv4Addr::new(192, 168, 50, 12))
             ]
         );
+    }
+
+    #[test]
+    fn a_node_list_becomes_lines_with_empty_fields_for_what_is_missing() {
+        let list = serde_json::json!({"items": [
+            {"metadata": {"name": "master-1"}, "spec": {"podCIDR": "10.244.0.0/24"},
+             "status": {"addresses": [{"type": "Hostname", "address": "master-1"},
+                                      {"type": "InternalIP", "address": "192.168.50.10"}]}},
+            {"metadata": {"name": "node-1"}, "spec": {}, "status": {"addresses": [{"type": "InternalIP", "address": "192.168.50.11"}]}},
+            {"metadata": {"name": "node-2"}, "spec": {"podCIDR": "10.244.2.0/24"}, "status": {}}
+        ]});
+        let lines = node_lines(&list);
+        assert_eq!(lines, "master-1 10.244.0.0/24 192.168.50.10\nnode-1  192.168.50.11\nnode-2 10.244.2.0/24 \n");
+        let w = wanted("node-9", &lines);
+        assert_eq!(w.into_iter().collect::<Vec<_>>(), [("10.244.0.0/24".to_string(), Ipv4Addr::new(192, 168, 50, 10))]);
+        assert_eq!(node_lines(&serde_json::Value::Null), "");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use super::{annotation, decide, Action, Machine, Rollout, State, Step, LOCK_PREFIX, NAMESPACE, RECORD};
+use crate::api::ApiClient;
 use crate::cluster::kubeconfig;
 use crate::env::NodeEnv;
 use crate::kubectl::{first_words, micro_time, now_secs, run as kubectl, run_with_input, Complaint};
@@ -108,12 +109,10 @@ pub fn release_etcd() -> String {
 }
 
 /// The rollout record, `None` when there is none.
-pub fn read_record(kc: &str) -> Result<Option<Rollout>, String> {
-    let text = kubectl(kc, &["get", "configmap", RECORD, "-n", NAMESPACE, "-o", "json", "--ignore-not-found"])?;
-    if text.is_empty() {
+pub fn read_record(api: &ApiClient) -> Result<Option<Rollout>, String> {
+    let Some(v) = api.get_json(&format!("/api/v1/namespaces/{NAMESPACE}/configmaps/{RECORD}"))? else {
         return Ok(None);
-    }
-    let v: Value = serde_json::from_str(&text).map_err(|e| format!("{RECORD}: {e}"))?;
+    };
     let data: BTreeMap<String, String> = v["data"]
         .as_object()
         .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
@@ -129,9 +128,8 @@ pub fn patch_record(kc: &str, fields: &[(&str, &str)]) -> Result<(), String> {
 }
 
 /// Every Node with what its agent reported.
-pub fn read_machines(kc: &str) -> Result<Vec<Machine>, String> {
-    let text = kubectl(kc, &["get", "nodes", "-o", "json"])?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| format!("nodes: {e}"))?;
+pub fn read_machines(api: &ApiClient) -> Result<Vec<Machine>, String> {
+    let v = api.get_json("/api/v1/nodes")?.unwrap_or_default();
     Ok(v["items"].as_array().map(|a| a.iter().map(Machine::from_node).collect()).unwrap_or_default())
 }
 
@@ -200,9 +198,8 @@ impl Lock {
 }
 
 /// The locks `planet-rollout-lock-0..max`.
-pub fn read_locks(kc: &str, max: u32) -> Result<Vec<Lock>, String> {
-    let text = kubectl(kc, &["get", "configmaps", "-n", NAMESPACE, "-o", "json"])?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| format!("the rollout's configmaps: {e}"))?;
+pub fn read_locks(api: &ApiClient, max: u32) -> Result<Vec<Lock>, String> {
+    let v = api.get_json(&format!("/api/v1/namespaces/{NAMESPACE}/configmaps"))?.unwrap_or_default();
     Ok(locks_from(&v, max))
 }
 
@@ -411,14 +408,15 @@ impl Agent {
         }
         let Some(st) = read_update_status() else { return Err(format!("{UPDATE_STATUS} not readable yet")) };
         self.report(&st)?;
-        let record = read_record(&self.kc)?;
+        // A client per tick: a node's kubelet rotates the certificate it asks with.
+        let api = ApiClient::for_machine(&self.env)?;
+        let record = read_record(&api)?;
         // A lock this machine held before its reboot is still its own.
         if self.holding().is_none() {
             if let Some(r) = &record {
                 let now = now_secs();
-                let mine = read_locks(&self.kc, r.max_unavailable)?
-                    .into_iter()
-                    .find(|l| l.holder == self.me() && !l.free(now));
+                let mine =
+                    read_locks(&api, r.max_unavailable)?.into_iter().find(|l| l.holder == self.me() && !l.free(now));
                 if let Some(l) = mine {
                     self.hold(Some(l), r.reboot_seconds);
                 }
@@ -431,7 +429,7 @@ impl Agent {
             return Ok(());
         }
         self.idle = false;
-        let machines = read_machines(&self.kc)?;
+        let machines = read_machines(&api)?;
         let me = machines.iter().find(|m| m.name == self.me()).cloned().unwrap_or_else(|| Machine {
             name: self.me().to_string(),
             master: self.env.role.is_master(),
@@ -460,7 +458,7 @@ impl Agent {
                 event(&self.kc, self.me(), "Stopped", &format!("rollout to release {r} stopped: {why}"));
                 self.give_back(&me, "as the rollout stopped")
             }
-            Step::Go => self.go(record.as_ref().expect("Go needs a record"), &me),
+            Step::Go => self.go(&api, record.as_ref().expect("Go needs a record"), &me),
             Step::Trial => self.trial(record.as_ref().expect("Trial needs a record"), &me),
             Step::Finished => {
                 let r = record.as_ref().expect("Finished needs a record");
@@ -496,10 +494,10 @@ impl Agent {
 
     /// This machine's turn: a lock, cordon, drain, then planet-init installs (or rolls back)
     /// and reboots.
-    fn go(&mut self, r: &Rollout, me: &Machine) -> Result<(), String> {
+    fn go(&mut self, api: &ApiClient, r: &Rollout, me: &Machine) -> Result<(), String> {
         if self.holding().is_none() {
             let now = now_secs();
-            let locks = read_locks(&self.kc, r.max_unavailable)?;
+            let locks = read_locks(api, r.max_unavailable)?;
             let Some(free) = locks.iter().find(|l| l.free(now)) else {
                 let holders: Vec<String> = locks.iter().map(|l| format!("{} holds {}", l.holder, l.name)).collect();
                 let why = format!("waiting for a lock: {}", holders.join(", "));
@@ -663,8 +661,8 @@ fn kubectl_long(kc: &str, args: &[&str]) -> Result<String, String> {
 }
 
 /// Whether the answer of a request needing a running rollout's record allows it.
-pub fn need_record(kc: &str) -> Result<Rollout> {
-    match read_record(kc) {
+pub fn need_record(api: &ApiClient) -> Result<Rollout> {
+    match read_record(api) {
         Ok(Some(r)) => Ok(r),
         Ok(None) => bail!("there is no rollout ({NAMESPACE}/{RECORD} does not exist)"),
         Err(e) => bail!("reading the rollout: {e}"),

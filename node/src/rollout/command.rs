@@ -15,6 +15,7 @@ use super::{
     check_etcd_rollback, Action, Machine, Rollout, State, BUNDLE_DIR, BUNDLE_PORT, DEFAULT_APP_GRACE_SECONDS,
     DEFAULT_LOCK_SECONDS, DEFAULT_REBOOT_SECONDS, NAMESPACE, RECORD,
 };
+use crate::api::ApiClient;
 use crate::cluster::kubeconfig;
 use crate::kubectl::{now_secs, run_with_input};
 
@@ -168,8 +169,8 @@ fn masters_etcd(machines: &[Machine]) -> String {
     machines.iter().filter(|m| m.master).map(|m| m.etcd.clone()).filter(|e| !e.is_empty()).min().unwrap_or_default()
 }
 
-fn refuse_if_running(kc: &str) -> Result<()> {
-    if let Some(r) = read_record(kc).map_err(anyhow::Error::msg)? {
+fn refuse_if_running(api: &ApiClient) -> Result<()> {
+    if let Some(r) = read_record(api).map_err(anyhow::Error::msg)? {
         if r.state == State::Running {
             bail!("the rollout {} to release {} is running: stop it first (planet-node rollout stop)", r.id, r.release);
         }
@@ -189,10 +190,11 @@ fn start(args: &[String]) -> Result<()> {
     let (rest, o) = parse_options(args)?;
     let [source] = rest.as_slice() else { bail!("start needs one bundle\n{USAGE}") };
     let kc = admin()?;
-    refuse_if_running(&kc)?;
-    let machines = read_machines(&kc).map_err(anyhow::Error::msg)?;
-    let from = common_release(&machines)?;
     let env = crate::env::load()?;
+    let api = ApiClient::for_machine(&env).map_err(anyhow::Error::msg)?;
+    refuse_if_running(&api)?;
+    let machines = read_machines(&api).map_err(anyhow::Error::msg)?;
+    let from = common_release(&machines)?;
     let (release, file) = take_in(source)?;
     if release == from {
         bail!("every machine already runs release {release}");
@@ -218,13 +220,14 @@ fn rollback(args: &[String]) -> Result<()> {
         bail!("rollback takes no bundle: the other slot of every machine holds the previous release\n{USAGE}");
     }
     let kc = admin()?;
-    refuse_if_running(&kc)?;
-    let last = need_record(&kc)?;
-    let machines = read_machines(&kc).map_err(anyhow::Error::msg)?;
+    let env = crate::env::load()?;
+    let api = ApiClient::for_machine(&env).map_err(anyhow::Error::msg)?;
+    refuse_if_running(&api)?;
+    let last = need_record(&api)?;
+    let machines = read_machines(&api).map_err(anyhow::Error::msg)?;
     let running_etcd = masters_etcd(&machines);
     let target_etcd = last.etcd_from.clone();
     check_etcd_rollback(&target_etcd, &running_etcd)?;
-    let env = crate::env::load()?;
     let r = o.rollout(
         format!("{}-rollback-{}", last.from, now_secs()),
         Action::Rollback,
@@ -240,13 +243,13 @@ fn rollback(args: &[String]) -> Result<()> {
 
 fn stop() -> Result<()> {
     let kc = admin()?;
-    let r = need_record(&kc)?;
+    let env = crate::env::load()?;
+    let r = need_record(&ApiClient::for_machine(&env).map_err(anyhow::Error::msg)?)?;
     if r.state != State::Running {
         bail!("the rollout {} is not running (it is {})", r.id, r.state.as_str());
     }
     patch_record(&kc, &[("state", State::Stopped.as_str()), ("reason", "stopped by the operator")])
         .map_err(anyhow::Error::msg)?;
-    let env = crate::env::load()?;
     event(&kc, &env.node_name, "Stopped", &format!("rollout {} stopped by the operator", r.id));
     println!("rollout {} stopped; machines already on release {} stay there", r.id, r.release);
     Ok(())
@@ -255,9 +258,10 @@ fn stop() -> Result<()> {
 /// The rollout and every machine, one line each (also part of `planet-node status`).
 pub fn status_lines() -> Result<Vec<String>> {
     let env = crate::env::load()?;
-    let kc = if env.role.is_master() { kubeconfig("admin") } else { kubeconfig("kubelet") };
+    // A master's admin, a node's kubelet identity.
+    let api = ApiClient::for_machine(&env).map_err(anyhow::Error::msg)?;
     let mut out = Vec::new();
-    match read_record(&kc).map_err(anyhow::Error::msg)? {
+    match read_record(&api).map_err(anyhow::Error::msg)? {
         None => out.push("rollout: none".to_string()),
         Some(r) => {
             let what = match &r.action {
@@ -269,7 +273,7 @@ pub fn status_lines() -> Result<Vec<String>> {
                 out.push(format!("  reason: {}", r.reason));
             }
             let now = now_secs();
-            for l in read_locks(&kc, r.max_unavailable).map_err(anyhow::Error::msg)? {
+            for l in read_locks(&api, r.max_unavailable).map_err(anyhow::Error::msg)? {
                 if l.free(now) {
                     out.push(format!("  lock {}: free", l.name));
                 } else {
@@ -280,7 +284,7 @@ pub fn status_lines() -> Result<Vec<String>> {
             }
         }
     }
-    for m in read_machines(&kc).map_err(anyhow::Error::msg)? {
+    for m in read_machines(&api).map_err(anyhow::Error::msg)? {
         out.push(format!(
             "machine {} ({}): release {} slot {}{}{}",
             m.name,
