@@ -52,7 +52,7 @@ fn failing_wordpress(s: &Scratch) -> PathBuf {
     ok(Command::new("cp").arg("-r").arg(fixture("wordpress")).arg(&dir));
     let spec = std::fs::read_to_string(dir.join("app.yaml")).unwrap();
     let spec = spec
-        .replace("version: 1.0.1", "version: 3.0.0")
+        .replace("version: 1.0.2", "version: 3.0.0")
         .replace("path: /wp-admin/install.php", "path: /wp-admin/planet-no-such-page.php");
     assert!(spec.contains("3.0.0") && spec.contains("planet-no-such-page"), "app.yaml changed shape:\n{spec}");
     std::fs::write(dir.join("app.yaml"), spec).unwrap();
