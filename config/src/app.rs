@@ -77,6 +77,19 @@ pub struct HttpCheck {
     pub port: u16,
     #[serde(default = "root_path")]
     pub path: String,
+    /// How long the answer may take: a page that runs the app and its database can take tens
+    /// of seconds on a small or emulated machine, and the checks ask one at a time, so a slow
+    /// answer is waited for rather than asked again.
+    #[serde(default = "default_http_timeout")]
+    pub timeout_seconds: u32,
+}
+
+/// [`HttpCheck::timeout_seconds`] when app.yaml does not say, and the most it may say.
+pub const DEFAULT_HTTP_TIMEOUT: u32 = 30;
+pub const MAX_HTTP_TIMEOUT: u32 = 600;
+
+fn default_http_timeout() -> u32 {
+    DEFAULT_HTTP_TIMEOUT
 }
 
 /// The kinds a `ready` check understands.
@@ -181,6 +194,12 @@ impl AppSpec {
                     if !http.path.starts_with('/') || http.path.chars().any(|c| c.is_whitespace() || c.is_control()) {
                         return Err(format!("health: http path {:?} must start with / and hold no spaces", http.path));
                     }
+                    if !(1..=MAX_HTTP_TIMEOUT).contains(&http.timeout_seconds) {
+                        return Err(format!(
+                            "health: http timeout_seconds {} is not between 1 and {MAX_HTTP_TIMEOUT}",
+                            http.timeout_seconds
+                        ));
+                    }
                 }
                 _ => return Err("health: each check has exactly one of ready and http".into()),
             }
@@ -250,6 +269,12 @@ mod tests {
         assert_eq!(s.health[0].namespace, "default");
         let http = s.health[1].http.as_ref().unwrap();
         assert_eq!((http.service.as_str(), http.port, s.health[1].namespace.as_str()), ("wordpress", 80, "web"));
+        assert_eq!(http.timeout_seconds, DEFAULT_HTTP_TIMEOUT);
+        let slow = SPEC.replace("path: /wp-admin/install.php}", "path: /wp-admin/install.php, timeout_seconds: 120}");
+        assert_eq!(AppSpec::parse(&slow).unwrap().health[1].http.as_ref().unwrap().timeout_seconds, 120);
+        // A package index written before the field existed still reads.
+        let old = r#"{"service":"wordpress","port":80,"path":"/"}"#;
+        assert_eq!(serde_json::from_str::<HttpCheck>(old).unwrap().timeout_seconds, DEFAULT_HTTP_TIMEOUT);
         // What the package index carries round-trips through JSON.
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<AppSpec>(&json).unwrap(), s);
@@ -266,6 +291,11 @@ mod tests {
             (SPEC.replace("ready: deployment/mysql", "ready: pod/mysql"), "KIND is one of"),
             (SPEC.replace("ready: deployment/mysql", "ready: mysql"), "not KIND/NAME"),
             (SPEC.replace("path: /wp-admin/install.php", "path: wp"), "must start with /"),
+            (
+                SPEC.replace("install.php}", "install.php, timeout_seconds: 0}"),
+                "timeout_seconds 0 is not between 1 and 600",
+            ),
+            (SPEC.replace("install.php}", "install.php, timeout_seconds: 601}"), "timeout_seconds 601"),
             (SPEC.replace("version: 1.0.1", "version: 1.0.1\ncolour: red"), "colour"),
             (SPEC.replace("manifests/wordpress.yaml]", "manifests/mysql.yaml]"), "listed twice"),
             (SPEC.replace("images/mariadb.tar", "package.json"), "own index"),

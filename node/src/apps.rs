@@ -169,7 +169,8 @@ fn health(api: &ApiClient, checks: &[HealthCheck]) -> Result<String, String> {
                 .and_then(|v| v.ok_or_else(|| "not found".to_string()))
                 .map_err(|e| format!("service {}: {e}", h.service))?;
             let ip = service["spec"]["clusterIP"].as_str().unwrap_or("");
-            let status = http_status(&format!("{ip}:{}", h.port), &h.path)
+            let wait = Duration::from_secs(h.timeout_seconds.into());
+            let status = http_status(&format!("{ip}:{}", h.port), &h.path, wait)
                 .map_err(|e| format!("http {}:{}{}: {e}", h.service, h.port, h.path))?;
             if !(200..400).contains(&status) {
                 return Err(format!("http {}:{}{} answered {status}", h.service, h.port, h.path));
@@ -206,15 +207,21 @@ fn ready(api: &ApiClient, what: &str, ns: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The status code of a GET, bounded in time and size.
-pub fn http_status(addr: &str, path: &str) -> Result<u16, String> {
+/// The status code of a GET, bounded in size and by `wait` for the answer (and 5 s to connect).
+pub fn http_status(addr: &str, path: &str, wait: Duration) -> Result<u16, String> {
     use std::io::{Read, Write};
     let sa: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
     let mut s = std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(5)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(wait)).map_err(|e| e.to_string())?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
     let mut head = [0u8; 64];
-    let n = s.read(&mut head).map_err(|e| e.to_string())?;
+    let n = s.read(&mut head).map_err(|e| match e.kind() {
+        // A read timeout shows as EAGAIN ("Resource temporarily unavailable").
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            format!("no answer within {} s", wait.as_secs())
+        }
+        _ => e.to_string(),
+    })?;
     let text = String::from_utf8_lossy(&head[..n]);
     text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| "no HTTP answer".to_string())
 }
@@ -541,7 +548,24 @@ mod tests {
             let _ = c.read(&mut buf).unwrap();
             c.write_all(b"HTTP/1.1 302 Found\r\nLocation: /x\r\n\r\n").unwrap();
         });
-        assert_eq!(http_status(&addr, "/").unwrap(), 302);
+        assert_eq!(http_status(&addr, "/", Duration::from_secs(10)).unwrap(), 302);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_slow_answer_is_waited_for_only_as_long_as_the_check_says() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let (c, _) = l.accept().unwrap();
+            // Holds the connection open, answering nothing, until the client gave up.
+            let _ = finished.recv_timeout(Duration::from_secs(30));
+            drop(c);
+        });
+        let e = http_status(&addr, "/", Duration::from_secs(1)).unwrap_err();
+        assert_eq!(e, "no answer within 1 s");
+        done.send(()).unwrap();
         t.join().unwrap();
     }
 }
