@@ -9,6 +9,7 @@
 //! as its kubelet (the client certificate the kubelet got at its join and rotates), at its
 //! master.
 
+use std::collections::BTreeMap;
 use std::io::{BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -119,6 +120,24 @@ impl ApiClient {
             404 => Ok(None),
             _ => Err(api_error(path, status, &body)),
         }
+    }
+
+    /// `GET path` of an object that must exist: its absence (404) is an error too.
+    pub fn get_object(&self, path: &str) -> Result<Value, String> {
+        self.get_json(path)?.ok_or_else(|| "not found".to_string())
+    }
+
+    /// The string data of the ConfigMap `ns/name`; `None` when it does not exist.
+    pub fn configmap_data(&self, ns: &str, name: &str) -> Result<Option<BTreeMap<String, String>>, String> {
+        let Some(v) = self.get_json(&format!("/api/v1/namespaces/{ns}/configmaps/{name}"))? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            v["data"]
+                .as_object()
+                .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+                .unwrap_or_default(),
+        ))
     }
 
     /// Merges `data` into the ConfigMap `ns/name`, which is made (empty but for `data`) when it
@@ -337,11 +356,15 @@ mod tests {
             ("/api/v1/namespaces/a/configmaps", 403, forbidden),
             ("/api/v1/nodes", 200, "<html>"),
         ];
-        let addr = api_server(&pki, 4, answers);
+        let addr = api_server(&pki, 7, answers);
         let api = admin_client(&pki, addr);
         let v = api.get_json("/api/v1/namespaces/a/configmaps/b").unwrap().unwrap();
         assert_eq!(v["data"]["k"], "v");
         assert_eq!(api.get_json("/api/v1/namespaces/a/configmaps/c"), Ok(None));
+        assert_eq!(api.get_object("/api/v1/namespaces/a/configmaps/c"), Err("not found".into()));
+        let data = api.configmap_data("a", "b").unwrap().unwrap();
+        assert_eq!(data.into_iter().collect::<Vec<_>>(), [("k".to_string(), "v".to_string())]);
+        assert_eq!(api.configmap_data("a", "c"), Ok(None));
         let e = api.get_json("/api/v1/namespaces/a/configmaps").unwrap_err();
         assert_eq!(e, "/api/v1/namespaces/a/configmaps: 403 configmaps is forbidden: User \"x\" cannot list");
         assert!(api.get_json("/api/v1/nodes").unwrap_err().contains("not JSON"), "HTML is no answer");

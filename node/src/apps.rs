@@ -122,11 +122,7 @@ fn ensure_secrets(kc: &str, app: &str, secrets: &[SecretSpec]) -> Result<(), Str
 /// The record's data, or an empty map when there is none yet.
 fn read_record(api: &ApiClient) -> Result<BTreeMap<String, String>, String> {
     let (ns, name) = RECORD;
-    let v = api.get_json(&format!("/api/v1/namespaces/{ns}/configmaps/{name}"))?.unwrap_or_default();
-    Ok(v["data"]
-        .as_object()
-        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
-        .unwrap_or_default())
+    Ok(api.configmap_data(ns, name)?.unwrap_or_default())
 }
 
 fn write_record(kc: &str, app: &SlotApp) -> Result<(), String> {
@@ -165,8 +161,7 @@ fn health(api: &ApiClient, checks: &[HealthCheck]) -> Result<String, String> {
             ready(api, r, &c.namespace)?;
         } else if let Some(h) = &c.http {
             let service = api
-                .get_json(&format!("/api/v1/namespaces/{}/services/{}", c.namespace, h.service))
-                .and_then(|v| v.ok_or_else(|| "not found".to_string()))
+                .get_object(&format!("/api/v1/namespaces/{}/services/{}", c.namespace, h.service))
                 .map_err(|e| format!("service {}: {e}", h.service))?;
             let ip = service["spec"]["clusterIP"].as_str().unwrap_or("");
             let wait = Duration::from_secs(h.timeout_seconds.into());
@@ -191,10 +186,7 @@ fn workload_path(what: &str, ns: &str) -> Result<String, String> {
 
 /// A deployment's, statefulset's or daemonset's pods all ready (and at least one).
 fn ready(api: &ApiClient, what: &str, ns: &str) -> Result<(), String> {
-    let v = api
-        .get_json(&workload_path(what, ns)?)
-        .and_then(|v| v.ok_or_else(|| "not found".to_string()))
-        .map_err(|e| format!("{what}: {e}"))?;
+    let v = api.get_object(&workload_path(what, ns)?).map_err(|e| format!("{what}: {e}"))?;
     let n = |p: &str| v.pointer(p).and_then(Value::as_u64).unwrap_or(0);
     let (ready, want) = if what.starts_with("daemonset/") {
         (n("/status/numberReady"), n("/status/desiredNumberScheduled"))

@@ -110,13 +110,7 @@ pub fn release_etcd() -> String {
 
 /// The rollout record, `None` when there is none.
 pub fn read_record(api: &ApiClient) -> Result<Option<Rollout>, String> {
-    let Some(v) = api.get_json(&format!("/api/v1/namespaces/{NAMESPACE}/configmaps/{RECORD}"))? else {
-        return Ok(None);
-    };
-    let data: BTreeMap<String, String> = v["data"]
-        .as_object()
-        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
-        .unwrap_or_default();
+    let Some(data) = api.configmap_data(NAMESPACE, RECORD)? else { return Ok(None) };
     Rollout::from_data(&data).map(Some).map_err(|e| format!("{e:#}"))
 }
 
